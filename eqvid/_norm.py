@@ -1,0 +1,66 @@
+"""Channels-last normalisation layers (`LayerNorm` over channels, `GroupNorm` per image)."""
+
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+
+class LayerNorm(eqx.Module):
+    """Layer normalisation over the last (channel) axis, with learned scale and bias."""
+
+    weight: Float[Array, " channels"]
+    bias: Float[Array, " channels"]
+    eps: float = eqx.field(static=True)
+
+    def __init__(self, channels: int, *, eps: float = 1e-6):
+        self.weight = jnp.ones((channels,), jnp.float32)
+        self.bias = jnp.zeros((channels,), jnp.float32)
+        self.eps = eps
+
+    def __call__(self, x: Float[Array, "*batch channels"]) -> Float[Array, "*batch channels"]:
+        mean = jnp.mean(x, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
+        y = (x - mean) * jax.lax.rsqrt(var + self.eps)
+        return y * self.weight.astype(x.dtype) + self.bias.astype(x.dtype)
+
+
+def default_groups(channels: int, max_groups: int = 32) -> int:
+    """The largest group count `≤ max_groups` that divides `channels` (32 for ≥ 32 channels
+    that are multiples of 32, as Flax's default)."""
+    return math.gcd(channels, max_groups)
+
+
+class GroupNorm(eqx.Module):
+    """Group normalisation of channels-last images: statistics per image over
+    `(height, width, channels // groups)`, with learned per-channel scale and bias."""
+
+    weight: Float[Array, " channels"]
+    bias: Float[Array, " channels"]
+    groups: int = eqx.field(static=True)
+    eps: float = eqx.field(static=True)
+
+    def __init__(self, channels: int, groups: int | None = None, *, eps: float = 1e-6):
+        groups = default_groups(channels) if groups is None else groups
+        if groups < 1 or channels % groups != 0:
+            raise ValueError(
+                f"GroupNorm: `groups` must divide channels={channels}, got {groups}."
+            )
+        self.weight = jnp.ones((channels,), jnp.float32)
+        self.bias = jnp.zeros((channels,), jnp.float32)
+        self.groups = groups
+        self.eps = eps
+
+    def __call__(
+        self, x: Float[Array, "*batch height width channels"]
+    ) -> Float[Array, "*batch height width channels"]:
+        *lead, h, w, c = x.shape
+        g = x.reshape(*lead, h, w, self.groups, c // self.groups)
+        axes = (-4, -3, -1)
+        mean = jnp.mean(g, axis=axes, keepdims=True)
+        var = jnp.mean(jnp.square(g - mean), axis=axes, keepdims=True)
+        g = (g - mean) * jax.lax.rsqrt(var + self.eps)
+        y = g.reshape(x.shape)
+        return y * self.weight.astype(x.dtype) + self.bias.astype(x.dtype)

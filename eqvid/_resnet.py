@@ -1,0 +1,126 @@
+"""ResNet frame encoder and decoder (TECO / ConvS5 style), channels last.
+
+Both act on any leading axes (`(*batch, height, width, channels)`), so a whole
+video (time as a batch axis) is encoded with one convolution per layer.
+"""
+
+from collections.abc import Sequence
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from ._conv import Conv2d
+from ._norm import GroupNorm, LayerNorm
+
+
+def avg_pool_2x(x: Float[Array, "*batch height width channels"]) -> Array:
+    """2 × 2 average pooling with stride 2 (height and width must be even)."""
+    *lead, h, w, c = x.shape
+    return x.reshape(*lead, h // 2, 2, w // 2, 2, c).mean(axis=(-4, -2))
+
+
+def upsample_nearest_2x(x: Float[Array, "*batch height width channels"]) -> Array:
+    """Nearest-neighbour upsampling by 2 in height and width."""
+    return jnp.repeat(jnp.repeat(x, 2, axis=-3), 2, axis=-2)
+
+
+class ResNetBlock(eqx.Module):
+    """`skip(x) + 0.1 · (Conv3 ∘ ELU ∘ GN ∘ Conv3 ∘ ELU ∘ GN)(x) + bias`.
+
+    The skip is a bias-free `1 × 1` convolution when the channel count changes.
+    """
+
+    norm1: GroupNorm
+    conv1: Conv2d
+    norm2: GroupNorm
+    conv2: Conv2d
+    bias: Float[Array, " c_out"]
+    skip: Conv2d | None
+
+    def __init__(self, in_channels: int, out_channels: int, *, key: PRNGKeyArray):
+        k1, k2, k3 = jax.random.split(key, 3)
+        self.norm1 = GroupNorm(in_channels)
+        self.conv1 = Conv2d(in_channels, out_channels, 3, key=k1)
+        self.norm2 = GroupNorm(out_channels)
+        self.conv2 = Conv2d(out_channels, out_channels, 3, use_bias=False, key=k2)
+        self.bias = jnp.zeros((out_channels,), jnp.float32)
+        self.skip = (
+            None
+            if in_channels == out_channels
+            else Conv2d(in_channels, out_channels, 1, use_bias=False, key=k3)
+        )
+
+    def __call__(
+        self, x: Float[Array, "*batch height width c_in"]
+    ) -> Float[Array, "*batch height width c_out"]:
+        skip = x if self.skip is None else self.skip(x)
+        h = self.conv1(jax.nn.elu(self.norm1(x)))
+        h = self.conv2(jax.nn.elu(self.norm2(h))) + self.bias
+        return skip + 0.1 * h
+
+
+class ResNetEncoder(eqx.Module):
+    """`Conv3 → ResBlock(depths[0]) → [avg-pool 2× → ResBlock(depths[i])]…`.
+
+    Downsamples by `2 ** (len(depths) - 1)`; outputs `depths[-1]` channels.
+    """
+
+    stem: Conv2d
+    blocks: tuple[ResNetBlock, ...]
+
+    def __init__(self, in_channels: int, depths: Sequence[int], *, key: PRNGKeyArray):
+        keys = jax.random.split(key, len(depths) + 1)
+        self.stem = Conv2d(in_channels, depths[0], 3, key=keys[0])
+        ins = [depths[0]] + list(depths[:-1])
+        self.blocks = tuple(
+            ResNetBlock(i, o, key=k) for i, o, k in zip(ins, depths, keys[1:])
+        )
+
+    def __call__(
+        self, x: Float[Array, "*batch height width c_in"]
+    ) -> Float[Array, "*batch h_latent w_latent c_out"]:
+        x = self.blocks[0](self.stem(x))
+        for block in self.blocks[1:]:
+            x = block(avg_pool_2x(x))
+        return x
+
+
+class ResNetDecoder(eqx.Module):
+    """Mirror of `ResNetEncoder`: `Conv3 → [ResBlock(d) → upsample 2×]… → ResBlock
+    → LayerNorm → dense`, with depths walked in reverse.
+
+    As in the released ConvS5/TECO code, the stem maps to `depths[0]` channels
+    (not `depths[-1]`); keeping it reproduces the papers' parameter counts.
+    """
+
+    stem: Conv2d
+    blocks: tuple[ResNetBlock, ...]
+    norm: LayerNorm
+    head: Conv2d
+
+    def __init__(
+        self,
+        in_channels: int,
+        depths: Sequence[int],
+        out_channels: int,
+        *,
+        key: PRNGKeyArray,
+    ):
+        keys = jax.random.split(key, len(depths) + 2)
+        self.stem = Conv2d(in_channels, depths[0], 3, key=keys[0])
+        outs = list(reversed(depths))
+        ins = [depths[0]] + outs[:-1]
+        self.blocks = tuple(ResNetBlock(i, o, key=k) for i, o, k in zip(ins, outs, keys[1:]))
+        self.norm = LayerNorm(depths[0])
+        self.head = Conv2d(depths[0], out_channels, 1, key=keys[-1])
+
+    def __call__(
+        self, x: Float[Array, "*batch h_latent w_latent c_in"]
+    ) -> Float[Array, "*batch height width c_out"]:
+        x = self.stem(x)
+        for block in self.blocks[:-1]:
+            x = upsample_nearest_2x(block(x))
+        x = self.blocks[-1](x)
+        return self.head(self.norm(x))

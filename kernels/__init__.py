@@ -1,0 +1,10 @@
+"""Fast primitives under eqvid's layers: plain functions on arrays.
+
+Each kernel lives in its own file with its pure-JAX reference, gradient wiring
+and dispatcher (`impl="auto"` picks the fastest on the current backend; any
+implementation can be forced by name).
+"""
+
+from .linear_scan import linear_scan as linear_scan
+
+__all__ = ["linear_scan"]
