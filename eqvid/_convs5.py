@@ -60,7 +60,8 @@ class ConvS5(eqx.Module):
       (`impl="associative"`, the default on CPU) or a sequential one
       (`impl="sequential"`); returns `(outputs, last_state)`.
     - `layer.step(state, frame)` one frame at a time, O(1) per frame; returns
-      `(new_state, output)` so it drops straight into `lax.scan`.
+      `(new_state, output)`, the shape of a `lax.scan` body:
+      `lax.scan(lambda s, f: layer.step(s, f), state, frames)`.
     - `layer.init_state(height, width)` gives the zero state.
 
     Inputs are one video, `(time, height, width, channels)`; `jax.vmap` for a
@@ -134,14 +135,14 @@ class ConvS5(eqx.Module):
         )
         he = jax.nn.initializers.he_normal(in_axis=0, out_axis=1)
         # B: real (k·k·U → N) with fan_in U·k², projected to B̃ = V⁻¹ B (complex P).
-        b_real = np.asarray(he(kb, (k * k * channels, ssm_size), jnp.float32), np.float64)
-        b_tilde = (b_real @ vinv.T).reshape(k, k, channels, p)
-        self.B = jnp.asarray(np.stack([b_tilde.real, b_tilde.imag], -1), jnp.float32)
+        b_real = he(kb, (k * k * channels, ssm_size), jnp.float32)
+        b_tilde = (b_real @ jnp.asarray(vinv.T, jnp.complex64)).reshape(k, k, channels, p)
+        self.B = jnp.stack([b_tilde.real, b_tilde.imag], axis=-1)
         # C: real (N·k² → U) with fan_in N·k², projected to C̃ = C V (complex P).
-        c_real = np.asarray(he(kc, (k * k * ssm_size, channels), jnp.float32), np.float64)
+        c_real = he(kc, (k * k * ssm_size, channels), jnp.float32)
         c_real = c_real.reshape(k, k, ssm_size, channels)
-        c_tilde = np.einsum("hwnu,np->hwpu", c_real, v)
-        self.C = jnp.asarray(np.stack([c_tilde.real, c_tilde.imag], -1), jnp.float32)
+        c_tilde = jnp.einsum("hwnu,np->hwpu", c_real, jnp.asarray(v, jnp.complex64))
+        self.C = jnp.stack([c_tilde.real, c_tilde.imag], axis=-1)
         self.output_map = ResNetOutput(channels, output_kernel_size, key=ko)
         self.norm = LayerNorm(channels)
         self.clip_eigs = clip_eigs

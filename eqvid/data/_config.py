@@ -1,0 +1,72 @@
+"""Configuration of the Moving-MNIST data and its train / held-out splits."""
+
+import dataclasses
+
+import numpy as np
+
+from ._mnist_digits import load_digits
+from ._moving_mnist import MovingMNIST
+
+
+@dataclasses.dataclass(frozen=True)
+class MovingMNISTConfig:
+    """Moving-MNIST data: digits, frame size, motion and split sizes."""
+
+    mnist_path: str | None = None
+    """Path to the standard MNIST `train-images-idx3-ubyte(.gz)` file; none uses
+    scikit-learn's bundled handwritten digits (offline, 8x8 scans upsampled)."""
+    frame_size: int = 64
+    """Height and width of the frames in pixels."""
+    num_digits: int = 2
+    """Digits per video."""
+    seq_len: int = 20
+    """Frames per training video."""
+    step_length: float = 0.15
+    """Motion per frame as a fraction of the free canvas (0.15 ≈ 5.4 px at 64x64)."""
+    train_sequences: int = 1_000_000
+    """Size of the (generated on the fly) training set."""
+    held_out_digit_fraction: float = 0.1
+    """Fraction of digit images kept for held-out videos only."""
+    data_seed: int = 0
+    """Seed of the video generator (held-out videos use a disjoint stream)."""
+
+    def __post_init__(self):
+        if not 0.0 < self.held_out_digit_fraction < 1.0:
+            raise ValueError(
+                "MovingMNISTConfig: `held_out_digit_fraction` must be in (0, 1), got "
+                f"{self.held_out_digit_fraction}."
+            )
+
+
+_HELD_OUT_SEED_OFFSET = 1 << 40
+
+
+def moving_mnist_splits(
+    config: MovingMNISTConfig, *, held_out_sequences: int, held_out_seq_len: int | None = None
+) -> tuple[MovingMNIST, MovingMNIST]:
+    """`(train, held_out)` sources. Held-out videos use digit images the training
+    videos never show and a disjoint random stream."""
+    digits = load_digits(config.mnist_path)
+    rng = np.random.default_rng(config.data_seed)
+    order = rng.permutation(len(digits))
+    n_held = max(1, int(round(len(digits) * config.held_out_digit_fraction)))
+    common = dict(
+        frame_size=config.frame_size,
+        num_digits=config.num_digits,
+        step_length=config.step_length,
+    )
+    train = MovingMNIST(
+        digits=digits[np.sort(order[n_held:])],
+        num_sequences=config.train_sequences,
+        seq_len=config.seq_len,
+        seed=config.data_seed,
+        **common,
+    )
+    held_out = MovingMNIST(
+        digits=digits[np.sort(order[:n_held])],
+        num_sequences=held_out_sequences,
+        seq_len=held_out_seq_len or config.seq_len,
+        seed=config.data_seed + _HELD_OUT_SEED_OFFSET,
+        **common,
+    )
+    return train, held_out

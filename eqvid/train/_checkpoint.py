@@ -1,0 +1,104 @@
+"""Orbax checkpoints of parameters, optimiser state and the data iterator.
+
+Equinox modules hold functions and static fields that Orbax cannot store, so
+only array leaves are saved, as a flat dict keyed by their pytree path
+(`.layers[0].B`, …): readable, and restorable against a freshly built model.
+"""
+
+import json
+import pathlib
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from jaxtyping import PyTree
+
+
+def _flatten(tree: PyTree) -> dict[str, Any]:
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+    return {jax.tree_util.keystr(path): leaf for path, leaf in flat}
+
+
+def _unflatten(flat: dict[str, Any], template: PyTree) -> PyTree:
+    paths, treedef = jax.tree_util.tree_flatten_with_path(template)
+    keys = [jax.tree_util.keystr(p) for p, _ in paths]
+    missing = [k for k in keys if k not in flat]
+    if missing:
+        raise ValueError(
+            f"checkpoint does not match the model: missing {missing[:5]}"
+            f"{' …' if len(missing) > 5 else ''}; was it written with another configuration?"
+        )
+    return jax.tree_util.tree_unflatten(treedef, [flat[k] for k in keys])
+
+
+def _abstract(tree: PyTree) -> dict[str, Any]:
+    return {
+        k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=getattr(v, "sharding", None))
+        for k, v in _flatten(tree).items()
+    }
+
+
+class Checkpointer:
+    """Save and restore `(params, opt_state, data iterator)` under `directory/<step>/`.
+
+    Saves are atomic per step (Orbax commits a step directory only once it is
+    complete), so an interrupted run resumes from its last finished checkpoint.
+    """
+
+    def __init__(self, directory: str | pathlib.Path, *, keep: int = 2):
+        self.directory = pathlib.Path(directory).absolute()
+        self.manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+        )
+
+    def latest_step(self) -> int | None:
+        """The last completed step, or `None` if there is no checkpoint."""
+        return self.manager.latest_step()
+
+    def save(
+        self,
+        step: int,
+        params: PyTree,
+        opt_state: PyTree,
+        data_iterator: Any = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        """Write checkpoint `step` (asynchronously; `wait()` or `close()` to finish)."""
+        items = dict(
+            params=ocp.args.StandardSave(_flatten(params)),
+            opt_state=ocp.args.StandardSave(_flatten(opt_state)),
+            metadata=ocp.args.JsonSave(json.loads(json.dumps(metadata or {}, default=str))),
+        )
+        if data_iterator is not None:
+            import grain
+
+            items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+        self.manager.save(step, args=ocp.args.Composite(**items), force=True)
+
+    def restore(
+        self,
+        step: int,
+        params_like: PyTree,
+        opt_state_like: PyTree,
+        data_iterator: Any = None,
+    ) -> tuple[PyTree, PyTree]:
+        """Read checkpoint `step` into trees shaped like the given templates; the data
+        iterator (if given) is moved to its saved position in place."""
+        items = dict(
+            params=ocp.args.StandardRestore(_abstract(params_like)),
+            opt_state=ocp.args.StandardRestore(_abstract(opt_state_like)),
+        )
+        if data_iterator is not None:
+            import grain
+
+            items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+        out = self.manager.restore(step, args=ocp.args.Composite(**items))
+        return _unflatten(out["params"], params_like), _unflatten(out["opt_state"], opt_state_like)
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()

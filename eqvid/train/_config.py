@@ -1,0 +1,90 @@
+"""Optimiser and run configuration for `eqvid.train.train`."""
+
+import dataclasses
+
+from ..data._config import MovingMNISTConfig
+from ..models import ConvS5Config
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    """AdamW with linear warm-up, cosine decay and global-norm clipping."""
+
+    lr: float = 2e-3
+    """Peak learning rate."""
+    ssm_lr_scale: float = 1.0
+    """Learning rate of the SSM parameters (Λ, log Δ, B) relative to `lr`; they get no
+    weight decay (as S5 does)."""
+    warmup_steps: int = 100
+    """Linear warm-up steps from 0 to `lr`."""
+    end_lr_scale: float = 0.05
+    """Final learning rate of the cosine decay, relative to `lr`."""
+    weight_decay: float = 1e-5
+    """Decoupled weight decay (not applied to the SSM parameters)."""
+    b1: float = 0.9
+    """Adam β1."""
+    b2: float = 0.95
+    """Adam β2."""
+    grad_clip: float = 1.0
+    """Clip gradients to this global norm (0 disables)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """The training run: length, batch, logging, checkpoints, samples and evaluation."""
+
+    run_dir: str = "runs/convs5-mmnist"
+    """Directory for checkpoints, metrics, samples and the final report."""
+    steps: int = 1000
+    """Optimiser steps in total."""
+    batch_size: int = 8
+    """Videos per step."""
+    seed: int = 0
+    """Seed of the model initialisation and data order."""
+    log_every: int = 10
+    """Write a metrics row (CSV) every this many steps."""
+    sample_every: int = 500
+    """Export sample videos (PNG strip and GIF) every this many steps (0: only at the end)."""
+    checkpoint_every: int = 500
+    """Save an Orbax checkpoint every this many steps (and always at the end)."""
+    keep_checkpoints: int = 2
+    """Number of checkpoints kept."""
+    resume: bool = False
+    """Continue from the latest checkpoint in `run_dir` (same data order and state)."""
+    num_workers: int = 0
+    """Grain worker processes for data generation (0: in the training process)."""
+    eval_sequences: int = 128
+    """Held-out videos for the final rollout evaluation (0 skips it)."""
+    eval_context: int = 10
+    """Context frames given to the model in the evaluation."""
+    eval_horizon: int = 10
+    """Frames rolled out autoregressively in the evaluation."""
+    progress: bool = True
+    """Show a progress bar."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run needs."""
+
+    model: ConvS5Config = dataclasses.field(default_factory=lambda: ConvS5Config.preset("small"))
+    data: MovingMNISTConfig = dataclasses.field(default_factory=MovingMNISTConfig)
+    optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
+    run: RunConfig = dataclasses.field(default_factory=RunConfig)
+
+    def __post_init__(self):
+        r = self.run
+        for name in ("steps", "batch_size", "log_every"):
+            if getattr(r, name) < 1:
+                raise ValueError(f"RunConfig: `{name}` must be ≥ 1, got {getattr(r, name)}.")
+        if self.model.frame_size != self.data.frame_size:
+            raise ValueError(
+                f"TrainConfig: the model's frame_size ({self.model.frame_size}) must equal the "
+                f"data's frame_size ({self.data.frame_size})."
+            )
+        if r.eval_sequences and r.eval_context < 1:
+            raise ValueError(f"RunConfig: `eval_context` must be ≥ 1, got {r.eval_context}.")
+        if r.eval_sequences and r.eval_horizon < 1:
+            raise ValueError(f"RunConfig: `eval_horizon` must be ≥ 1, got {r.eval_horizon}.")
+        if self.data.seq_len < 2:
+            raise ValueError(f"MovingMNISTConfig: `seq_len` must be ≥ 2, got {self.data.seq_len}.")

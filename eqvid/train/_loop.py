@@ -1,0 +1,189 @@
+"""`train(config)`: the one training entry point (model → optimiser → jitted step →
+progress bar, metrics, samples, checkpoints → held-out rollout report)."""
+
+import csv
+import dataclasses
+import json
+import pathlib
+import time
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from ..models import ConvS5VideoModel
+from ._checkpoint import Checkpointer
+from ._config import TrainConfig
+from ._optimizer import learning_rate_schedule, make_optimizer
+from ._rollout_eval import RolloutReport, rollout, rollout_mse
+from ._samples import save_prediction_gif, save_prediction_strip
+
+
+def make_train_step(optimizer: optax.GradientTransformation):
+    """A jitted `(model, opt_state, videos) → (model, opt_state, loss, grad_norm)`;
+    the loss is the model's per-video loss averaged over the batch."""
+
+    @eqx.filter_jit
+    def train_step(model, opt_state, videos):
+        def batch_loss(m):
+            return jnp.mean(jax.vmap(m.loss)(videos))
+
+        loss, grads = eqx.filter_value_and_grad(batch_loss)(model)
+        params = eqx.filter(model, eqx.is_inexact_array)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return eqx.apply_updates(model, updates), opt_state, loss, optax.global_norm(grads)
+
+    return train_step
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What a run leaves behind."""
+
+    model: ConvS5VideoModel
+    run_dir: pathlib.Path
+    step: int
+    """The last completed step."""
+    losses: list[float]
+    """Training losses of the steps run in this call."""
+    report: RolloutReport | None
+    """The held-out rollout evaluation (None if `eval_sequences` is 0)."""
+
+
+def _config_dict(config: TrainConfig) -> dict[str, Any]:
+    return json.loads(json.dumps(dataclasses.asdict(config), default=str))
+
+
+def train(config: TrainConfig) -> TrainResult:
+    """Train a ConvS5 video model on Moving MNIST as `config` says.
+
+    Writes to `config.run.run_dir`: `config.json`, `metrics.csv` (step, loss,
+    learning rate, gradient norm, frames/s), `samples/step_XXXXXX.{png,gif}`
+    (context | prediction | ground truth on held-out videos), Orbax checkpoints
+    under `checkpoints/`, and at the end `eval.json` / `eval.md` with the rollout
+    report. With `run.resume`, continues from the latest checkpoint with the
+    same data order, so the losses match an uninterrupted run.
+    """
+    from ..data import make_dataset
+    from ..data._config import moving_mnist_splits
+
+    rc = config.run
+    run_dir = pathlib.Path(rc.run_dir)
+    ckpt = Checkpointer(run_dir / "checkpoints", keep=rc.keep_checkpoints)
+    latest = ckpt.latest_step()
+    if latest is not None and not rc.resume:
+        ckpt.close()
+        raise FileExistsError(
+            f"{run_dir} already holds checkpoints (latest step {latest}); pass --resume to "
+            "continue that run or choose another --run-dir."
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(_config_dict(config), indent=2))
+
+    eval_len = rc.eval_context + rc.eval_horizon
+    train_src, held_out = moving_mnist_splits(
+        config.data,
+        held_out_sequences=max(rc.eval_sequences, 4),
+        held_out_seq_len=max(eval_len, 2) if rc.eval_sequences else None,
+    )
+    dataset = make_dataset(
+        train_src, batch_size=rc.batch_size, seed=rc.seed, num_workers=rc.num_workers
+    )
+    data_iter = iter(dataset)
+
+    model = ConvS5VideoModel(config.model, key=jax.random.key(rc.seed))
+    optimizer = make_optimizer(config.optimizer, model, rc.steps)
+    opt_state = optimizer.init(eqx.filter(model, eqx.is_inexact_array))
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    start = 0
+    if latest is not None:
+        params, opt_state = ckpt.restore(latest, params, opt_state, data_iter)
+        model = eqx.combine(params, static)
+        start = latest
+    train_step = make_train_step(optimizer)
+    schedule = learning_rate_schedule(config.optimizer, rc.steps)
+
+    sample_videos = np.stack([held_out[i]["video"] for i in range(4)]).astype(np.float32)
+    sample_videos = sample_videos / 127.5 - 1.0
+    n_ctx = min(rc.eval_context, sample_videos.shape[1] - 1)
+
+    def export_samples(step: int) -> None:
+        pred = np.asarray(rollout(model, sample_videos[:, :n_ctx], sample_videos.shape[1] - n_ctx))
+        args = (sample_videos[:, :n_ctx], pred, sample_videos[:, n_ctx:])
+        save_prediction_strip(run_dir / "samples" / f"step_{step:06d}.png", *args)
+        save_prediction_gif(run_dir / "samples" / f"step_{step:06d}.gif", *args)
+
+    metrics_path = run_dir / "metrics.csv"
+    new_file = not metrics_path.exists() or start == 0
+    metrics_file = open(metrics_path, "w" if new_file else "a", newline="")
+    writer = csv.writer(metrics_file)
+    if new_file:
+        writer.writerow(["step", "loss", "lr", "grad_norm", "frames_per_s", "elapsed_s"])
+
+    frames_per_step = rc.batch_size * config.data.seq_len
+    losses: list[float] = []
+    t_start = time.perf_counter()
+    t_last, steps_since = t_start, 0
+    bar = tqdm(
+        total=rc.steps, initial=start, disable=not rc.progress, desc="train", unit="step",
+        dynamic_ncols=True,
+    )
+    try:
+        for step in range(start + 1, rc.steps + 1):
+            batch = next(data_iter)
+            model, opt_state, loss, gnorm = train_step(model, opt_state, batch["video"])
+            steps_since += 1
+            bar.update(1)
+            if step % rc.log_every == 0 or step == rc.steps or step == start + 1:
+                loss_f = float(loss)  # waits for the step
+                now = time.perf_counter()
+                fps = frames_per_step * steps_since / max(now - t_last, 1e-9)
+                t_last, steps_since = now, 0
+                losses.append(loss_f)
+                writer.writerow(
+                    [step, f"{loss_f:.6f}", f"{float(schedule(step - 1)):.3e}",
+                     f"{float(gnorm):.4f}", f"{fps:.1f}", f"{now - t_start:.1f}"]
+                )
+                metrics_file.flush()
+                bar.set_postfix(loss=f"{loss_f:.4f}", fps=f"{fps:.0f}")
+                if not np.isfinite(loss_f):
+                    raise FloatingPointError(
+                        f"training loss became {loss_f} at step {step}; lower --lr or raise "
+                        "--warmup-steps."
+                    )
+            paused = False
+            if rc.checkpoint_every and step % rc.checkpoint_every == 0 and step != rc.steps:
+                ckpt.save(step, eqx.filter(model, eqx.is_inexact_array), opt_state, data_iter,
+                          {"config": _config_dict(config)})
+                paused = True
+            if rc.sample_every and step % rc.sample_every == 0 and step != rc.steps:
+                export_samples(step)
+                paused = True
+            if paused:  # keep checkpoints and exports out of frames/s
+                t_last, steps_since = time.perf_counter(), 0
+        if start < rc.steps:
+            ckpt.save(rc.steps, eqx.filter(model, eqx.is_inexact_array), opt_state, data_iter,
+                      {"config": _config_dict(config)})
+            export_samples(rc.steps)
+    finally:
+        bar.close()
+        metrics_file.close()
+        ckpt.close()
+        close = getattr(data_iter, "close", None)
+        if close is not None:
+            close()
+
+    report = None
+    if rc.eval_sequences:
+        videos = np.stack([held_out[i]["video"] for i in range(rc.eval_sequences)])
+        report = rollout_mse(
+            model, videos.astype(np.float32) / 127.5 - 1.0,
+            context=rc.eval_context, horizon=rc.eval_horizon,
+        )
+        (run_dir / "eval.json").write_text(json.dumps(report.as_dict(), indent=2))
+        (run_dir / "eval.md").write_text(report.markdown() + "\n")
+    return TrainResult(model=model, run_dir=run_dir, step=rc.steps, losses=losses, report=report)

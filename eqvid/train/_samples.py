@@ -1,0 +1,96 @@
+"""Sample export a person can look at: PNG strips and animated GIFs."""
+
+import pathlib
+
+import numpy as np
+from jaxtyping import Float
+from PIL import Image
+
+
+def to_uint8(video: Float[np.ndarray, "... channels"]) -> np.ndarray:
+    """`[-1, 1]` floats → `uint8` (the file boundary of the tensor convention)."""
+    return np.clip(np.round((np.asarray(video, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def _rgb(frames: np.ndarray) -> np.ndarray:
+    return np.repeat(frames, 3, axis=-1) if frames.shape[-1] == 1 else frames
+
+
+def _row(frames: np.ndarray, gap: int) -> np.ndarray:
+    t, h, w, c = frames.shape
+    out = np.full((h, t * w + (t - 1) * gap, c), 255, np.uint8)
+    for i, f in enumerate(frames):
+        out[:, i * (w + gap) : i * (w + gap) + w] = f
+    return out
+
+
+def _tint(frames: np.ndarray, color: tuple[int, int, int]) -> np.ndarray:
+    """Colour the bright pixels of grayscale-as-RGB frames (to tell the bands apart)."""
+    f = frames.astype(np.float32) / 255.0
+    return np.clip(f * np.asarray(color, np.float32), 0, 255).astype(np.uint8)
+
+
+def save_prediction_strip(
+    path: str | pathlib.Path,
+    context: Float[np.ndarray, "batch context height width channels"],
+    prediction: Float[np.ndarray, "batch horizon height width channels"],
+    truth: Float[np.ndarray, "batch horizon height width channels"],
+    *,
+    gap: int = 2,
+) -> pathlib.Path:
+    """Write a PNG: per example, one row `context | prediction | ground truth`.
+
+    Context frames are white, predictions green, ground truth orange, so the
+    three bands read at a glance.
+    """
+    rows = []
+    for ctx, pred, gt in zip(to_uint8(context), to_uint8(prediction), to_uint8(truth)):
+        bands = [
+            _row(_rgb(ctx), gap),
+            _row(_tint(_rgb(pred), (120, 255, 120)), gap),
+            _row(_tint(_rgb(gt), (255, 170, 60)), gap),
+        ]
+        h = bands[0].shape[0]
+        sep = np.full((h, 4 * gap + 2, 3), 255, np.uint8)
+        sep[:, 2 * gap : 2 * gap + 2] = 128
+        rows.append(np.concatenate([bands[0], sep, bands[1], sep, bands[2]], axis=1))
+    width = max(r.shape[1] for r in rows)
+    canvas = np.full((sum(r.shape[0] + gap for r in rows), width, 3), 255, np.uint8)
+    y = 0
+    for r in rows:
+        canvas[y : y + r.shape[0], : r.shape[1]] = r
+        y += r.shape[0] + gap
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(canvas).save(path)
+    return path
+
+
+def save_prediction_gif(
+    path: str | pathlib.Path,
+    context: Float[np.ndarray, "batch context height width channels"],
+    prediction: Float[np.ndarray, "batch horizon height width channels"],
+    truth: Float[np.ndarray, "batch horizon height width channels"],
+    *,
+    fps: int = 5,
+    scale: int = 2,
+) -> pathlib.Path:
+    """Write an animated GIF: each example as `model | ground truth` side by side;
+    during the context both show the real frames (white), then the model's
+    frames (green) next to the truth (orange)."""
+    ctx, pred, gt = to_uint8(context), to_uint8(prediction), to_uint8(truth)
+    model_side = np.concatenate([_rgb(ctx), _tint(_rgb(pred), (120, 255, 120))], axis=1)
+    truth_side = np.concatenate([_rgb(ctx), _tint(_rgb(gt), (255, 170, 60))], axis=1)
+    b, t, h, w, _ = model_side.shape
+    frames = []
+    for i in range(t):
+        tiles = [np.concatenate([m[i], np.full((h, 2, 3), 128, np.uint8), g[i]], axis=1)
+                 for m, g in zip(model_side, truth_side)]
+        sep = np.full((2, tiles[0].shape[1], 3), 255, np.uint8)
+        grid = np.concatenate([x for tile in tiles for x in (tile, sep)][:-1], axis=0)
+        frames.append(Image.fromarray(grid).resize(
+            (grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST))
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=1000 // fps, loop=0)
+    return path

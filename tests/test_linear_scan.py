@@ -1,0 +1,164 @@
+"""The reference scan against a float64 NumPy loop, its gradients against autodiff of
+a plain `lax.scan` and finite differences, and its errors."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jaxtyping import TypeCheckError
+
+from eqvid.kernels import linear_scan
+
+IMPLS = ["associative", "sequential", "auto"]
+
+
+def numpy_scan(a, b, x0, reverse):
+    """x_t = a_t x_{t∓1} + b_t in float64/complex128, one step at a time."""
+    a, b = np.asarray(a), np.asarray(b)
+    per_step = a.ndim == b.ndim
+    x = np.broadcast_to(np.asarray(x0), b.shape[1:]).astype(np.result_type(a, b, x0))
+    out = np.zeros(b.shape, x.dtype)
+    for t in (range(b.shape[0] - 1, -1, -1) if reverse else range(b.shape[0])):
+        x = (a[t] if per_step else a) * x + b[t]
+        out[t] = x
+    return out
+
+
+def random_problem(rng, T, rest, *, complex_, per_step, a_shape=None):
+    def draw(shape):
+        z = rng.normal(size=shape)
+        return z + 1j * rng.normal(size=shape) if complex_ else z
+
+    shape = (T,) + rest
+    a_shape = shape if per_step else (a_shape or rest)
+    mag = rng.uniform(0.3, 0.99, size=a_shape)
+    a = mag * np.exp(1j * rng.uniform(-np.pi, np.pi, size=a_shape)) if complex_ else mag * rng.choice([-1, 1], size=a_shape)
+    return a, draw(shape), draw(rest)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("per_step", [False, True])
+@pytest.mark.parametrize("complex_", [False, True])
+def test_matches_numpy_loop(impl, reverse, per_step, complex_):
+    rng = np.random.default_rng(hash((impl, reverse, per_step, complex_)) % 2**32)
+    for T, rest in [(1, (3,)), (7, (5,)), (13, (2, 3, 9)), (33, (1, 7))]:
+        a, b, x0 = random_problem(rng, T, rest, complex_=complex_, per_step=per_step)
+        want = numpy_scan(a, b, x0, reverse)
+        dtype = jnp.complex64 if complex_ else jnp.float32
+        got = linear_scan(
+            jnp.asarray(a, dtype), jnp.asarray(b, dtype), jnp.asarray(x0, dtype),
+            reverse=reverse, impl=impl,
+        )
+        assert got.shape == b.shape and got.dtype == dtype
+        np.testing.assert_allclose(np.asarray(got), want, rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_float64_exact_and_zero_x0(impl):
+    rng = np.random.default_rng(0)
+    a, b, _ = random_problem(rng, 11, (3, 5), complex_=True, per_step=False, a_shape=(5,))
+    with jax.enable_x64(True):
+        got = linear_scan(jnp.asarray(a), jnp.asarray(b), impl=impl)
+        assert got.dtype == jnp.complex128
+        np.testing.assert_allclose(np.asarray(got), numpy_scan(a, b, np.zeros((3, 5)), False), rtol=1e-12)
+
+
+def test_real_a_with_complex_b_promotes():
+    rng = np.random.default_rng(1)
+    a = rng.uniform(0.1, 0.9, size=(4,)).astype(np.float32)
+    b = (rng.normal(size=(6, 4)) + 1j * rng.normal(size=(6, 4))).astype(np.complex64)
+    got = linear_scan(jnp.asarray(a), jnp.asarray(b))
+    assert got.dtype == jnp.complex64
+    np.testing.assert_allclose(np.asarray(got), numpy_scan(a, b, np.zeros(4), False), rtol=1e-5)
+
+
+def _autodiff_reference(a, b, x0, reverse):
+    """The recurrence as a plain `lax.scan`, differentiated by JAX itself."""
+    per_step = a.ndim == b.ndim
+
+    def step(x, ab):
+        a_t, b_t = ab
+        x = a_t * x + b_t
+        return x, x
+
+    a_seq = a if per_step else jnp.broadcast_to(a, b.shape)
+    x0 = jnp.broadcast_to(x0, b.shape[1:]).astype(jnp.result_type(a, b, x0))
+    return jax.lax.scan(step, x0, (a_seq, b), reverse=reverse)[1]
+
+
+@pytest.mark.parametrize("impl", ["associative", "sequential"])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("per_step", [False, True])
+@pytest.mark.parametrize("complex_", [False, True])
+def test_vjp_matches_autodiff(impl, reverse, per_step, complex_):
+    rng = np.random.default_rng(7)
+    a, b, x0 = random_problem(rng, 9, (2, 5), complex_=complex_, per_step=per_step,
+                              a_shape=(5,))
+    with jax.enable_x64(True):
+        a, b, x0 = map(jnp.asarray, (a, b, x0))
+        ct = jnp.asarray(rng.normal(size=b.shape) + (1j * rng.normal(size=b.shape) if complex_ else 0))
+        out, vjp = jax.vjp(lambda *args: linear_scan(*args, reverse=reverse, impl=impl), a, b, x0)
+        ref, vjp_ref = jax.vjp(lambda *args: _autodiff_reference(*args, reverse), a, b, x0)
+        np.testing.assert_allclose(out, ref, rtol=1e-12)
+        for g, g_ref in zip(vjp(ct), vjp_ref(ct)):
+            assert g.shape == g_ref.shape and g.dtype == g_ref.dtype
+            np.testing.assert_allclose(g, g_ref, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("impl", ["associative", "sequential"])
+def test_gradients_match_finite_differences(impl):
+    rng = np.random.default_rng(3)
+    a, b, x0 = random_problem(rng, 8, (3,), complex_=True, per_step=False)
+    a_real = rng.uniform(0.2, 0.9, size=(3,))  # also a real `a` with complex `b`
+    w = rng.normal(size=(8, 3)) + 1j * rng.normal(size=(8, 3))
+
+    with jax.enable_x64(True):
+        w = jnp.asarray(w)
+
+        def f(a_re, a_im, b_re, b_im, x0_re, a2):
+            a_c = jax.lax.complex(a_re, a_im) * a2
+            xs = linear_scan(a_c, jax.lax.complex(b_re, b_im), x0_re, impl=impl)
+            return jnp.sum(jnp.real(w * xs) ** 2)
+
+        args = [jnp.asarray(v) for v in (a.real, a.imag, b.real, b.imag, x0.real, a_real)]
+        grads = jax.grad(f, argnums=tuple(range(6)))(*args)
+        eps = 1e-6
+        for i, (arg, g) in enumerate(zip(args, grads)):
+            flat = np.asarray(arg).ravel()
+            for j in range(0, flat.size, max(1, flat.size // 4)):
+                up, dn = flat.copy(), flat.copy()
+                up[j] += eps
+                dn[j] -= eps
+                a_up, a_dn = list(args), list(args)
+                a_up[i] = jnp.asarray(up.reshape(arg.shape))
+                a_dn[i] = jnp.asarray(dn.reshape(arg.shape))
+                fd = (f(*a_up) - f(*a_dn)) / (2 * eps)
+                np.testing.assert_allclose(np.asarray(g).ravel()[j], fd, rtol=1e-6, atol=1e-6)
+
+
+def test_works_under_jit_and_vmap():
+    rng = np.random.default_rng(5)
+    a, b, x0 = random_problem(rng, 6, (4,), complex_=True, per_step=True)
+    a, b, x0 = (jnp.asarray(v, jnp.complex64) for v in (a, b, x0))
+    batched = jax.jit(jax.vmap(linear_scan, in_axes=(None, 1, None), out_axes=1))
+    stacked = jnp.stack([b, 2 * b], axis=1)  # (T, 2, 4)
+    got = batched(a, stacked, x0)
+    np.testing.assert_allclose(got[:, 0], linear_scan(a, b, x0), rtol=1e-6)
+    np.testing.assert_allclose(got[:, 1], linear_scan(a, 2 * b, x0), rtol=1e-6)
+
+
+def test_bad_input_names_the_argument():
+    b = jnp.zeros((5, 3))
+    with pytest.raises(ValueError, match=r"`a`.*b.shape\[1:\]=\(3,\).*a.shape=\(4,\)"):
+        linear_scan(jnp.ones(4), b)
+    with pytest.raises(ValueError, match=r"`a`.*per time step.*a.shape=\(4, 3\)"):
+        linear_scan(jnp.ones((4, 3)), b)
+    with pytest.raises(ValueError, match=r"`x0`.*x0.shape=\(2,\)"):
+        linear_scan(jnp.ones(3), b, jnp.ones(2))
+    with pytest.raises((TypeError, TypeCheckError), match="a"):
+        linear_scan(jnp.ones(3, jnp.int32), b)
+    with pytest.raises((ValueError, TypeCheckError), match="impl"):
+        linear_scan(jnp.ones(3), b, impl="cuda")
+    with pytest.raises((ValueError, TypeCheckError)):
+        linear_scan(jnp.ones(()), jnp.zeros(()))
