@@ -79,7 +79,8 @@ def _rollout(model: AbstractVideoPredictor, context: Array, horizon: int, key: A
 
 def rollout(
     model: AbstractVideoPredictor,
-    context: Float[Array, "batch context height width channels"],
+    context: Float[Array, "batch context height width channels"]
+    | Float[np.ndarray, "batch context height width channels"],
     horizon: int,
     *,
     key: Array | None = None,
