@@ -9,8 +9,6 @@ followed by the paper's ResNet-style output nonlinearity (in place of a `D`
 term) and a post-LayerNorm residual: `out_t = LayerNorm(u_t + f(y_t))`.
 """
 
-from typing import Literal
-
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -19,12 +17,11 @@ from beartype import beartype
 from jaxtyping import Array, Complex, Float, PRNGKeyArray, jaxtyped
 
 from eqvid.kernels import linear_scan
+from eqvid.kernels.linear_scan import ScanImpl
 
 from ._conv import Conv2d, conv2d_nhwc
 from ._hippo import discretize_zoh, hippo_block_init
 from ._norm import GroupNorm, LayerNorm
-
-ScanImpl = Literal["auto", "associative", "sequential"]
 
 
 class ResNetOutput(eqx.Module):
@@ -57,8 +54,9 @@ class ConvS5(eqx.Module):
     Three ways to run it, which agree to float32 precision:
 
     - `layer(u, state)` over a whole video with the parallel scan
-      (`impl="associative"`, the default on CPU) or a sequential one
-      (`impl="sequential"`); returns `(outputs, last_state)`.
+      (`impl="associative"`) or a sequential one (`impl="sequential"`);
+      `impl="auto"` picks the faster for the backend. Returns
+      `(outputs, last_state)`.
     - `layer.step(state, frame)` one frame at a time, O(1) per frame; returns
       `(new_state, output)`, the shape of a `lax.scan` body:
       `lax.scan(lambda s, f: layer.step(s, f), state, frames)`.

@@ -4,7 +4,7 @@ import pathlib
 
 import numpy as np
 from jaxtyping import Float
-from PIL import Image
+from PIL import Image, ImageDraw
 
 
 def to_uint8(video: Float[np.ndarray, "... channels"]) -> np.ndarray:
@@ -54,15 +54,25 @@ def save_prediction_strip(
         sep = np.full((h, 4 * gap + 2, 3), 255, np.uint8)
         sep[:, 2 * gap : 2 * gap + 2] = 128
         rows.append(np.concatenate([bands[0], sep, bands[1], sep, bands[2]], axis=1))
+    header = 14
     width = max(r.shape[1] for r in rows)
-    canvas = np.full((sum(r.shape[0] + gap for r in rows), width, 3), 255, np.uint8)
-    y = 0
+    canvas = np.full((header + sum(r.shape[0] + gap for r in rows), width, 3), 255, np.uint8)
+    y = header
     for r in rows:
         canvas[y : y + r.shape[0], : r.shape[1]] = r
         y += r.shape[0] + gap
+    image = Image.fromarray(canvas)
+    draw = ImageDraw.Draw(image)
+    t_ctx, t_pred = context.shape[1], prediction.shape[1]
+    w = context.shape[3] + gap
+    sep = 4 * gap + 2
+    x_pred = t_ctx * w - gap + sep
+    x_true = x_pred + t_pred * w - gap + sep
+    for x, label in ((0, f"context ({t_ctx})"), (x_pred, "prediction"), (x_true, "ground truth")):
+        draw.text((x + 2, 1), label, fill=(0, 0, 0))
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(canvas).save(path)
+    image.save(path)
     return path
 
 
