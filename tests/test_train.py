@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import eqvid
+import eqvid.train
 from eqvid.data._config import MovingMNISTConfig
 from eqvid.models import AbstractVideoPredictor
 from eqvid.train import OptimizerConfig, RunConfig, TrainConfig, rollout_mse, train
@@ -132,3 +133,23 @@ def test_missing_mnist_file_names_the_path(tmp_path):
     config = dataclasses.replace(config, data=dataclasses.replace(config.data, mnist_path=str(missing)))
     with pytest.raises(FileNotFoundError, match="nowhere"):
         train(config)
+
+
+def test_ssm_parameters_get_their_own_group_without_weight_decay(getkey):
+    import equinox as eqx
+
+    from eqvid.train._optimizer import ssm_labels
+
+    model = eqvid.ConvS5VideoModel(TINY_MODEL, key=getkey())
+    labels = ssm_labels(model)
+    layer = labels.layers[0]
+    assert (layer.lambda_re, layer.lambda_im, layer.log_step, layer.B) == ("ssm",) * 4
+    assert layer.C == "default" and labels.encoder.stem.weight == "default"
+    # With zero gradients only weight decay moves parameters: SSM ones must stay put.
+    config = OptimizerConfig(lr=1e-2, warmup_steps=0, weight_decay=0.5, grad_clip=0.0)
+    opt = eqvid.train.make_optimizer(config, model, total_steps=10)
+    params = eqx.filter(model, eqx.is_inexact_array)
+    updates, _ = opt.update(jax.tree.map(jnp.zeros_like, params), opt.init(params), params)
+    assert float(jnp.abs(updates.layers[0].B).max()) == 0.0
+    assert float(jnp.abs(updates.layers[0].lambda_re).max()) == 0.0
+    assert float(jnp.abs(updates.layers[0].C).max()) > 0.0

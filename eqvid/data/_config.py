@@ -23,6 +23,8 @@ class MovingMNISTConfig:
     """Frames per training video."""
     step_length: float = 0.15
     """Motion per frame as a fraction of the free canvas (0.15 ≈ 5.4 px at 64x64)."""
+    bounce: bool = True
+    """Digits bounce off the borders (otherwise they drift out of the frame)."""
     train_sequences: int = 1_000_000
     """Size of the (generated on the fly) training set."""
     held_out_digit_fraction: float = 0.1
@@ -54,6 +56,7 @@ def moving_mnist_splits(
         frame_size=config.frame_size,
         num_digits=config.num_digits,
         step_length=config.step_length,
+        bounce=config.bounce,
     )
     train = MovingMNIST(
         digits=digits[np.sort(order[n_held:])],
