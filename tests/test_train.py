@@ -61,6 +61,8 @@ def test_train_writes_everything_and_resumes_exactly(tmp_path):
     shutil.rmtree(run_dir / "checkpoints" / "4")
     resumed = train(tiny_config(run_dir, resume=True))
     np.testing.assert_array_equal(resumed.losses, result.losses[2:])
+    steps = [int(r.split(",")[0]) for r in (run_dir / "metrics.csv").read_text().split()[1:]]
+    assert steps == [1, 2, 3, 4]  # the redone steps replace the interrupted run's rows
     a = jax.tree.leaves(eqvid_params(result.model))
     b = jax.tree.leaves(eqvid_params(resumed.model))
     for x, y in zip(a, b):

@@ -118,11 +118,15 @@ def train(config: TrainConfig) -> TrainResult:
         save_prediction_gif(run_dir / "samples" / f"step_{step:06d}.gif", *args)
 
     metrics_path = run_dir / "metrics.csv"
-    new_file = not metrics_path.exists() or start == 0
-    metrics_file = open(metrics_path, "w" if new_file else "a", newline="")
+    header = ["step", "loss", "lr", "grad_norm", "frames_per_s", "elapsed_s"]
+    kept: list[list[str]] = []
+    if start > 0 and metrics_path.exists():
+        # Rows logged after the checkpoint we resume from are about to be redone.
+        with open(metrics_path, newline="") as f:
+            kept = [row for row in list(csv.reader(f))[1:] if row and int(row[0]) <= start]
+    metrics_file = open(metrics_path, "w", newline="")
     writer = csv.writer(metrics_file)
-    if new_file:
-        writer.writerow(["step", "loss", "lr", "grad_norm", "frames_per_s", "elapsed_s"])
+    writer.writerows([header] + kept)
 
     frames_per_step = rc.batch_size * config.data.seq_len
     losses: list[float] = []
