@@ -54,7 +54,7 @@ class ConvS5(eqx.Module):
     Three ways to run it, which agree to float32 precision:
 
     - `layer(u, state)` over a whole video with the parallel scan
-      (`impl="associative"`) or a sequential one (`impl="sequential"`);
+      (`impl="xla"` or, fused on GPU, `impl="pallas"`) or a sequential one (`impl="sequential"`);
       `impl="auto"` picks the faster for the backend. Returns
       `(outputs, last_state)`.
     - `layer.step(state, frame)` one frame at a time, O(1) per frame; returns
@@ -200,7 +200,7 @@ class ConvS5(eqx.Module):
         """Run over a whole video.
 
         **Arguments:** `u` the inputs; `state` the state before the first frame
-        (zero if absent); `impl` the scan: `"associative"` (parallel),
+        (zero if absent); `impl` the scan: `"pallas"` (GPU kernel), `"xla"` (parallel),
         `"sequential"`, or `"auto"`.
 
         **Returns:** `(outputs, last_state)`; feed `last_state` to `step` or to

@@ -45,7 +45,7 @@ def test_parallel_sequential_and_step_agree(getkey):
     layer = small_layer(getkey())
     u = jax.random.normal(getkey(), (13, 5, 7, 6))
     x0 = random_state(getkey(), layer, 5, 7)
-    y_par, x_par = jax.jit(lambda u, x: layer(u, x, impl="associative"))(u, x0)
+    y_par, x_par = jax.jit(lambda u, x: layer(u, x, impl="xla"))(u, x0)
     y_seq, x_seq = jax.jit(lambda u, x: layer(u, x, impl="sequential"))(u, x0)
     x_step, y_step = jax.jit(lambda x, u: jax.lax.scan(lambda s, f: layer.step(s, f), x, u))(x0, u)
     assert y_par.shape == u.shape and x_par.shape == (5, 7, 5)

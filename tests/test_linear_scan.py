@@ -9,7 +9,7 @@ from jaxtyping import TypeCheckError
 
 from eqvid.kernels import linear_scan
 
-IMPLS = ["associative", "sequential", "auto"]
+IMPLS = ["xla", "sequential", "auto"]
 
 
 def numpy_scan(a, b, x0, reverse):
@@ -87,7 +87,7 @@ def _autodiff_reference(a, b, x0, reverse):
     return jax.lax.scan(step, x0, (a_seq, b), reverse=reverse)[1]
 
 
-@pytest.mark.parametrize("impl", ["associative", "sequential"])
+@pytest.mark.parametrize("impl", ["xla", "sequential"])
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("per_step", [False, True])
 @pytest.mark.parametrize("complex_", [False, True])
@@ -106,7 +106,7 @@ def test_vjp_matches_autodiff(impl, reverse, per_step, complex_):
             np.testing.assert_allclose(g, g_ref, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("impl", ["associative", "sequential"])
+@pytest.mark.parametrize("impl", ["xla", "sequential"])
 def test_gradients_match_finite_differences(impl):
     rng = np.random.default_rng(3)
     a, b, x0 = random_problem(rng, 8, (3,), complex_=True, per_step=False)
@@ -162,3 +162,118 @@ def test_bad_input_names_the_argument():
         linear_scan(jnp.ones(3), b, impl="cuda")
     with pytest.raises((ValueError, TypeCheckError)):
         linear_scan(jnp.ones(()), jnp.zeros(()))
+
+
+# ----------------------------------------------------------------------------
+# The Pallas kernel (interpret mode on CPU) against the references.
+# ----------------------------------------------------------------------------
+
+import importlib  # noqa: E402
+
+scan_module = importlib.import_module("eqvid.kernels.linear_scan")
+
+
+def as_kernel_inputs(a, b, x0, dtype):
+    return scan_module._check_inputs(*(jnp.asarray(v, dtype) for v in (a, b, x0)))
+
+
+@pytest.mark.parametrize("block, chunks", [(8, 1), (8, 3), (16, 4)])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("per_step", [False, True])
+@pytest.mark.parametrize("complex_", [False, True])
+def test_pallas_kernel_matches_numpy_loop(block, chunks, reverse, per_step, complex_):
+    """Several channel blocks with a masked tail (15 channels in blocks of 8/16) and
+    time chunks that do not divide T=11."""
+    rng = np.random.default_rng(hash((block, chunks, reverse, per_step, complex_)) % 2**32)
+    a, b, x0 = random_problem(rng, 11, (3, 5), complex_=complex_, per_step=per_step,
+                              a_shape=(5,))
+    dtype = jnp.complex64 if complex_ else jnp.float32
+    got = scan_module._pallas(*as_kernel_inputs(a, b, x0, dtype), reverse,
+                              block=block, chunks=chunks, interpret=True)
+    assert got.shape == b.shape and got.dtype == dtype
+    np.testing.assert_allclose(np.asarray(got), numpy_scan(a, b, x0, reverse),
+                               rtol=2e-5, atol=2e-5)
+
+
+def test_pallas_kernel_in_float64_is_exact():
+    rng = np.random.default_rng(11)
+    a, b, x0 = random_problem(rng, 9, (7,), complex_=True, per_step=True)
+    with jax.enable_x64(True):
+        got = linear_scan(*(jnp.asarray(v) for v in (a, b, x0)), impl="pallas")
+        assert got.dtype == jnp.complex128
+        np.testing.assert_allclose(np.asarray(got), numpy_scan(a, b, x0, False), rtol=1e-12)
+
+
+def test_pallas_accepts_bfloat16_and_accumulates_in_float32():
+    rng = np.random.default_rng(12)
+    a, b, x0 = random_problem(rng, 64, (6,), complex_=False, per_step=False)
+    args = [jnp.asarray(v, jnp.bfloat16) for v in (a, b, x0)]
+    got = linear_scan(*args, impl="pallas")
+    assert got.dtype == jnp.bfloat16
+    want = numpy_scan(*(np.asarray(v, np.float64) for v in args), False)
+    # One bf16 rounding of the output, not 64 accumulated roundings.
+    np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("reverse, per_step, complex_",
+                         [(False, False, True), (True, True, True), (False, True, False),
+                          (True, False, False)])
+def test_pallas_vjp_matches_autodiff(reverse, per_step, complex_):
+    rng = np.random.default_rng(13)
+    a, b, x0 = random_problem(rng, 10, (2, 3), complex_=complex_, per_step=per_step,
+                              a_shape=(3,))
+    dtype = jnp.complex64 if complex_ else jnp.float32
+    a, b, x0 = (jnp.asarray(v, dtype) for v in (a, b, x0))
+    ct = jnp.asarray(rng.normal(size=b.shape) + (1j * rng.normal(size=b.shape) if complex_ else 0), dtype)
+    out, vjp = jax.vjp(lambda *args: linear_scan(*args, reverse=reverse, impl="pallas"), a, b, x0)
+    ref, vjp_ref = jax.vjp(lambda *args: _autodiff_reference(*args, reverse), a, b, x0)
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+    for g, g_ref in zip(vjp(ct), vjp_ref(ct)):
+        assert g.shape == g_ref.shape and g.dtype == g_ref.dtype
+        np.testing.assert_allclose(g, g_ref, rtol=1e-4, atol=1e-4)
+
+
+def test_pallas_propagates_nan_and_inf():
+    a = jnp.full((4,), 0.5, jnp.float32)
+    b = jnp.zeros((6, 4), jnp.float32).at[2, 1].set(jnp.nan).at[3, 2].set(jnp.inf)
+    got = np.asarray(linear_scan(a, b, impl="pallas"))
+    want = np.asarray(linear_scan(a, b, impl="sequential"))
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_array_equal(np.isinf(got), np.isinf(want))
+    assert np.isnan(got[2:, 1]).all() and np.isinf(got[3:, 2]).all() and np.isfinite(got[:2]).all()
+
+
+def test_auto_dispatch():
+    backend = jax.default_backend()
+    want = {"gpu": "pallas", "cpu": "sequential"}.get(backend, "xla")
+    assert scan_module._resolve("auto") == want
+
+
+def lower_for_cuda(fn, *args):
+    """Lower `fn` for an H100 from a CPU-only machine (Triton shape errors surface here)."""
+    from jax.sharding import AbstractDevice, AbstractMesh, AxisType, use_abstract_mesh
+
+    device = AbstractDevice(device_kind="NVIDIA H100 80GB HBM3", num_cores=132, platform="gpu")
+    mesh = AbstractMesh((1,), ("x",), (AxisType.Auto,), abstract_device=device)
+    with use_abstract_mesh(mesh):
+        return jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
+
+
+@pytest.mark.parametrize("T, rest, a_rest, dtype, reverse", [
+    (300, (8, 16, 16, 128), (128,), jnp.complex64, False),    # the paper's MNIST layer
+    (1200, (1, 8, 8, 64), (1, 8, 8, 64), jnp.complex64, True),  # few channels: time chunks
+    (37, (1000,), None, jnp.float32, False),                  # per-step real, odd sizes
+    (64, (300,), (300,), jnp.bfloat16, True),
+])
+def test_pallas_lowers_for_cuda(T, rest, a_rest, dtype, reverse):
+    b = jax.ShapeDtypeStruct((T,) + rest, dtype)
+    a = jax.ShapeDtypeStruct((T,) + rest if a_rest is None else a_rest, dtype)
+    x0 = jax.ShapeDtypeStruct(rest, dtype)
+
+    def fwd_and_grad(a, b, x0):
+        def f(a, b, x0):
+            return jnp.sum(jnp.abs(linear_scan(a, b, x0, reverse=reverse, impl="pallas")))
+        return jax.value_and_grad(f, argnums=(0, 1, 2))(a, b, x0)
+
+    text = lower_for_cuda(fwd_and_grad, a, b, x0)
+    assert text.count("xla.gpu.triton") >= 2  # forward and the reverse-time gradient
