@@ -44,9 +44,10 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def write_result(name: str, title: str, body: str) -> pathlib.Path:
-    """Write `benchmarks/results/<name>.md` and return its path."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.md"
+def write_result(name: str, title: str, body: str, out_dir: str = "") -> pathlib.Path:
+    """Write `<out_dir or benchmarks/results>/<name>.md` and return its path."""
+    folder = pathlib.Path(out_dir) if out_dir else RESULTS
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.md"
     path.write_text(f"# {title}\n\n{environment()}\n{body}\n")
     return path

@@ -1,48 +1,75 @@
 """How fast is `eqvid.kernels.linear_scan`? Every implementation side by side.
 
 Runs the diagonal complex recurrence of a ConvS5 layer (`x_t = Λ̄ ⊙ x_{t-1} +
-b_t` with `Λ̄` per state channel) over `(time, batch, height, width, state)`
-for several sequence lengths, forward and forward+backward, and reports the
-median time of each implementation and its speed relative to the sequential
-`lax.scan`. Prints a markdown table and writes
-`benchmarks/results/scan_speed_<backend>.md`.
+b_t`, `Λ̄` one complex number per state channel, shared over time) on
+`(time, batch, height, width, state)` inputs at sizes from the paper's layers,
+forward and forward+backward, for the Pallas kernel (GPU only), the associative
+scan (`"xla"`) and `lax.scan` (`"sequential"`). For each it reports the median
+time, the effective bandwidth on the minimum bytes (read `b`, write `x`), that
+bandwidth as a share of this device's measured copy bandwidth (same run), the
+speed-up over both references, and the compiled program's temporary memory.
+Prints a markdown table and writes `benchmarks/results/scan_speed.md` on GPU
+(`scan_speed_<backend>.md` elsewhere).
 
-    python benchmarks/scan_speed.py
-    python benchmarks/scan_speed.py --lengths 256 1024 4096 --batch 8 --state 128
+    python benchmarks/scan_speed.py                      # sizes for this device
+    python benchmarks/scan_speed.py --sizes mnist-300 long --repeats 20
 """
 
 import argparse
 import dataclasses
+import os
 import sys
 
 import jax
 import jax.numpy as jnp
 
-sys.path.insert(0, __import__("os").path.dirname(__file__))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import markdown_table, time_call, write_result  # noqa: E402
 
 from eqvid._cli import add_config_arguments, config_from_args  # noqa: E402
 from eqvid.kernels import linear_scan  # noqa: E402
 
-IMPLS = ("sequential", "associative")
+# name: (T, batch, height=width, P) — the layers of the papers' models.
+SIZES = {
+    "cpu-small": (256, 2, 8, 32),
+    "mnist-300": (300, 8, 16, 128),  # ConvS5 MNIST-300 layer, train length 300
+    "teco": (300, 16, 8, 512),  # TECO-ConvS5 layer (DMLab)
+    "long": (1200, 8, 16, 64),  # MNIST-600 layer at the 1200-frame evaluation length
+    "few-channels": (4096, 1, 8, 32),  # 2k channels, long T: the chunked path
+}
+GPU_SIZES = ("mnist-300", "teco", "long", "few-channels", "cpu-small")
+CPU_SIZES = ("cpu-small",)
 
 
 @dataclasses.dataclass(frozen=True)
 class ScanBenchConfig:
     """Problem sizes and repetitions."""
 
-    lengths: tuple[int, ...] = (64, 256, 1024)
-    """Sequence lengths T to time."""
-    batch: int = 2
-    """Videos per batch."""
-    latent: int = 8
-    """Height and width of the latent grid."""
-    state: int = 32
-    """Complex state channels P."""
-    repeats: int = 5
+    sizes: tuple[str, ...] = ()
+    """Named sizes to run (cpu-small, mnist-300, teco, long, few-channels); default:
+    all on GPU, cpu-small elsewhere."""
+    impls: tuple[str, ...] = ()
+    """Implementations (pallas, xla, sequential); default: pallas on GPU plus both
+    references."""
+    repeats: int = 10
     """Timed calls per measurement (the median is reported)."""
     name: str = ""
-    """Result file name (default: scan_speed_<backend>)."""
+    """Result file name (default: scan_speed on GPU, scan_speed_<backend> elsewhere)."""
+    out_dir: str = ""
+    """Folder for the result file (default: benchmarks/results)."""
+
+
+def copy_bandwidth(nbytes: int, repeats: int) -> float:
+    """Device-to-device bandwidth of an elementwise pass over `nbytes` (read + write)."""
+    x = jnp.ones((nbytes // 4,), jnp.float32)
+    f = jax.jit(lambda x: -x)
+    return 2 * x.nbytes / time_call(lambda: f(x), repeats=repeats)
+
+
+def temp_bytes(fn, *args) -> int:
+    """Temporary (intermediate) memory of the compiled program, in bytes."""
+    analysis = jax.jit(fn).lower(*args).compile().memory_analysis()
+    return int(getattr(analysis, "temp_size_in_bytes", 0)) if analysis is not None else -1
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -52,45 +79,67 @@ def main(argv: list[str] | None = None) -> None:
     )
     add_config_arguments(parser, "bench", ScanBenchConfig)
     config = config_from_args(parser.parse_args(argv), "bench", ScanBenchConfig())
+    gpu = jax.default_backend() == "gpu"
+    sizes = config.sizes or (GPU_SIZES if gpu else CPU_SIZES)
+    impls = config.impls or (("pallas", "xla", "sequential") if gpu else ("xla", "sequential"))
+    for name in sizes:
+        if name not in SIZES:
+            parser.error(f"unknown size {name!r}; choose from {sorted(SIZES)}")
 
-    key = jax.random.key(0)
-    rows = []
-    for T in config.lengths:
-        shape = (T, config.batch, config.latent, config.latent, config.state)
-        k1, k2, k3 = jax.random.split(jax.random.fold_in(key, T), 3)
-        mag = jax.random.uniform(k1, (config.state,), minval=0.9, maxval=0.999)
-        a = mag * jnp.exp(1j * jax.random.uniform(k2, (config.state,), maxval=3.0))
+    rows, notes = [], []
+    for name in sizes:
+        T, batch, hw, P = SIZES[name]
+        shape = (T, batch, hw, hw, P)
+        k1, k2, k3 = jax.random.split(jax.random.key(T * P + batch), 3)
+        a = (jax.random.uniform(k1, (P,), minval=0.9, maxval=0.999)
+             * jnp.exp(1j * jax.random.uniform(k2, (P,), maxval=3.0))).astype(jnp.complex64)
         b = jax.lax.complex(*jax.random.normal(k3, (2,) + shape))
-        results = {}
-        for impl in IMPLS:
-            fwd = jax.jit(lambda a, b, impl=impl: linear_scan(a, b, impl=impl))
-            grad = jax.jit(jax.grad(
-                lambda a, b, impl=impl: jnp.sum(jnp.abs(linear_scan(a, b, impl=impl)) ** 2),
-                argnums=(0, 1)))
-            results[impl] = (
-                time_call(lambda: fwd(a, b), repeats=config.repeats),
-                time_call(lambda: grad(a, b), repeats=config.repeats),
+        min_bytes = 2 * b.nbytes  # read b, write x
+        bandwidth = copy_bandwidth(b.nbytes, config.repeats)
+        notes.append(f"{name}: copy bandwidth {bandwidth / 1e9:.0f} GB/s on {b.nbytes / 2**20:.0f} MiB")
+        timings = {}
+        for impl in impls:
+            def fwd(a, b, impl=impl):
+                return linear_scan(a, b, impl=impl)
+
+            def loss(a, b, impl=impl):
+                return jnp.sum(jnp.real(linear_scan(a, b, impl=impl)))
+
+            grad = jax.grad(loss, argnums=(0, 1))
+            fwd_j, grad_j = jax.jit(fwd), jax.jit(grad)
+            timings[impl] = (
+                time_call(lambda: fwd_j(a, b), repeats=config.repeats),
+                time_call(lambda: grad_j(a, b), repeats=config.repeats),
+                temp_bytes(fwd, a, b),
             )
-        base_f, base_g = results["sequential"]
-        for impl in IMPLS:
-            f, g = results[impl]
-            rows.append([
-                str(T), impl, f"{f * 1e3:.2f}", f"{base_f / f:.2f}x",
-                f"{g * 1e3:.2f}", f"{base_g / g:.2f}x",
-            ])
-        print(f"T={T}: " + ", ".join(f"{i} {results[i][0] * 1e3:.2f} ms" for i in IMPLS),
-              flush=True)
+            print(f"{name} {impl}: forward {timings[impl][0] * 1e3:.3f} ms, "
+                  f"fwd+bwd {timings[impl][1] * 1e3:.3f} ms", flush=True)
+        for impl in impls:
+            f, g, temp = timings[impl]
+            gbs = min_bytes / f
+            row = [name, f"{T}×{batch}×{hw}²×{P}", impl, f"{f * 1e3:.3f}", f"{gbs / 1e9:.0f}",
+                   f"{100 * gbs / bandwidth:.0f}%", f"{g * 1e3:.3f}"]
+            for ref in ("xla", "sequential"):
+                row.append(f"{timings[ref][1] / g:.2f}×" if ref in timings else "–")
+            row.append(f"{temp / b.nbytes:.2f}")
+            rows.append(row)
 
     table = markdown_table(
-        ["T", "impl", "forward ms", "vs sequential", "fwd+bwd ms", "vs sequential"], rows)
-    elems = config.batch * config.latent**2 * config.state
+        ["size", "T×B×HW×P", "impl", "fwd ms", "fwd GB/s", "of copy BW", "fwd+bwd ms",
+         "fwd+bwd speed-up vs xla", "vs sequential", "fwd temp / output"], rows)
     body = (
-        f"Complex64 diagonal scan, time-invariant Λ̄, {elems:,} complex states per step "
-        f"(batch {config.batch} × {config.latent}×{config.latent} × P={config.state}); "
-        f"median of {config.repeats} calls after compilation.\n\n{table}\n"
+        "Complex64 scan, time-invariant Λ̄ (the ConvS5 case); median of "
+        f"{config.repeats} calls after compilation. GB/s counts the minimum bytes "
+        "(read b, write x). `fwd temp / output` is the compiled forward program's "
+        "temporary memory relative to the output's size (0: no intermediates).\n\n"
+        + "\n".join(f"- {n}" for n in notes) + f"\n\n{table}\n"
     )
-    name = config.name or f"scan_speed_{jax.default_backend()}"
-    path = write_result(name, "linear_scan speed", body)
+    if not gpu:
+        body += ("\nThe Pallas kernel is GPU-only (on CPU it runs in interpret mode, "
+                 "for testing); run this script on a GPU for its numbers.\n")
+    backend = jax.default_backend()
+    path = write_result(config.name or ("scan_speed" if gpu else f"scan_speed_{backend}"),
+                        "linear_scan speed", body, config.out_dir)
     print()
     print(body)
     print(f"wrote {path}")

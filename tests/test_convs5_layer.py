@@ -47,9 +47,10 @@ def test_parallel_sequential_and_step_agree(getkey):
     x0 = random_state(getkey(), layer, 5, 7)
     y_par, x_par = jax.jit(lambda u, x: layer(u, x, impl="xla"))(u, x0)
     y_seq, x_seq = jax.jit(lambda u, x: layer(u, x, impl="sequential"))(u, x0)
+    y_pl, x_pl = jax.jit(lambda u, x: layer(u, x, impl="pallas"))(u, x0)  # interpreted on CPU
     x_step, y_step = jax.jit(lambda x, u: jax.lax.scan(lambda s, f: layer.step(s, f), x, u))(x0, u)
     assert y_par.shape == u.shape and x_par.shape == (5, 7, 5)
-    for y, x in ((y_seq, x_seq), (y_step, x_step)):
+    for y, x in ((y_seq, x_seq), (y_pl, x_pl), (y_step, x_step)):
         assert rel_err(y, y_par) < 1e-5
         assert rel_err(x, x_par) < 1e-5
     # The last state continues the video: two halves == one whole.
