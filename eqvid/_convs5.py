@@ -16,7 +16,7 @@ import numpy as np
 from beartype import beartype
 from jaxtyping import Array, Complex, Float, PRNGKeyArray, jaxtyped
 
-from eqvid.kernels import linear_scan
+from eqvid.kernels import linear_scan_split
 from eqvid.kernels.linear_scan import ScanImpl
 
 from ._conv import Conv2d, conv2d_nhwc
@@ -181,12 +181,14 @@ class ConvS5(eqx.Module):
         return jnp.zeros((height, width, self.state_size), jnp.complex64)
 
     def _input(self, u, b_kernel):
+        """`B̄ * u` as complex states (used by `step`)."""
         bu = conv2d_nhwc(u, b_kernel)
         p = self.state_size
         return jax.lax.complex(bu[..., :p], bu[..., p:])
 
-    def _output(self, u, xs):
-        y = conv2d_nhwc(jnp.concatenate([xs.real, xs.imag], axis=-1), self.output_kernel())
+    def _output(self, u, xs_split):
+        """`LayerNorm(u + f(2·Re(C̃ * x)))` from states in split layout `[Re x, Im x]`."""
+        y = conv2d_nhwc(xs_split, self.output_kernel())
         return self.norm(u + self.output_map(y))
 
     @jaxtyped(typechecker=beartype)
@@ -207,8 +209,11 @@ class ConvS5(eqx.Module):
         another call to continue the video.
         """
         lam_bar, b_kernel = self.discretize()
-        xs = linear_scan(lam_bar, self._input(u, b_kernel), state, impl=impl)
-        return self._output(u, xs), xs[-1]
+        # States stay in split layout [Re x | Im x] from the B convolution through the
+        # scan to the C convolution: no complex tensor is materialised.
+        xs = linear_scan_split(lam_bar, conv2d_nhwc(u, b_kernel), state, impl=impl)
+        p = self.state_size
+        return self._output(u, xs), jax.lax.complex(xs[-1, ..., :p], xs[-1, ..., p:])
 
     @jaxtyped(typechecker=beartype)
     def step(
@@ -219,4 +224,5 @@ class ConvS5(eqx.Module):
         """Advance one frame: `(state, frame) → (new_state, output)`, O(1) in time."""
         lam_bar, b_kernel = self.discretize()
         new_state = lam_bar * state + self._input(frame, b_kernel)
-        return new_state, self._output(frame, new_state)
+        split = jnp.concatenate([new_state.real, new_state.imag], axis=-1)
+        return new_state, self._output(frame, split)

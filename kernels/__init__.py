@@ -6,5 +6,6 @@ implementation can be forced by name).
 """
 
 from .linear_scan import linear_scan as linear_scan
+from .linear_scan import linear_scan_split as linear_scan_split
 
-__all__ = ["linear_scan"]
+__all__ = ["linear_scan", "linear_scan_split"]

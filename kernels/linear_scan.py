@@ -21,7 +21,7 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 from beartype import beartype
-from jaxtyping import Array, Inexact, jaxtyped
+from jaxtyping import Array, Float, Inexact, jaxtyped
 
 ScanImpl = Literal["auto", "pallas", "xla", "sequential"]
 _IMPLS = ("auto", "pallas", "xla", "sequential")
@@ -39,50 +39,50 @@ def _broadcasts_to(shape, target) -> bool:
         return False
 
 
-def _check_inputs(a, b, x0):
-    """Validate shapes and dtypes; return `(a, b, x0)` in one dtype.
-
-    A time-invariant `a` is returned with a leading axis of length 1 and the
-    rank of `b`, so that it broadcasts against `b` everywhere.
-    """
-    if b.ndim < 1:
+def _check_shapes(a, b_shape, x0, b_dtype, name="linear_scan"):
+    """Validate `a` and `x0` against `b`'s shape; return `(a, x0)` with `a` at the rank
+    of `b` (leading axis 1 when time-invariant, else T) and `x0` at `b_shape[1:]`,
+    both unconverted."""
+    if len(b_shape) < 1:
         raise ValueError(
-            "linear_scan: `b` must have a leading time axis, got a scalar "
-            f"(shape {b.shape})."
+            f"{name}: `b` must have a leading time axis, got a scalar (shape {b_shape})."
         )
-    for name, arr in (("a", a), ("b", b), ("x0", x0)):
-        if arr is not None and not jnp.issubdtype(arr.dtype, jnp.inexact):
+    for arg, dtype in (("a", a.dtype), ("b", b_dtype), ("x0", None if x0 is None else x0.dtype)):
+        if dtype is not None and not jnp.issubdtype(dtype, jnp.inexact):
             raise TypeError(
-                f"linear_scan: `{name}` must be floating point or complex, got dtype "
-                f"{arr.dtype}."
+                f"{name}: `{arg}` must be floating point or complex, got dtype {dtype}."
             )
-    rest = b.shape[1:]
-    if a.ndim == b.ndim:
-        if not _broadcasts_to(a.shape, b.shape) or a.shape[0] not in (1, b.shape[0]):
+    rest = tuple(b_shape[1:])
+    if a.ndim == len(b_shape):
+        if not _broadcasts_to(a.shape, b_shape) or a.shape[0] not in (1, b_shape[0]):
             raise ValueError(
-                "linear_scan: `a` with the rank of `b` is taken as given per time step "
-                f"and must broadcast to b.shape={b.shape}; got a.shape={a.shape}."
+                f"{name}: `a` with the rank of `b` is taken as given per time step "
+                f"and must broadcast to b.shape={tuple(b_shape)}; got a.shape={a.shape}."
             )
     else:
         if not _broadcasts_to(a.shape, rest):
             raise ValueError(
-                "linear_scan: a time-invariant `a` must broadcast to b.shape[1:]="
-                f"{rest} (or give one `a` per step with shape {b.shape}); got "
-                f"a.shape={a.shape}."
+                f"{name}: a time-invariant `a` must broadcast to b.shape[1:]={rest} (or "
+                f"give one `a` per step with shape {tuple(b_shape)}); got a.shape={a.shape}."
             )
-        a = a.reshape((1,) * (b.ndim - a.ndim) + a.shape)
+        a = a.reshape((1,) * (len(b_shape) - a.ndim) + a.shape)
     if x0 is not None:
         if not _broadcasts_to(x0.shape, rest):
             raise ValueError(
-                f"linear_scan: `x0` must broadcast to b.shape[1:]={rest}; got "
-                f"x0.shape={x0.shape}."
+                f"{name}: `x0` must broadcast to b.shape[1:]={rest}; got x0.shape={x0.shape}."
             )
+        x0 = jnp.broadcast_to(x0, rest)
+    return a, x0
+
+
+def _check_inputs(a, b, x0):
+    """Validate shapes and dtypes; return `(a, b, x0)` in one dtype, `a` as in
+    `_check_shapes` and `x0` zero when absent."""
+    a, x0 = _check_shapes(a, b.shape, x0, b.dtype)
     dtypes = [a.dtype, b.dtype] + ([] if x0 is None else [x0.dtype])
     dtype = jnp.result_type(*dtypes)
-    a = a.astype(dtype)
-    b = b.astype(dtype)
-    x0 = jnp.zeros(rest, dtype) if x0 is None else jnp.broadcast_to(x0, rest).astype(dtype)
-    return a, b, x0
+    x0 = jnp.zeros(b.shape[1:], dtype) if x0 is None else x0.astype(dtype)
+    return a.astype(dtype), b.astype(dtype), x0
 
 
 # ----------------------------------------------------------------------------
@@ -134,170 +134,253 @@ def _sequential(a, b, x0, reverse):
 # ----------------------------------------------------------------------------
 # The Pallas GPU kernel (Triton backend).
 #
-# Channels are independent, so the kernel is parallel over channel blocks and
+# Channels are independent, so the kernel is parallel over channel tiles and
 # sequential over time inside a program, with the carry in registers: it reads
-# `b` (and a per-step `a`) once and writes `x` once. Complex values travel as
-# real and imaginary planes (Pallas has no complex dtypes). With few channel
-# blocks and a long sequence the GPU would idle, so time is split into chunks:
-# a first pass computes each chunk's end state from zero and its total decay, a
-# tiny sequential scan over chunks gives every chunk its incoming state, and a
-# second pass recomputes each chunk from that state, writing `x`.
+# `b` (and a per-step `a`) once and writes `x` once. Pallas has no complex
+# dtypes, so the kernel works on the *split layout*: a real array `(T, M, k·P)`
+# whose last axis holds `k` planes of `P` channels (`k = 2`: real parts then
+# imaginary parts; `k = 1`: real values). That is also the layout a ConvS5
+# layer's input convolution produces and its output convolution consumes, so
+# the layer never materialises complex tensors (`linear_scan_split`).
+#
+# With few channel tiles and a long sequence the GPU would idle, so time is
+# split into chunks: a first pass computes each chunk's end state from zero and
+# its total decay, a tiny scan over chunks gives every chunk its incoming
+# state, and a second pass recomputes each chunk from that state, writing `x`.
 # ----------------------------------------------------------------------------
 
 _UNROLL = 4  # time steps per loop iteration (Triton's fori_loop cannot unroll itself)
 
 
 def _cmul(a, x):
-    """Multiply (real, imag) plane tuples; a 1-tuple is a real number."""
+    """Multiply plane tuples: `(re, im)` complex numbers, or `(value,)` reals."""
     if len(a) == 1:
         return (a[0] * x[0],)
     (ar, ai), (xr, xi) = a, x
     return (ar * xr - ai * xi, ar * xi + ai * xr)
 
 
-def _scan_kernel(*refs, n, block, planes, per_step, reverse, summary, chunk_len, length, acc):
-    """One program: channels `[j·block, (j+1)·block)` over the steps of chunk `c`."""
+def _scan_kernel(a_ref, b_ref, x0_ref, *out_refs, planes, per_step, reverse, summary,
+                 chunk_len, tile, acc):
+    """One program: a `(rows, cols)` tile of channels over the steps of one time chunk."""
     from jax.experimental import pallas as pl
     from jax.experimental.pallas import triton as pltriton
 
-    k = planes
-    a_refs, b_refs, x0_refs, out_refs = refs[:k], refs[k : 2 * k], refs[2 * k : 3 * k], refs[3 * k :]
-    c, j = pl.program_id(0), pl.program_id(1)
-    cols = pl.ds(j * block, block)
-    mask = j * block + jnp.arange(block) < n
+    length, m, width = b_ref.shape
+    p = width // planes
+    bm, bp = tile
+    c, i, j = pl.program_id(0), pl.program_id(1), pl.program_id(2)
+    rows = pl.ds(i * bm, bm)
+    col = j * bp + jnp.arange(bp)
+    mask = ((i * bm + jnp.arange(bm)) < m)[:, None] & (col < p)[None, :]
 
-    def load(ref, row):
-        row = jnp.asarray(row, jnp.int32)
-        return pltriton.load(ref.at[row, cols], mask=mask, other=0).astype(acc)
+    def load(ref, t):
+        t = jnp.asarray(t, jnp.int32)
+        return tuple(
+            pltriton.load(ref.at[t, rows, pl.ds(q * p + j * bp, bp)], mask=mask, other=0)
+            .astype(acc) for q in range(planes))
 
-    def store(ref, row, value):
-        row = jnp.asarray(row, jnp.int32)
-        pltriton.store(ref.at[row, cols], value.astype(ref.dtype), mask=mask)
+    def store(ref, t, values):
+        t = jnp.asarray(t, jnp.int32)
+        for q, v in enumerate(values):
+            pltriton.store(ref.at[t, rows, pl.ds(q * p + j * bp, bp)], v.astype(ref.dtype),
+                           mask=mask)
 
     first = c * chunk_len
     count = jnp.minimum(chunk_len, length - first)
-    a_const = None if per_step else tuple(load(r, 0) for r in a_refs)
+    a_const = None if per_step else load(a_ref, 0)
 
     def step(s, carry):
         x, prod = carry
         t = length - 1 - s if reverse else s
-        a = tuple(load(r, t) for r in a_refs) if per_step else a_const
-        bx = _cmul(a, x)
-        x = tuple(u + load(r, t) for u, r in zip(bx, b_refs))
+        a = load(a_ref, t) if per_step else a_const
+        x = tuple(u + v for u, v in zip(_cmul(a, x), load(b_ref, t)))
         if summary:
             prod = _cmul(a, prod)
         else:
-            for r, v in zip(out_refs, x):
-                store(r, t, v)
+            store(out_refs[0], t, x)
         return x, prod
 
-    def unrolled(i, carry):
+    def unrolled(n, carry):
         for u in range(_UNROLL):
-            carry = step(first + i * _UNROLL + u, carry)
+            carry = step(first + n * _UNROLL + u, carry)
         return carry
 
-    x = tuple(load(r, c) for r in x0_refs)
-    one = jnp.ones((block,), acc)
-    prod = (one,) if k == 1 else (one, jnp.zeros((block,), acc))
-    carry = jax.lax.fori_loop(0, count // _UNROLL, unrolled, (x, prod))
+    one, zero = jnp.ones((bm, bp), acc), jnp.zeros((bm, bp), acc)
+    carry = (load(x0_ref, c), (one,) if planes == 1 else (one, zero))
+    carry = jax.lax.fori_loop(0, count // _UNROLL, unrolled, carry)
     done = first + (count // _UNROLL) * _UNROLL
     x, prod = jax.lax.fori_loop(done, first + count, step, carry)
     if summary:
-        for r, v in zip(out_refs, x + prod):
-            store(r, c, v)
+        store(out_refs[0], c, x)
+        store(out_refs[1], c, prod)
 
 
 def _next_pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
-def _launch_plan(n: int, length: int) -> tuple[int, int]:
-    """(channel block size, time chunks) for a GPU: blocks of up to 1024 channels,
-    and enough time chunks to give the GPU ~1024 programs when channels are few."""
-    block = min(1024, max(32, _next_pow2(n)))
-    blocks = -(-n // block)
-    target = 1024
+def _launch_plan(m: int, p: int, length: int) -> tuple[tuple[int, int], int]:
+    """`((rows, cols) tile, time chunks)` for a GPU: tiles of ~1024 channels, and
+    enough time chunks for ~1024 programs when there are few tiles."""
+    bp = min(256, _next_pow2(p))
+    bm = min(max(1, 1024 // bp), _next_pow2(m))
+    tiles = -(-m // bm) * -(-p // bp)
     chunks = 1
-    if blocks < target // 2 and length >= 256:
-        chunks = max(1, min(target // blocks, length // 64))
-    return block, chunks
+    if tiles < 512 and length >= 256:
+        chunks = max(1, min(1024 // tiles, length // 64))
+    return (bm, bp), chunks
 
 
-def _pallas(a, b, x0, reverse, *, block=None, chunks=None, interpret=None):
-    """The recurrence with the Pallas kernel (`interpret=None`: compiled on GPUs,
-    interpreted on other platforms)."""
+def _kernel_scan(a, b, x0, reverse, *, planes, tile=None, chunks=None, interpret=None):
+    """Run the kernel on split-layout arrays: `a` `(1 or T, M, k·P)`, `b` `(T, M, k·P)`,
+    `x0` `(M, k·P)`, all real. `interpret=None`: compiled on GPUs, interpreted elsewhere."""
     from jax.experimental import pallas as pl
     from jax.experimental.pallas import triton as pltriton
 
-    length, rest = b.shape[0], b.shape[1:]
-    n = math.prod(rest)
-    cplx = jnp.iscomplexobj(b)
-    real = jnp.real(b[:0]).dtype  # plane dtype: f32 for c64, bf16 stays bf16
-    acc = jnp.float64 if real == jnp.float64 else jnp.float32
-    per_step = a.shape[0] != 1
-    plan_block, plan_chunks = _launch_plan(n, length)
-    block = plan_block if block is None else block
+    length, m, width = b.shape
+    p = width // planes
+    acc = jnp.float64 if b.dtype == jnp.float64 else jnp.float32
+    plan_tile, plan_chunks = _launch_plan(m, p, length)
+    tile = plan_tile if tile is None else tile
     chunks = plan_chunks if chunks is None else max(1, min(chunks, length))
     chunk_len = -(-length // chunks)
     chunks = -(-length // chunk_len)
+    grid = (chunks, -(-m // tile[0]), -(-p // tile[1]))
 
-    def split(z):
-        z = z.reshape(z.shape[0], n)
-        return (jnp.real(z), jnp.imag(z)) if cplx else (z,)
-
-    def join(p):
-        return jax.lax.complex(*p) if cplx else p[0]
-
-    a_planes = split(jnp.broadcast_to(a, a.shape[:1] + rest))
-    b_planes = split(b)
-    k = len(b_planes)
-
-    def call(x0_planes, summary):
-        rows = chunks if summary else length
-        out_dtype = acc if summary else real
+    def launch(summary, interpret, *operands):
         kernel = functools.partial(
-            _scan_kernel, n=n, block=block, planes=k, per_step=per_step, reverse=reverse,
-            summary=summary, chunk_len=chunk_len, length=length, acc=acc,
-        )
-        outs = 2 * k if summary else k
+            _scan_kernel, planes=planes, per_step=a.shape[0] != 1, reverse=reverse,
+            summary=summary, chunk_len=chunk_len, tile=tile, acc=acc)
+        shapes = ([jax.ShapeDtypeStruct((chunks, m, width), acc)] * 2 if summary
+                  else [jax.ShapeDtypeStruct(b.shape, b.dtype)])
+        return tuple(pl.pallas_call(
+            kernel, out_shape=shapes, grid=grid,
+            compiler_params=pltriton.CompilerParams(num_warps=4, num_stages=1),
+            interpret=interpret,
+            name="eqvid_linear_scan" + ("_summary" if summary else ""),
+        )(*operands))
 
-        def launch(interpret, *operands):
-            return tuple(pl.pallas_call(
-                kernel,
-                out_shape=[jax.ShapeDtypeStruct((rows, n), out_dtype)] * outs,
-                grid=(chunks, -(-n // block)),
-                compiler_params=pltriton.CompilerParams(num_warps=4, num_stages=1),
-                interpret=interpret,
-                name="eqvid_linear_scan" + ("_summary" if summary else ""),
-            )(*operands))
-
-        operands = (*a_planes, *b_planes, *x0_planes)
+    def call(x0_rows, summary):
+        operands = (a, b, x0_rows)
         if interpret is not None:
-            return launch(interpret, *operands)
-        # Compiled for GPUs, interpreted elsewhere; decided when lowering, so a CPU
+            return launch(summary, interpret, *operands)
+        # Compiled for GPUs, interpreted elsewhere; decided at lowering, so a CPU
         # machine can still lower (and check) the kernel for CUDA.
         return jax.lax.platform_dependent(
             *operands,
-            cuda=functools.partial(launch, False),
-            rocm=functools.partial(launch, False),
-            default=functools.partial(launch, True),
-        )
+            cuda=functools.partial(launch, summary, False),
+            rocm=functools.partial(launch, summary, False),
+            default=functools.partial(launch, summary, True))
 
-    x0_flat = x0.reshape(1, n)
     if chunks == 1:
-        out = call(split(x0_flat), summary=False)
+        return call(x0[None], summary=False)[0]
+    ends, decays = call(jnp.zeros((chunks, m, width), b.dtype), summary=True)
+    # The state entering each chunk (in visiting order): a short scan over chunks.
+    if planes == 2:
+        ends, decays = _to_complex(ends), _to_complex(decays)
+    start = x0.astype(acc)[None]
+    start = _to_complex(start) if planes == 2 else start
+    after = _sequential(decays, ends, start[0], False)
+    incoming = jnp.concatenate([start, after[:-1]], axis=0)
+    incoming = _to_split(incoming) if planes == 2 else incoming
+    return call(incoming, summary=False)[0]
+
+
+def _to_complex(x):
+    """Split layout `(..., 2P)` → complex `(..., P)`."""
+    p = x.shape[-1] // 2
+    return jax.lax.complex(x[..., :p], x[..., p:])
+
+
+def _to_split(z):
+    """Complex `(..., P)` → split layout `(..., 2P)`."""
+    return jnp.concatenate([jnp.real(z), jnp.imag(z)], axis=-1)
+
+
+def _transpose_decay(a, planes):
+    """The decay of the gradient recurrence: `M(a)ᵀ = M(conj a)` on split planes."""
+    if planes == 1:
+        return a
+    p = a.shape[-1] // 2
+    return jnp.concatenate([a[..., :p], -a[..., p:]], axis=-1)
+
+
+def _planes_mul(a, x, planes):
+    """`a ⊙ x` on split layouts."""
+    if planes == 1:
+        return a * x
+    return _to_split(_to_complex(a) * _to_complex(x))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _pallas_split(a, b, x0, reverse, planes):
+    return _kernel_scan(a, b, x0, reverse, planes=planes)
+
+
+def _pallas_split_fwd(a, b, x0, reverse, planes):
+    xs = _kernel_scan(a, b, x0, reverse, planes=planes)
+    return xs, (a, x0, xs)
+
+
+def _pallas_split_bwd(reverse, planes, res, g):
+    """Reverse-time kernel for λ, then `∂b = λ`, `∂a = Σ λ·x_prev`, `∂x0 = M(a₀)ᵀ λ₀`.
+
+    All primals are real split-layout arrays here, so cotangents are ordinary real
+    gradients: the transpose of multiplying by `a = (ar, ai)` is multiplying by
+    `conj(a)`, and `∂(ar, ai) = (λr xr + λi xi, λi xr − λr xi)`.
+    """
+    a, x0, xs = res
+    per_step = a.shape[0] != 1
+    at = _transpose_decay(a, planes)
+    ones = jnp.ones_like(at[:1])
+    if planes == 2:
+        ones = ones.at[..., ones.shape[-1] // 2 :].set(0)
+    if reverse:
+        shifted = jnp.concatenate([ones, at[:-1]], 0) if per_step else at
+        lam = _kernel_scan(shifted, g, jnp.zeros_like(x0), False, planes=planes)
+        prev = jnp.concatenate([xs[1:], x0[None]], axis=0)
+        first, lam_first = at[-1], lam[-1]
     else:
-        sums = call(split(jnp.zeros((chunks, n), x0.dtype)), summary=True)
-        ends, decays = join(sums[:k]), join(sums[k:])
-        # State entering chunk c, in visiting order: a short scan over chunks.
-        x0_acc = x0_flat.astype(ends.dtype)
-        after = _sequential(decays, ends, x0_acc[0], False)
-        incoming = jnp.concatenate([x0_acc, after[:-1]], axis=0)
-        out = call(split(incoming), summary=False)
-    return join(out).reshape(b.shape).astype(b.dtype)
+        shifted = jnp.concatenate([at[1:], ones], 0) if per_step else at
+        lam = _kernel_scan(shifted, g, jnp.zeros_like(x0), True, planes=planes)
+        prev = jnp.concatenate([x0[None], xs[:-1]], axis=0)
+        first, lam_first = at[0], lam[0]
+    if planes == 1:
+        da = lam * prev
+    else:
+        l, x = _to_complex(lam), _to_complex(prev)
+        da = _to_split(l * jnp.conj(x))
+    if not per_step:
+        da = jnp.sum(da, axis=0, keepdims=True)
+    dx0 = _planes_mul(first, lam_first, planes)
+    return da.astype(a.dtype), lam.astype(g.dtype), dx0.astype(x0.dtype)
 
 
-_FORWARD = {"xla": _associative, "sequential": _sequential, "pallas": _pallas}
+_pallas_split.defvjp(_pallas_split_fwd, _pallas_split_bwd)
+
+
+def _pallas(a, b, x0, reverse):
+    """`linear_scan` with the kernel: complex/real arrays to split layout and back.
+
+    `a` has the rank of `b` (leading 1 or T). Differentiable through the kernel's
+    own `custom_vjp`; the layout changes are ordinary JAX ops.
+    """
+    length, rest = b.shape[0], b.shape[1:]
+    cplx = jnp.iscomplexobj(b)
+    p = rest[-1] if rest else 1
+    m = math.prod(rest[:-1]) if rest else 1
+
+    def split(z):
+        z = z.reshape(z.shape[0], m, p)
+        return _to_split(z) if cplx else z
+
+    a_s = split(jnp.broadcast_to(a, a.shape[:1] + rest))
+    xs = _pallas_split(a_s, split(b), split(x0[None])[0], reverse, 2 if cplx else 1)
+    return (_to_complex(xs) if cplx else xs).reshape(b.shape)
+
+
+_FORWARD = {"xla": _associative, "sequential": _sequential}
 
 
 def _resolve(impl: str) -> str:
@@ -396,4 +479,57 @@ def linear_scan(
     # The casts in `_check_inputs` are differentiable JAX ops, so autodiff maps
     # cotangents back to the callers' dtypes (real parts for real inputs) and shapes.
     a, b, x0 = _check_inputs(a, b, x0)
+    if impl == "pallas":
+        return _pallas(a, b, x0, reverse)
     return _scan(a, b, x0, reverse, impl)
+
+
+@jaxtyped(typechecker=beartype)
+def linear_scan_split(
+    a: Inexact[Array, "..."],
+    b: Float[Array, "time *rest two_state"],
+    x0: Inexact[Array, "..."] | None = None,
+    *,
+    reverse: bool = False,
+    impl: ScanImpl = "auto",
+) -> Float[Array, "time *rest two_state"]:
+    """`linear_scan` for complex states stored as real *split layout* arrays.
+
+    The last axis of `b` (and of the result) holds the `P` real parts followed by
+    the `P` imaginary parts, which is what a real convolution with `2P` outputs
+    produces and what a real convolution over `[Re x, Im x]` consumes. On GPU the
+    kernel reads and writes this layout directly, so no complex tensor is ever
+    materialised; the references convert to complex and back.
+
+    **Arguments:** `a` complex, time-invariant (broadcastable to
+    `b.shape[1:-1] + (P,)`) or per step (`(T, ..., P)`); `b` real `(T, ..., 2P)`;
+    `x0` complex `(..., P)` or `None`; `reverse` and `impl` as in `linear_scan`.
+
+    **Returns:** the states in split layout, shape and dtype of `b`.
+    """
+    if b.shape[-1] % 2:
+        raise ValueError(
+            "linear_scan_split: the last axis of `b` holds real then imaginary parts and "
+            f"must be even, got b.shape={b.shape}."
+        )
+    p = b.shape[-1] // 2
+    complex_shape = b.shape[:-1] + (p,)
+    impl = _resolve(impl)
+    if impl != "pallas":
+        b_c = _to_complex(b.astype(jnp.result_type(b.dtype, jnp.float32)))
+        x = linear_scan(a, b_c, x0, reverse=reverse, impl=impl)
+        return _to_split(x).astype(b.dtype)
+    a, x0 = _check_shapes(a, complex_shape, x0, b.dtype, "linear_scan_split")
+    # The decay and the initial state stay in (at least) float32 planes; the kernel
+    # accumulates in float32 whatever the dtype of `b`.
+    ctype = jnp.result_type(a.dtype, jnp.complex64)
+    x0 = jnp.zeros(complex_shape[1:], ctype) if x0 is None else x0.astype(ctype)
+    length, rest = b.shape[0], complex_shape[1:]
+    m = math.prod(rest[:-1])
+
+    def split(z):
+        return _to_split(z.astype(ctype).reshape(z.shape[0], m, p))
+
+    a_s = split(jnp.broadcast_to(a, a.shape[:1] + rest))
+    xs = _pallas_split(a_s, b.reshape(length, m, 2 * p), split(x0[None])[0], reverse, 2)
+    return xs.reshape(b.shape)

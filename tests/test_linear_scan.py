@@ -1,6 +1,8 @@
 """The reference scan against a float64 NumPy loop, its gradients against autodiff of
 a plain `lax.scan` and finite differences, and its errors."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -173,23 +175,35 @@ import importlib  # noqa: E402
 scan_module = importlib.import_module("eqvid.kernels.linear_scan")
 
 
-def as_kernel_inputs(a, b, x0, dtype):
-    return scan_module._check_inputs(*(jnp.asarray(v, dtype) for v in (a, b, x0)))
+def kernel_scan(a, b, x0, reverse, dtype, **launch):
+    """Run the kernel itself on split-layout copies of (a, b, x0)."""
+    a, b, x0 = scan_module._check_inputs(*(jnp.asarray(v, dtype) for v in (a, b, x0)))
+    cplx = jnp.iscomplexobj(b)
+    rest = b.shape[1:]
+    m, p = int(np.prod(rest[:-1])), rest[-1]
+
+    def split(z):
+        z = z.reshape(z.shape[0], m, p)
+        return scan_module._to_split(z) if cplx else z
+
+    xs = scan_module._kernel_scan(split(jnp.broadcast_to(a, a.shape[:1] + rest)), split(b),
+                                  split(x0[None])[0], reverse, planes=2 if cplx else 1,
+                                  interpret=True, **launch)
+    return (scan_module._to_complex(xs) if cplx else xs).reshape(b.shape)
 
 
-@pytest.mark.parametrize("block, chunks", [(8, 1), (8, 3), (16, 4)])
+@pytest.mark.parametrize("tile, chunks", [((2, 4), 1), ((2, 4), 3), ((4, 8), 4)])
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("per_step", [False, True])
 @pytest.mark.parametrize("complex_", [False, True])
-def test_pallas_kernel_matches_numpy_loop(block, chunks, reverse, per_step, complex_):
-    """Several channel blocks with a masked tail (15 channels in blocks of 8/16) and
-    time chunks that do not divide T=11."""
-    rng = np.random.default_rng(hash((block, chunks, reverse, per_step, complex_)) % 2**32)
+def test_pallas_kernel_matches_numpy_loop(tile, chunks, reverse, per_step, complex_):
+    """Several channel tiles with masked tails (3 × 5 channels in tiles of 2 × 4 or
+    4 × 8) and time chunks that do not divide T=11."""
+    rng = np.random.default_rng(hash((tile, chunks, reverse, per_step, complex_)) % 2**32)
     a, b, x0 = random_problem(rng, 11, (3, 5), complex_=complex_, per_step=per_step,
                               a_shape=(5,))
     dtype = jnp.complex64 if complex_ else jnp.float32
-    got = scan_module._pallas(*as_kernel_inputs(a, b, x0, dtype), reverse,
-                              block=block, chunks=chunks, interpret=True)
+    got = kernel_scan(a, b, x0, reverse, dtype, tile=tile, chunks=chunks)
     assert got.shape == b.shape and got.dtype == dtype
     np.testing.assert_allclose(np.asarray(got), numpy_scan(a, b, x0, reverse),
                                rtol=2e-5, atol=2e-5)
@@ -277,3 +291,60 @@ def test_pallas_lowers_for_cuda(T, rest, a_rest, dtype, reverse):
 
     text = lower_for_cuda(fwd_and_grad, a, b, x0)
     assert text.count("xla.gpu.triton") >= 2  # forward and the reverse-time gradient
+
+
+def test_pallas_gradients_through_time_chunks():
+    """T=300 with two channels: the launch plan splits time into chunks, forward and
+    backward."""
+    rng = np.random.default_rng(14)
+    a, b, x0 = random_problem(rng, 300, (2,), complex_=True, per_step=True)
+    assert scan_module._launch_plan(1, 2, 300)[1] > 1
+    a, b, x0 = (jnp.asarray(v, jnp.complex64) for v in (a, b, x0))
+    ct = jnp.asarray(rng.normal(size=b.shape) + 1j * rng.normal(size=b.shape), jnp.complex64)
+    out, vjp = jax.vjp(lambda *args: linear_scan(*args, reverse=True, impl="pallas"), a, b, x0)
+    ref, vjp_ref = jax.vjp(lambda *args: _autodiff_reference(*args, True), a, b, x0)
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4)
+    for g, g_ref in zip(vjp(ct), vjp_ref(ct)):
+        np.testing.assert_allclose(g, g_ref, rtol=1e-3, atol=1e-3)
+
+
+# ----------------------------------------------------------------------------
+# The split layout (what the ConvS5 layer uses).
+# ----------------------------------------------------------------------------
+
+from eqvid.kernels import linear_scan_split  # noqa: E402
+
+
+def to_split(z):
+    return jnp.concatenate([jnp.real(z), jnp.imag(z)], axis=-1)
+
+
+@pytest.mark.parametrize("impl", ["pallas", "xla", "sequential"])
+@pytest.mark.parametrize("per_step, reverse", [(False, False), (True, True)])
+def test_split_layout_matches_complex_scan(impl, per_step, reverse):
+    rng = np.random.default_rng(15)
+    a, b, x0 = random_problem(rng, 9, (2, 3, 5), complex_=True, per_step=per_step,
+                              a_shape=(5,))
+    a, b, x0 = (jnp.asarray(v, jnp.complex64) for v in (a, b, x0))
+    want = linear_scan(a, b, x0, reverse=reverse, impl="sequential")
+    got = linear_scan_split(a, to_split(b), x0, reverse=reverse, impl=impl)
+    assert got.shape == (9, 2, 3, 10) and got.dtype == jnp.float32
+    np.testing.assert_allclose(got, to_split(want), rtol=1e-5, atol=1e-5)
+
+    def loss(f, a, b, x0):
+        return jnp.sum(jnp.sin(f(a, b, x0)))
+
+    split_fn = lambda a, b, x0: linear_scan_split(a, b, x0, reverse=reverse, impl=impl)
+    ref_fn = lambda a, b, x0: to_split(_autodiff_reference(a, scan_module._to_complex(b), x0, reverse))
+    grads = jax.grad(functools.partial(loss, split_fn), argnums=(0, 1, 2))(a, to_split(b), x0)
+    grads_ref = jax.grad(functools.partial(loss, ref_fn), argnums=(0, 1, 2))(a, to_split(b), x0)
+    for g, g_ref in zip(grads, grads_ref):
+        assert g.dtype == g_ref.dtype
+        np.testing.assert_allclose(g, g_ref, rtol=1e-4, atol=1e-4)
+
+
+def test_split_layout_bad_input():
+    with pytest.raises(ValueError, match=r"last axis of `b`.*even"):
+        linear_scan_split(jnp.ones(3, jnp.complex64), jnp.zeros((4, 7)))
+    with pytest.raises(ValueError, match=r"`a`.*b.shape\[1:\]=\(2, 3\)"):
+        linear_scan_split(jnp.ones(4, jnp.complex64), jnp.zeros((4, 2, 6)), impl="pallas")
