@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import markdown_table, time_call, write_result  # noqa: E402
 
 from eqvid._cli import add_config_arguments, config_from_args  # noqa: E402
-from eqvid.kernels import linear_scan  # noqa: E402
+from eqvid.kernels import linear_scan, linear_scan_split  # noqa: E402
 
 # name: (T, batch, height=width, P) — the layers of the papers' models.
 SIZES = {
@@ -49,8 +49,9 @@ class ScanBenchConfig:
     """Named sizes to run (cpu-small, mnist-300, teco, long, few-channels); default:
     all on GPU, cpu-small elsewhere."""
     impls: tuple[str, ...] = ()
-    """Implementations (pallas, xla, sequential); default: pallas on GPU plus both
-    references."""
+    """Implementations (pallas-split, pallas, xla, sequential); default: both Pallas
+    forms on GPU plus both references. `pallas-split` is the ConvS5 layer's path:
+    states in split layout [Re | Im], no complex arrays around the kernel."""
     repeats: int = 10
     """Timed calls per measurement (the median is reported)."""
     name: str = ""
@@ -81,7 +82,8 @@ def main(argv: list[str] | None = None) -> None:
     config = config_from_args(parser.parse_args(argv), "bench", ScanBenchConfig())
     gpu = jax.default_backend() == "gpu"
     sizes = config.sizes or (GPU_SIZES if gpu else CPU_SIZES)
-    impls = config.impls or (("pallas", "xla", "sequential") if gpu else ("xla", "sequential"))
+    impls = config.impls or (
+        ("pallas-split", "pallas", "xla", "sequential") if gpu else ("xla", "sequential"))
     for name in sizes:
         if name not in SIZES:
             parser.error(f"unknown size {name!r}; choose from {sorted(SIZES)}")
@@ -98,19 +100,28 @@ def main(argv: list[str] | None = None) -> None:
         bandwidth = copy_bandwidth(b.nbytes, config.repeats)
         notes.append(f"{name}: copy bandwidth {bandwidth / 1e9:.0f} GB/s on {b.nbytes / 2**20:.0f} MiB")
         timings = {}
+        b_split = jnp.concatenate([b.real, b.imag], axis=-1)
         for impl in impls:
-            def fwd(a, b, impl=impl):
-                return linear_scan(a, b, impl=impl)
+            if impl == "pallas-split":
+                def fwd(a, b, impl=impl):
+                    return linear_scan_split(a, b, impl="pallas")
 
-            def loss(a, b, impl=impl):
-                return jnp.sum(jnp.real(linear_scan(a, b, impl=impl)))
+                def loss(a, b, impl=impl):
+                    return jnp.sum(linear_scan_split(a, b, impl="pallas"))
+            else:
+                def fwd(a, b, impl=impl):
+                    return linear_scan(a, b, impl=impl)
 
+                def loss(a, b, impl=impl):
+                    return jnp.sum(jnp.real(linear_scan(a, b, impl=impl)))
+
+            operand = b_split if impl == "pallas-split" else b
             grad = jax.grad(loss, argnums=(0, 1))
             fwd_j, grad_j = jax.jit(fwd), jax.jit(grad)
             timings[impl] = (
-                time_call(lambda: fwd_j(a, b), repeats=config.repeats),
-                time_call(lambda: grad_j(a, b), repeats=config.repeats),
-                temp_bytes(fwd, a, b),
+                time_call(lambda: fwd_j(a, operand), repeats=config.repeats),
+                time_call(lambda: grad_j(a, operand), repeats=config.repeats),
+                temp_bytes(fwd, a, operand),
             )
             print(f"{name} {impl}: forward {timings[impl][0] * 1e3:.3f} ms, "
                   f"fwd+bwd {timings[impl][1] * 1e3:.3f} ms", flush=True)

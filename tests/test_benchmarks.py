@@ -17,8 +17,9 @@ def test_scan_speed_writes_a_table(tmp_path, capsys):
     scan_speed = load("scan_speed")
     scan_speed.SIZES["test-tiny"] = (9, 1, 2, 3)
     scan_speed.main(["--sizes", "test-tiny", "--repeats", "1", "--out-dir", str(tmp_path),
-                     "--name", "scan"])
+                     "--name", "scan", "--impls", "pallas-split", "pallas", "xla", "sequential"])
     text = (tmp_path / "scan.md").read_text()
     assert "jax " in text and "command:" in text and "device:" in text
-    assert "| test-tiny | 9×1×2²×3 | xla |" in text and "| sequential |" in text
+    for impl in ("pallas-split", "pallas", "xla", "sequential"):
+        assert f"| test-tiny | 9×1×2²×3 | {impl} |" in text
     assert "wrote" in capsys.readouterr().out
