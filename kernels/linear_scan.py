@@ -396,7 +396,8 @@ def _resolve(impl: str) -> str:
 
 
 # ----------------------------------------------------------------------------
-# Gradient wiring shared by all implementations.
+# Gradient wiring of the references (the kernel has its own, on split planes,
+# in `_pallas_split`). Same recurrence, complex arithmetic.
 # ----------------------------------------------------------------------------
 
 
