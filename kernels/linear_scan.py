@@ -366,7 +366,7 @@ def _pallas(a, b, x0, reverse):
     `a` has the rank of `b` (leading 1 or T). Differentiable through the kernel's
     own `custom_vjp`; the layout changes are ordinary JAX ops.
     """
-    length, rest = b.shape[0], b.shape[1:]
+    rest = b.shape[1:]
     cplx = jnp.iscomplexobj(b)
     p = rest[-1] if rest else 1
     m = math.prod(rest[:-1]) if rest else 1
