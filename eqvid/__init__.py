@@ -10,6 +10,7 @@ imported here so that models and kernels load without the data stack.
 """
 
 from . import kernels as kernels
+from ._attention import MultiheadAttention as MultiheadAttention
 from ._conv import Conv2d as Conv2d
 from ._convs5 import ConvS5 as ConvS5
 from ._convs5 import ResNetOutput as ResNetOutput
@@ -20,6 +21,7 @@ from ._norm import LayerNorm as LayerNorm
 from ._resnet import ResNetBlock as ResNetBlock
 from ._resnet import ResNetDecoder as ResNetDecoder
 from ._resnet import ResNetEncoder as ResNetEncoder
+from .kernels import AttentionMask as AttentionMask
 from .models import AbstractVideoPredictor as AbstractVideoPredictor
 from .models import CONVS5_PRESETS as CONVS5_PRESETS
 from .models import ConvS5Config as ConvS5Config

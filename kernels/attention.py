@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from beartype import beartype
-from jaxtyping import Array, Float, Integer, jaxtyped
+from jaxtyping import Array, ArrayLike, Float, Integer, jaxtyped
 
 AttentionImpl = Literal["auto", "pallas", "xla", "cudnn"]
 _IMPLS = ("auto", "pallas", "xla", "cudnn")
@@ -75,9 +75,9 @@ class AttentionMask:
     causal: bool = False
     tokens_per_frame: int = 1
     window: int | None = None
-    q_lengths: Array | None = None
-    kv_lengths: Array | None = None
-    q_offset: int | Array = 0
+    q_lengths: Integer[ArrayLike, "*batch"] | None = None
+    kv_lengths: Integer[ArrayLike, "*batch"] | None = None
+    q_offset: int | Integer[ArrayLike, "*batch"] = 0
 
     def __post_init__(self):
         if not isinstance(self.causal, (bool, np.bool_)):
@@ -608,10 +608,15 @@ def _pallas(q, k, v, mask, scale, blocks: BlockSizes | None = None, interpret=No
         )
     batch, q_len, heads, dim = q.shape
     kv_len = k.shape[1]
-    blocks = (blocks or BlockSizes()).fitted(q_len, kv_len)
+    dim_pad = max(16, _next_pow2(dim))
+    if blocks is None:
+        blocks = BlockSizes()
+        if q.dtype.itemsize == 4 and dim_pad >= 128:
+            # fp32 tiles at d ≥ 128: halve the query block to stay within shared memory.
+            blocks = dataclasses.replace(blocks, q=64)
+    blocks = blocks.fitted(q_len, kv_len)
     q_pad = -(-q_len // blocks.q_unit) * blocks.q_unit
     kv_pad = -(-kv_len // blocks.kv_unit) * blocks.kv_unit
-    dim_pad = max(16, _next_pow2(dim))
     lo, hi = row_ranges(mask, batch, q_len, kv_len, padded_q_len=q_pad)
     qp = _pad_axis(_pad_axis(q, 1, q_pad), 3, dim_pad)
     kp = _pad_axis(_pad_axis(k, 1, kv_pad), 3, dim_pad)
@@ -702,8 +707,10 @@ def _resolve(impl: str, dtype) -> str:
 @jaxtyped(typechecker=beartype)
 def attention(
     q: Float[Array, "batch q_len heads head_dim"],
-    k: Float[Array, "batch kv_len kv_heads head_dim"],
-    v: Float[Array, "batch kv_len kv_heads head_dim"],
+    # Underscored names: consistency across arguments is checked by
+    # `_check_inputs`, whose errors name the argument and both shapes.
+    k: Float[Array, "_batch kv_len kv_heads _head_dim"],
+    v: Float[Array, "_batch _kv_len _kv_heads _head_dim"],
     *,
     mask: AttentionMask | None = None,
     scale: float | None = None,

@@ -23,3 +23,26 @@ def test_scan_speed_writes_a_table(tmp_path, capsys):
     for impl in ("pallas-split", "pallas", "xla", "sequential"):
         assert f"| test-tiny | 9×1×2²×3 | {impl} |" in text
     assert "wrote" in capsys.readouterr().out
+
+
+def test_attention_speed_writes_a_table(tmp_path, capsys):
+    attention_speed = load("attention_speed")
+    impls = ("pallas", "cudnn", "xla")
+    attention_speed.main(["--lengths", "32", "--head-dims", "16", "--tokens-per-frame", "8",
+                          "--batch", "1", "--heads", "2", "--impls", *impls, "--repeats", "1",
+                          "--dtype", "float32", "--out-dir", str(tmp_path), "--name", "att"])
+    text = (tmp_path / "att.md").read_text()
+    assert "jax " in text and "command:" in text and "device:" in text
+    lines = text.splitlines()
+    for mask, visited in (("bidirectional", "100.0%"), ("causal", "51.6%"),
+                          ("frame-causal", "62.5%")):
+        for impl in impls:
+            prefix = f"| {mask} | 32 | 16 | 1×2 | {visited} | {impl} |"
+            assert sum(line.startswith(prefix) for line in lines) == 1, (mask, impl)
+    # Pallas and XLA run everywhere; cuDNN off GPU is a failed row, not a crash.
+    assert "| causal | 32 | 16 | 1×2 | 51.6% | xla | failed" not in text
+    assert "| causal | 32 | 16 | 1×2 | 51.6% | pallas | failed" not in text
+    if attention_speed.jax.default_backend() != "gpu":
+        assert "| causal | 32 | 16 | 1×2 | 51.6% | cudnn | failed: " in text
+    assert "## Targets" in text
+    assert "wrote" in capsys.readouterr().out
