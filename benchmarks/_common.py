@@ -1,5 +1,6 @@
 """Shared helpers for the benchmark scripts: timing, environment, result files."""
 
+import dataclasses
 import pathlib
 import platform
 import shlex
@@ -51,3 +52,43 @@ def write_result(name: str, title: str, body: str, out_dir: str = "") -> pathlib
     path = folder / f"{name}.md"
     path.write_text(f"# {title}\n\n{environment()}\n{body}\n")
     return path
+
+
+@dataclasses.dataclass(frozen=True)
+class Timing:
+    """One measurement: median seconds and temporary bytes, or why it failed."""
+
+    seconds: float | None = None
+    temp: int | None = None
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.seconds is not None
+
+
+def short_reason(error: BaseException) -> str:
+    """`OOM`, or `failed: <first line of the message>` (short, table-safe)."""
+    text = str(error).strip()
+    if "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower():
+        return "OOM"
+    first = text.splitlines()[0] if text else type(error).__name__
+    first = first.replace("|", "/").replace("`", "'")
+    return "failed: " + (first[:57] + "…" if len(first) > 60 else first)
+
+
+def temp_bytes(compiled) -> int:
+    """Temporary (intermediate) memory of a compiled program, in bytes (-1: unknown)."""
+    analysis = compiled.memory_analysis()
+    return int(getattr(analysis, "temp_size_in_bytes", 0)) if analysis is not None else -1
+
+
+def measure(fn, args, repeats: int) -> Timing:
+    """Compile `fn` for `args` once, then time it; a failure is returned, not raised."""
+    try:
+        compiled = jax.jit(fn).lower(*args).compile()
+        temp = temp_bytes(compiled)
+        seconds = time_call(lambda: compiled(*args), repeats=repeats)
+    except Exception as error:  # noqa: BLE001 — a failing implementation is a result
+        return Timing(error=short_reason(error))
+    return Timing(seconds=seconds, temp=temp)

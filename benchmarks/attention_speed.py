@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import markdown_table, time_call, write_result  # noqa: E402
+from _common import Timing, markdown_table, measure, write_result  # noqa: E402
 
 from eqvid._cli import add_config_arguments, config_from_args  # noqa: E402
 from eqvid.kernels import AttentionMask, attention  # noqa: E402
@@ -85,46 +85,6 @@ class AttentionBenchConfig:
     elsewhere)."""
     out_dir: str = ""
     """Folder for the result file (default: benchmarks/results)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Timing:
-    """One measurement: median seconds and temporary bytes, or why it failed."""
-
-    seconds: float | None = None
-    temp: int | None = None
-    error: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return self.seconds is not None
-
-
-def short_reason(error: BaseException) -> str:
-    """`OOM`, or `failed: <first line of the message>` (short, table-safe)."""
-    text = str(error).strip()
-    if "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower():
-        return "OOM"
-    first = text.splitlines()[0] if text else type(error).__name__
-    first = first.replace("|", "/").replace("`", "'")
-    return "failed: " + (first[:57] + "…" if len(first) > 60 else first)
-
-
-def temp_bytes(compiled) -> int:
-    """Temporary (intermediate) memory of a compiled program, in bytes (-1: unknown)."""
-    analysis = compiled.memory_analysis()
-    return int(getattr(analysis, "temp_size_in_bytes", 0)) if analysis is not None else -1
-
-
-def measure(fn, args, repeats: int) -> Timing:
-    """Compile `fn` for `args` once, then time it; a failure is returned, not raised."""
-    try:
-        compiled = jax.jit(fn).lower(*args).compile()
-        temp = temp_bytes(compiled)
-        seconds = time_call(lambda: compiled(*args), repeats=repeats)
-    except Exception as error:  # noqa: BLE001 — a failing implementation is a result
-        return Timing(error=short_reason(error))
-    return Timing(seconds=seconds, temp=temp)
 
 
 def attention_mask(name: str, tokens_per_frame: int) -> AttentionMask:
@@ -186,7 +146,7 @@ def target_line(label: str, cases: list[tuple[str, float]], goal: float, above: 
             result]
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -218,7 +178,7 @@ def main(argv: list[str] | None = None) -> None:
     # results[(mask, L, d)][impl] = (forward, fwd+bwd or None)
     results: dict[tuple[str, int, int], dict[str, tuple[Timing, Timing | None]]] = {}
     sizes: dict[tuple[str, int, int], tuple[int, int, int]] = {}  # batch, heads, visited pairs
-    rows = []
+    rows, records = [], []
     for d in head_dims:
         heads = config.heads or max(1, WIDTH // d)
         for length in lengths:
@@ -265,6 +225,10 @@ def main(argv: list[str] | None = None) -> None:
                                  f"{3.5 * flops / bwd.seconds / 1e12:.3g} TFLOP/s, "
                                  f"temp {fmt_mib(bwd)} MiB" if bwd.ok else bwd.error), flush=True)
                     results[key][impl] = (fwd, bwd)
+                    records.append(dict(
+                        mask=mask_name, length=length, head_dim=d, impl=impl, batch=batch,
+                        heads=heads, forward_s=fwd.seconds, fwd_bwd_s=bwd.seconds if bwd else None,
+                        forward_temp_bytes=fwd.temp, error=fwd.error or (bwd.error if bwd else "")))
                 for impl in impls:
                     fwd, bwd = results[key][impl]
                     mine = impl == "pallas"
@@ -362,6 +326,7 @@ def main(argv: list[str] | None = None) -> None:
     print()
     print(body)
     print(f"wrote {path}")
+    return records
 
 
 if __name__ == "__main__":

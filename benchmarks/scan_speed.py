@@ -73,7 +73,7 @@ def temp_bytes(fn, *args) -> int:
     return int(getattr(analysis, "temp_size_in_bytes", 0)) if analysis is not None else -1
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
         if name not in SIZES:
             parser.error(f"unknown size {name!r}; choose from {sorted(SIZES)}")
 
-    rows, notes = [], []
+    rows, notes, records = [], [], []
     for name in sizes:
         T, batch, hw, P = SIZES[name]
         shape = (T, batch, hw, hw, P)
@@ -134,6 +134,8 @@ def main(argv: list[str] | None = None) -> None:
                 row.append(f"{timings[ref][1] / g:.2f}×" if ref in timings else "–")
             row.append(f"{temp / b.nbytes:.2f}")
             rows.append(row)
+            records.append(dict(size=name, length=T, impl=impl, forward_s=f, fwd_bwd_s=g,
+                                temp_bytes=temp))
 
     table = markdown_table(
         ["size", "T×B×HW×P", "impl", "fwd ms", "fwd GB/s", "of copy BW", "fwd+bwd ms",
@@ -154,6 +156,7 @@ def main(argv: list[str] | None = None) -> None:
     print()
     print(body)
     print(f"wrote {path}")
+    return records
 
 
 if __name__ == "__main__":

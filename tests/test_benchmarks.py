@@ -46,3 +46,34 @@ def test_attention_speed_writes_a_table(tmp_path, capsys):
         assert "| causal | 32 | 16 | 1×2 | 51.6% | cudnn | failed: " in text
     assert "## Targets" in text
     assert "wrote" in capsys.readouterr().out
+
+
+def test_train_throughput_and_generation_speed_tables(tmp_path):
+    train = load("train_throughput")
+    records = train.main(["--lengths", "3", "--batch", "1", "--repeats", "1",
+                          "--out-dir", str(tmp_path), "--name", "train"])
+    text = (tmp_path / "train.md").read_text()
+    for model in ("convs5", "convlstm", "transformer"):
+        assert f"| 3 | {model} |" in text
+    assert all(r["step_s"] and r["frames_per_s"] > 0 for r in records), records
+    generation = load("generation_speed")
+    records = generation.main(["--context", "2", "--horizons", "3", "--batch", "1", "--repeats",
+                               "1", "--out-dir", str(tmp_path), "--name", "gen"])
+    text = (tmp_path / "gen.md").read_text()
+    for mode in ("convs5", "convlstm", "transformer-cache", "transformer-nocache"):
+        assert f"| 2→3 | {mode} |" in text
+    assert all(r["seconds"] for r in records), records
+    assert "ConvS5 vs transformer-nocache" in text
+
+
+def test_run_all_writes_readme_with_plots(tmp_path):
+    run_all = load("run_all")
+    readme = run_all.main(["--smoke", "--only", "scan", "generation", "--out-dir", str(tmp_path)])
+    text = readme.read_text()
+    assert "## linear_scan speed" in text and "## generation speed" in text
+    assert "command:" in text and "jax " in text
+    pngs = sorted(p.name for p in tmp_path.glob("*.png"))
+    assert len(pngs) == 2 and all(f"]({p})" in text for p in pngs)
+    assert (tmp_path / "logs").is_dir() and (tmp_path / "run_all.json").is_file()
+    log = next((tmp_path / "logs").glob("generation_speed*.log")).read_text()
+    assert "wrote" in log and "transformer-cache" in log

@@ -1,0 +1,43 @@
+"""The video predictors the benchmarks compare, built by name through eqvid's public API."""
+
+import dataclasses
+
+import equinox as eqx
+import jax
+
+import eqvid
+
+MODELS = ("convs5", "convlstm", "transformer")
+
+# --preset: the model preset each benchmark preset uses.
+MODEL_PRESETS = {"cpu": "small", "paper": "mnist-300"}
+
+
+def classes(name: str):
+    """`(ConfigClass, ModelClass)` of a model name."""
+    prefix = {"convs5": "ConvS5", "convlstm": "ConvLSTM", "transformer": "Transformer"}[name]
+    return getattr(eqvid, prefix + "Config"), getattr(eqvid, prefix + "VideoModel")
+
+
+def config_for(name: str, preset: str, frames: int):
+    """The named preset of model `name`, able to take `frames` frames (the
+    Transformer's position table and cache grow to fit)."""
+    config_cls, _ = classes(name)
+    config = config_cls.preset(preset)
+    if hasattr(config, "max_frames") and config.max_frames < frames:
+        config = dataclasses.replace(config, max_frames=frames)
+    return config
+
+
+def build(name: str, preset: str, frames: int, key):
+    """`(params, static, config)`: the model split into its arrays and the rest, so
+    the arrays can be jit arguments (and donated)."""
+    config = config_for(name, preset, frames)
+    _, model_cls = classes(name)
+    model = model_cls(config, key=key)
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    return params, static, config
+
+
+def parameter_count(params) -> int:
+    return sum(x.size for x in jax.tree_util.tree_leaves(params))

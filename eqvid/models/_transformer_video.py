@@ -1,0 +1,523 @@
+"""Transformer video predictor: the Transformer baseline of the ConvS5 paper.
+
+Per-frame ResNet encoder → patchifying convolution (kernel = stride = `patch_size`)
+to frame tokens → pre-LN causal transformer over all frames' tokens (sinusoidal
+positions, frame-block-causal mask) → transposed convolution back to the latent
+grid → ResNet decoder. This is the Moving-MNIST "noVQ" Transformer of Smith et
+al. (NeurIPS 2023), reproduced layer for layer (parameter counts of the released
+MNIST-300 / MNIST-600 configurations: 240,073,475 and 163,500,291).
+
+The released sampler re-runs the whole sequence for every generated frame;
+`generate(..., cache=False)` does the same (inside one `lax.scan`), and
+`generate(..., cache=True)` (the default) keeps a key/value cache and computes
+only the new frame's tokens at each step.
+"""
+
+import dataclasses
+import typing
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from beartype import beartype
+from jaxtyping import Array, Float, Int, PRNGKeyArray, Scalar, jaxtyped
+
+from .._attention import MultiheadAttention
+from .._norm import LayerNorm
+from .._resnet import ResNetDecoder, ResNetEncoder
+from ..kernels.attention import AttentionImpl, AttentionMask
+from ._abstract import AbstractVideoPredictor
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+    """Architecture of a `TransformerVideoModel`. Presets: `TransformerConfig.preset(name)`.
+
+    Frames are encoded to a `latent_size × latent_size` grid, cut into
+    `(latent_size // patch_size)²` tokens per frame (`tokens_per_frame`), and the
+    transformer runs over `width`-dimensional tokens.
+    """
+
+    frame_size: int = 64
+    """Height and width of the frames."""
+    channels: int = 1
+    """Colour channels of the frames (1 for Moving MNIST)."""
+    encoder_depths: tuple[int, ...] = (64, 128, 256)
+    """Channels per encoder (and mirrored decoder) stage; each stage after the first
+    halves the resolution."""
+    d_model: int = 256
+    """Channels of the latent grid the transposed convolution produces and the
+    decoder reads (the released `embedding_dim`). The encoder's output (plus the
+    action embedding) goes straight into the patchifying convolution, which is the
+    input projection."""
+    patch_size: int = 16
+    """Kernel and stride of the patchifying convolution (the released `z_ds`); must
+    divide `latent_size`."""
+    width: int = 1024
+    """Token dimension of the transformer (the released `embed_dim`); even (sinusoidal
+    positions) and divisible by `n_heads`."""
+    n_layers: int = 8
+    """Number of pre-LN transformer blocks."""
+    n_heads: int = 16
+    """Attention heads per block."""
+    mlp_dim: int = 4096
+    """Hidden width of each block's MLP."""
+    max_frames: int = 1500
+    """Longest video (context plus generated frames) the model is run on; bounds the
+    KV cache. Positions are computed, so this is no learned table."""
+    action_dim: int = 1
+    """Number of distinct actions (embedding table has one more row: no action)."""
+    action_embed_dim: int = 1
+    """Width of the action embedding, tiled over the latent grid."""
+    loss_weight: float = 0.5
+    """Loss = w · Σ_{W,C}(ŷ-y)² + (1-w) · Σ_{W,C}|ŷ-y|, averaged over time and rows."""
+    attention_impl: AttentionImpl = "auto"
+    """`eqvid.kernels.attention` implementation: "auto", "pallas", "xla" or "cudnn"."""
+
+    def __post_init__(self):
+        name = "TransformerConfig"
+        if not self.encoder_depths or min(self.encoder_depths) < 1:
+            raise ValueError(
+                f"{name}: `encoder_depths` must be positive channel counts, got "
+                f"{self.encoder_depths}."
+            )
+        down = 2 ** (len(self.encoder_depths) - 1)
+        if self.frame_size < 1 or self.frame_size % down:
+            raise ValueError(
+                f"{name}: `frame_size` ({self.frame_size}) must be divisible by the "
+                f"encoder's downsampling 2**(len(encoder_depths)-1) = {down}; use a frame "
+                f"size that is a multiple of {down} or fewer encoder stages."
+            )
+        for field in ("channels", "d_model", "patch_size", "width", "n_layers", "n_heads",
+                      "mlp_dim", "action_dim", "action_embed_dim"):
+            value = getattr(self, field)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}: `{field}` must be an int ≥ 1, got {value!r}.")
+        latent = self.frame_size // down
+        if latent % self.patch_size:
+            raise ValueError(
+                f"{name}: `patch_size` ({self.patch_size}) must divide the latent size "
+                f"frame_size // 2**(len(encoder_depths)-1) = {latent}."
+            )
+        if self.width % self.n_heads:
+            raise ValueError(
+                f"{name}: `width` ({self.width}) must be divisible by `n_heads` "
+                f"({self.n_heads})."
+            )
+        if self.width % 2:
+            raise ValueError(
+                f"{name}: `width` ({self.width}) must be even (sinusoidal positions use "
+                f"width // 2 frequencies, each as a sine and a cosine)."
+            )
+        if not isinstance(self.max_frames, int) or self.max_frames < 2:
+            raise ValueError(f"{name}: `max_frames` must be an int ≥ 2, got {self.max_frames!r}.")
+        if not 0.0 <= self.loss_weight <= 1.0:
+            raise ValueError(f"{name}: `loss_weight` must be in [0, 1], got {self.loss_weight}.")
+        impls = typing.get_args(AttentionImpl)
+        if self.attention_impl not in impls:
+            raise ValueError(
+                f"{name}: `attention_impl` must be one of {impls}, got {self.attention_impl!r}."
+            )
+
+    @property
+    def latent_size(self) -> int:
+        """Height and width of the encoder's latent grid."""
+        return self.frame_size // 2 ** (len(self.encoder_depths) - 1)
+
+    @property
+    def grid_size(self) -> int:
+        """Tokens along each side of a frame: `latent_size // patch_size`."""
+        return self.latent_size // self.patch_size
+
+    @property
+    def tokens_per_frame(self) -> int:
+        """Tokens per frame: `grid_size²`."""
+        return self.grid_size**2
+
+    @staticmethod
+    def preset(name: str) -> "TransformerConfig":
+        """A named configuration: `"mnist-300"`, `"mnist-600"` (the paper's, 240.1M and
+        163.5M parameters) or `"small"` (runs on a CPU; the encoder of
+        `ConvS5Config.preset("small")`)."""
+        try:
+            return TRANSFORMER_PRESETS[name]
+        except KeyError:
+            raise ValueError(
+                f"Unknown Transformer preset {name!r}; choose one of "
+                f"{sorted(TRANSFORMER_PRESETS)}."
+            ) from None
+
+
+TRANSFORMER_PRESETS: dict[str, TransformerConfig] = {
+    # Released configs/Moving-MNIST/300_train_len/mnist_noVQ_transformer.yaml: 16x16
+    # latents, z_ds 16 → one token per frame. max_frames from the eval config
+    # (seq_len 1500). 240,073,475 parameters.
+    "mnist-300": TransformerConfig(),
+    # Released configs/Moving-MNIST/600_train_len/mnist_noVQ_transformer.yaml: a fourth
+    # encoder stage (8x8 latents of 512 channels), z_ds 8 → one token per frame.
+    # 163,500,291 parameters.
+    "mnist-600": TransformerConfig(encoder_depths=(64, 128, 256, 512), patch_size=8),
+    # CPU-sized: 64x64 frames → 8x8 latents → 2x2 = 4 tokens per frame.
+    "small": TransformerConfig(
+        encoder_depths=(8, 16, 32, 64), d_model=64, patch_size=4, width=128,
+        n_layers=2, n_heads=4, mlp_dim=512, max_frames=300,
+    ),
+}
+
+
+# ----------------------------------------------------------------------------
+# Pieces.
+# ----------------------------------------------------------------------------
+
+
+def sinusoidal_positions(positions: Int[Array, " n"], dim: int) -> Float[Array, "n {dim}"]:
+    """`[sin(p·ω), cos(p·ω)]` with `ω_i = 10000^(-2i/dim)`, `i < dim/2` (the released
+    `SinusoidalPositionBiases`: sines then cosines, not interleaved)."""
+    freqs = 1.0 / 10000 ** (jnp.arange(0, dim, 2, dtype=jnp.float32) / dim)
+    angles = positions.astype(jnp.float32)[:, None] * freqs[None, :]
+    return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
+
+
+def gelu_sigmoid(x: Float[Array, "*shape"]) -> Float[Array, "*shape"]:
+    """`x · σ(1.702 x)`: the sigmoid approximation of GELU the released MLP uses."""
+    return x * jax.nn.sigmoid(1.702 * x)
+
+
+class Dense(eqx.Module):
+    """`x @ W + b` on the last axis (LeCun-normal weights, zero bias, as Flax's `Dense`)."""
+
+    weight: Float[Array, "c_in c_out"]
+    bias: Float[Array, " c_out"]
+
+    def __init__(self, in_features: int, out_features: int, *, key: PRNGKeyArray):
+        self.weight = jax.nn.initializers.lecun_normal()(
+            key, (in_features, out_features), jnp.float32
+        )
+        self.bias = jnp.zeros((out_features,), jnp.float32)
+
+    def __call__(self, x: Float[Array, "*batch c_in"]) -> Float[Array, "*batch c_out"]:
+        return x @ self.weight.astype(x.dtype) + self.bias.astype(x.dtype)
+
+
+KVCache = tuple[Float[Array, "cache_len heads head_dim"], Float[Array, "cache_len heads head_dim"]]
+
+
+class TransformerBlock(eqx.Module):
+    """Pre-LN block: `x + Attn(LN(x))`, then `x + MLP(LN(x))` with
+    `MLP = Dense → GELU (x·σ(1.702x)) → Dense`; biases on every projection."""
+
+    norm1: LayerNorm
+    attention: MultiheadAttention
+    norm2: LayerNorm
+    mlp_in: Dense
+    mlp_out: Dense
+
+    def __init__(self, width: int, n_heads: int, mlp_dim: int, impl: AttentionImpl, *,
+                 key: PRNGKeyArray):
+        ka, k1, k2 = jax.random.split(key, 3)
+        self.norm1 = LayerNorm(width)
+        self.attention = MultiheadAttention(width, n_heads, use_bias=True, impl=impl, key=ka)
+        self.norm2 = LayerNorm(width)
+        self.mlp_in = Dense(width, mlp_dim, key=k1)
+        self.mlp_out = Dense(mlp_dim, width, key=k2)
+
+    def _mlp(self, x):
+        return x + self.mlp_out(gelu_sigmoid(self.mlp_in(self.norm2(x))))
+
+    def __call__(
+        self, x: Float[Array, "length width"], tokens_per_frame: int
+    ) -> Float[Array, "length width"]:
+        """The whole sequence at once, frame-block-causal."""
+        mask = AttentionMask(causal=True, tokens_per_frame=tokens_per_frame)
+        return self._mlp(x + self.attention(self.norm1(x), mask=mask))
+
+    def cached(
+        self,
+        x: Float[Array, "length width"],
+        cache: KVCache,
+        offset: int | Int[Array, ""],
+        tokens_per_frame: int,
+    ) -> tuple[Float[Array, "length width"], KVCache]:
+        """The tokens at positions `offset … offset + length - 1`: write their keys and
+        values into the cache at `offset`, attend over the cache (later, unwritten
+        entries are hidden by the frame-block-causal mask)."""
+        h = self.norm1(x)
+        q = self.attention.queries(h)
+        k, v = self.attention.keys_values(h)
+        k_cache = jax.lax.dynamic_update_slice(cache[0], k.astype(cache[0].dtype), (offset, 0, 0))
+        v_cache = jax.lax.dynamic_update_slice(cache[1], v.astype(cache[1].dtype), (offset, 0, 0))
+        mask = AttentionMask(causal=True, tokens_per_frame=tokens_per_frame, q_offset=offset)
+        y = x + self.attention.attend(q, k_cache, v_cache, mask=mask)
+        return self._mlp(y), (k_cache, v_cache)
+
+
+# ----------------------------------------------------------------------------
+# The model.
+# ----------------------------------------------------------------------------
+
+
+class TransformerVideoModel(AbstractVideoPredictor):
+    """The Transformer baseline of the ConvS5 paper (deterministic; teacher forcing).
+
+    **Layers** (as released): ResNet encoder; action embedding tiled over the
+    latent grid and concatenated; patchifying convolution (kernel = stride =
+    `patch_size`, no bias) to `tokens_per_frame` tokens of `width`; input dense;
+    `n_layers` pre-LN blocks (`TransformerBlock`); output dense → GELU →
+    LayerNorm; transposed convolution (kernel = stride, no bias) to the
+    `d_model`-channel latent grid; ResNet decoder; `tanh`.
+
+    **Sequence layout.** Position ("slot") 0 holds a learned start token (one
+    `width` vector per token of a frame, the released `sos`); slot `s ≥ 1` holds
+    the tokens of frame `s - 1` (paired with action `s`, the action taken towards
+    frame `s`). The output at slot `s` predicts frame `s`. A video of `T` frames
+    therefore fills `T` slots — `[start, frame 0, …, frame T-2]` — and the outputs
+    at slots `1 … T-1` are the predictions of frames `1 … T-1`; the output at the
+    start slot (a prediction of frame 0 from nothing) is computed and dropped, as
+    in the released code. The start token is still seen by every later token.
+
+    **Positions.** Sinusoidal in the token position `slot · tokens_per_frame +
+    token` (row-major token order within a frame), computed, not learned, added
+    after the input dense layer.
+
+    `model(frames)` runs the whole video in one pass (frame-block-causal mask:
+    every token sees all tokens of its own and earlier slots).
+    `model.generate(context, n, key=key)` rolls out `n` frames inside one
+    `lax.scan`, with a KV cache (`cache=True`) or re-running the full padded
+    sequence per frame like the released sampler (`cache=False`).
+    """
+
+    encoder: ResNetEncoder
+    action_embedding: Float[Array, "actions embed"]
+    patch_weight: Float[Array, "patch patch c_in width"]
+    start_token: Float[Array, "tokens width"]
+    embed: Dense
+    blocks: tuple[TransformerBlock, ...]
+    head: Dense
+    head_norm: LayerNorm
+    unpatch_weight: Float[Array, "patch patch width d_model"]
+    decoder: ResNetDecoder
+    config: TransformerConfig = eqx.field(static=True)
+
+    def __init__(self, config: TransformerConfig, *, key: PRNGKeyArray):
+        c = config
+        ke, ka, kp, ks, ki, kb, kh, ku, kd = jax.random.split(key, 9)
+        lecun = jax.nn.initializers.lecun_normal()
+        self.encoder = ResNetEncoder(c.channels, c.encoder_depths, key=ke)
+        self.action_embedding = jax.random.normal(
+            ka, (c.action_dim + 1, c.action_embed_dim), jnp.float32
+        )
+        c_in = c.encoder_depths[-1] + c.action_embed_dim
+        p = c.patch_size
+        self.patch_weight = lecun(kp, (p, p, c_in, c.width), jnp.float32)
+        self.start_token = 0.02 * jax.random.normal(ks, (c.tokens_per_frame, c.width), jnp.float32)
+        self.embed = Dense(c.width, c.width, key=ki)
+        self.blocks = tuple(
+            TransformerBlock(c.width, c.n_heads, c.mlp_dim, c.attention_impl, key=k)
+            for k in jax.random.split(kb, c.n_layers)
+        )
+        self.head = Dense(c.width, c.width, key=kh)
+        self.head_norm = LayerNorm(c.width)
+        self.unpatch_weight = lecun(ku, (p, p, c.width, c.d_model), jnp.float32)
+        self.decoder = ResNetDecoder(c.d_model, c.encoder_depths, c.channels, key=kd)
+        self.config = config
+
+    # -- pieces ------------------------------------------------------------------
+
+    def _frame_tokens(self, frames, actions):
+        """Frames `(T, H, W, C)` and their actions `(T,)` → embedded tokens `(T, F, width)`
+        (encoder, tiled action embedding, patchifying conv, input dense)."""
+        z = self.encoder(frames)
+        a = self.action_embedding[actions + 1]
+        a = jnp.broadcast_to(a[..., None, None, :], z.shape[:-1] + a.shape[-1:])
+        z = jnp.concatenate([z, a], axis=-1)
+        g, p = self.config.grid_size, self.config.patch_size
+        t, c = z.shape[0], z.shape[-1]
+        z = z.reshape(t, g, p, g, p, c).transpose(0, 1, 3, 2, 4, 5).reshape(t, g * g, p, p, c)
+        tokens = jnp.einsum("tnijc,ijcw->tnw", z, self.patch_weight.astype(z.dtype))
+        return self.embed(tokens)
+
+    def _start(self):
+        return self.embed(self.start_token)[None]  # (1, F, width)
+
+    def _positions(self, first_slot, n_slots):
+        f = self.config.tokens_per_frame
+        pos = first_slot * f + jnp.arange(n_slots * f, dtype=jnp.int32)
+        return sinusoidal_positions(pos, self.config.width)
+
+    def _readout(self, h):
+        """Transformer outputs `(..., F, width)` → frames `(..., H, W, C)` (output dense,
+        GELU, LayerNorm, transposed conv, decoder, tanh)."""
+        h = self.head_norm(jax.nn.gelu(self.head(h)))
+        g, p, d = self.config.grid_size, self.config.patch_size, self.config.d_model
+        lead = h.shape[:-2]
+        z = jnp.einsum("...nw,ijwd->...nijd", h, self.unpatch_weight.astype(h.dtype))
+        z = z.reshape(lead + (g, g, p, p, d))
+        z = jnp.moveaxis(z, -3, -4).reshape(lead + (g * p, g * p, d))
+        return jnp.tanh(self.decoder(z))
+
+    def _transformer(self, slots):
+        """Slots `(S, F, width)` (embedded, no positions) → outputs `(S, F, width)`."""
+        s, f, w = slots.shape
+        x = slots.reshape(s * f, w) + self._positions(0, s)
+        for block in self.blocks:
+            x = block(x, f)
+        return x.reshape(s, f, w)
+
+    def _transformer_cached(self, slots, caches, first_slot):
+        """Slots `(S, F, width)` at `first_slot …` through the cached path."""
+        s, f, w = slots.shape
+        x = slots.reshape(s * f, w) + self._positions(first_slot, s)
+        new = []
+        for block, cache in zip(self.blocks, caches):
+            x, cache = block.cached(x, cache, first_slot * f, f)
+            new.append(cache)
+        return x.reshape(s, f, w), tuple(new)
+
+    def init_cache(self, n_slots: int) -> tuple[KVCache, ...]:
+        """Zero key/value caches for `n_slots` slots (frames): per layer two arrays
+        `(n_slots · tokens_per_frame, heads, head_dim)`."""
+        c = self.config
+        shape = (n_slots * c.tokens_per_frame, c.n_heads, c.width // c.n_heads)
+        return tuple((jnp.zeros(shape, jnp.float32), jnp.zeros(shape, jnp.float32))
+                     for _ in self.blocks)
+
+    def _no_actions(self, length: int) -> Int[Array, " time"]:
+        return jnp.full((length,), -1, jnp.int32)
+
+    # -- public API --------------------------------------------------------------
+
+    @jaxtyped(typechecker=beartype)
+    def __call__(
+        self,
+        frames: Float[Array, "time height width channels"],
+        actions: Int[Array, " time"] | None = None,
+    ) -> Float[Array, "time-1 height width channels"]:
+        """Teacher-forced predictions of frames `1…T-1` given frames `0…T-2`, in one
+        pass over `[start, frame 0, …, frame T-2]`.
+
+        The input for frame `t` pairs it with the action taken towards frame `t + 1`
+        (`actions[t + 1]`), as in the released code.
+        """
+        self._check_frames(frames, "frames")
+        n = frames.shape[0]
+        if n < 2:
+            raise ValueError(
+                f"TransformerVideoModel: `frames` needs at least 2 frames for teacher "
+                f"forcing, got {n}."
+            )
+        if n > self.config.max_frames:
+            raise ValueError(
+                f"TransformerVideoModel: `frames` has {n} frames, more than "
+                f"config.max_frames = {self.config.max_frames}."
+            )
+        if actions is None:
+            actions = self._no_actions(n)
+        slots = jnp.concatenate([self._start(), self._frame_tokens(frames[:-1], actions[1:])])
+        return self._readout(self._transformer(slots)[1:])
+
+    @jaxtyped(typechecker=beartype)
+    def loss(
+        self,
+        frames: Float[Array, "time height width channels"],
+        actions: Int[Array, " time"] | None = None,
+    ) -> Scalar:
+        """`w · mean Σ_{W,C}(ŷ-y)² + (1-w) · mean Σ_{W,C}|ŷ-y|` over frames 1…T-1 (the
+        released objective, `w = config.loss_weight`)."""
+        err = self(frames, actions) - frames[1:]
+        sq = jnp.mean(jnp.sum(jnp.square(err), axis=(-2, -1)))
+        ab = jnp.mean(jnp.sum(jnp.abs(err), axis=(-2, -1)))
+        w = self.config.loss_weight
+        return w * sq + (1 - w) * ab
+
+    @jaxtyped(typechecker=beartype)
+    def generate(
+        self,
+        context: Float[Array, "context height width channels"],
+        num_frames: int,
+        *,
+        key: PRNGKeyArray | None = None,
+        actions: Int[Array, " total"] | None = None,
+        cache: bool = True,
+    ) -> Float[Array, "{num_frames} height width channels"]:
+        """Predict `num_frames` frames after `context` (deterministic: `key` is
+        accepted for the common interface and unused).
+
+        Needs `len(context) + num_frames ≤ config.max_frames`; that many slots are
+        used (`[start, context…, generated frames but the last]`).
+
+        - `cache=True`: the context runs once, filling a preallocated key/value
+          cache per layer; then each step of a `lax.scan` encodes the last predicted
+          frame, computes queries/keys/values for its tokens only, writes the keys
+          and values into the cache at its position and attends over the cache:
+          O(length) work per frame.
+        - `cache=False`: the released sampler's way: each step re-runs the whole
+          transformer over the fixed-length (padded) sequence and reads the
+          prediction at the current position: O(length²) work per frame.
+
+        Both give the frames that teacher forcing on the generated video predicts.
+        """
+        del key
+        self._check_frames(context, "context")
+        n_ctx = context.shape[0]
+        if num_frames < 1:
+            raise ValueError(f"generate: `num_frames` must be ≥ 1, got {num_frames}.")
+        total = n_ctx + num_frames
+        if total > self.config.max_frames:
+            raise ValueError(
+                f"generate: `context` ({n_ctx} frames) + `num_frames` ({num_frames}) = "
+                f"{total} exceeds config.max_frames = {self.config.max_frames}."
+            )
+        if actions is None:
+            actions = self._no_actions(total)
+        elif actions.shape[0] != total:
+            raise ValueError(
+                f"generate: `actions` must cover context and generated frames, shape "
+                f"({total},); got {actions.shape}."
+            )
+        prefix = jnp.concatenate(
+            [self._start(), self._frame_tokens(context, actions[1 : n_ctx + 1])]
+        )  # slots 0 … n_ctx
+        # Step i feeds generated frame n_ctx + i (with action n_ctx + i + 1) into slot
+        # n_ctx + 1 + i and reads the prediction of frame n_ctx + 1 + i there.
+        steps = (jnp.arange(num_frames - 1, dtype=jnp.int32) + n_ctx + 1, actions[n_ctx + 1 :])
+
+        if cache:
+            h, caches = self._transformer_cached(prefix, self.init_cache(total), 0)
+            first = self._readout(h[-1])
+
+            def body(carry, step):
+                caches, frame = carry
+                slot, action = step
+                tokens = self._frame_tokens(frame[None], action[None])
+                h, caches = self._transformer_cached(tokens, caches, slot)
+                frame = self._readout(h[0])
+                return (caches, frame), frame
+
+            _, rest = jax.lax.scan(body, (caches, first), steps)
+        else:
+            pad = jnp.zeros((total - prefix.shape[0],) + prefix.shape[1:], prefix.dtype)
+            slots = jnp.concatenate([prefix, pad])
+            first = self._readout(self._transformer(slots)[n_ctx])
+
+            def body(carry, step):
+                slots, frame = carry
+                slot, action = step
+                tokens = self._frame_tokens(frame[None], action[None])
+                slots = jax.lax.dynamic_update_slice(slots, tokens, (slot, 0, 0))
+                h = self._transformer(slots)
+                frame = self._readout(jax.lax.dynamic_index_in_dim(h, slot, keepdims=False))
+                return (slots, frame), frame
+
+            _, rest = jax.lax.scan(body, (slots, first), steps)
+        return jnp.concatenate([first[None], rest], axis=0)
+
+    def _check_frames(self, frames, name):
+        c = self.config
+        want = (c.frame_size, c.frame_size, c.channels)
+        if tuple(frames.shape[1:]) != want:
+            raise ValueError(
+                f"TransformerVideoModel: `{name}` frames must be (height, width, channels) = "
+                f"{want} for this config, got {tuple(frames.shape[1:])}."
+            )
+        if frames.shape[0] < 1:
+            raise ValueError(f"TransformerVideoModel: `{name}` needs at least 1 frame, got 0.")
