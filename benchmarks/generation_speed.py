@@ -38,7 +38,7 @@ from eqvid._cli import add_config_arguments, config_from_args  # noqa: E402
 
 MODES = ("convs5", "convlstm", "transformer-cache", "transformer-nocache")
 CONTEXT = {"cpu": 8, "paper": 100}
-HORIZONS = {"cpu": (16, 32, 64), "paper": (400, 800, 1200)}
+HORIZONS = {"cpu": (32, 128, 256), "paper": (400, 800, 1200)}
 BATCH = {"cpu": 2, "paper": 8}
 
 
@@ -47,7 +47,7 @@ class GenerationBenchConfig:
     """Models, rollout lengths and repetitions."""
 
     preset: Literal["cpu", "paper"] = "cpu"
-    """`cpu`: the small presets, 8 context frames → 16/32/64 (minutes on a 2-core
+    """`cpu`: the small presets, 8 context frames → 32/128/256 (minutes on a 2-core
     CPU); `paper`: the MNIST-300 presets, batch 8, 100 context frames → 400/800/1200
     (the ConvS5 paper's protocol), for a GPU."""
     modes: tuple[str, ...] = MODES
@@ -55,7 +55,7 @@ class GenerationBenchConfig:
     context: int = 0
     """Context frames; default: 8 (cpu) or 100 (paper)."""
     horizons: tuple[int, ...] = ()
-    """Frames to generate; default: 16 32 64 (cpu) or 400 800 1200 (paper)."""
+    """Frames to generate; default: 32 128 256 (cpu) or 400 800 1200 (paper)."""
     batch: int = 0
     """Videos per rollout; default: 2 (cpu) or 8 (paper)."""
     model_preset: str = ""

@@ -20,7 +20,7 @@ from .._conv import Conv2d
 from .._convlstm import ConvLSTM
 from .._resnet import ResNetDecoder, ResNetEncoder
 from ._abstract import AbstractVideoPredictor
-from ._convs5_video import (
+from ._codec import (
     check_codec_config,
     check_frames,
     check_loss_weight,
