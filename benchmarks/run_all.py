@@ -179,8 +179,9 @@ def main(argv: list[str] | None = None) -> pathlib.Path:
     for bench in config.only:
         script = SCRIPTS[bench]
         name = pathlib.Path(script.__file__).stem + suffix
+        shown_out = os.path.relpath(out) if out.is_absolute() else str(out)
         args = benchmark_args(bench, config.preset, config.smoke) + [
-            "--out-dir", str(out), "--name", name]
+            "--out-dir", shown_out, "--name", name]
         command = f"python benchmarks/{pathlib.Path(script.__file__).name} {shlex.join(args)}"
         print(f"\n=== {command}", flush=True)
         start = time.perf_counter()
