@@ -183,6 +183,7 @@ class ConvS5(eqx.Module):
     def _input(self, u, b_kernel):
         """`B̄ * u` as complex states (used by `step`)."""
         bu = conv2d_nhwc(u, b_kernel)
+        bu = bu.astype(jnp.result_type(bu.dtype, jnp.float32))  # states are ≥ float32
         p = self.state_size
         return jax.lax.complex(bu[..., :p], bu[..., p:])
 
@@ -213,7 +214,8 @@ class ConvS5(eqx.Module):
         # scan to the C convolution: no complex tensor is materialised.
         xs = linear_scan_split(lam_bar, conv2d_nhwc(u, b_kernel), state, impl=impl)
         p = self.state_size
-        return self._output(u, xs), jax.lax.complex(xs[-1, ..., :p], xs[-1, ..., p:])
+        last = xs[-1].astype(jnp.result_type(xs.dtype, jnp.float32))  # states are ≥ float32
+        return self._output(u, xs), jax.lax.complex(last[..., :p], last[..., p:])
 
     @jaxtyped(typechecker=beartype)
     def step(

@@ -1,6 +1,10 @@
 import jax
 import pytest
 
+# Eight simulated CPU devices for the sharding tests (must precede any jax computation;
+# single-device tests run on device 0 as before).
+jax.config.update("jax_num_cpu_devices", 8)
+
 
 @pytest.fixture
 def getkey():

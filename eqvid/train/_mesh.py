@@ -1,0 +1,151 @@
+"""Device meshes from a config, and where eqvid's arrays live on them.
+
+A mesh has three axes: `data` (batch), `fsdp` (batch too, plus large parameters and
+their optimiser state split along one dimension) and `model` (attention heads and
+MLP hidden units of the transformer models). Rules, by array:
+
+- batches `(batch, …)`: the batch axis over `data × fsdp`;
+- parameters and optimiser state (the same rule, so Adam's moments sit with their
+  parameter): attention projections over `model` along their heads axis, MLP
+  weights along their hidden axis; then, if the array has at least
+  `min_fsdp_size` elements, its largest dimension divisible by the `fsdp` size
+  (not already used) over `fsdp`; everything else replicated.
+"""
+
+import dataclasses
+import math
+
+import jax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jaxtyping import PyTree
+
+AXES = ("data", "fsdp", "model")
+BATCH_AXES = ("data", "fsdp")
+
+# Model-parallel rules by field name (the last named path entries of a leaf):
+# which dimension of the array goes over the `model` axis.
+_MODEL_DIM = {
+    ("query_weight",): 1, ("key_weight",): 1, ("value_weight",): 1, ("output_weight",): 0,
+    ("query_bias",): 0, ("key_bias",): 0, ("value_bias",): 0,
+    ("mlp_in", "weight"): 1, ("mlp_in", "bias"): 0, ("mlp_out", "weight"): 0,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """Sizes of the device mesh's axes; their product is the number of devices. One
+    size may be -1: whatever the others leave."""
+
+    data: int = -1
+    """Data-parallel axis (batch split, parameters replicated); -1: the rest."""
+    fsdp: int = 1
+    """Fully sharded data-parallel axis (batch split, large parameters and optimiser
+    state split too)."""
+    model: int = 1
+    """Tensor-parallel axis (attention heads and MLP hidden units split)."""
+    min_fsdp_size: int = 2**14
+    """Parameters with fewer elements stay replicated on the fsdp axis."""
+
+    def sizes(self, device_count: int) -> tuple[int, int, int]:
+        """The three axis sizes for `device_count` devices (the -1 filled in)."""
+        sizes = [self.data, self.fsdp, self.model]
+        names = ", ".join(f"{n}={s}" for n, s in zip(AXES, sizes))
+        if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
+            raise ValueError(
+                f"MeshConfig: axis sizes must be ≥ 1, with at most one -1 (the rest); "
+                f"got {names}."
+            )
+        known = math.prod(s for s in sizes if s != -1)
+        if -1 in sizes:
+            if device_count % known:
+                raise ValueError(
+                    f"MeshConfig: {names} needs a multiple of {known} devices, but there are "
+                    f"{device_count}; choose sizes whose product divides {device_count}."
+                )
+            sizes[sizes.index(-1)] = device_count // known
+        elif known != device_count:
+            raise ValueError(
+                f"MeshConfig: {names} is a mesh of {known} devices, but there are "
+                f"{device_count}; make the product {device_count} (or set one size to -1)."
+            )
+        return tuple(sizes)
+
+
+def make_mesh(config: MeshConfig = MeshConfig(), devices=None) -> Mesh:
+    """A `("data", "fsdp", "model")` mesh over `devices` (default: all devices of all
+    processes), axes of type Auto (shardings propagate through `jax.jit`)."""
+    devices = jax.devices() if devices is None else list(devices)
+    shape = config.sizes(len(devices))
+    auto = (jax.sharding.AxisType.Auto,) * 3
+    return jax.make_mesh(shape, AXES, axis_types=auto, devices=devices)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Leading (batch) axis over `data × fsdp`, the rest replicated."""
+    return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
+
+
+def check_batch(batch_size: int, mesh: Mesh, name: str = "batch_size") -> None:
+    """The batch must split evenly over the batch axes."""
+    ways = mesh.shape["data"] * mesh.shape["fsdp"]
+    if batch_size % ways:
+        raise ValueError(
+            f"{name} ({batch_size}) must be divisible by data × fsdp = "
+            f"{mesh.shape['data']} × {mesh.shape['fsdp']} = {ways}; change the batch size "
+            "or the mesh."
+        )
+
+
+def _names(path) -> tuple[str, ...]:
+    out = []
+    for entry in path:
+        name = getattr(entry, "name", None) or getattr(entry, "key", None)
+        if isinstance(name, str):
+            out.append(name)
+    return tuple(out)
+
+
+def leaf_spec(path, shape: tuple[int, ...], mesh: Mesh, min_fsdp_size: int) -> PartitionSpec:
+    """The partition spec of one parameter (or optimiser-state) array."""
+    spec: list = [None] * len(shape)
+    names = _names(path)
+    model = mesh.shape["model"]
+    if model > 1:
+        for suffix, dim in _MODEL_DIM.items():
+            if names[-len(suffix):] == suffix and dim < len(shape) and shape[dim] % model == 0:
+                spec[dim] = "model"
+                break
+    fsdp = mesh.shape["fsdp"]
+    if fsdp > 1 and math.prod(shape) >= min_fsdp_size:
+        free = [d for d in range(len(shape)) if spec[d] is None and shape[d] % fsdp == 0]
+        if free:
+            spec[max(free, key=lambda d: (shape[d], -d))] = "fsdp"
+    return PartitionSpec(*spec)
+
+
+def tree_shardings(tree: PyTree, mesh: Mesh, min_fsdp_size: int = 2**14) -> PyTree:
+    """A `NamedSharding` for every array leaf of `tree` (parameters, a model, or
+    optimiser state), `None` for other leaves."""
+
+    def one(path, leaf):
+        if not hasattr(leaf, "shape") or not hasattr(leaf, "dtype"):
+            return None
+        return NamedSharding(mesh, leaf_spec(path, tuple(leaf.shape), mesh, min_fsdp_size))
+
+    return jax.tree_util.tree_map_with_path(one, tree)
+
+
+def describe(tree: PyTree, mesh: Mesh, min_fsdp_size: int = 2**14) -> str:
+    """A table of how `tree`'s arrays are sharded (for logs)."""
+    rows = []
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        if hasattr(leaf, "shape"):
+            spec = leaf_spec(path, tuple(leaf.shape), mesh, min_fsdp_size)
+            rows.append(f"{jax.tree_util.keystr(path)} {tuple(leaf.shape)} {spec}")
+    return "\n".join(rows)
+
+
+def device_put_tree(tree: PyTree, shardings: PyTree) -> PyTree:
+    """Place `tree`'s arrays as `shardings` (a matching tree, `None` where `tree` has
+    `None`) says."""
+    return jax.device_put(tree, shardings)
