@@ -89,8 +89,10 @@ def add_config_arguments(
     defaults: Any = None,
     *,
     exclude: Collection[str] = (),
+    prefix: str = "",
 ) -> None:
-    """Add one argument group with an option per field of dataclass `cls`.
+    """Add one argument group with an option per field of dataclass `cls`
+    (`--<prefix><field-name>`).
 
     Options default to `argparse.SUPPRESS`, so `config_from_args` can tell which
     were given; the help shows the default from `defaults` (an instance of `cls`).
@@ -110,7 +112,7 @@ def add_config_arguments(
         if "action" not in kwargs and "choices" not in kwargs:
             kwargs.setdefault("metavar", f.name.upper())
         group.add_argument(
-            _option(f.name),
+            _option(prefix + f.name),
             dest=f"{title}.{f.name}",
             default=argparse.SUPPRESS,
             help=help_text.replace("%", "%%"),

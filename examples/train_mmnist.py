@@ -11,6 +11,7 @@ predicting an empty frame.
     python examples/train_mmnist.py --preset mnist-600 --steps 300000 --lr 5e-4 \\
         --mnist-path data/train-images-idx3-ubyte.gz --seq-len 600
     python examples/train_mmnist.py --resume               # continue a run
+    python examples/train_mmnist.py --mesh-fsdp 4 --compute-dtype bfloat16  # 4+ GPUs
 
 Digits: real MNIST if `--mnist-path` points to the standard
 `train-images-idx3-ubyte(.gz)` file, otherwise scikit-learn's bundled
@@ -24,7 +25,7 @@ import sys
 from eqvid._cli import add_config_arguments, config_from_args
 from eqvid.data._config import MovingMNISTConfig
 from eqvid.models import CONVS5_PRESETS, ConvS5Config
-from eqvid.train import OptimizerConfig, RunConfig, TrainConfig, train
+from eqvid.train import MeshConfig, OptimizerConfig, RunConfig, TrainConfig, train
 
 # Defaults of this example (the library's own defaults are in the config classes).
 EXAMPLE_RUN = RunConfig(
@@ -60,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arguments(parser, "data", MovingMNISTConfig, EXAMPLE_DATA)
     add_config_arguments(parser, "optimizer", OptimizerConfig, EXAMPLE_OPTIMIZER)
     add_config_arguments(parser, "run", RunConfig, EXAMPLE_RUN)
+    add_config_arguments(parser, "mesh", MeshConfig, prefix="mesh_")
     return parser
 
 
@@ -73,6 +75,7 @@ def config_from_argv(argv: list[str] | None = None) -> TrainConfig:
         data=data,
         optimizer=config_from_args(args, "optimizer", EXAMPLE_OPTIMIZER),
         run=config_from_args(args, "run", EXAMPLE_RUN),
+        mesh=config_from_args(args, "mesh", MeshConfig()),
     )
 
 

@@ -48,7 +48,9 @@ def test_attention_speed_writes_a_table(tmp_path, capsys):
     assert "wrote" in capsys.readouterr().out
 
 
-def test_train_throughput_and_generation_speed_tables(tmp_path):
+def test_train_throughput_table(tmp_path):
+    """Every model trains a step; `generation_speed.py` runs (every mode) in the
+    `run_all` test below."""
     train = load("train_throughput")
     records = train.main(["--lengths", "3", "--batch", "1", "--repeats", "1",
                           "--out-dir", str(tmp_path), "--name", "train"])
@@ -56,14 +58,8 @@ def test_train_throughput_and_generation_speed_tables(tmp_path):
     for model in ("convs5", "convlstm", "transformer"):
         assert f"| 3 | {model} |" in text
     assert all(r["step_s"] and r["frames_per_s"] > 0 for r in records), records
-    generation = load("generation_speed")
-    records = generation.main(["--context", "2", "--horizons", "3", "--batch", "1", "--repeats",
-                               "1", "--out-dir", str(tmp_path), "--name", "gen"])
-    text = (tmp_path / "gen.md").read_text()
-    for mode in ("convs5", "convlstm", "transformer-cache", "transformer-nocache"):
-        assert f"| 2→3 | {mode} |" in text
-    assert all(r["seconds"] for r in records), records
-    assert "ConvS5 vs transformer-nocache" in text
+    convs5_row = next(line for line in text.splitlines() if line.startswith("| 3 | convs5 |"))
+    assert convs5_row.count("×") == 2  # both ratios measured
 
 
 def test_run_all_writes_readme_with_plots(tmp_path):
@@ -76,4 +72,8 @@ def test_run_all_writes_readme_with_plots(tmp_path):
     assert len(pngs) == 2 and all(f"]({p})" in text for p in pngs)
     assert (tmp_path / "logs").is_dir() and (tmp_path / "run_all.json").is_file()
     log = next((tmp_path / "logs").glob("generation_speed*.log")).read_text()
-    assert "wrote" in log and "transformer-cache" in log
+    assert "wrote" in log
+    generation = next(tmp_path.glob("generation_speed*.md")).read_text()
+    for mode in ("convs5", "convlstm", "transformer-cache", "transformer-nocache"):
+        assert f"| 2→4 | {mode} |" in generation
+    assert "ConvS5 vs transformer-nocache" in generation and "failed" not in generation

@@ -16,7 +16,7 @@ import eqvid
 import eqvid.train
 from eqvid.data._config import MovingMNISTConfig
 from eqvid.models import AbstractVideoPredictor
-from eqvid.train import OptimizerConfig, RunConfig, TrainConfig, rollout_mse, train
+from eqvid.train import MeshConfig, OptimizerConfig, RunConfig, TrainConfig, rollout_mse, train
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -25,7 +25,7 @@ TINY_MODEL = eqvid.ConvS5Config(
 )
 
 
-def tiny_config(run_dir, **run):
+def tiny_config(run_dir, mesh=MeshConfig(devices=1), **run):
     defaults = dict(
         run_dir=str(run_dir), steps=4, batch_size=2, log_every=1, checkpoint_every=2,
         sample_every=0, eval_sequences=4, eval_context=3, eval_horizon=2, progress=False,
@@ -36,6 +36,7 @@ def tiny_config(run_dir, **run):
         data=MovingMNISTConfig(frame_size=32, seq_len=5, train_sequences=64),
         optimizer=OptimizerConfig(lr=1e-3, warmup_steps=1),
         run=RunConfig(**defaults),
+        mesh=mesh,
     )
 
 
@@ -67,6 +68,27 @@ def test_train_writes_everything_and_resumes_exactly(tmp_path):
     b = jax.tree.leaves(eqvid_params(resumed.model))
     for x, y in zip(a, b):
         np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (simulated) devices")
+def test_resume_on_another_mesh_continues_the_run(tmp_path):
+    """Checkpoint on an 8-way data-parallel mesh, resume on a 4 × 2 data × fsdp mesh
+    (parameters split over fsdp): the same run as without the interruption."""
+    eight = MeshConfig(devices=8, min_fsdp_size=64)
+    four_by_two = MeshConfig(data=4, fsdp=2, devices=8, min_fsdp_size=64)
+    quick = dict(batch_size=8, eval_sequences=0)
+    straight = train(tiny_config(tmp_path / "straight", mesh=eight, **quick))
+    run_dir = tmp_path / "interrupted"
+    train(tiny_config(run_dir, mesh=eight, **quick))
+    shutil.rmtree(run_dir / "checkpoints" / "4")
+    resumed = train(tiny_config(run_dir, mesh=four_by_two, resume=True, **quick))
+    np.testing.assert_allclose(resumed.losses, straight.losses[2:], rtol=1e-5)
+    leaves = jax.tree.leaves(eqvid_params(resumed.model))
+    assert any("fsdp" in str(x.sharding.spec) for x in leaves)
+    want = jax.tree.leaves(eqvid_params(straight.model))
+    scale = max(float(np.max(np.abs(y))) for y in want)
+    worst = max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in zip(leaves, want))
+    assert worst <= 1e-5 * scale
 
 
 def eqvid_params(model):

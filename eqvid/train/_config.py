@@ -1,9 +1,11 @@
 """Optimiser and run configuration for `eqvid.train.train`."""
 
 import dataclasses
+from typing import Literal
 
 from ..data._config import MovingMNISTConfig
 from ..models import ConvS5Config
+from ._mesh import MeshConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +63,12 @@ class RunConfig:
     """Frames rolled out autoregressively in the evaluation."""
     progress: bool = True
     """Show a progress bar."""
+    accumulate: int = 1
+    """Split each batch into this many micro-batches and accumulate their gradients
+    (same update, less activation memory)."""
+    compute_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Dtype the model computes in; parameters, gradients and optimiser state stay
+    float32 (state-space parameters are never cast)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,10 +79,11 @@ class TrainConfig:
     data: MovingMNISTConfig = dataclasses.field(default_factory=MovingMNISTConfig)
     optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
     run: RunConfig = dataclasses.field(default_factory=RunConfig)
+    mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
 
     def __post_init__(self):
         r = self.run
-        for name in ("steps", "batch_size", "log_every"):
+        for name in ("steps", "batch_size", "log_every", "accumulate"):
             if getattr(r, name) < 1:
                 raise ValueError(f"RunConfig: `{name}` must be ≥ 1, got {getattr(r, name)}.")
         if self.model.frame_size != self.data.frame_size:

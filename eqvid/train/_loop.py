@@ -17,6 +17,8 @@ from tqdm.auto import tqdm
 
 from ..models import ConvS5VideoModel
 from ._checkpoint import Checkpointer
+from ._mesh import batch_sharding, check_batch, make_mesh
+from ._sharded_step import make_sharded_train_step, shard_state
 from ._config import TrainConfig
 from ._optimizer import learning_rate_schedule, make_optimizer
 from ._rollout_eval import RolloutReport, rollout, rollout_mse
@@ -95,16 +97,26 @@ def train(config: TrainConfig) -> TrainResult:
     )
     data_iter = iter(dataset)
 
+    mesh = make_mesh(config.mesh)
+    check_batch(rc.batch_size, mesh, "--batch-size")
+    check_batch(rc.batch_size // rc.accumulate, mesh,
+                f"the micro-batch size (--batch-size {rc.batch_size} / --accumulate {rc.accumulate})")
     model = ConvS5VideoModel(config.model, key=jax.random.key(rc.seed))
     optimizer = make_optimizer(config.optimizer, model, rc.steps)
     opt_state = optimizer.init(eqx.filter(model, eqx.is_inexact_array))
+    # Parameters and optimiser state live on the mesh (replicated, or split over the
+    # fsdp / model axes); a checkpoint restores into these shardings, whatever mesh wrote it.
+    model, opt_state = shard_state(model, opt_state, mesh, config.mesh.min_fsdp_size)
     params, static = eqx.partition(model, eqx.is_inexact_array)
     start = 0
     if latest is not None:
         params, opt_state = ckpt.restore(latest, params, opt_state, data_iter)
         model = eqx.combine(params, static)
         start = latest
-    train_step = make_train_step(optimizer)
+    train_step = make_sharded_train_step(
+        optimizer, mesh, accumulate=rc.accumulate, compute_dtype=rc.compute_dtype,
+        min_fsdp_size=config.mesh.min_fsdp_size)
+    videos_sharding = batch_sharding(mesh)
     schedule = learning_rate_schedule(config.optimizer, rc.steps)
 
     sample_videos = np.stack([held_out[i]["video"] for i in range(4)]).astype(np.float32)
@@ -139,7 +151,8 @@ def train(config: TrainConfig) -> TrainResult:
     try:
         for step in range(start + 1, rc.steps + 1):
             batch = next(data_iter)
-            model, opt_state, loss, gnorm = train_step(model, opt_state, batch["video"])
+            videos = jax.make_array_from_process_local_data(videos_sharding, batch["video"])
+            model, opt_state, loss, gnorm = train_step(model, opt_state, videos)
             steps_since += 1
             bar.update(1)
             if step % rc.log_every == 0 or step == rc.steps or step == start + 1:

@@ -45,6 +45,8 @@ class MeshConfig:
     """Tensor-parallel axis (attention heads and MLP hidden units split)."""
     min_fsdp_size: int = 2**14
     """Parameters with fewer elements stay replicated on the fsdp axis."""
+    devices: int = 0
+    """Use the first this many devices (0: all devices of all processes)."""
 
     def sizes(self, device_count: int) -> tuple[int, int, int]:
         """The three axis sizes for `device_count` devices (the -1 filled in)."""
@@ -72,9 +74,19 @@ class MeshConfig:
 
 
 def make_mesh(config: MeshConfig = MeshConfig(), devices=None) -> Mesh:
-    """A `("data", "fsdp", "model")` mesh over `devices` (default: all devices of all
-    processes), axes of type Auto (shardings propagate through `jax.jit`)."""
-    devices = jax.devices() if devices is None else list(devices)
+    """A `("data", "fsdp", "model")` mesh over `devices` (default: the first
+    `config.devices`, or all devices of all processes), axes of type Auto
+    (shardings propagate through `jax.jit`)."""
+    if devices is None:
+        devices = jax.devices()
+        if config.devices:
+            if config.devices > len(devices):
+                raise ValueError(
+                    f"MeshConfig: devices={config.devices}, but only {len(devices)} are "
+                    "available."
+                )
+            devices = devices[: config.devices]
+    devices = list(devices)
     shape = config.sizes(len(devices))
     auto = (jax.sharding.AxisType.Auto,) * 3
     return jax.make_mesh(shape, AXES, axis_types=auto, devices=devices)
