@@ -85,6 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"eqvid: training ConvS5 on Moving MNIST; digits: {digits}")
     print(f"eqvid: writing to {config.run.run_dir}/")
     result = train(config)
+    if result.stopped_by is not None:
+        print(f"eqvid: stopped by {result.stopped_by} after step {result.step}; the checkpoint "
+              f"is saved: continue with the same command plus --resume")
+        return 0
     print(f"eqvid: done after {result.step} steps; samples in {result.run_dir / 'samples'}")
     if result.report is not None:
         print()

@@ -177,3 +177,36 @@ def test_ssm_parameters_get_their_own_group_without_weight_decay(getkey):
     assert float(jnp.abs(updates.layers[0].B).max()) == 0.0
     assert float(jnp.abs(updates.layers[0].lambda_re).max()) == 0.0
     assert float(jnp.abs(updates.layers[0].C).max()) > 0.0
+
+
+def test_sigterm_saves_the_step_in_flight_and_exits_cleanly(tmp_path):
+    """Pre-emption: SIGTERM during training → the run finishes its step, commits a
+    checkpoint there, exits with status 0 and says how to resume."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run_dir = tmp_path / "run"
+    command = [sys.executable, str(REPO / "examples" / "train_mmnist.py"), "--run-dir", str(run_dir),
+               "--steps", "100000", "--batch-size", "1", "--seq-len", "3", "--frame-size", "32",
+               "--encoder-depths", "4", "8", "--d-model", "8", "--ssm-size", "8", "--n-layers", "1",
+               "--train-sequences", "16", "--checkpoint-every", "0", "--sample-every", "0",
+               "--log-every", "1", "--no-progress", "--mesh-devices", "1"]
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env=env)
+    metrics = run_dir / "metrics.csv"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:  # header + 2 steps
+            break
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 0, output
+    assert "SIGTERM received" in output and "--resume" in output
+    steps = sorted(int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit())
+    logged = int(metrics.read_text().splitlines()[-1].split(",")[0])
+    assert steps and steps[-1] == logged >= 2

@@ -19,6 +19,7 @@ from ..models import ConvS5VideoModel
 from ._checkpoint import Checkpointer
 from ._mesh import batch_sharding, check_batch, make_mesh
 from ._sharded_step import make_sharded_train_step, shard_state
+from ._signals import GracefulStop
 from ._config import TrainConfig
 from ._optimizer import learning_rate_schedule, make_optimizer
 from ._rollout_eval import RolloutReport, rollout, rollout_mse
@@ -53,7 +54,11 @@ class TrainResult:
     losses: list[float]
     """Training losses of the steps run in this call."""
     report: RolloutReport | None
-    """The held-out rollout evaluation (None if `eval_sequences` is 0)."""
+    """The held-out rollout evaluation (None if `eval_sequences` is 0 or the run was
+    stopped early)."""
+    stopped_by: str | None = None
+    """The signal (`"SIGTERM"`, `"SIGINT"`) that stopped the run before its last step,
+    after saving a checkpoint at `step`; None if it ran to the end."""
 
 
 def _config_dict(config: TrainConfig) -> dict[str, Any]:
@@ -148,7 +153,10 @@ def train(config: TrainConfig) -> TrainResult:
         total=rc.steps, initial=start, disable=not rc.progress, desc="train", unit="step",
         dynamic_ncols=True,
     )
+    stop = GracefulStop()
+    last = start
     try:
+        stop.__enter__()
         for step in range(start + 1, rc.steps + 1):
             batch = next(data_iter)
             videos = jax.make_array_from_process_local_data(videos_sharding, batch["video"])
@@ -182,18 +190,29 @@ def train(config: TrainConfig) -> TrainResult:
                 paused = True
             if paused:  # keep checkpoints and exports out of frames/s
                 t_last, steps_since = time.perf_counter(), 0
-        if start < rc.steps:
+            last = step
+            if stop.requested and step < rc.steps:
+                # Pre-empted: the step in flight is done; commit it and leave.
+                bar.write(f"eqvid: {stop.signal_name} received; saving step {step} and stopping")
+                ckpt.save(step, eqx.filter(model, eqx.is_inexact_array), opt_state, data_iter,
+                          {"config": _config_dict(config)})
+                break
+        if start < rc.steps and last == rc.steps:
             ckpt.save(rc.steps, eqx.filter(model, eqx.is_inexact_array), opt_state, data_iter,
                       {"config": _config_dict(config)})
             export_samples(rc.steps)
     finally:
+        stop.__exit__()
         bar.close()
         metrics_file.close()
-        ckpt.close()
+        ckpt.close()  # waits for asynchronous saves to commit
         close = getattr(data_iter, "close", None)
         if close is not None:
             close()
 
+    if stop.requested and last < rc.steps:
+        return TrainResult(model=model, run_dir=run_dir, step=last, losses=losses, report=None,
+                           stopped_by=stop.signal_name)
     report = None
     if rc.eval_sequences:
         videos = np.stack([held_out[i]["video"] for i in range(rc.eval_sequences)])
