@@ -25,7 +25,14 @@ import sys
 from eqvid._cli import add_config_arguments, config_from_args
 from eqvid.data._config import MovingMNISTConfig
 from eqvid.models import CONVS5_PRESETS, ConvS5Config
-from eqvid.train import MeshConfig, OptimizerConfig, RunConfig, TrainConfig, train
+from eqvid.train import (
+    DistributedConfig,
+    MeshConfig,
+    OptimizerConfig,
+    RunConfig,
+    TrainConfig,
+    train,
+)
 
 # Defaults of this example (the library's own defaults are in the config classes).
 EXAMPLE_RUN = RunConfig(
@@ -62,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arguments(parser, "optimizer", OptimizerConfig, EXAMPLE_OPTIMIZER)
     add_config_arguments(parser, "run", RunConfig, EXAMPLE_RUN)
     add_config_arguments(parser, "mesh", MeshConfig, prefix="mesh_")
+    add_config_arguments(parser, "distributed", DistributedConfig)
     return parser
 
 
@@ -76,6 +84,7 @@ def config_from_argv(argv: list[str] | None = None) -> TrainConfig:
         optimizer=config_from_args(args, "optimizer", EXAMPLE_OPTIMIZER),
         run=config_from_args(args, "run", EXAMPLE_RUN),
         mesh=config_from_args(args, "mesh", MeshConfig()),
+        distributed=config_from_args(args, "distributed", DistributedConfig()),
     )
 
 

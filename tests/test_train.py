@@ -77,10 +77,9 @@ def test_resume_on_another_mesh_continues_the_run(tmp_path):
     eight = MeshConfig(devices=8, min_fsdp_size=64)
     four_by_two = MeshConfig(data=4, fsdp=2, devices=8, min_fsdp_size=64)
     quick = dict(batch_size=8, eval_sequences=0)
-    straight = train(tiny_config(tmp_path / "straight", mesh=eight, **quick))
-    run_dir = tmp_path / "interrupted"
-    train(tiny_config(run_dir, mesh=eight, **quick))
-    shutil.rmtree(run_dir / "checkpoints" / "4")
+    run_dir = tmp_path / "run"
+    straight = train(tiny_config(run_dir, mesh=eight, **quick))
+    shutil.rmtree(run_dir / "checkpoints" / "4")  # as if stopped after the step-2 checkpoint
     resumed = train(tiny_config(run_dir, mesh=four_by_two, resume=True, **quick))
     np.testing.assert_allclose(resumed.losses, straight.losses[2:], rtol=1e-5)
     leaves = jax.tree.leaves(eqvid_params(resumed.model))

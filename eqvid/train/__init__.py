@@ -5,6 +5,8 @@ from ._checkpoint import Checkpointer as Checkpointer
 from ._config import OptimizerConfig as OptimizerConfig
 from ._config import RunConfig as RunConfig
 from ._config import TrainConfig as TrainConfig
+from ._distributed import DistributedConfig as DistributedConfig
+from ._distributed import initialize_distributed as initialize_distributed
 from ._loop import TrainResult as TrainResult
 from ._loop import make_train_step as make_train_step
 from ._loop import train as train

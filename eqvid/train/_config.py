@@ -5,6 +5,7 @@ from typing import Literal
 
 from ..data._config import MovingMNISTConfig
 from ..models import ConvS5Config
+from ._distributed import DistributedConfig
 from ._mesh import MeshConfig
 
 
@@ -80,6 +81,7 @@ class TrainConfig:
     optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
     run: RunConfig = dataclasses.field(default_factory=RunConfig)
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
+    distributed: DistributedConfig = dataclasses.field(default_factory=DistributedConfig)
 
     def __post_init__(self):
         r = self.run

@@ -4,6 +4,7 @@ progress bar, metrics, samples, checkpoints → held-out rollout report)."""
 import csv
 import dataclasses
 import json
+import os
 import pathlib
 import time
 from typing import Any
@@ -17,6 +18,7 @@ from tqdm.auto import tqdm
 
 from ..models import ConvS5VideoModel
 from ._checkpoint import Checkpointer
+from ._distributed import initialize_distributed
 from ._mesh import batch_sharding, check_batch, make_mesh
 from ._sharded_step import make_sharded_train_step, shard_state
 from ._signals import GracefulStop
@@ -79,6 +81,14 @@ def train(config: TrainConfig) -> TrainResult:
     from ..data._config import moving_mnist_splits
 
     rc = config.run
+    initialize_distributed(config.distributed)  # before any JAX computation
+    processes = jax.process_count()
+    main = jax.process_index() == 0  # the process that writes logs, samples and reports
+    if rc.batch_size % processes:
+        raise ValueError(
+            f"--batch-size ({rc.batch_size}) is the global batch and must be divisible by the "
+            f"number of processes ({processes})."
+        )
     run_dir = pathlib.Path(rc.run_dir)
     ckpt = Checkpointer(run_dir / "checkpoints", keep=rc.keep_checkpoints)
     latest = ckpt.latest_step()
@@ -89,7 +99,8 @@ def train(config: TrainConfig) -> TrainResult:
             "continue that run or choose another --run-dir."
         )
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(_config_dict(config), indent=2))
+    if main:
+        (run_dir / "config.json").write_text(json.dumps(_config_dict(config), indent=2))
 
     eval_len = rc.eval_context + rc.eval_horizon
     train_src, held_out = moving_mnist_splits(
@@ -98,11 +109,15 @@ def train(config: TrainConfig) -> TrainResult:
         held_out_seq_len=max(eval_len, 2) if rc.eval_sequences else None,
     )
     dataset = make_dataset(
-        train_src, batch_size=rc.batch_size, seed=rc.seed, num_workers=rc.num_workers
+        # Each process reads its own share of every global batch.
+        train_src, batch_size=rc.batch_size // processes, seed=rc.seed, num_workers=rc.num_workers
     )
     data_iter = iter(dataset)
 
     mesh = make_mesh(config.mesh)
+    if main and rc.progress:
+        print(f"eqvid: {processes} process(es), {len(mesh.devices.flat)} device(s) in the mesh "
+              f"{dict(mesh.shape)}", flush=True)
     check_batch(rc.batch_size, mesh, "--batch-size")
     check_batch(rc.batch_size // rc.accumulate, mesh,
                 f"the micro-batch size (--batch-size {rc.batch_size} / --accumulate {rc.accumulate})")
@@ -130,6 +145,8 @@ def train(config: TrainConfig) -> TrainResult:
 
     def export_samples(step: int) -> None:
         pred = np.asarray(rollout(model, sample_videos[:, :n_ctx], sample_videos.shape[1] - n_ctx))
+        if not main:  # every process computes (the model spans them all); one writes
+            return
         args = (sample_videos[:, :n_ctx], pred, sample_videos[:, n_ctx:])
         save_prediction_strip(run_dir / "samples" / f"step_{step:06d}.png", *args)
         save_prediction_gif(run_dir / "samples" / f"step_{step:06d}.gif", *args)
@@ -137,11 +154,11 @@ def train(config: TrainConfig) -> TrainResult:
     metrics_path = run_dir / "metrics.csv"
     header = ["step", "loss", "lr", "grad_norm", "frames_per_s", "elapsed_s"]
     kept: list[list[str]] = []
-    if start > 0 and metrics_path.exists():
+    if main and start > 0 and metrics_path.exists():
         # Rows logged after the checkpoint we resume from are about to be redone.
         with open(metrics_path, newline="") as f:
             kept = [row for row in list(csv.reader(f))[1:] if row and int(row[0]) <= start]
-    metrics_file = open(metrics_path, "w", newline="")
+    metrics_file = open(metrics_path if main else os.devnull, "w", newline="")
     writer = csv.writer(metrics_file)
     writer.writerows([header] + kept)
 
@@ -150,7 +167,7 @@ def train(config: TrainConfig) -> TrainResult:
     t_start = time.perf_counter()
     t_last, steps_since = t_start, 0
     bar = tqdm(
-        total=rc.steps, initial=start, disable=not rc.progress, desc="train", unit="step",
+        total=rc.steps, initial=start, disable=not (rc.progress and main), desc="train", unit="step",
         dynamic_ncols=True,
     )
     stop = GracefulStop()
@@ -220,6 +237,7 @@ def train(config: TrainConfig) -> TrainResult:
             model, videos.astype(np.float32) / 127.5 - 1.0,
             context=rc.eval_context, horizon=rc.eval_horizon,
         )
-        (run_dir / "eval.json").write_text(json.dumps(report.as_dict(), indent=2))
-        (run_dir / "eval.md").write_text(report.markdown() + "\n")
+        if main:
+            (run_dir / "eval.json").write_text(json.dumps(report.as_dict(), indent=2))
+            (run_dir / "eval.md").write_text(report.markdown() + "\n")
     return TrainResult(model=model, run_dir=run_dir, step=rc.steps, losses=losses, report=report)

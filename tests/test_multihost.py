@@ -1,0 +1,64 @@
+"""Two `jax.distributed` processes on localhost (2 CPU devices each) train the same
+run as one process with 4 devices."""
+
+import csv
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+import numpy as np
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TINY = ["--steps", "3", "--batch-size", "4", "--seq-len", "3", "--frame-size", "32",
+        "--encoder-depths", "4", "8", "--d-model", "8", "--ssm-size", "8", "--n-layers", "1",
+        "--train-sequences", "32", "--checkpoint-every", "0", "--sample-every", "0",
+        "--eval-sequences", "0", "--log-every", "1"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch(run_dir, devices, extra=()):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(devices))
+    command = [sys.executable, str(REPO / "examples" / "train_mmnist.py"), "--run-dir",
+               str(run_dir), *TINY, *extra]
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+
+
+def _losses(run_dir):
+    with open(run_dir / "metrics.csv", newline="") as f:
+        return [float(row["loss"]) for row in csv.DictReader(f)]
+
+
+def test_two_processes_match_one(tmp_path):
+    single = _launch(tmp_path / "single", 4)
+    port = _free_port()
+    multi = [
+        _launch(tmp_path / "multi", 2, ["--coordinator-address", f"127.0.0.1:{port}",
+                                        "--num-processes", "2", "--process-id", str(i)])
+        for i in range(2)
+    ]
+    outputs = []
+    for process in [single, *multi]:
+        try:
+            out, _ = process.communicate(timeout=240)
+        except subprocess.TimeoutExpired:
+            for p in [single, *multi]:
+                p.kill()
+            raise
+        outputs.append(out)
+        assert process.returncode == 0, out
+    assert "1 process(es), 4 device(s) in the mesh {'data': 4, 'fsdp': 1, 'model': 1}" in outputs[0]
+    assert "2 process(es), 4 device(s) in the mesh {'data': 4, 'fsdp': 1, 'model': 1}" in outputs[1]
+    want, got = _losses(tmp_path / "single"), _losses(tmp_path / "multi")
+    assert len(want) == len(got) == 3
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    # One writer: only process 0 exports samples and the metrics.
+    assert sorted(p.name for p in (tmp_path / "multi" / "samples").iterdir()) == [
+        "step_000003.gif", "step_000003.png"]
