@@ -77,3 +77,11 @@ def test_run_all_writes_readme_with_plots(tmp_path):
     for mode in ("convs5", "convlstm", "transformer-cache", "transformer-nocache"):
         assert f"| 2→4 | {mode} |" in generation
     assert "ConvS5 vs transformer-nocache" in generation and "failed" not in generation
+
+
+def test_sharding_overhead_table(tmp_path):
+    overhead = load("sharding_overhead")
+    records = overhead.main(["--models", "convs5", "--length", "3", "--batch", "1", "--repeats", "1",
+                             "--out-dir", str(tmp_path), "--name", "overhead"])
+    assert records[0]["plain_s"] > 0 and records[0]["sharded_s"] > 0
+    assert "| convs5 |" in (tmp_path / "overhead.md").read_text()

@@ -157,3 +157,21 @@ def test_batch_not_divisible_by_data_axes():
     m, o = shard_state(model, opt_state, mesh)
     with pytest.raises(ValueError, match=r"the batch size \(6\) must be divisible by data × fsdp = 4 × 2 = 8"):
         make_sharded_train_step(optimizer, mesh)(m, o, _videos(6))
+
+
+@pytest.mark.parametrize("model_cls,config", [
+    (ConvS5VideoModel, TINY_CONVS5), (TransformerVideoModel, TINY_TRANSFORMER)])
+def test_remat_gives_the_same_loss_and_gradients(model_cls, config):
+    videos = _videos(2)
+    grads = {}
+    for remat in (False, True):
+        model = model_cls(dataclasses.replace(config, remat=remat), key=jax.random.key(5))
+
+        def loss(m):
+            return jnp.mean(jax.vmap(m.loss)(videos))
+
+        jaxpr = str(jax.make_jaxpr(eqx.filter_grad(loss))(model))
+        assert ("checkpoint" in jaxpr or "remat" in jaxpr) == remat
+        grads[remat] = eqx.filter_jit(eqx.filter_value_and_grad(loss))(model)
+    np.testing.assert_allclose(float(grads[True][0]), float(grads[False][0]), rtol=1e-6)
+    _assert_same(grads[True][1], grads[False][1], rtol=1e-5)

@@ -65,6 +65,9 @@ class ConvS5Config:
     """Width of the action embedding, tiled over the latent grid."""
     loss_weight: float = 0.5
     """Loss = w · Σ_{W,C}(ŷ-y)² + (1-w) · Σ_{W,C}|ŷ-y|, averaged over time and rows."""
+    remat: bool = False
+    """Recompute each layer's activations in the backward pass instead of storing them
+    (less memory for long videos, about one more forward pass of compute)."""
 
     def __post_init__(self):
         check_codec_config(self)
@@ -157,9 +160,14 @@ class ConvS5VideoModel(AbstractVideoPredictor):
         return tuple(layer.init_state(s, s) for layer in self.layers)
 
     def _sequence(self, h, states, impl):
+        def run(layer, h, state):
+            return layer(h, state, impl=impl)
+
+        if self.config.remat:
+            run = eqx.filter_checkpoint(run)
         last = []
         for layer, state in zip(self.layers, states):
-            h, x = layer(h, state, impl=impl)
+            h, x = run(layer, h, state)
             last.append(x)
         return h, tuple(last)
 

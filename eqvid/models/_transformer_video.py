@@ -71,6 +71,9 @@ class TransformerConfig:
     """Width of the action embedding, tiled over the latent grid."""
     loss_weight: float = 0.5
     """Loss = w · Σ_{W,C}(ŷ-y)² + (1-w) · Σ_{W,C}|ŷ-y|, averaged over time and rows."""
+    remat: bool = False
+    """Recompute each layer's activations in the backward pass instead of storing them
+    (less memory for long videos, about one more forward pass of compute)."""
     attention_impl: AttentionImpl = "auto"
     """`eqvid.kernels.attention` implementation: "auto", "pallas", "xla" or "cudnn"."""
 
@@ -359,8 +362,14 @@ class TransformerVideoModel(AbstractVideoPredictor):
         """Slots `(S, F, width)` (embedded, no positions) → outputs `(S, F, width)`."""
         s, f, w = slots.shape
         x = slots.reshape(s * f, w) + self._positions(0, s)
+
+        def run(block, x):
+            return block(x, f)
+
+        if self.config.remat:
+            run = eqx.filter_checkpoint(run)
         for block in self.blocks:
-            x = block(x, f)
+            x = run(block, x)
         return x.reshape(s, f, w)
 
     def _transformer_cached(self, slots, caches, first_slot):
