@@ -90,6 +90,14 @@ def test_resume_on_another_mesh_continues_the_run(tmp_path):
     assert worst <= 1e-5 * scale
 
 
+def test_resume_with_another_model_is_refused_with_the_shapes(tmp_path):
+    train(tiny_config(tmp_path, steps=2, eval_sequences=0))
+    wider = dataclasses.replace(tiny_config(tmp_path, steps=4, resume=True, eval_sequences=0),
+                                model=dataclasses.replace(TINY_MODEL, d_model=12))
+    with pytest.raises(ValueError, match=r"other parameters: .* has shape \(.*\) there but .* here.*config.json"):
+        train(wider)
+
+
 def eqvid_params(model):
     import equinox as eqx
 

@@ -65,6 +65,8 @@ class Checkpointer:
         metadata: dict[str, Any] | None = None,
     ) -> None:
         """Write checkpoint `step` (asynchronously; `wait()` or `close()` to finish)."""
+        metadata = dict(metadata or {})
+        metadata["parameter_shapes"] = {k: list(v.shape) for k, v in _flatten(params).items()}
         items = dict(
             params=ocp.args.StandardSave(_flatten(params)),
             opt_state=ocp.args.StandardSave(_flatten(opt_state)),
@@ -84,7 +86,9 @@ class Checkpointer:
         data_iterator: Any = None,
     ) -> tuple[PyTree, PyTree]:
         """Read checkpoint `step` into trees shaped like the given templates; the data
-        iterator (if given) is moved to its saved position in place."""
+        iterator (if given) is moved to its saved position in place. A checkpoint of
+        a model with other parameter shapes is refused with the differences named."""
+        self._check_shapes(step, params_like)
         items = dict(
             params=ocp.args.StandardRestore(_abstract(params_like)),
             opt_state=ocp.args.StandardRestore(_abstract(opt_state_like)),
@@ -95,6 +99,26 @@ class Checkpointer:
             items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
         out = self.manager.restore(step, args=ocp.args.Composite(**items))
         return _unflatten(out["params"], params_like), _unflatten(out["opt_state"], opt_state_like)
+
+    def _check_shapes(self, step: int, params_like: PyTree) -> None:
+        saved = self.manager.restore(
+            step, args=ocp.args.Composite(metadata=ocp.args.JsonRestore()))["metadata"]
+        shapes = (saved or {}).get("parameter_shapes")
+        if not shapes:  # written before shapes were recorded
+            return
+        here = {k: list(v.shape) for k, v in _flatten(params_like).items()}
+        diffs = [f"{k} has shape {tuple(shapes[k])} there but {tuple(v)} here"
+                 for k, v in here.items() if k in shapes and shapes[k] != v]
+        missing = sorted(set(here) ^ set(shapes))
+        if diffs or missing:
+            what = diffs[:3] + [f"{k} exists in only one of them" for k in missing[: 3 - len(diffs[:3])]]
+            more = len(diffs) + len(missing) - len(what)
+            raise ValueError(
+                f"checkpoint step {step} in {self.directory} was written by a model with other "
+                f"parameters: {'; '.join(what)}{f' (and {more} more)' if more > 0 else ''}. "
+                "Resume with the model options of that run (its config.json) or start a new "
+                "--run-dir."
+            )
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
