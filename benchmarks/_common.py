@@ -45,6 +45,21 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def publish(name: str, title: str, body: str, *, custom_name: str = "",
+            out_dir: str = "") -> pathlib.Path:
+    """Write a benchmark's result file and print it: `<name>.md` on GPU,
+    `<name>_<backend>.md` elsewhere (unless `custom_name`), under `out_dir` or
+    benchmarks/results."""
+    if not custom_name:
+        gpu = jax.default_backend() == "gpu"
+        custom_name = name if gpu else f"{name}_{jax.default_backend()}"
+    path = write_result(custom_name, title, body, out_dir)
+    print()
+    print(body)
+    print(f"wrote {path}")
+    return path
+
+
 def write_result(name: str, title: str, body: str, out_dir: str = "") -> pathlib.Path:
     """Write `<out_dir or benchmarks/results>/<name>.md` and return its path."""
     folder = pathlib.Path(out_dir) if out_dir else RESULTS

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import Timing, markdown_table, measure, write_result  # noqa: E402
+from _common import Timing, markdown_table, measure, publish  # noqa: E402
 
 from eqvid._cli import add_config_arguments, config_from_args  # noqa: E402
 from eqvid.kernels import AttentionMask, attention  # noqa: E402
@@ -320,12 +320,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         body += ("\nThe Pallas kernel and cuDNN are GPU-only (on CPU the kernel runs in "
                  "interpret mode, for testing, and cuDNN fails): these numbers are a smoke "
                  "run; run this script on a GPU for the comparison.\n")
-    backend = jax.default_backend()
-    path = write_result(config.name or ("attention_speed" if gpu else f"attention_speed_{backend}"),
-                        "attention speed", body, config.out_dir)
-    print()
-    print(body)
-    print(f"wrote {path}")
+    publish("attention_speed", "attention speed", body, custom_name=config.name,
+            out_dir=config.out_dir)
     return records
 
 

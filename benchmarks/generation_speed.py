@@ -31,7 +31,7 @@ import equinox as eqx
 import jax
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import Timing, markdown_table, measure, write_result  # noqa: E402
+from _common import Timing, markdown_table, measure, publish  # noqa: E402
 from _models import MODEL_PRESETS, build  # noqa: E402
 
 from eqvid._cli import add_config_arguments, config_from_args  # noqa: E402
@@ -142,13 +142,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "X`: X's time over ConvS5's (> 1: ConvS5 is faster).\n\n"
         f"{table}\n"
     )
-    gpu = jax.default_backend() == "gpu"
-    path = write_result(config.name or ("generation_speed" if gpu else
-                                        f"generation_speed_{jax.default_backend()}"),
-                        "generation speed", body, config.out_dir)
-    print()
-    print(body)
-    print(f"wrote {path}")
+    publish("generation_speed", "generation speed", body, custom_name=config.name,
+            out_dir=config.out_dir)
     return records
 
 

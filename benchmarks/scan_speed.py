@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import markdown_table, time_call, write_result  # noqa: E402
+from _common import markdown_table, time_call, publish  # noqa: E402
 
 from eqvid._cli import add_config_arguments, config_from_args  # noqa: E402
 from eqvid.kernels import linear_scan, linear_scan_split  # noqa: E402
@@ -150,12 +150,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if not gpu:
         body += ("\nThe Pallas kernel is GPU-only (on CPU it runs in interpret mode, "
                  "for testing); run this script on a GPU for its numbers.\n")
-    backend = jax.default_backend()
-    path = write_result(config.name or ("scan_speed" if gpu else f"scan_speed_{backend}"),
-                        "linear_scan speed", body, config.out_dir)
-    print()
-    print(body)
-    print(f"wrote {path}")
+    publish("scan_speed", "linear_scan speed", body, custom_name=config.name,
+            out_dir=config.out_dir)
     return records
 
 

@@ -25,7 +25,7 @@ import jax
 import optax
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import markdown_table, write_result  # noqa: E402
+from _common import markdown_table, publish  # noqa: E402
 from _models import MODEL_PRESETS, MODELS, classes, config_for  # noqa: E402
 
 from eqvid._cli import add_config_arguments, config_from_args  # noqa: E402
@@ -100,13 +100,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     body = (f"Model preset `{MODEL_PRESETS[config.preset]}`, batch {config.batch}, T = "
             f"{config.length}, float32, Adam, one device; median of {config.repeats} steps of "
             "each kind, interleaved.\n\n" + table + "\n")
-    gpu = jax.default_backend() == "gpu"
-    path = write_result(config.name or ("sharding_overhead" if gpu else
-                                        f"sharding_overhead_{jax.default_backend()}"),
-                        "sharding overhead on one device", body, config.out_dir)
-    print()
-    print(body)
-    print(f"wrote {path}")
+    publish("sharding_overhead", "sharding overhead on one device", body, custom_name=config.name,
+            out_dir=config.out_dir)
     return records
 
 

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import optax
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import Timing, markdown_table, short_reason, temp_bytes, write_result  # noqa: E402
+from _common import Timing, markdown_table, short_reason, temp_bytes, publish  # noqa: E402
 from _models import MODEL_PRESETS, MODELS, build, parameter_count  # noqa: E402
 
 from eqvid._cli import add_config_arguments, config_from_args  # noqa: E402
@@ -160,13 +160,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "(> 1: ConvS5 trains faster). `step temp MiB`: the compiled step's temporary "
         f"memory (parameters, optimiser state and batch excluded).\n\n{table}\n"
     )
-    gpu = jax.default_backend() == "gpu"
-    path = write_result(config.name or ("train_throughput" if gpu else
-                                        f"train_throughput_{jax.default_backend()}"),
-                        "training throughput", body, config.out_dir)
-    print()
-    print(body)
-    print(f"wrote {path}")
+    publish("train_throughput", "training throughput", body, custom_name=config.name,
+            out_dir=config.out_dir)
     return records
 
 

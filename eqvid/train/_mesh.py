@@ -145,19 +145,3 @@ def tree_shardings(tree: PyTree, mesh: Mesh, min_fsdp_size: int = 2**14) -> PyTr
         return NamedSharding(mesh, leaf_spec(path, tuple(leaf.shape), mesh, min_fsdp_size))
 
     return jax.tree_util.tree_map_with_path(one, tree)
-
-
-def describe(tree: PyTree, mesh: Mesh, min_fsdp_size: int = 2**14) -> str:
-    """A table of how `tree`'s arrays are sharded (for logs)."""
-    rows = []
-    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        if hasattr(leaf, "shape"):
-            spec = leaf_spec(path, tuple(leaf.shape), mesh, min_fsdp_size)
-            rows.append(f"{jax.tree_util.keystr(path)} {tuple(leaf.shape)} {spec}")
-    return "\n".join(rows)
-
-
-def device_put_tree(tree: PyTree, shardings: PyTree) -> PyTree:
-    """Place `tree`'s arrays as `shardings` (a matching tree, `None` where `tree` has
-    `None`) says."""
-    return jax.device_put(tree, shardings)
