@@ -27,6 +27,7 @@ from .._norm import LayerNorm
 from .._resnet import ResNetDecoder, ResNetEncoder
 from ..kernels.attention import AttentionImpl, AttentionMask
 from ._abstract import AbstractVideoPredictor
+from ._codec import check_frames, check_teacher_forcing, no_actions, released_loss, rollout_actions
 
 
 @dataclasses.dataclass(frozen=True)
@@ -390,9 +391,6 @@ class TransformerVideoModel(AbstractVideoPredictor):
         return tuple((jnp.zeros(shape, jnp.float32), jnp.zeros(shape, jnp.float32))
                      for _ in self.blocks)
 
-    def _no_actions(self, length: int) -> Int[Array, " time"]:
-        return jnp.full((length,), -1, jnp.int32)
-
     # -- public API --------------------------------------------------------------
 
     @jaxtyped(typechecker=beartype)
@@ -408,19 +406,15 @@ class TransformerVideoModel(AbstractVideoPredictor):
         (`actions[t + 1]`), as in the released code.
         """
         self._check_frames(frames, "frames")
+        check_teacher_forcing(self, frames)
         n = frames.shape[0]
-        if n < 2:
-            raise ValueError(
-                f"TransformerVideoModel: `frames` needs at least 2 frames for teacher "
-                f"forcing, got {n}."
-            )
         if n > self.config.max_frames:
             raise ValueError(
                 f"TransformerVideoModel: `frames` has {n} frames, more than "
                 f"config.max_frames = {self.config.max_frames}."
             )
         if actions is None:
-            actions = self._no_actions(n)
+            actions = no_actions(n)
         slots = jnp.concatenate([self._start(), self._frame_tokens(frames[:-1], actions[1:])])
         return self._readout(self._transformer(slots)[1:])
 
@@ -432,11 +426,7 @@ class TransformerVideoModel(AbstractVideoPredictor):
     ) -> Scalar:
         """`w · mean Σ_{W,C}(ŷ-y)² + (1-w) · mean Σ_{W,C}|ŷ-y|` over frames 1…T-1 (the
         released objective, `w = config.loss_weight`)."""
-        err = self(frames, actions) - frames[1:]
-        sq = jnp.mean(jnp.sum(jnp.square(err), axis=(-2, -1)))
-        ab = jnp.mean(jnp.sum(jnp.abs(err), axis=(-2, -1)))
-        w = self.config.loss_weight
-        return w * sq + (1 - w) * ab
+        return released_loss(self(frames, actions), frames[1:], self.config.loss_weight)
 
     @jaxtyped(typechecker=beartype)
     def generate(
@@ -468,20 +458,12 @@ class TransformerVideoModel(AbstractVideoPredictor):
         del key
         self._check_frames(context, "context")
         n_ctx = context.shape[0]
-        if num_frames < 1:
-            raise ValueError(f"generate: `num_frames` must be ≥ 1, got {num_frames}.")
+        actions = rollout_actions(actions, n_ctx, num_frames)
         total = n_ctx + num_frames
         if total > self.config.max_frames:
             raise ValueError(
                 f"generate: `context` ({n_ctx} frames) + `num_frames` ({num_frames}) = "
                 f"{total} exceeds config.max_frames = {self.config.max_frames}."
-            )
-        if actions is None:
-            actions = self._no_actions(total)
-        elif actions.shape[0] != total:
-            raise ValueError(
-                f"generate: `actions` must cover context and generated frames, shape "
-                f"({total},); got {actions.shape}."
             )
         prefix = jnp.concatenate(
             [self._start(), self._frame_tokens(context, actions[1 : n_ctx + 1])]
@@ -521,12 +503,6 @@ class TransformerVideoModel(AbstractVideoPredictor):
         return jnp.concatenate([first[None], rest], axis=0)
 
     def _check_frames(self, frames, name):
-        c = self.config
-        want = (c.frame_size, c.frame_size, c.channels)
-        if tuple(frames.shape[1:]) != want:
-            raise ValueError(
-                f"TransformerVideoModel: `{name}` frames must be (height, width, channels) = "
-                f"{want} for this config, got {tuple(frames.shape[1:])}."
-            )
+        check_frames(self, frames, name)
         if frames.shape[0] < 1:
             raise ValueError(f"TransformerVideoModel: `{name}` needs at least 1 frame, got 0.")
