@@ -5,25 +5,19 @@ import dataclasses
 import equinox as eqx
 import jax
 
-import eqvid
+from eqvid.models import MODELS as _REGISTRY
+from eqvid.models import make_model, model_spec
 
-MODELS = ("convs5", "convlstm", "transformer")
+MODELS = tuple(_REGISTRY)  # convs5, convlstm, transformer
 
 # --preset: the model preset each benchmark preset uses.
 MODEL_PRESETS = {"cpu": "small", "paper": "mnist-300"}
 
 
-def classes(name: str):
-    """`(ConfigClass, ModelClass)` of a model name."""
-    prefix = {"convs5": "ConvS5", "convlstm": "ConvLSTM", "transformer": "Transformer"}[name]
-    return getattr(eqvid, prefix + "Config"), getattr(eqvid, prefix + "VideoModel")
-
-
 def config_for(name: str, preset: str, frames: int):
     """The named preset of model `name`, able to take `frames` frames (the
     Transformer's position table and cache grow to fit)."""
-    config_cls, _ = classes(name)
-    config = config_cls.preset(preset)
+    config = model_spec(name).config.preset(preset)
     if hasattr(config, "max_frames") and config.max_frames < frames:
         config = dataclasses.replace(config, max_frames=frames)
     return config
@@ -33,8 +27,7 @@ def build(name: str, preset: str, frames: int, key):
     """`(params, static, config)`: the model split into its arrays and the rest, so
     the arrays can be jit arguments (and donated)."""
     config = config_for(name, preset, frames)
-    _, model_cls = classes(name)
-    model = model_cls(config, key=key)
+    model = make_model(config, key=key)
     params, static = eqx.partition(model, eqx.is_inexact_array)
     return params, static, config
 

@@ -26,9 +26,10 @@ import optax
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import markdown_table, publish  # noqa: E402
-from _models import MODEL_PRESETS, MODELS, classes, config_for  # noqa: E402
+from _models import MODEL_PRESETS, MODELS, config_for  # noqa: E402
 
 from eqvid._cli import add_config_arguments, config_from_args  # noqa: E402
+from eqvid.models import make_model  # noqa: E402
 from eqvid.train import MeshConfig, make_mesh, make_sharded_train_step, make_train_step  # noqa: E402
 from eqvid.train import shard_state  # noqa: E402
 
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     records, rows = [], []
     for name in config.models:
         model_config = config_for(name, MODEL_PRESETS[config.preset], config.length)
-        model = classes(name)[1](model_config, key=jax.random.key(0))
+        model = make_model(model_config, key=jax.random.key(0))
         shape = (config.batch, config.length, model_config.frame_size, model_config.frame_size,
                  model_config.channels)
         videos = jax.random.uniform(jax.random.key(1), shape, minval=-1.0, maxval=1.0)

@@ -187,10 +187,14 @@ class ConvS5(eqx.Module):
         p = self.state_size
         return jax.lax.complex(bu[..., :p], bu[..., p:])
 
-    def _output(self, u, xs_split):
-        """`LayerNorm(u + f(2·Re(C̃ * x)))` from states in split layout `[Re x, Im x]`."""
-        y = conv2d_nhwc(xs_split, self.output_kernel())
-        return self.norm(u + self.output_map(y))
+    def _output(self, u, xs_split, dropout=0.0, key=None):
+        """`LayerNorm(u + Dropout(f(2·Re(C̃ * x))))` from states in split layout
+        `[Re x, Im x]` (dropout only with a `key` and a positive rate)."""
+        y = self.output_map(conv2d_nhwc(xs_split, self.output_kernel()))
+        if key is not None and dropout > 0:
+            keep = jax.random.bernoulli(key, 1.0 - dropout, y.shape)
+            y = jnp.where(keep, y / (1.0 - dropout), 0).astype(y.dtype)
+        return self.norm(u + y)
 
     @jaxtyped(typechecker=beartype)
     def __call__(
@@ -199,12 +203,16 @@ class ConvS5(eqx.Module):
         state: Complex[Array, "height width state"] | None = None,
         *,
         impl: ScanImpl = "auto",
+        dropout: float = 0.0,
+        key: PRNGKeyArray | None = None,
     ) -> tuple[Float[Array, "time height width channels"], Complex[Array, "height width state"]]:
         """Run over a whole video.
 
         **Arguments:** `u` the inputs; `state` the state before the first frame
         (zero if absent); `impl` the scan: `"pallas"` (GPU kernel), `"xla"` (parallel),
-        `"sequential"`, or `"auto"`.
+        `"sequential"`, or `"auto"`; `dropout` the rate of dropout on the output map
+        before the residual sum (training only: applied when `key` is given, as in the
+        released layer).
 
         **Returns:** `(outputs, last_state)`; feed `last_state` to `step` or to
         another call to continue the video.
@@ -215,7 +223,8 @@ class ConvS5(eqx.Module):
         xs = linear_scan_split(lam_bar, conv2d_nhwc(u, b_kernel), state, impl=impl)
         p = self.state_size
         last = xs[-1].astype(jnp.result_type(xs.dtype, jnp.float32))  # states are ≥ float32
-        return self._output(u, xs), jax.lax.complex(last[..., :p], last[..., p:])
+        out = self._output(u, xs, dropout, key)
+        return out, jax.lax.complex(last[..., :p], last[..., p:])
 
     @jaxtyped(typechecker=beartype)
     def step(

@@ -1,4 +1,4 @@
-"""Train a ConvS5 video model on Moving MNIST.
+"""Train a video model (ConvS5 by default; ConvLSTM or Transformer) on Moving MNIST.
 
 With no arguments this trains the `small` preset on a laptop-class CPU in a few
 minutes and writes everything to `runs/convs5-mmnist/`: metrics.csv, sample
@@ -11,6 +11,8 @@ predicting an empty frame.
     python examples/train_mmnist.py --preset mnist-600 --steps 300000 --lr 5e-4 \\
         --mnist-path data/train-images-idx3-ubyte.gz --seq-len 600
     python examples/train_mmnist.py --resume               # continue a run
+    python examples/train_mmnist.py --model convlstm --run-dir runs/convlstm  # a baseline
+    python examples/train_mmnist.py --model transformer --help  # the Transformer's options
     python examples/train_mmnist.py --mesh-fsdp 4 --compute-dtype bfloat16  # 4+ GPUs
 
 Digits: real MNIST if `--mnist-path` points to the standard
@@ -24,7 +26,7 @@ import sys
 
 from eqvid._cli import add_config_arguments, config_from_args
 from eqvid.data._config import MovingMNISTConfig
-from eqvid.models import CONVS5_PRESETS, ConvS5Config
+from eqvid.models import MODELS, model_spec
 from eqvid.train import (
     DistributedConfig,
     MeshConfig,
@@ -47,7 +49,16 @@ EXAMPLE_OPTIMIZER = OptimizerConfig(lr=3e-3, warmup_steps=20)
 EXAMPLE_DATA = MovingMNISTConfig(seq_len=20)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _model_choice(argv: list[str] | None) -> str:
+    """The `--model` given in `argv` (the model options depend on it)."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--model", default="convs5", choices=sorted(MODELS))
+    known, _ = pre.parse_known_args(argv)
+    return known.model
+
+
+def build_parser(model: str = "convs5") -> argparse.ArgumentParser:
+    spec = model_spec(model)
     parser = argparse.ArgumentParser(
         prog="train_mmnist.py",
         description=__doc__.split("\n\n")[0],
@@ -55,14 +66,21 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
+        "--model",
+        default="convs5",
+        choices=sorted(MODELS),
+        help="the model to train; `--model NAME --help` lists that model's options "
+        "(default: convs5)",
+    )
+    parser.add_argument(
         "--preset",
         default="small",
-        choices=sorted(CONVS5_PRESETS),
-        help="model preset; the model options below override its fields (default: small)",
+        choices=sorted(spec.presets),
+        help=f"{spec.title} preset; the model options below override its fields (default: small)",
     )
     # The frame size and channels of the model follow the data.
     add_config_arguments(
-        parser, "model", ConvS5Config, ConvS5Config.preset("small"),
+        parser, f"model ({spec.title})", spec.config, spec.presets["small"],
         exclude=("frame_size", "channels"),
     )
     add_config_arguments(parser, "data", MovingMNISTConfig, EXAMPLE_DATA)
@@ -74,15 +92,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_argv(argv: list[str] | None = None) -> TrainConfig:
-    args = build_parser().parse_args(argv)
+    model_name = _model_choice(argv)
+    spec = model_spec(model_name)
+    args = build_parser(model_name).parse_args(argv)
     data = config_from_args(args, "data", EXAMPLE_DATA)
-    model = config_from_args(args, "model", ConvS5Config.preset(args.preset))
+    model = config_from_args(args, f"model ({spec.title})", spec.presets[args.preset])
     model = dataclasses.replace(model, frame_size=data.frame_size, channels=1)
+    run = config_from_args(args, "run", EXAMPLE_RUN)
+    if model_name != "convs5" and "run.run_dir" not in vars(args):
+        run = dataclasses.replace(run, run_dir=f"runs/{model_name}-mmnist")
     return TrainConfig(
         model=model,
         data=data,
         optimizer=config_from_args(args, "optimizer", EXAMPLE_OPTIMIZER),
-        run=config_from_args(args, "run", EXAMPLE_RUN),
+        run=run,
         mesh=config_from_args(args, "mesh", MeshConfig()),
         distributed=config_from_args(args, "distributed", DistributedConfig()),
     )
@@ -91,7 +114,7 @@ def config_from_argv(argv: list[str] | None = None) -> TrainConfig:
 def main(argv: list[str] | None = None) -> int:
     config = config_from_argv(argv)
     digits = config.data.mnist_path or "scikit-learn's bundled handwritten digits (offline)"
-    print(f"eqvid: training ConvS5 on Moving MNIST; digits: {digits}")
+    print(f"eqvid: training {model_spec(config.model).title} on Moving MNIST; digits: {digits}")
     print(f"eqvid: writing to {config.run.run_dir}/")
     result = train(config)
     if result.stopped_by is not None:

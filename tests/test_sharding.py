@@ -61,10 +61,10 @@ def _videos(batch, length=4, size=16):
     return jnp.asarray(rng.uniform(-1, 1, size=(batch, length, size, size, 1)), jnp.float32)
 
 
-def _run(step, model, opt_state, videos, steps=2):
+def _run(step, model, opt_state, videos, *extra, steps=2):
     losses = []
     for _ in range(steps):
-        model, opt_state, loss, _ = step(model, opt_state, videos)
+        model, opt_state, loss, _ = step(model, opt_state, videos, *extra)
         losses.append(float(loss))
     return model, losses
 
@@ -116,15 +116,20 @@ def test_sharded_step_equals_single_device(config, mesh_config):
 
 
 def test_gradient_accumulation_equals_one_big_batch():
-    model = ConvS5VideoModel(TINY_CONVS5, key=jax.random.key(2))
+    """Also with actions and dropout: each video's key is split from the step's key
+    before the batch is cut, so micro-batching changes no random draw."""
+    config = dataclasses.replace(TINY_CONVS5, dropout=0.2, action_dim=3)
+    model = ConvS5VideoModel(config, key=jax.random.key(2))
     optimizer = optax.sgd(0.05, momentum=0.9)
     videos = _videos(16)
+    actions = jnp.asarray(np.random.default_rng(0).integers(-1, 3, size=(16, 4)), jnp.int32)
     mesh = make_mesh()
     results = []
     for k in (1, 2):
         opt_state = optimizer.init(eqx.filter(model, eqx.is_inexact_array))
         m, o = shard_state(model, opt_state, mesh)
-        results.append(_run(make_sharded_train_step(optimizer, mesh, accumulate=k), m, o, videos))
+        results.append(_run(make_sharded_train_step(optimizer, mesh, accumulate=k), m, o, videos,
+                            actions, jax.random.key(5)))
     (m1, l1), (m2, l2) = results
     np.testing.assert_allclose(l2, l1, rtol=1e-5)
     _assert_same(m2, m1)

@@ -98,6 +98,80 @@ def test_resume_with_another_model_is_refused_with_the_shapes(tmp_path):
         train(wider)
 
 
+def test_train_builds_the_model_its_config_names(tmp_path):
+    lstm = eqvid.ConvLSTMConfig(frame_size=32, encoder_depths=(4, 8), d_model=8, n_layers=1)
+    config = dataclasses.replace(tiny_config(tmp_path, steps=2, checkpoint_every=0), model=lstm)
+    result = train(config)
+    assert isinstance(result.model, eqvid.ConvLSTMVideoModel) and np.all(np.isfinite(result.losses))
+    assert "| frame | ConvLSTM |" in (tmp_path / "eval.md").read_text()
+    with pytest.raises(ValueError, match="channels \\(3\\) must equal the data's channels \\(1\\)"):
+        dataclasses.replace(config, model=dataclasses.replace(lstm, channels=3))
+
+
+def test_dropout_draws_from_the_key_and_resume_restores_the_random_stream(tmp_path):
+    dropout = dataclasses.replace(TINY_MODEL, dropout=0.3)
+    model = eqvid.ConvS5VideoModel(dropout, key=jax.random.key(0))
+    video = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (4, 32, 32, 1)), jnp.float32)
+    k1, k2 = jax.random.split(jax.random.key(1))
+    assert float(model.loss(video, key=k1)) != float(model.loss(video, key=k2))
+    assert float(model.loss(video)) == float(model.loss(video))  # no key: no dropout
+
+    run_dir = tmp_path / "run"
+    straight = train(dataclasses.replace(tiny_config(run_dir, eval_sequences=0), model=dropout))
+    shutil.rmtree(run_dir / "checkpoints" / "4")
+    resumed = train(dataclasses.replace(tiny_config(run_dir, eval_sequences=0, resume=True),
+                                        model=dropout))
+    np.testing.assert_array_equal(resumed.losses, straight.losses[2:])
+    for x, y in zip(jax.tree.leaves(eqvid_params(resumed.model)),
+                    jax.tree.leaves(eqvid_params(straight.model))):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_checkpoint_restores_the_saved_key_not_the_template(tmp_path):
+    from eqvid.train._checkpoint import Checkpointer
+
+    params, opt_state = {"w": jnp.arange(3.0)}, {"m": jnp.zeros(3)}
+    saved = jax.random.key(7)
+    ckpt = Checkpointer(tmp_path)
+    ckpt.save(1, params, opt_state, rng=saved)
+    ckpt.wait()
+    _, _, key = ckpt.restore(1, params, opt_state, rng_like=jax.random.key(0))
+    ckpt.close()
+    np.testing.assert_array_equal(jax.random.key_data(key), jax.random.key_data(saved))
+
+
+_DIE_WHILE_SAVING = """
+import os, sys
+import jax.numpy as jnp
+from eqvid.train._checkpoint import Checkpointer
+ckpt = Checkpointer(sys.argv[1])
+small = {"w": jnp.full((4,), 1.0)}
+ckpt.save(1, small, small)
+ckpt.wait()
+big = {"w": jnp.full((32, 1024, 1024), 2.0)}  # 128 MiB: still being written below
+ckpt.save(2, big, big)
+os._exit(0)  # the process dies with step 2 in flight
+"""
+
+
+def test_a_checkpoint_cut_off_while_written_is_never_restored(tmp_path):
+    import subprocess
+    import sys
+
+    from eqvid.train._checkpoint import Checkpointer
+
+    subprocess.run([sys.executable, "-c", _DIE_WHILE_SAVING, str(tmp_path)], check=True,
+                   env={**__import__("os").environ, "JAX_PLATFORMS": "cpu"}, timeout=120)
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert any(name.startswith("2.") for name in left), left  # step 2 was cut off mid-write
+    ckpt = Checkpointer(tmp_path)
+    latest = ckpt.latest_step()
+    assert latest == 1, left
+    params, _ = ckpt.restore(latest, {"w": jnp.zeros(4)}, {"w": jnp.zeros(4)})
+    ckpt.close()
+    np.testing.assert_array_equal(params["w"], np.ones(4))
+
+
 def eqvid_params(model):
     import equinox as eqx
 
@@ -156,6 +230,15 @@ def test_example_cli_help_and_overrides(capsys):
     assert default.model == dataclasses.replace(eqvid.ConvS5Config.preset("small"))
     with pytest.raises(SystemExit):
         example.config_from_argv(["--preset", "nope"])
+    # Any model trains through the same command; its options follow --model.
+    lstm = example.config_from_argv(["--model", "convlstm", "--preset", "mnist-600", "--n-layers", "3"])
+    assert isinstance(lstm.model, eqvid.ConvLSTMConfig) and lstm.model.n_layers == 3
+    assert lstm.model.d_model == 128 and lstm.run.run_dir == "runs/convlstm-mmnist"
+    with pytest.raises(SystemExit) as exit_:
+        example.config_from_argv(["--model", "transformer", "--help"])
+    assert exit_.value.code == 0 and "--n-heads" in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # a ConvS5 option is not a ConvLSTM option
+        example.config_from_argv(["--model", "convlstm", "--ssm-size", "8"])
 
 
 def test_missing_mnist_file_names_the_path(tmp_path):

@@ -10,3 +10,8 @@ from ._convs5_video import ConvS5VideoModel as ConvS5VideoModel
 from ._transformer_video import TRANSFORMER_PRESETS as TRANSFORMER_PRESETS
 from ._transformer_video import TransformerConfig as TransformerConfig
 from ._transformer_video import TransformerVideoModel as TransformerVideoModel
+from ._registry import MODELS as MODELS
+from ._registry import ModelConfig as ModelConfig
+from ._registry import ModelSpec as ModelSpec
+from ._registry import make_model as make_model
+from ._registry import model_spec as model_spec

@@ -27,8 +27,12 @@ class AbstractVideoPredictor(eqx.Module):
         self,
         frames: Float[Array, "time height width channels"],
         actions: Int[Array, " time"] | None = None,
+        *,
+        key: PRNGKeyArray | None = None,
     ) -> Scalar:
-        """The training loss of one video (teacher forcing)."""
+        """The training loss of one video (teacher forcing). `key` carries the
+        training randomness (dropout, noise levels, masks); deterministic models
+        ignore it, and `None` means evaluation mode."""
 
     @abc.abstractmethod
     def generate(

@@ -65,6 +65,9 @@ class ConvS5Config:
     """Width of the action embedding, tiled over the latent grid."""
     loss_weight: float = 0.5
     """Loss = w · Σ_{W,C}(ŷ-y)² + (1-w) · Σ_{W,C}|ŷ-y|, averaged over time and rows."""
+    dropout: float = 0.0
+    """Dropout rate on each layer's output map during training (0 in the released
+    configs); generation never drops."""
     remat: bool = False
     """Recompute each layer's activations in the backward pass instead of storing them
     (less memory for long videos, about one more forward pass of compute)."""
@@ -82,6 +85,8 @@ class ConvS5Config:
                 f"dt_max={self.dt_max}."
             )
         check_loss_weight(self)
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"ConvS5Config: `dropout` must be in [0, 1), got {self.dropout}.")
 
     @property
     def latent_size(self) -> int:
@@ -159,15 +164,18 @@ class ConvS5VideoModel(AbstractVideoPredictor):
         s = self.config.latent_size
         return tuple(layer.init_state(s, s) for layer in self.layers)
 
-    def _sequence(self, h, states, impl):
-        def run(layer, h, state):
-            return layer(h, state, impl=impl)
+    def _sequence(self, h, states, impl, key=None):
+        rate = self.config.dropout
+
+        def run(layer, h, state, key):
+            return layer(h, state, impl=impl, dropout=rate, key=key)
 
         if self.config.remat:
             run = eqx.filter_checkpoint(run)
+        keys = [None] * len(self.layers) if key is None else jax.random.split(key, len(self.layers))
         last = []
-        for layer, state in zip(self.layers, states):
-            h, x = run(layer, h, state)
+        for layer, state, k in zip(self.layers, states, keys):
+            h, x = run(layer, h, state, k)
             last.append(x)
         return h, tuple(last)
 
@@ -180,18 +188,20 @@ class ConvS5VideoModel(AbstractVideoPredictor):
         actions: Int[Array, " time"] | None = None,
         *,
         impl: ScanImpl = "auto",
+        key: PRNGKeyArray | None = None,
     ) -> Float[Array, "time-1 height width channels"]:
         """Teacher-forced predictions of frames `1…T-1` given frames `0…T-2`.
 
         The input for step `t` pairs frame `t` with the action taken towards frame
-        `t + 1` (`actions[t + 1]`), as in the released code.
+        `t + 1` (`actions[t + 1]`), as in the released code. With a `key`, the
+        layers apply `config.dropout` (training); without, they are deterministic.
         """
         check_frames(self, frames, "frames")
         check_teacher_forcing(self, frames)
         if actions is None:
             actions = no_actions(frames.shape[0])
         h = embed_frames(self, frames[:-1], actions[1:])
-        h, _ = self._sequence(h, self.init_state(), impl)
+        h, _ = self._sequence(h, self.init_state(), impl, key)
         return decode_latents(self, h)
 
     @jaxtyped(typechecker=beartype)
@@ -199,10 +209,12 @@ class ConvS5VideoModel(AbstractVideoPredictor):
         self,
         frames: Float[Array, "time height width channels"],
         actions: Int[Array, " time"] | None = None,
+        *,
+        key: PRNGKeyArray | None = None,
     ) -> Scalar:
         """`w · mean Σ_{W,C}(ŷ-y)² + (1-w) · mean Σ_{W,C}|ŷ-y|` over frames 1…T-1 (the
-        released ConvS5 objective, `w = config.loss_weight`)."""
-        return released_loss(self(frames, actions), frames[1:], self.config.loss_weight)
+        released ConvS5 objective, `w = config.loss_weight`); `key` drives dropout."""
+        return released_loss(self(frames, actions, key=key), frames[1:], self.config.loss_weight)
 
     @jaxtyped(typechecker=beartype)
     def step(

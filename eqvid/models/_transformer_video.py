@@ -423,9 +423,12 @@ class TransformerVideoModel(AbstractVideoPredictor):
         self,
         frames: Float[Array, "time height width channels"],
         actions: Int[Array, " time"] | None = None,
+        *,
+        key: PRNGKeyArray | None = None,
     ) -> Scalar:
         """`w · mean Σ_{W,C}(ŷ-y)² + (1-w) · mean Σ_{W,C}|ŷ-y|` over frames 1…T-1 (the
-        released objective, `w = config.loss_weight`)."""
+        released objective, `w = config.loss_weight`); deterministic: `key` is accepted
+        for the common interface and unused."""
         return released_loss(self(frames, actions), frames[1:], self.config.loss_weight)
 
     @jaxtyped(typechecker=beartype)

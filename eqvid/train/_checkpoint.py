@@ -1,4 +1,4 @@
-"""Orbax checkpoints of parameters, optimiser state and the data iterator.
+"""Orbax checkpoints of parameters, optimiser state, the data iterator and the RNG.
 
 Equinox modules hold functions and static fields that Orbax cannot store, so
 only array leaves are saved, as a flat dict keyed by their pytree path
@@ -10,6 +10,7 @@ import pathlib
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from jaxtyping import PyTree
 
@@ -63,8 +64,11 @@ class Checkpointer:
         opt_state: PyTree,
         data_iterator: Any = None,
         metadata: dict[str, Any] | None = None,
+        *,
+        rng: Any = None,
     ) -> None:
-        """Write checkpoint `step` (asynchronously; `wait()` or `close()` to finish)."""
+        """Write checkpoint `step` (asynchronously; `wait()` or `close()` to finish).
+        `rng` is the run's JAX key (its key data is stored)."""
         metadata = dict(metadata or {})
         metadata["parameter_shapes"] = {k: list(v.shape) for k, v in _flatten(params).items()}
         items = dict(
@@ -72,6 +76,9 @@ class Checkpointer:
             opt_state=ocp.args.StandardSave(_flatten(opt_state)),
             metadata=ocp.args.JsonSave(json.loads(json.dumps(metadata or {}, default=str))),
         )
+        if rng is not None:
+            # A host NumPy array: the same on every process, written once.
+            items["rng"] = ocp.args.StandardSave({"key_data": np.asarray(jax.random.key_data(rng))})
         if data_iterator is not None:
             import grain
 
@@ -84,21 +91,44 @@ class Checkpointer:
         params_like: PyTree,
         opt_state_like: PyTree,
         data_iterator: Any = None,
-    ) -> tuple[PyTree, PyTree]:
+        *,
+        rng_like: Any = None,
+    ) -> tuple[PyTree, ...]:
         """Read checkpoint `step` into trees shaped like the given templates; the data
         iterator (if given) is moved to its saved position in place. A checkpoint of
-        a model with other parameter shapes is refused with the differences named."""
+        a model with other parameter shapes is refused with the differences named.
+
+        Returns `(params, opt_state)`, or `(params, opt_state, rng)` when `rng_like`
+        (a key of the run's key type) is given: the key saved with the step."""
         self._check_shapes(step, params_like)
         items = dict(
             params=ocp.args.StandardRestore(_abstract(params_like)),
             opt_state=ocp.args.StandardRestore(_abstract(opt_state_like)),
         )
+        if rng_like is not None:
+            items["rng"] = ocp.args.StandardRestore(
+                {"key_data": np.asarray(jax.random.key_data(rng_like))})
         if data_iterator is not None:
             import grain
 
             items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
         out = self.manager.restore(step, args=ocp.args.Composite(**items))
-        return _unflatten(out["params"], params_like), _unflatten(out["opt_state"], opt_state_like)
+        trees = (_unflatten(out["params"], params_like),
+                 _unflatten(out["opt_state"], opt_state_like))
+        if rng_like is None:
+            return trees
+        impl = jax.random.key_impl(rng_like)
+        data = jax.numpy.asarray(out["rng"]["key_data"])
+        return trees + (jax.random.wrap_key_data(data, impl=impl),)
+
+    def restore_params(self, step: int, params_like: PyTree) -> PyTree:
+        """Read only the parameters of checkpoint `step` (for evaluation), into a tree
+        shaped like `params_like`; refused, with the differences named, if they do not
+        match."""
+        self._check_shapes(step, params_like)
+        out = self.manager.restore(step, args=ocp.args.Composite(
+            params=ocp.args.StandardRestore(_abstract(params_like))))
+        return _unflatten(out["params"], params_like)
 
     def _check_shapes(self, step: int, params_like: PyTree) -> None:
         saved = self.manager.restore(

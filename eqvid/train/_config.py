@@ -4,7 +4,7 @@ import dataclasses
 from typing import Literal
 
 from ..data._config import MovingMNISTConfig
-from ..models import ConvS5Config
+from ..models import ConvS5Config, ModelConfig
 from ._distributed import DistributedConfig
 from ._mesh import MeshConfig
 
@@ -76,7 +76,8 @@ class RunConfig:
 class TrainConfig:
     """Everything a training run needs."""
 
-    model: ConvS5Config = dataclasses.field(default_factory=lambda: ConvS5Config.preset("small"))
+    model: ModelConfig = dataclasses.field(default_factory=lambda: ConvS5Config.preset("small"))
+    """The model to train; its config type picks the model (`eqvid.models.MODELS`)."""
     data: MovingMNISTConfig = dataclasses.field(default_factory=MovingMNISTConfig)
     optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
     run: RunConfig = dataclasses.field(default_factory=RunConfig)
@@ -92,6 +93,12 @@ class TrainConfig:
             raise ValueError(
                 f"TrainConfig: the model's frame_size ({self.model.frame_size}) must equal the "
                 f"data's frame_size ({self.data.frame_size})."
+            )
+        data_channels = getattr(self.data, "channels", 1)
+        if self.model.channels != data_channels:
+            raise ValueError(
+                f"TrainConfig: the model's channels ({self.model.channels}) must equal the "
+                f"data's channels ({data_channels})."
             )
         if r.eval_sequences and r.eval_context < 1:
             raise ValueError(f"RunConfig: `eval_context` must be ≥ 1, got {r.eval_context}.")

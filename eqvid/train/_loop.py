@@ -16,7 +16,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from ..models import ConvS5VideoModel
+from ..models import AbstractVideoPredictor, make_model, model_spec
 from ._checkpoint import Checkpointer
 from ._distributed import initialize_distributed
 from ._mesh import batch_sharding, check_batch, make_mesh
@@ -49,7 +49,7 @@ def make_train_step(optimizer: optax.GradientTransformation):
 class TrainResult:
     """What a run leaves behind."""
 
-    model: ConvS5VideoModel
+    model: AbstractVideoPredictor
     run_dir: pathlib.Path
     step: int
     """The last completed step."""
@@ -68,14 +68,16 @@ def _config_dict(config: TrainConfig) -> dict[str, Any]:
 
 
 def train(config: TrainConfig) -> TrainResult:
-    """Train a ConvS5 video model on Moving MNIST as `config` says.
+    """Train the video model that `config.model` describes (ConvS5, ConvLSTM or
+    Transformer; the config's type picks the model) as `config` says.
 
     Writes to `config.run.run_dir`: `config.json`, `metrics.csv` (step, loss,
     learning rate, gradient norm, frames/s), `samples/step_XXXXXX.{png,gif}`
     (context | prediction | ground truth on held-out videos), Orbax checkpoints
     under `checkpoints/`, and at the end `eval.json` / `eval.md` with the rollout
     report. With `run.resume`, continues from the latest checkpoint with the
-    same data order, so the losses match an uninterrupted run.
+    same parameters, optimiser state, data order and random stream, so the
+    losses match an uninterrupted run.
     """
     from ..data import make_dataset
     from ..data._config import moving_mnist_splits
@@ -121,7 +123,8 @@ def train(config: TrainConfig) -> TrainResult:
     check_batch(rc.batch_size, mesh, "--batch-size")
     check_batch(rc.batch_size // rc.accumulate, mesh,
                 f"the micro-batch size (--batch-size {rc.batch_size} / --accumulate {rc.accumulate})")
-    model = ConvS5VideoModel(config.model, key=jax.random.key(rc.seed))
+    init_key, train_key = jax.random.split(jax.random.key(rc.seed))
+    model = make_model(config.model, key=init_key)
     optimizer = make_optimizer(config.optimizer, model, rc.steps)
     opt_state = optimizer.init(eqx.filter(model, eqx.is_inexact_array))
     # Parameters and optimiser state live on the mesh (replicated, or split over the
@@ -130,7 +133,8 @@ def train(config: TrainConfig) -> TrainResult:
     params, static = eqx.partition(model, eqx.is_inexact_array)
     start = 0
     if latest is not None:
-        params, opt_state = ckpt.restore(latest, params, opt_state, data_iter)
+        params, opt_state, train_key = ckpt.restore(latest, params, opt_state, data_iter,
+                                                    rng_like=train_key)
         model = eqx.combine(params, static)
         start = latest
     train_step = make_sharded_train_step(
@@ -177,7 +181,11 @@ def train(config: TrainConfig) -> TrainResult:
         for step in range(start + 1, rc.steps + 1):
             batch = next(data_iter)
             videos = jax.make_array_from_process_local_data(videos_sharding, batch["video"])
-            model, opt_state, loss, gnorm = train_step(model, opt_state, videos)
+            actions = batch.get("actions")
+            if actions is not None:
+                actions = jax.make_array_from_process_local_data(videos_sharding, actions)
+            model, opt_state, loss, gnorm = train_step(
+                model, opt_state, videos, actions, jax.random.fold_in(train_key, step))
             steps_since += 1
             bar.update(1)
             if step % rc.log_every == 0 or step == rc.steps or step == start + 1:
@@ -200,7 +208,7 @@ def train(config: TrainConfig) -> TrainResult:
             paused = False
             if rc.checkpoint_every and step % rc.checkpoint_every == 0 and step != rc.steps:
                 ckpt.save(step, eqx.filter(model, eqx.is_inexact_array), opt_state, data_iter,
-                          {"config": _config_dict(config)})
+                          {"config": _config_dict(config)}, rng=train_key)
                 paused = True
             if rc.sample_every and step % rc.sample_every == 0 and step != rc.steps:
                 export_samples(step)
@@ -212,11 +220,11 @@ def train(config: TrainConfig) -> TrainResult:
                 # Pre-empted: the step in flight is done; commit it and leave.
                 bar.write(f"eqvid: {stop.signal_name} received; saving step {step} and stopping")
                 ckpt.save(step, eqx.filter(model, eqx.is_inexact_array), opt_state, data_iter,
-                          {"config": _config_dict(config)})
+                          {"config": _config_dict(config)}, rng=train_key)
                 break
         if start < rc.steps and last == rc.steps:
             ckpt.save(rc.steps, eqx.filter(model, eqx.is_inexact_array), opt_state, data_iter,
-                      {"config": _config_dict(config)})
+                      {"config": _config_dict(config)}, rng=train_key)
             export_samples(rc.steps)
     finally:
         stop.__exit__()
@@ -236,6 +244,7 @@ def train(config: TrainConfig) -> TrainResult:
         report = rollout_mse(
             model, videos.astype(np.float32) / 127.5 - 1.0,
             context=rc.eval_context, horizon=rc.eval_horizon,
+            model_name=model_spec(config.model).title,
         )
         if main:
             (run_dir / "eval.json").write_text(json.dumps(report.as_dict(), indent=2))

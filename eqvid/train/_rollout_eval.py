@@ -6,7 +6,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float
+from jaxtyping import Array, Float, Int
 
 from ..models import AbstractVideoPredictor
 
@@ -24,6 +24,8 @@ class RolloutReport:
     """MSE of repeating the last context frame."""
     empty: np.ndarray
     """MSE of predicting an empty (background) frame."""
+    model_name: str = "model"
+    """The model's name in the table."""
 
     def beats_baselines(self) -> bool:
         """Whether the model's mean MSE is below both baselines' means."""
@@ -35,6 +37,7 @@ class RolloutReport:
             "context": self.context,
             "horizon": self.horizon,
             "num_videos": self.num_videos,
+            "model_name": self.model_name,
             "mse_per_frame": {
                 "model": self.model.tolist(),
                 "copy_last": self.copy_last.tolist(),
@@ -54,7 +57,7 @@ class RolloutReport:
             f"Per-frame MSE (pixels in [0, 1]) of a {self.horizon}-frame autoregressive rollout "
             f"from {self.context} context frames, {self.num_videos} held-out videos.",
             "",
-            "| frame | ConvS5 | copy last frame | empty frame |",
+            f"| frame | {self.model_name} | copy last frame | empty frame |",
             "|---:|---:|---:|---:|",
         ]
         for i in range(self.horizon):
@@ -72,9 +75,13 @@ class RolloutReport:
 
 
 @eqx.filter_jit
-def _rollout(model: AbstractVideoPredictor, context: Array, horizon: int, key: Array) -> Array:
+def _rollout(model: AbstractVideoPredictor, context: Array, horizon: int, key: Array,
+             actions: Array | None) -> Array:
     keys = jax.random.split(key, context.shape[0])
-    return jax.vmap(lambda c, k: model.generate(c, horizon, key=k))(context, keys)
+    if actions is None:
+        return jax.vmap(lambda c, k: model.generate(c, horizon, key=k))(context, keys)
+    return jax.vmap(lambda c, k, a: model.generate(c, horizon, key=k, actions=a))(
+        context, keys, actions)
 
 
 def rollout(
@@ -84,10 +91,13 @@ def rollout(
     horizon: int,
     *,
     key: Array | None = None,
+    actions: Int[Array, "batch total"] | Int[np.ndarray, "batch total"] | None = None,
 ) -> Float[Array, "batch horizon height width channels"]:
-    """`model.generate` over a batch, jitted (the horizon is static)."""
+    """`model.generate` over a batch, jitted (the horizon is static). `actions`, if
+    given, cover context and generated frames (`context + horizon` per video)."""
     key = jax.random.key(0) if key is None else key
-    return _rollout(model, jnp.asarray(context), horizon, key)
+    actions = None if actions is None else jnp.asarray(actions, jnp.int32)
+    return _rollout(model, jnp.asarray(context), horizon, key, actions)
 
 
 def rollout_mse(
@@ -97,6 +107,7 @@ def rollout_mse(
     context: int,
     horizon: int,
     chunk: int = 32,
+    model_name: str = "model",
 ) -> RolloutReport:
     """Roll `model` out from the first `context` frames of each video for `horizon`
     frames and compare with the truth, against copying the last context frame and
@@ -125,4 +136,5 @@ def rollout_mse(
         model=mse(preds),
         copy_last=mse(np.broadcast_to(videos[:, context - 1 : context], truth.shape)),
         empty=mse(np.full_like(truth, -1.0)),
+        model_name=model_name,
     )

@@ -54,12 +54,16 @@ def make_sharded_train_step(
     min_fsdp_size: int = 2**14,
     loss_fn: Callable | None = None,
 ):
-    """A jitted `(model, opt_state, videos) → (model, opt_state, loss, grad_norm)` over `mesh`.
+    """A jitted `(model, opt_state, videos, actions=None, key=None) → (model,
+    opt_state, loss, grad_norm)` over `mesh`.
 
-    - `videos` `(batch, time, height, width, channels)` are split over the mesh's
-      `data × fsdp` axes; parameters and optimiser state are kept where
-      `shard_state` put them (the outputs carry the same shardings, and the
-      inputs are donated).
+    - `videos` `(batch, time, height, width, channels)` (and `actions`
+      `(batch, time)`, if given) are split over the mesh's `data × fsdp` axes;
+      parameters and optimiser state are kept where `shard_state` put them (the
+      outputs carry the same shardings, and the inputs are donated).
+    - `key`: the step's randomness; each video gets its own key from it (split
+      over the batch, so the result does not depend on the mesh), passed to
+      `model.loss(..., key=...)`. `None` runs the loss without randomness.
     - `accumulate = k`: the batch is cut into `k` micro-batches (video `i` goes to
       micro-batch `i mod k`, so each is spread over every device), their gradients
       summed in a `lax.scan` and averaged: the same update as the whole batch at
@@ -67,7 +71,8 @@ def make_sharded_train_step(
     - `compute_dtype`: `"bfloat16"` (or `"float16"`) runs the model with real
       floating-point parameters and inputs cast to it, while the parameters
       (master weights), gradients and optimiser state stay float32.
-    - `loss_fn(model, videos) → scalar` defaults to the batch mean of `model.loss`.
+    - `loss_fn(model, videos, actions, keys) → scalar` defaults to the batch mean
+      of `model.loss` (`actions` and `keys` may be None).
     """
     if accumulate < 1:
         raise ValueError(f"accumulate must be ≥ 1, got {accumulate}.")
@@ -77,8 +82,11 @@ def make_sharded_train_step(
     data = batch_sharding(mesh)
     micro = NamedSharding(mesh, PartitionSpec(None, BATCH_AXES))
     if loss_fn is None:
-        def loss_fn(model, videos):
-            return jnp.mean(jax.vmap(model.loss)(videos))
+        def loss_fn(model, videos, actions, keys):
+            def one(v, a, k):
+                return model.loss(v, a, key=k)
+
+            return jnp.mean(jax.vmap(one)(videos, actions, keys))
 
     def constrain(tree):
         return jax.lax.with_sharding_constraint(tree, tree_shardings(tree, mesh, min_fsdp_size))
@@ -86,34 +94,44 @@ def make_sharded_train_step(
     # The batch goes first so that "all-except-first" donates exactly the model and
     # the optimiser state (their buffers are reused for the outputs).
     @eqx.filter_jit(donate="all-except-first")
-    def sharded_step(videos, model, opt_state):
-        check_batch(videos.shape[0], mesh, "the batch size")
-        if videos.shape[0] % accumulate:
+    def sharded_step(inputs, model, opt_state):
+        videos, actions, key = inputs
+        b = videos.shape[0]
+        check_batch(b, mesh, "the batch size")
+        if b % accumulate:
             raise ValueError(
-                f"the batch size ({videos.shape[0]}) must be divisible by accumulate "
-                f"({accumulate})."
+                f"the batch size ({b}) must be divisible by accumulate ({accumulate})."
             )
-        check_batch(videos.shape[0] // accumulate, mesh,
-                    f"the micro-batch size (batch {videos.shape[0]} / accumulate {accumulate})")
+        check_batch(b // accumulate, mesh,
+                    f"the micro-batch size (batch {b} / accumulate {accumulate})")
+        if actions is not None and actions.shape != videos.shape[:2]:
+            raise ValueError(
+                f"`actions` must be (batch, time) = {videos.shape[:2]} to match the videos; "
+                f"got {actions.shape}."
+            )
         params, static = eqx.partition(model, eqx.is_inexact_array)
         params, opt_state = constrain(params), constrain(opt_state)
-        videos = jax.lax.with_sharding_constraint(videos, data)
+        keys = None if key is None else jax.random.split(key, b)
+        batch = jax.lax.with_sharding_constraint((videos, actions, keys), data)
 
-        def micro_loss(p, v):
+        def micro_loss(p, batch):
+            v, a, k = batch
             m = eqx.combine(_cast_floats(p, dtype), static)
-            return loss_fn(m, v.astype(dtype)).astype(jnp.float32)
+            return loss_fn(m, v.astype(dtype), a, k).astype(jnp.float32)
 
         grad_fn = jax.value_and_grad(micro_loss)
         if accumulate == 1:
-            loss, grads = grad_fn(params, videos)
+            loss, grads = grad_fn(params, batch)
         else:
-            b = videos.shape[0]
-            parts = videos.reshape((b // accumulate, accumulate) + videos.shape[1:]).swapaxes(0, 1)
-            parts = jax.lax.with_sharding_constraint(parts, micro)
+            def split(x):
+                x = x.reshape((b // accumulate, accumulate) + x.shape[1:]).swapaxes(0, 1)
+                return jax.lax.with_sharding_constraint(x, micro)
 
-            def body(carry, v):
+            parts = jax.tree.map(split, batch)
+
+            def body(carry, part):
                 loss_sum, grad_sum = carry
-                loss, grads = grad_fn(params, v)
+                loss, grads = grad_fn(params, part)
                 return (loss_sum + loss, jax.tree.map(jnp.add, grad_sum, grads)), None
 
             zeros = jax.tree.map(jnp.zeros_like, params)
@@ -125,7 +143,7 @@ def make_sharded_train_step(
         params = constrain(optax.apply_updates(params, updates))
         return eqx.combine(params, static), constrain(opt_state), loss, optax.global_norm(grads)
 
-    def step(model, opt_state, videos):
-        return sharded_step(videos, model, opt_state)
+    def step(model, opt_state, videos, actions=None, key=None):
+        return sharded_step((videos, actions, key), model, opt_state)
 
     return step
