@@ -1,0 +1,341 @@
+"""`evaluate(config)`: generate from a trained run under a protocol and report the
+papers' metrics (JSON, markdown, per-frame plot, sample files)."""
+
+import dataclasses
+import json
+import pathlib
+import sys
+from collections.abc import Iterator
+from typing import Any, Literal
+
+import equinox as eqx
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..metrics import (
+    PAPER_CHUNK,
+    MeanStd,
+    chunked_fvd,
+    frame_metrics,
+    kvd,
+    per_frame_curve,
+    reduce_over_chunks,
+    save_samples_npz,
+    videos_to_uint8,
+)
+from ._protocols import EvalProtocol, protocol
+
+METRICS = ("psnr", "ssim", "lpips", "fvd")
+FRAME_METRICS = ("psnr", "ssim", "lpips")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """What to evaluate, under which protocol, and where the results go."""
+
+    run_dir: str = ""
+    """A training run (its config.json and checkpoints/) to load and generate from."""
+    samples: str = ""
+    """Instead of generating: a sample file or folder of data_<i>.npz files (`real` and
+    `fake` uint8 videos, e.g. from an earlier evaluation or another code base) to score."""
+    protocol: str = "quick"
+    """Named protocol: context, horizon, number of videos, chunk and metrics (see
+    eqvid.evaluate.PROTOCOLS)."""
+    step: int | None = None
+    """Checkpoint step to load (default: the latest)."""
+    context: int | None = None
+    """Override the protocol's number of context frames."""
+    horizon: int | None = None
+    """Override the protocol's number of generated frames."""
+    num_videos: int | None = None
+    """Override the protocol's number of test videos."""
+    chunk: int | None = None
+    """Override the protocol's videos per chunk (metrics are mean ± std over chunks)."""
+    metrics: tuple[str, ...] = ()
+    """Override the protocol's metrics (any of psnr ssim lpips fvd)."""
+    remainder: Literal["error", "keep", "drop"] = "error"
+    """When the chunk does not divide the videos: refuse, keep a smaller last chunk
+    (as TECO's scripts), or drop the rest."""
+    batch_size: int = 16
+    """Videos generated (and scored) at a time."""
+    seed: int = 0
+    """Seed of the generation keys (stochastic models)."""
+    out_dir: str = ""
+    """Where results go (default: <run_dir>/eval/<protocol>, or <samples>/eval)."""
+    save_samples: bool = True
+    """Write the real and generated videos as samples/data_<i>.npz (uint8)."""
+    lpips_weights: str = ""
+    """Converted LPIPS file (default: lpips_alexnet.npz in the weights folder)."""
+    i3d_weights: str = ""
+    """Converted I3D file (default: i3d_kinetics400.npz in the weights folder)."""
+    i3d_batch_size: int = 4
+    """Videos per I3D forward pass."""
+    progress: bool = True
+    """Show a progress bar."""
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalReport:
+    """The metrics of one evaluation."""
+
+    protocol: str
+    description: str
+    context: int
+    horizon: int
+    num_videos: int
+    chunk: int
+    source: str
+    """The run (and step) or sample folder evaluated."""
+    scores: dict[str, MeanStd]
+    """Each metric as mean ± std over chunks (frame metrics: mean over generated
+    frames, then videos; FVD over whole videos)."""
+    per_frame: dict[str, list[float]]
+    """Each frame metric averaged over videos, per generated frame."""
+    kvd: float | None = None
+    """Kernel video distance over all videos (with FVD)."""
+
+    def as_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["scores"] = {k: v.to_dict() for k, v in self.scores.items()}
+        return out
+
+    def markdown(self) -> str:
+        lines = [
+            f"# Evaluation: {self.protocol}",
+            "",
+            f"{self.description}. Source: {self.source}. {self.num_videos} videos, "
+            f"{self.context} context → {self.horizon} generated frames; mean ± std over "
+            f"chunks of {self.chunk} videos.",
+            "",
+            "| metric | mean ± std | chunks | on |",
+            "|---|---:|---:|---|",
+        ]
+        on = {"psnr": "generated frames, [0, 1]", "ssim": "generated frames, [0, 1]",
+              "lpips": "generated frames, AlexNet", "fvd": "whole videos, I3D logits"}
+        for name, score in self.scores.items():
+            lines.append(f"| {name.upper()} | {score.mean:.4f} ± {score.std:.4f} | "
+                         f"{len(score.per_chunk)} | {on[name]} |")
+        if self.kvd is not None:
+            lines.append(f"| KVD | {self.kvd:.4f} | 1 | whole videos, I3D logits |")
+        if self.chunk != PAPER_CHUNK:
+            lines += ["", f"Chunks of {self.chunk} videos, not the papers' {PAPER_CHUNK}: FVD is "
+                      "not comparable with published numbers."]
+        return "\n".join(lines)
+
+
+def _settings(config: EvalConfig) -> EvalProtocol:
+    base = protocol(config.protocol)
+    changes = {k: getattr(config, k) for k in ("context", "horizon", "num_videos", "chunk")
+               if getattr(config, k) is not None}
+    if config.metrics:
+        bad = sorted(set(config.metrics) - set(METRICS))
+        if bad:
+            raise ValueError(f"`metrics`: unknown {bad}; choose from {list(METRICS)}.")
+        changes["metrics"] = tuple(config.metrics)
+    settings = dataclasses.replace(base, **changes)
+    for name in ("horizon", "num_videos", "chunk"):
+        if getattr(settings, name) < 1:
+            raise ValueError(f"`{name}` must be ≥ 1, got {getattr(settings, name)}.")
+    if settings.context < 1:
+        raise ValueError(f"`context` must be ≥ 1, got {settings.context}.")
+    if config.batch_size < 1:
+        raise ValueError(f"`batch_size` must be ≥ 1, got {config.batch_size}.")
+    return settings
+
+
+def _networks(config: EvalConfig, metrics, lpips, i3d):
+    """The LPIPS function and the I3D feature function the metrics need (loaded up
+    front, so a missing weight file is reported before any generation)."""
+    from ..metrics import I3D, LPIPS, i3d_features
+
+    lpips_fn = features_fn = None
+    if "lpips" in metrics:
+        net = lpips if lpips is not None else LPIPS.load(config.lpips_weights or None)
+        lpips_fn = eqx.filter_jit(net)
+    if "fvd" in metrics:
+        if callable(i3d) and not isinstance(i3d, I3D):
+            features_fn = i3d  # a custom video → features function
+        else:
+            net = i3d if i3d is not None else I3D.load(config.i3d_weights or None)
+
+            def features_fn(videos):
+                return np.asarray(i3d_features(net, videos, batch_size=config.i3d_batch_size))
+    return lpips_fn, features_fn
+
+
+def _test_batches(run, settings: EvalProtocol, batch_size: int) -> Iterator[tuple[np.ndarray, Any]]:
+    """`(videos uint8 (b, T, H, W, C), actions (b, T) or None)` of the run's test split,
+    `context + horizon` frames from each video's start, in order."""
+    from ..data._config import MovingMNISTConfig, moving_mnist_splits
+    from ._trained_run import config_from_dict
+
+    length = settings.context + settings.horizon
+    data = config_from_dict(MovingMNISTConfig, run.config["data"])
+    _, held_out = moving_mnist_splits(data, held_out_sequences=settings.num_videos,
+                                      held_out_seq_len=length)
+    for start in range(0, settings.num_videos, batch_size):
+        stop = min(start + batch_size, settings.num_videos)
+        yield np.stack([held_out[i]["video"] for i in range(start, stop)]), None
+
+
+def _generate(config, settings, out_dir, on_batch) -> str:
+    from ..train import rollout
+    from ._trained_run import load_trained_run
+
+    run = load_trained_run(config.run_dir, config.step)
+    model = run.model
+    ctx, horizon = settings.context, settings.horizon
+    key = jax.random.key(config.seed)
+    batches = _test_batches(run, settings, config.batch_size)
+    bar = tqdm(total=settings.num_videos, disable=not config.progress, desc="generate",
+               unit="video", dynamic_ncols=True)
+    with bar:
+        for i, (real, actions) in enumerate(batches):
+            context = real[:, :ctx].astype(np.float32) / 127.5 - 1.0
+            pred = np.asarray(rollout(model, context, horizon, key=jax.random.fold_in(key, i),
+                                      actions=actions))
+            # Predictions are clipped to the frame range before they become uint8 frames.
+            pred = videos_to_uint8(np.clip(pred, -1.0, 1.0), value_range="[-1,1]", name="prediction")
+            fake = np.concatenate([real[:, :ctx], pred], axis=1)
+            if config.save_samples:
+                save_samples_npz(out_dir / "samples" / f"data_{i}.npz", real, fake, context=ctx)
+            on_batch(real, fake)
+            bar.update(len(real))
+    return f"{run.run_dir} (step {run.step})"
+
+
+def _score_files(config, settings, on_batch) -> tuple[str, int]:
+    from ..metrics import load_samples_npz
+
+    samples = load_samples_npz(config.samples, context=settings.context)
+    ctx = samples.context if samples.context is not None else settings.context
+    n = len(samples.real)
+    for start in range(0, n, config.batch_size):
+        on_batch(samples.real[start:start + config.batch_size],
+                 samples.fake[start:start + config.batch_size])
+    return config.samples, ctx
+
+
+def evaluate(
+    config: EvalConfig,
+    *,
+    lpips: Any = None,
+    i3d: Any = None,
+) -> EvalReport:
+    """Evaluate a trained run (`config.run_dir`) or existing samples (`config.samples`)
+    under `config.protocol` and write, to the output folder: `metrics.json`,
+    `metrics.md`, `per_frame.csv`, `per_frame.png` (each frame metric against the
+    horizon) and, when generating, `samples/data_<i>.npz`.
+
+    Generation and scoring stream in batches of `config.batch_size` videos, so memory
+    does not grow with the number of videos. Frame metrics cover generated frames only
+    (mean over time, then over each chunk's videos, then mean ± std over chunks); FVD
+    takes I3D logits of whole videos (context included) per chunk.
+
+    **Arguments:** `config`; optionally preloaded networks: `lpips` (an
+    `eqvid.metrics.LPIPS`) and `i3d` (an `eqvid.metrics.I3D`, or any function from
+    videos `(b, T, H, W, C)` in [-1, 1] to features `(b, d)`); by default they are
+    loaded from the weight files.
+
+    **Raises:** `ValueError` for bad settings; `FileNotFoundError` for a missing run,
+    checkpoint, sample folder or weight file (the message says which file to get).
+    """
+    if bool(config.run_dir) == bool(config.samples):
+        raise ValueError("give exactly one of `run_dir` (generate, then score) and `samples` "
+                         f"(score existing files); got run_dir={config.run_dir!r}, "
+                         f"samples={config.samples!r}.")
+    settings = _settings(config)
+    metrics = settings.metrics
+    if config.out_dir:
+        out_dir = pathlib.Path(config.out_dir)
+    elif config.run_dir:
+        out_dir = pathlib.Path(config.run_dir) / "eval" / config.protocol
+    else:
+        out_dir = pathlib.Path(config.samples).with_suffix("") / "eval"
+    lpips_fn, features_fn = _networks(config, metrics, lpips, i3d)
+
+    frame_values: dict[str, list[np.ndarray]] = {m: [] for m in FRAME_METRICS if m in metrics}
+    features: dict[str, list[np.ndarray]] = {"real": [], "fake": []}
+    context = settings.context
+    scored = [0]
+
+    def on_batch(real: np.ndarray, fake: np.ndarray) -> None:
+        scored[0] += len(real)
+        if frame_values:
+            values = frame_metrics(real, fake, context=context, value_range="uint8",
+                                   ssim_form=settings.ssim_form, lpips_fn=lpips_fn)
+            for name in frame_values:
+                frame_values[name].append(values[name])
+        if features_fn is not None:
+            for name, videos in (("real", real), ("fake", fake)):
+                features[name].append(
+                    np.asarray(features_fn(videos.astype(np.float32) / 127.5 - 1.0)))
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if config.run_dir:
+        source = _generate(config, settings, out_dir, on_batch)
+    else:
+        source, context = _score_files(config, settings, on_batch)
+    values = {k: np.concatenate(v) for k, v in frame_values.items()}
+    horizon = next(iter(values.values())).shape[1] if values else settings.horizon
+
+    scores: dict[str, MeanStd] = {}
+    for name, v in values.items():
+        scores[name] = reduce_over_chunks(v, chunk=settings.chunk, remainder=config.remainder)
+    kvd_value = None
+    if features_fn is not None:
+        real_f, fake_f = np.concatenate(features["real"]), np.concatenate(features["fake"])
+        scores["fvd"] = chunked_fvd(real_f, fake_f, chunk=settings.chunk, remainder=config.remainder)
+        kvd_value = kvd(real_f, fake_f)
+
+    report = EvalReport(
+        protocol=config.protocol,
+        description=settings.description,
+        context=context,
+        horizon=horizon,
+        num_videos=scored[0],
+        chunk=settings.chunk,
+        source=source,
+        scores=scores,
+        per_frame={k: per_frame_curve(v).tolist() for k, v in values.items()},
+        kvd=kvd_value,
+    )
+    _write(report, out_dir, command=" ".join(sys.argv))
+    return report
+
+
+def _write(report: EvalReport, out_dir: pathlib.Path, command: str) -> None:
+    (out_dir / "metrics.json").write_text(json.dumps(report.as_dict(), indent=2))
+    (out_dir / "metrics.md").write_text(report.markdown() + f"\n\nCommand: `{command}`\n")
+    if not report.per_frame:
+        return
+    names = list(report.per_frame)
+    frames = np.arange(report.context + 1, report.context + report.horizon + 1)
+    rows = ["frame," + ",".join(names)]
+    rows += [f"{f}," + ",".join(f"{report.per_frame[n][i]:.6f}" for n in names)
+             for i, f in enumerate(frames)]
+    (out_dir / "per_frame.csv").write_text("\n".join(rows) + "\n")
+    _plot(report, frames, out_dir / "per_frame.png")
+
+
+def _plot(report: EvalReport, frames: np.ndarray, path: pathlib.Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(report.per_frame)
+    fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 3.4), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        ax.plot(frames, report.per_frame[name], lw=1.5)
+        ax.set_xlabel("frame")
+        ax.set_ylabel(name.upper())
+        ax.set_title(f"{name.upper()} against the horizon")
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{report.protocol}: {report.num_videos} videos, {report.context} context frames",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
