@@ -1,8 +1,9 @@
 """Run eqvid's whole benchmark suite and write `benchmarks/results/README.md`.
 
 Runs, in order, the scan kernel (`scan_speed.py`), the attention kernel
-(`attention_speed.py`), training throughput (`train_throughput.py`) and
-generation speed (`generation_speed.py`), each writing its own markdown file.
+(`attention_speed.py`), training throughput (`train_throughput.py`),
+generation speed (`generation_speed.py`) and the input pipeline
+(`data_speed.py`), each writing its own markdown file.
 Then writes `README.md` in the same folder: the device, jax version and the
 command of every benchmark, one table per benchmark, and PNG plots of time
 against sequence length (log scales). The full stdout of each benchmark is kept
@@ -13,7 +14,7 @@ in `logs/<benchmark>.log` beside the results, and the raw numbers in
     python benchmarks/run_all.py --preset paper     # the papers' sizes, for a GPU
     python benchmarks/run_all.py --only scan attention
 
-Plots need matplotlib (`pip install -e ".[bench]"`).
+Plots use matplotlib (a dependency of eqvid).
 """
 
 import argparse
@@ -32,6 +33,7 @@ import jax
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import attention_speed  # noqa: E402
+import data_speed  # noqa: E402
 import generation_speed  # noqa: E402
 import scan_speed  # noqa: E402
 import train_throughput  # noqa: E402
@@ -39,11 +41,12 @@ from _common import RESULTS, environment  # noqa: E402
 
 from eqvid._cli import add_config_arguments, config_from_args  # noqa: E402
 
-BENCHMARKS = ("scan", "attention", "train", "generation")
+BENCHMARKS = ("scan", "attention", "train", "generation", "data")
 SCRIPTS = {"scan": scan_speed, "attention": attention_speed, "train": train_throughput,
-           "generation": generation_speed}
+           "generation": generation_speed, "data": data_speed}
 TITLES = {"scan": "linear_scan speed", "attention": "attention speed",
-          "train": "training throughput", "generation": "generation speed"}
+          "train": "training throughput", "generation": "generation speed",
+          "data": "input pipeline speed"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,7 +58,7 @@ class RunAllConfig:
     sizes (MNIST-300 models, T up to 600, 100 → 1200 frame rollouts, attention to
     L = 16k), for a GPU."""
     only: tuple[str, ...] = BENCHMARKS
-    """Benchmarks to run (scan, attention, train, generation)."""
+    """Benchmarks to run (scan, attention, train, generation, data)."""
     smoke: bool = False
     """Tiny sizes that only check the suite runs end to end (seconds; numbers meaningless)."""
     out_dir: str = ""
@@ -73,6 +76,7 @@ def benchmark_args(bench: str, preset: str, smoke: bool) -> list[str]:
             "train": ["--lengths", "4", "6", "--batch", "1", "--repeats", "1"],
             "generation": ["--context", "2", "--horizons", "2", "4", "--batch", "1",
                            "--repeats", "1"],
+            "data": ["--quick"],
         }[bench]
     if bench in ("train", "generation"):
         return ["--preset", preset]
@@ -120,6 +124,12 @@ def plot(bench: str, records: list[dict], path: pathlib.Path) -> bool:
         for r in records:
             if r.get("step_s"):
                 series.setdefault(r["model"], []).append((r["length"], 1e3 * r["step_s"]))
+    elif bench == "data":
+        xlabel, ylabel = "frame size (pixels)", "frames/s delivered"
+        for r in records:
+            if r.get("frames_per_s"):
+                label = f"{r['format']} {r['workers']} worker(s)"
+                series.setdefault(label, []).append((r["size"], r["frames_per_s"]))
     else:
         xlabel, ylabel = "generated frames", "rollout time (s)"
         for r in records:
@@ -169,7 +179,7 @@ def main(argv: list[str] | None = None) -> pathlib.Path:
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        parser.error('plots need matplotlib: pip install -e ".[bench]"')
+        parser.error("plots need matplotlib: pip install matplotlib")
     out = pathlib.Path(config.out_dir) if config.out_dir else RESULTS
     (out / "logs").mkdir(parents=True, exist_ok=True)
     gpu = jax.default_backend() == "gpu"

@@ -1,18 +1,65 @@
 """Datasets and the input pipeline.
 
-- `MovingMNIST`: Moving-MNIST videos generated on the fly, a Grain random-access
-  source returning `{"video": uint8 (time, height, width, 1)}`, deterministic per
-  `(seed, index)`.
-- `load_digits(mnist_path)`: digit images for it, from the MNIST
+- `make_dataset(config_or_source, batch_size=..., split=...)`: the one entry for
+  training and evaluation: windows, resize/crop, shuffle, repeat, shard over JAX
+  processes, batch, scale to float, multi-process prefetch; checkpointable Grain
+  iterators. Batches are `{"video": float32 (batch, time, height, width, channels),
+  "actions": int32 (batch, time)}` (actions when the data has them).
+- Dataset configs, by `--dataset` name (`DATASETS`, `dataset_config_class`):
+  `MovingMNISTConfig` (generated), `TecoConfig` (TECO's `.npz` / `.mp4` + actions),
+  `FrameFolderConfig` (MeBT's `[VIDEO_ID]_[FRAME].png` folders),
+  `VideoFolderConfig` (mp4 / webm / gif files, decoded with PyAV) and
+  `ArrayRecordConfig` (shards packed by `python -m eqvid.data.convert`).
+  `frame_spec(config)` tells the frame size, channels and actions they yield.
+- Sources (Grain random-access, `source[i]` = one whole video as uint8):
+  `MovingMNIST`, `TecoVideos`, `FrameFolderVideos`, `VideoFolderVideos`,
+  `ArrayRecordVideos`; `pack_array_record(source, folder)` packs any of them.
+- Bad files raise `BadVideoError` naming the file, or with `on_bad_file="skip"` are
+  skipped with a counted `BadVideoWarning`.
+- `load_digits(mnist_path)`: digit images for Moving MNIST, from the MNIST
   `train-images-idx3-ubyte(.gz)` file (`load_idx_images`) or, offline, from
   scikit-learn's bundled handwritten digits (`sklearn_digits`).
-- `make_dataset(source, batch_size=...)`: shuffle, repeat, shard over JAX processes,
-  batch and convert to `{"video": float32 (batch, time, height, width, channels)}`
-  in `[-1, 1]`; checkpointable Grain iterators.
 """
 
+from ._array_record import ArrayRecordVideos
+from ._bad_video import BadVideoError, BadVideoWarning
+from ._config import MovingMNISTConfig, moving_mnist_splits
+from ._datasets import DATASETS, FrameSpec, dataset_config_class, frame_spec, open_source
+from ._file_config import ArrayRecordConfig, FrameFolderConfig, TecoConfig, VideoFilesConfig, VideoFolderConfig
+from ._frame_folder import FrameFolderVideos
 from ._mnist_digits import load_digits, load_idx_images, sklearn_digits
 from ._moving_mnist import MovingMNIST
+from ._pack import PackSummary, pack_array_record
 from ._pipeline import make_dataset
+from ._teco import TecoVideos
+from ._video_files import VideoFiles
+from ._video_folder import VideoFolderVideos
 
-__all__ = ["MovingMNIST", "load_digits", "load_idx_images", "make_dataset", "sklearn_digits"]
+__all__ = [
+    "DATASETS",
+    "ArrayRecordConfig",
+    "ArrayRecordVideos",
+    "BadVideoError",
+    "BadVideoWarning",
+    "FrameFolderConfig",
+    "FrameFolderVideos",
+    "FrameSpec",
+    "MovingMNIST",
+    "MovingMNISTConfig",
+    "PackSummary",
+    "TecoConfig",
+    "TecoVideos",
+    "VideoFiles",
+    "VideoFilesConfig",
+    "VideoFolderConfig",
+    "VideoFolderVideos",
+    "dataset_config_class",
+    "frame_spec",
+    "load_digits",
+    "load_idx_images",
+    "make_dataset",
+    "moving_mnist_splits",
+    "open_source",
+    "pack_array_record",
+    "sklearn_digits",
+]

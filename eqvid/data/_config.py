@@ -31,6 +31,8 @@ class MovingMNISTConfig:
     """Fraction of digit images kept for held-out videos only."""
     data_seed: int = 0
     """Seed of the video generator (held-out videos use a disjoint stream)."""
+    test_sequences: int = 1024
+    """Size of the held-out (test) split that `make_dataset(config, split="test")` reads."""
 
     def __post_init__(self):
         if not 0.0 < self.held_out_digit_fraction < 1.0:
