@@ -1,4 +1,4 @@
-"""Train a video model (ConvS5 by default; ConvLSTM or Transformer) on Moving MNIST.
+"""Train a video model (ConvS5 by default; ConvLSTM or Transformer) on Moving MNIST or any eqvid dataset.
 
 With no arguments this trains the `small` preset on a laptop-class CPU in a few
 minutes and writes everything to `runs/convs5-mmnist/`: metrics.csv, sample
@@ -13,6 +13,8 @@ predicting an empty frame.
     python examples/train_mmnist.py --resume               # continue a run
     python examples/train_mmnist.py --model convlstm --run-dir runs/convlstm  # a baseline
     python examples/train_mmnist.py --model transformer --help  # the Transformer's options
+    python examples/train_mmnist.py --dataset teco --root data/dmlab --seq-len 300 \
+        --action-dim 6 --preset mnist-300 --run-dir runs/dmlab   # TECO's DMLab files
     python examples/train_mmnist.py --mesh-fsdp 4 --compute-dtype bfloat16  # 4+ GPUs
 
 Digits: real MNIST if `--mnist-path` points to the standard
@@ -25,7 +27,7 @@ import dataclasses
 import sys
 
 from eqvid._cli import add_config_arguments, config_from_args
-from eqvid.data._config import MovingMNISTConfig
+from eqvid.data import DATASETS, MovingMNISTConfig, dataset_config_class, frame_spec
 from eqvid.models import MODELS, model_spec
 from eqvid.train import (
     DistributedConfig,
@@ -49,15 +51,20 @@ EXAMPLE_OPTIMIZER = OptimizerConfig(lr=3e-3, warmup_steps=20)
 EXAMPLE_DATA = MovingMNISTConfig(seq_len=20)
 
 
-def _model_choice(argv: list[str] | None) -> str:
-    """The `--model` given in `argv` (the model options depend on it)."""
+def _choices(argv: list[str] | None) -> tuple[str, str]:
+    """The `--model` and `--dataset` given in `argv` (the other options depend on them)."""
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--model", default="convs5", choices=sorted(MODELS))
+    pre.add_argument("--dataset", default="moving_mnist", choices=list(DATASETS))
     known, _ = pre.parse_known_args(argv)
-    return known.model
+    return known.model, known.dataset
 
 
-def build_parser(model: str = "convs5") -> argparse.ArgumentParser:
+def _data_defaults(dataset: str):
+    return EXAMPLE_DATA if dataset == "moving_mnist" else dataset_config_class(dataset)()
+
+
+def build_parser(model: str = "convs5", dataset: str = "moving_mnist") -> argparse.ArgumentParser:
     spec = model_spec(model)
     parser = argparse.ArgumentParser(
         prog="train_mmnist.py",
@@ -73,6 +80,13 @@ def build_parser(model: str = "convs5") -> argparse.ArgumentParser:
         "(default: convs5)",
     )
     parser.add_argument(
+        "--dataset",
+        default="moving_mnist",
+        choices=list(DATASETS),
+        help="the data; `--dataset NAME --help` lists that dataset's options "
+        "(default: moving_mnist)",
+    )
+    parser.add_argument(
         "--preset",
         default="small",
         choices=sorted(spec.presets),
@@ -83,7 +97,8 @@ def build_parser(model: str = "convs5") -> argparse.ArgumentParser:
         parser, f"model ({spec.title})", spec.config, spec.presets["small"],
         exclude=("frame_size", "channels"),
     )
-    add_config_arguments(parser, "data", MovingMNISTConfig, EXAMPLE_DATA)
+    add_config_arguments(parser, f"data ({dataset})", dataset_config_class(dataset),
+                         _data_defaults(dataset))
     add_config_arguments(parser, "optimizer", OptimizerConfig, EXAMPLE_OPTIMIZER)
     add_config_arguments(parser, "run", RunConfig, EXAMPLE_RUN)
     add_config_arguments(parser, "mesh", MeshConfig, prefix="mesh_")
@@ -92,15 +107,23 @@ def build_parser(model: str = "convs5") -> argparse.ArgumentParser:
 
 
 def config_from_argv(argv: list[str] | None = None) -> TrainConfig:
-    model_name = _model_choice(argv)
+    model_name, dataset = _choices(argv)
     spec = model_spec(model_name)
-    args = build_parser(model_name).parse_args(argv)
-    data = config_from_args(args, "data", EXAMPLE_DATA)
+    args = build_parser(model_name, dataset).parse_args(argv)
+    data = config_from_args(args, f"data ({dataset})", _data_defaults(dataset))
     model = config_from_args(args, f"model ({spec.title})", spec.presets[args.preset])
-    model = dataclasses.replace(model, frame_size=data.frame_size, channels=1)
+    if isinstance(data, MovingMNISTConfig):
+        model = dataclasses.replace(model, frame_size=data.frame_size, channels=1)
+    else:  # the size and channels of the stored frames (after --frame-size)
+        frames = frame_spec(data)
+        if frames.height != frames.width:
+            raise SystemExit(f"train_mmnist.py: the frames are {frames.height}×{frames.width}; the "
+                             "models take square frames: pass --frame-size N to crop and resize.")
+        model = dataclasses.replace(model, frame_size=frames.height, channels=frames.channels)
     run = config_from_args(args, "run", EXAMPLE_RUN)
-    if model_name != "convs5" and "run.run_dir" not in vars(args):
-        run = dataclasses.replace(run, run_dir=f"runs/{model_name}-mmnist")
+    if "run.run_dir" not in vars(args) and (model_name, dataset) != ("convs5", "moving_mnist"):
+        suffix = "mmnist" if dataset == "moving_mnist" else dataset.replace("_", "-")
+        run = dataclasses.replace(run, run_dir=f"runs/{model_name}-{suffix}")
     return TrainConfig(
         model=model,
         data=data,
@@ -113,8 +136,12 @@ def config_from_argv(argv: list[str] | None = None) -> TrainConfig:
 
 def main(argv: list[str] | None = None) -> int:
     config = config_from_argv(argv)
-    digits = config.data.mnist_path or "scikit-learn's bundled handwritten digits (offline)"
-    print(f"eqvid: training {model_spec(config.model).title} on Moving MNIST; digits: {digits}")
+    title = model_spec(config.model).title
+    if isinstance(config.data, MovingMNISTConfig):
+        digits = config.data.mnist_path or "scikit-learn's bundled handwritten digits (offline)"
+        print(f"eqvid: training {title} on Moving MNIST; digits: {digits}")
+    else:
+        print(f"eqvid: training {title} on {type(config.data).__name__}(root={config.data.root!r})")
     print(f"eqvid: writing to {config.run.run_dir}/")
     result = train(config)
     if result.stopped_by is not None:

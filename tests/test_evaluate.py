@@ -1,6 +1,6 @@
-"""The evaluation entry point end to end: a tiny trained run → generation under a
-protocol → sample files, metrics (checked against the saved files), plot; scoring
-existing samples; errors."""
+"""The evaluation entry point end to end: a tiny run trained on TECO-format files
+(RGB, actions) → generation under a protocol → sample files, metrics (checked
+against the saved files), plot; scoring existing samples; errors."""
 
 import json
 
@@ -9,22 +9,41 @@ import numpy as np
 import pytest
 
 import eqvid
-from eqvid.data._config import MovingMNISTConfig
+from eqvid.data import TecoConfig, evaluation_videos
 from eqvid.evaluate import EvalConfig, evaluate, load_trained_run
 from eqvid.evaluate.__main__ import main as cli_main
 from eqvid.metrics import LPIPS, load_samples_npz
 from eqvid.metrics._lpips import lpips_weight_shapes
 from eqvid.train import MeshConfig, OptimizerConfig, RunConfig, TrainConfig, rollout, train
 
-TINY = eqvid.ConvS5Config(frame_size=32, encoder_depths=(4, 8), d_model=8, ssm_size=8, n_layers=1)
+TINY = eqvid.ConvS5Config(frame_size=32, channels=3, encoder_depths=(4, 8), d_model=8, ssm_size=8,
+                          n_layers=1, action_dim=3)
+
+
+def _teco_files(root, split, count, rng):
+    """TECO's layout: one npz per trajectory with `video` (T, H, W, 3) and `actions` (T,)."""
+    folder = root / split / "part0"
+    folder.mkdir(parents=True)
+    for i in range(count):
+        np.savez(folder / f"{i:03d}.npz", video=rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8),
+                 actions=rng.integers(0, 3, 8))
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dmlab")
+    rng = np.random.default_rng(0)
+    _teco_files(root, "train", 6, rng)
+    _teco_files(root, "test", 4, rng)
+    return TecoConfig(root=str(root), seq_len=5)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, data):
     run_dir = tmp_path_factory.mktemp("run")
     train(TrainConfig(
         model=TINY,
-        data=MovingMNISTConfig(frame_size=32, seq_len=5, train_sequences=16),
+        data=data,
         optimizer=OptimizerConfig(lr=1e-3, warmup_steps=1),
         run=RunConfig(run_dir=str(run_dir), steps=2, batch_size=2, checkpoint_every=0,
                       sample_every=0, eval_sequences=0, progress=False),
@@ -48,7 +67,7 @@ def _psnr_reference(real, fake, context, chunk):
     return chunks.mean(), chunks.std()
 
 
-def test_evaluate_a_run_writes_samples_metrics_and_plot(run_dir, tmp_path):
+def test_evaluate_a_run_writes_samples_metrics_and_plot(run_dir, data, tmp_path):
     rng = np.random.default_rng(0)
     weights = {k: rng.normal(0, 0.1, s).astype(np.float32) for k, s in lpips_weight_shapes().items()}
     lpips = LPIPS({k: np.abs(v) if k.startswith("lin") else v for k, v in weights.items()})
@@ -61,12 +80,15 @@ def test_evaluate_a_run_writes_samples_metrics_and_plot(run_dir, tmp_path):
 
     # The sample files hold the real videos and the model's rollout after them.
     samples = load_samples_npz(out / "samples")
-    assert samples.real.shape == (4, 5, 32, 32, 1) and samples.context == 3
+    assert samples.real.shape == (4, 5, 32, 32, 3) and samples.context == 3
     assert sorted(p.name for p in (out / "samples").iterdir()) == ["data_0.npz", "data_1.npz"]
     np.testing.assert_array_equal(samples.fake[:, :3], samples.real[:, :3])
     model = load_trained_run(run_dir).model
     context = samples.real[:2, :3].astype(np.float32) / np.float32(127.5) - np.float32(1)
-    pred = np.clip(np.asarray(rollout(model, context, 2, key=jax.random.key(0))), -1, 1)
+    real, actions = next(evaluation_videos(data, num_videos=2, length=5, batch_size=2))
+    np.testing.assert_array_equal(real, samples.real[:2])  # the test split, from frame 0
+    pred = np.asarray(rollout(model, context, 2, key=jax.random.key(0), actions=actions))
+    pred = np.clip(pred, -1, 1)
     want = np.round((pred + np.float32(1)) * np.float32(127.5)).astype(np.uint8)
     np.testing.assert_array_equal(samples.fake[:2, 3:], want)
 

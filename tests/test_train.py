@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import eqvid
+import eqvid.data
 import eqvid.train
 from eqvid.data._config import MovingMNISTConfig
 from eqvid.models import AbstractVideoPredictor
@@ -300,3 +301,21 @@ def test_sigterm_saves_the_step_in_flight_and_exits_cleanly(tmp_path):
     steps = sorted(int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit())
     logged = int(metrics.read_text().splitlines()[-1].split(",")[0])
     assert steps and steps[-1] == logged >= 2
+
+
+def test_example_trains_any_dataset_by_a_flag(tmp_path):
+    """`--dataset NAME` swaps the data; the model's frame size and channels follow the
+    frames the dataset yields."""
+    folder = tmp_path / "dmlab" / "train"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    np.savez(folder / "0.npz", video=rng.integers(0, 256, (6, 40, 48, 3), dtype=np.uint8),
+             actions=rng.integers(0, 6, 6))
+    example = load_example()
+    config = example.config_from_argv(["--dataset", "teco", "--root", str(tmp_path / "dmlab"),
+                                       "--frame-size", "32", "--seq-len", "4", "--action-dim", "6"])
+    assert isinstance(config.data, eqvid.data.TecoConfig) and config.data.seq_len == 4
+    assert (config.model.frame_size, config.model.channels, config.model.action_dim) == (32, 3, 6)
+    assert config.run.run_dir == "runs/convs5-teco"
+    with pytest.raises(SystemExit, match="48|40"):  # non-square frames need --frame-size
+        example.config_from_argv(["--dataset", "teco", "--root", str(tmp_path / "dmlab"), "--seq-len", "4"])

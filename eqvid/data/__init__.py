@@ -25,6 +25,7 @@ from ._array_record import ArrayRecordVideos
 from ._bad_video import BadVideoError, BadVideoWarning
 from ._config import MovingMNISTConfig, moving_mnist_splits
 from ._datasets import DATASETS, FrameSpec, dataset_config_class, frame_spec, open_source
+from ._evaluation_videos import evaluation_videos
 from ._file_config import ArrayRecordConfig, FrameFolderConfig, TecoConfig, VideoFilesConfig, VideoFolderConfig
 from ._frame_folder import FrameFolderVideos
 from ._mnist_digits import load_digits, load_idx_images, sklearn_digits
@@ -54,6 +55,7 @@ __all__ = [
     "VideoFolderConfig",
     "VideoFolderVideos",
     "dataset_config_class",
+    "evaluation_videos",
     "frame_spec",
     "load_digits",
     "load_idx_images",

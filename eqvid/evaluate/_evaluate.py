@@ -5,7 +5,6 @@ import dataclasses
 import json
 import pathlib
 import sys
-from collections.abc import Iterator
 from typing import Any, Literal
 
 import equinox as eqx
@@ -164,30 +163,17 @@ def _networks(config: EvalConfig, metrics, lpips, i3d):
     return lpips_fn, features_fn
 
 
-def _test_batches(run, settings: EvalProtocol, batch_size: int) -> Iterator[tuple[np.ndarray, Any]]:
-    """`(videos uint8 (b, T, H, W, C), actions (b, T) or None)` of the run's test split,
-    `context + horizon` frames from each video's start, in order."""
-    from ..data._config import MovingMNISTConfig, moving_mnist_splits
-    from ._trained_run import config_from_dict
-
-    length = settings.context + settings.horizon
-    data = config_from_dict(MovingMNISTConfig, run.config["data"])
-    _, held_out = moving_mnist_splits(data, held_out_sequences=settings.num_videos,
-                                      held_out_seq_len=length)
-    for start in range(0, settings.num_videos, batch_size):
-        stop = min(start + batch_size, settings.num_videos)
-        yield np.stack([held_out[i]["video"] for i in range(start, stop)]), None
-
-
 def _generate(config, settings, out_dir, on_batch) -> str:
+    from ..data import evaluation_videos
     from ..train import rollout
-    from ._trained_run import load_trained_run
+    from ._trained_run import data_config_from_run, load_trained_run
 
     run = load_trained_run(config.run_dir, config.step)
     model = run.model
     ctx, horizon = settings.context, settings.horizon
     key = jax.random.key(config.seed)
-    batches = _test_batches(run, settings, config.batch_size)
+    batches = evaluation_videos(data_config_from_run(run.config), num_videos=settings.num_videos,
+                                length=ctx + horizon, batch_size=config.batch_size)
     bar = tqdm(total=settings.num_videos, disable=not config.progress, desc="generate",
                unit="video", dynamic_ncols=True)
     with bar:

@@ -27,6 +27,15 @@ def config_from_dict(cls: type, values: dict[str, Any]) -> Any:
     return cls(**out)
 
 
+def data_config_from_run(config: dict[str, Any]) -> Any:
+    """The dataset config of a run's `config.json` (`dataset_name` says which; runs
+    written before it was recorded are Moving MNIST)."""
+    from ..data import dataset_config_class
+
+    return config_from_dict(dataset_config_class(config.get("dataset_name", "moving_mnist")),
+                            config["data"])
+
+
 def model_config_from_dict(values: dict[str, Any]) -> Any:
     """The model config a run's `config.json` describes; its fields say which model."""
     keys = set(values)

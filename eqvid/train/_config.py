@@ -4,9 +4,14 @@ import dataclasses
 from typing import Literal
 
 from ..data._config import MovingMNISTConfig
+from ..data._file_config import ArrayRecordConfig, FrameFolderConfig, TecoConfig, VideoFolderConfig
 from ..models import ConvS5Config, ModelConfig
 from ._distributed import DistributedConfig
 from ._mesh import MeshConfig
+
+
+DatasetConfig = MovingMNISTConfig | TecoConfig | FrameFolderConfig | VideoFolderConfig | ArrayRecordConfig
+"""The config of any dataset `train` reads."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +83,8 @@ class TrainConfig:
 
     model: ModelConfig = dataclasses.field(default_factory=lambda: ConvS5Config.preset("small"))
     """The model to train; its config type picks the model (`eqvid.models.MODELS`)."""
-    data: MovingMNISTConfig = dataclasses.field(default_factory=MovingMNISTConfig)
+    data: DatasetConfig = dataclasses.field(default_factory=MovingMNISTConfig)
+    """The data; its config type picks the dataset (`eqvid.data.DATASETS`)."""
     optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
     run: RunConfig = dataclasses.field(default_factory=RunConfig)
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
@@ -89,20 +95,28 @@ class TrainConfig:
         for name in ("steps", "batch_size", "log_every", "accumulate"):
             if getattr(r, name) < 1:
                 raise ValueError(f"RunConfig: `{name}` must be ≥ 1, got {getattr(r, name)}.")
-        if self.model.frame_size != self.data.frame_size:
+        # File datasets may keep their stored size (frame_size None): `train` then
+        # checks the model against the frames it reads.
+        if self.data.frame_size is not None and self.model.frame_size != self.data.frame_size:
             raise ValueError(
                 f"TrainConfig: the model's frame_size ({self.model.frame_size}) must equal the "
                 f"data's frame_size ({self.data.frame_size})."
             )
-        data_channels = getattr(self.data, "channels", 1)
-        if self.model.channels != data_channels:
+        if isinstance(self.data, MovingMNISTConfig) and self.model.channels != 1:
             raise ValueError(
                 f"TrainConfig: the model's channels ({self.model.channels}) must equal the "
-                f"data's channels ({data_channels})."
+                "data's channels (1)."
+            )
+        if getattr(self.data, "value_range", "signed") != "signed":
+            raise ValueError(
+                "TrainConfig: the models take frames in [-1, 1]: the data's value_range must be "
+                f"'signed', got {self.data.value_range!r}."
             )
         if r.eval_sequences and r.eval_context < 1:
             raise ValueError(f"RunConfig: `eval_context` must be ≥ 1, got {r.eval_context}.")
         if r.eval_sequences and r.eval_horizon < 1:
             raise ValueError(f"RunConfig: `eval_horizon` must be ≥ 1, got {r.eval_horizon}.")
         if self.data.seq_len < 2:
-            raise ValueError(f"MovingMNISTConfig: `seq_len` must be ≥ 2, got {self.data.seq_len}.")
+            raise ValueError(
+                f"{type(self.data).__name__}: `seq_len` must be ≥ 2 (teacher forcing), got "
+                f"{self.data.seq_len}.")

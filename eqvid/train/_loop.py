@@ -64,7 +64,13 @@ class TrainResult:
 
 
 def _config_dict(config: TrainConfig) -> dict[str, Any]:
-    return json.loads(json.dumps(dataclasses.asdict(config), default=str))
+    """The run's config as JSON, with the names of its model and dataset (so that
+    `eqvid.evaluate` can rebuild both)."""
+    from ..data import DATASETS
+
+    names = {"model_name": model_spec(config.model).name,
+             "dataset_name": next(k for k, v in DATASETS.items() if type(config.data) is v)}
+    return names | json.loads(json.dumps(dataclasses.asdict(config), default=str))
 
 
 def train(config: TrainConfig) -> TrainResult:
@@ -79,8 +85,7 @@ def train(config: TrainConfig) -> TrainResult:
     same parameters, optimiser state, data order and random stream, so the
     losses match an uninterrupted run.
     """
-    from ..data import make_dataset
-    from ..data._config import moving_mnist_splits
+    from ..data import evaluation_videos, frame_spec, make_dataset
 
     rc = config.run
     initialize_distributed(config.distributed)  # before any JAX computation
@@ -104,17 +109,21 @@ def train(config: TrainConfig) -> TrainResult:
     if main:
         (run_dir / "config.json").write_text(json.dumps(_config_dict(config), indent=2))
 
-    eval_len = rc.eval_context + rc.eval_horizon
-    train_src, held_out = moving_mnist_splits(
-        config.data,
-        held_out_sequences=max(rc.eval_sequences, 4),
-        held_out_seq_len=max(eval_len, 2) if rc.eval_sequences else None,
-    )
+    spec = frame_spec(config.data)  # the frames the data yields; the model must take them
+    m = config.model
+    if (spec.height, spec.width, spec.channels) != (m.frame_size, m.frame_size, m.channels):
+        ckpt.close()
+        raise ValueError(
+            f"the data yields {spec.height}×{spec.width} frames with {spec.channels} channel(s), but "
+            f"the model takes {m.frame_size}×{m.frame_size} with {m.channels}: set the model's "
+            "frame_size / channels to match, or resize the data (--frame-size)."
+        )
     dataset = make_dataset(
         # Each process reads its own share of every global batch.
-        train_src, batch_size=rc.batch_size // processes, seed=rc.seed, num_workers=rc.num_workers
+        config.data, batch_size=rc.batch_size // processes, seed=rc.seed, num_workers=rc.num_workers
     )
     data_iter = iter(dataset)
+    eval_len = rc.eval_context + rc.eval_horizon
 
     mesh = make_mesh(config.mesh)
     if main and rc.progress:
@@ -143,12 +152,16 @@ def train(config: TrainConfig) -> TrainResult:
     videos_sharding = batch_sharding(mesh)
     schedule = learning_rate_schedule(config.optimizer, rc.steps)
 
-    sample_videos = np.stack([held_out[i]["video"] for i in range(4)]).astype(np.float32)
-    sample_videos = sample_videos / 127.5 - 1.0
+    # Up to 4 test videos, shown as context | prediction | truth in the sample pictures.
+    sample_len = max(eval_len, 2) if rc.eval_sequences else config.data.seq_len
+    sample_u8, sample_actions = next(evaluation_videos(
+        config.data, num_videos=4, length=sample_len, batch_size=4, require_all=False))
+    sample_videos = sample_u8.astype(np.float32) / 127.5 - 1.0
     n_ctx = min(rc.eval_context, sample_videos.shape[1] - 1)
 
     def export_samples(step: int) -> None:
-        pred = np.asarray(rollout(model, sample_videos[:, :n_ctx], sample_videos.shape[1] - n_ctx))
+        pred = np.asarray(rollout(model, sample_videos[:, :n_ctx], sample_videos.shape[1] - n_ctx,
+                                  actions=sample_actions))
         if not main:  # every process computes (the model spans them all); one writes
             return
         args = (sample_videos[:, :n_ctx], pred, sample_videos[:, n_ctx:])
@@ -240,11 +253,13 @@ def train(config: TrainConfig) -> TrainResult:
                            stopped_by=stop.signal_name)
     report = None
     if rc.eval_sequences:
-        videos = np.stack([held_out[i]["video"] for i in range(rc.eval_sequences)])
+        batches = list(evaluation_videos(config.data, num_videos=rc.eval_sequences, length=eval_len,
+                                         batch_size=32))
+        actions = None if batches[0][1] is None else np.concatenate([a for _, a in batches])
         report = rollout_mse(
-            model, videos.astype(np.float32) / 127.5 - 1.0,
+            model, np.concatenate([v for v, _ in batches]).astype(np.float32) / 127.5 - 1.0,
             context=rc.eval_context, horizon=rc.eval_horizon,
-            model_name=model_spec(config.model).title,
+            model_name=model_spec(config.model).title, actions=actions,
         )
         if main:
             (run_dir / "eval.json").write_text(json.dumps(report.as_dict(), indent=2))

@@ -108,10 +108,12 @@ def rollout_mse(
     horizon: int,
     chunk: int = 32,
     model_name: str = "model",
+    actions: Int[np.ndarray, "batch time"] | None = None,
 ) -> RolloutReport:
     """Roll `model` out from the first `context` frames of each video for `horizon`
     frames and compare with the truth, against copying the last context frame and
-    predicting an empty frame (all -1). Videos need `context + horizon` frames."""
+    predicting an empty frame (all -1). Videos need `context + horizon` frames;
+    `actions` `(batch, time)`, if given, condition the rollout."""
     videos = np.asarray(videos, np.float32)
     if videos.shape[1] < context + horizon:
         raise ValueError(
@@ -121,7 +123,9 @@ def rollout_mse(
     truth = videos[:, context : context + horizon]
     preds = np.concatenate(
         [
-            np.asarray(rollout(model, videos[i : i + chunk, :context], horizon))
+            np.asarray(rollout(model, videos[i : i + chunk, :context], horizon,
+                               actions=None if actions is None else
+                               actions[i : i + chunk, : context + horizon]))
             for i in range(0, len(videos), chunk)
         ]
     )

@@ -1,0 +1,66 @@
+"""The test split as evaluation needs it: the first `length` frames of the first
+`num_videos` test videos, in order, in batches."""
+
+import dataclasses
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from ._config import MovingMNISTConfig, moving_mnist_splits
+from ._file_config import VideoFilesConfig
+
+__all__ = ["evaluation_videos"]
+
+
+def evaluation_videos(
+    config: Any, *, num_videos: int, length: int, batch_size: int, require_all: bool = True
+) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+    """Yield `(videos, actions)` batches of the test split of the dataset `config`
+    describes: `videos` uint8 `(batch, length, height, width, channels)` (frames
+    `0, stride, …` of each video: the window from its start), `actions` int32
+    `(batch, length)` or None. Every process gets the same videos (evaluation is
+    not split over processes).
+
+    Moving MNIST's test split is its held-out videos (digit images training never
+    shows), generated `length` frames long.
+
+    **Raises** `ValueError` if the split has fewer than `num_videos` videos that are at
+    least `length` frames long (saying how many it has; with `require_all=False` it
+    yields those there are, e.g. for sample pictures), or naming a bad file as
+    `make_dataset` does.
+    """
+    from ._pipeline import make_dataset
+
+    for name, value in (("num_videos", num_videos), ("length", length), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"evaluation_videos: `{name}` must be an int >= 1; got {value!r}.")
+    if isinstance(config, MovingMNISTConfig):
+        _, held_out = moving_mnist_splits(config, held_out_sequences=num_videos, held_out_seq_len=length)
+        for start in range(0, num_videos, batch_size):
+            stop = min(start + batch_size, num_videos)
+            yield np.stack([held_out[i]["video"] for i in range(start, stop)]), None
+        return
+    if not isinstance(config, VideoFilesConfig):
+        raise ValueError(f"evaluation_videos: expected a dataset config; got {type(config).__name__}.")
+    windows = dataclasses.replace(config, seq_len=length, value_range="signed")
+    dataset = make_dataset(windows, split="test", batch_size=batch_size, shuffle=False, num_epochs=1,
+                           drop_remainder=False, window="start", process_index=0, process_count=1)
+    seen = 0
+    for batch in dataset:
+        take = min(len(batch["video"]), num_videos - seen)
+        video = np.asarray(batch["video"][:take], np.float32)
+        video = np.clip(np.round((video + 1.0) * 127.5), 0, 255).astype(np.uint8)
+        actions = batch.get("actions")
+        yield video, None if actions is None else np.asarray(actions[:take], np.int32)
+        seen += take
+        if seen == num_videos:
+            return
+    if not require_all and seen > 0:
+        return
+    raise ValueError(
+        f"evaluation_videos: the test split of {config.root!r} has {seen} video(s) with at least "
+        f"{(length - 1) * config.frame_stride + 1} frames (a window of {length} frames at stride "
+        f"{config.frame_stride}), fewer than the {num_videos} asked for; ask for fewer videos or "
+        "a shorter context + horizon."
+    )
