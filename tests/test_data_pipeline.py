@@ -21,6 +21,7 @@ from eqvid.data import (
     TecoConfig,
     VideoFolderConfig,
     dataset_config_class,
+    evaluation_videos,
     frame_spec,
     make_dataset,
     pack_array_record,
@@ -91,6 +92,16 @@ def test_evaluation_is_every_video_once_in_order_from_frame_zero(teco):
     np.testing.assert_allclose(batches[0]["video"][0], tagged(0, 12)[[0, 2, 4, 6]] / 255.0, rtol=1e-6)
 
 
+def test_evaluation_videos_are_centre_cropped_even_when_training_crops_at_random(tmp_path):
+    (tmp_path / "test").mkdir()
+    video = np.random.default_rng(0).integers(0, 256, (6, 8, 12, 3), dtype=np.uint8)
+    np.savez(tmp_path / "test" / "0.npz", video=video)
+    data = TecoConfig(root=str(tmp_path), seq_len=3, frame_size=8, crop="random", actions=False)
+    (got, actions), = list(evaluation_videos(data, num_videos=1, length=4, batch_size=1))
+    assert actions is None
+    np.testing.assert_array_equal(got[0], video[:4, :, 2:10])  # columns 2..9: the centre
+
+
 def ids_unit(batch):
     tags = np.rint(batch["video"][:, :, 0, 0, :2] * 255.0).astype(int)
     return [(int(t[0, 0]), tuple(int(f) for f in t[:, 1])) for t in tags]
@@ -128,9 +139,27 @@ def test_two_processes_see_disjoint_videos_covering_the_set(teco, shuffle):
         ds = make_dataset(teco, split="test", batch_size=2, seed=3, shuffle=shuffle, num_epochs=1,
                           drop_remainder=False, window="start", process_index=index, process_count=2)
         shares.append([v for b in ds for v, _ in ids(b)])
-    assert len(shares[0]) == len(shares[1]) == NUM_VIDEOS // 2
+    assert (len(shares[0]), len(shares[1])) == (6, 4)  # batches 0, 2, 4 and 1, 3
     assert not set(shares[0]) & set(shares[1])
     assert sorted(shares[0] + shares[1]) == list(range(NUM_VIDEOS))
+
+
+@pytest.mark.parametrize("form", ["teco", "moving_mnist"])
+def test_processes_side_by_side_are_the_single_process_batch(teco, tmp_path, form):
+    """Training (shuffled, random windows and crops, endless): the batches of 2
+    processes side by side, as the global array assembles them, are the batch one
+    process with twice the batch size reads, past an epoch boundary."""
+    if form == "teco":
+        data = dataclasses.replace(teco, frame_size=6, crop="random")
+    else:
+        data = MovingMNISTConfig(frame_size=32, seq_len=3, train_sequences=8)
+    one = take(make_dataset(data, batch_size=4, seed=5, process_index=0, process_count=1), 4)
+    two = [take(make_dataset(data, batch_size=2, seed=5, process_index=i, process_count=2), 4)
+           for i in range(2)]
+    for k, want in enumerate(one):
+        for key in want:
+            np.testing.assert_array_equal(
+                np.concatenate([two[0][k][key], two[1][k][key]]), want[key])
 
 
 def test_workers_give_the_same_batches_and_resume(teco):

@@ -18,7 +18,8 @@ def evaluation_videos(
 ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
     """Yield `(videos, actions)` batches of the test split of the dataset `config`
     describes: `videos` uint8 `(batch, length, height, width, channels)` (frames
-    `0, stride, …` of each video: the window from its start), `actions` int32
+    `0, stride, …` of each video: the window from its start, centre-cropped to a square
+    if `frame_size` is set, even when training crops at random), `actions` int32
     `(batch, length)` or None. Every process gets the same videos (evaluation is
     not split over processes).
 
@@ -43,7 +44,8 @@ def evaluation_videos(
         return
     if not isinstance(config, VideoFilesConfig):
         raise ValueError(f"evaluation_videos: expected a dataset config; got {type(config).__name__}.")
-    windows = dataclasses.replace(config, seq_len=length, value_range="signed")
+    # The same frames whatever the training augmentation: the centred square crop.
+    windows = dataclasses.replace(config, seq_len=length, value_range="signed", crop="center")
     dataset = make_dataset(windows, split="test", batch_size=batch_size, shuffle=False, num_epochs=1,
                            drop_remainder=False, window="start", process_index=0, process_count=1)
     seen = 0

@@ -160,9 +160,13 @@ def make_dataset(
     shuffle=False, num_epochs=1, drop_remainder=False, window="start")` (every video
     once, in order, from frame 0).
 
-    Each process takes every `process_count`-th video of the shuffled, repeated
-    stream, starting at `process_index`: processes see disjoint videos within an
-    epoch and together all of them.
+    Processes share the stream by batches: the shuffled, repeated stream is cut into
+    batches of `batch_size` and process `p` takes batches `p, p + process_count, …`
+    (reading only those). So processes see disjoint videos within an epoch and
+    together all of them, and a global batch (the processes' batches side by side in
+    process order, as `jax.make_array_from_process_local_data` assembles it) is
+    exactly the batch that one process with `batch_size × process_count` reads:
+    the same videos, windows and crops, in the same order.
 
     **Returns** a `grain.IterDataset` of `{"video": float32 (batch, seq_len, height,
     width, channels)}` in the config's value range (`[-1, 1]` for sources), plus
@@ -205,13 +209,12 @@ def make_dataset(
     process_index = _check_int("process_index", process_index, 0)
     if process_index >= process_count:
         raise ValueError(f"make_dataset: `process_index`={process_index} must be < `process_count`={process_count}.")
-    per_process = len(range(process_index, num_examples, process_count))
-    if drop_remainder and batch_size > per_process:
+    if drop_remainder and batch_size * process_count > num_examples:
         raise ValueError(
-            f"make_dataset: `batch_size`={batch_size} is larger than this process's share of the "
-            f"data ({per_process} of {num_examples} examples over {process_count} process(es)); with "
-            "drop_remainder=True a batch could never be filled within one epoch. Use a smaller "
-            "batch_size, more sequences, or drop_remainder=False."
+            f"make_dataset: one global batch (`batch_size`={batch_size} × {process_count} "
+            f"process(es) = {batch_size * process_count}) is larger than the data "
+            f"({num_examples} examples); with drop_remainder=True it could never be filled within "
+            "one epoch. Use a smaller batch_size, more sequences, or drop_remainder=False."
         )
 
     if not isinstance(config, VideoFilesConfig):  # fixed-length videos, batched as they are
@@ -219,8 +222,8 @@ def make_dataset(
         if shuffle:
             ds = ds.shuffle()
         ds = ds.repeat(num_epochs)
-        ds = ds[process_index::process_count]
         ds = ds.batch(batch_size, drop_remainder=bool(drop_remainder))
+        ds = ds[process_index::process_count]  # this process's part of each global batch
         ds = ds.map(_to_float)
         it = ds.to_iter_dataset(grain.ReadOptions(num_threads=0))
         if num_workers > 0:
@@ -228,17 +231,20 @@ def make_dataset(
             it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
         return it
 
-    # Video indices epoch after epoch (`EpochOrder`), this process's share, one window
-    # each. Each worker reads whole batches, so the batches do not depend on the
-    # number of workers. Skipped files leave batches short: the rebatch after the
-    # workers refills them (a no-op, without copies, when nothing was skipped).
+    # Video indices epoch after epoch (`EpochOrder`), one window each (its random start
+    # and crop drawn from the stream position, so they do not depend on the number of
+    # processes), batched, then this process's batches. Nothing is read until a batch
+    # is asked for, so a process reads only its own share. Each worker reads whole
+    # batches, so the batches do not depend on the number of workers. Skipped files
+    # leave batches short: the rebatch after the workers refills them (a no-op,
+    # without copies, when nothing was skipped).
     order = EpochOrder(num_examples, seed=seed, shuffle=bool(shuffle), num_epochs=num_epochs)
     ds = grain.MapDataset.source(order).seed(seed)
-    ds = ds[process_index::process_count]
     ds = ds.random_map(_ReadWindow(source, config, window == "random"))
     # An endless stream has no remainder (and Grain's length arithmetic overflows
     # for drop_remainder=False there); a finite one keeps it for the rebatch.
     ds = ds.batch(batch_size, drop_remainder=num_epochs is None, batch_fn=_stack_read)
+    ds = ds[process_index::process_count]
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=0)).filter(_is_batch)
     if num_workers > 0:
         _mark_absl_flags_parsed()
