@@ -1,5 +1,5 @@
 """Two `jax.distributed` processes on localhost (2 CPU devices each) train the same
-run as one process with 4 devices."""
+run as one process with 4 devices: the same losses and parameters, dropout included."""
 
 import csv
 import os
@@ -14,7 +14,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY = ["--steps", "3", "--batch-size", "4", "--seq-len", "3", "--frame-size", "32",
         "--encoder-depths", "4", "8", "--d-model", "8", "--ssm-size", "8", "--n-layers", "1",
         "--train-sequences", "32", "--checkpoint-every", "0", "--sample-every", "0",
-        "--eval-sequences", "0", "--log-every", "1"]
+        "--eval-sequences", "0", "--log-every", "1", "--dropout", "0.2"]
 
 
 def _free_port() -> int:
@@ -59,6 +59,27 @@ def test_two_processes_match_one(tmp_path):
     want, got = _losses(tmp_path / "single"), _losses(tmp_path / "multi")
     assert len(want) == len(got) == 3
     np.testing.assert_allclose(got, want, rtol=1e-5)
+    # Every process read its own half of each batch, yet the global batches (videos and
+    # the per-video dropout keys) were the single process's: the same parameters.
+    import jax
+
+    from eqvid.evaluate import load_trained_run
+
+    one, two = (load_trained_run(tmp_path / name) for name in ("single", "multi"))
+    assert one.step == two.step == 3
+    # Gradients that are 0 in exact arithmetic (biases before a GroupNorm) are round-off
+    # of either sign, which Adam turns into steps of ±lr: such parameters may differ by
+    # up to the sum of the learning rates; all others agree to float32 round-off.
+    with open(tmp_path / "single" / "metrics.csv", newline="") as f:
+        drift = 2 * sum(float(row["lr"]) for row in csv.DictReader(f))
+    for x, y in zip(jax.tree.leaves(_params(one.model)), jax.tree.leaves(_params(two.model))):
+        np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=1e-5, atol=drift)
     # One writer: only process 0 exports samples and the metrics.
     assert sorted(p.name for p in (tmp_path / "multi" / "samples").iterdir()) == [
         "step_000003.gif", "step_000003.png"]
+
+
+def _params(model):
+    import equinox as eqx
+
+    return eqx.filter(model, eqx.is_inexact_array)

@@ -173,6 +173,60 @@ def test_a_checkpoint_cut_off_while_written_is_never_restored(tmp_path):
     np.testing.assert_array_equal(params["w"], np.ones(4))
 
 
+def test_only_the_last_checkpoints_are_kept(tmp_path):
+    train(tiny_config(tmp_path, steps=5, checkpoint_every=1, keep_checkpoints=2, eval_sequences=0))
+    assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()) == [4, 5]
+    with pytest.raises(ValueError, match="keep_checkpoints"):
+        tiny_config(tmp_path, keep_checkpoints=0)
+
+
+_TRAIN_UNTIL_KILLED = """
+import sys
+sys.path.insert(0, sys.argv[2])
+import test_train
+from eqvid.train import train
+train(test_train.tiny_config(sys.argv[1], steps=int(sys.argv[3]), checkpoint_every=3,
+                             eval_sequences=0))
+"""
+
+
+def test_a_killed_run_resumes_to_the_parameters_of_a_straight_run(tmp_path):
+    """SIGKILL (no handler, no final save) once a checkpoint is committed, then
+    `resume`: the same parameters as N steps without the interruption."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    steps, run_dir = 24, tmp_path / "killed"
+    # As many CPU devices as this process (conftest), so XLA splits its threads alike.
+    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(jax.device_count()))
+    process = subprocess.Popen(
+        [sys.executable, "-c", _TRAIN_UNTIL_KILLED, str(run_dir), str(REPO / "tests"), str(steps)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 180
+    committed = []
+    while time.monotonic() < deadline and process.poll() is None and not committed:
+        if (run_dir / "checkpoints").is_dir():
+            committed = [p for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit()]
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == -signal.SIGKILL, output  # killed, not finished
+    rows = (run_dir / "metrics.csv").read_text().splitlines()[1:]
+    assert 3 <= int(rows[-1].split(",")[0]) < steps  # died mid-run
+
+    resumed = train(tiny_config(run_dir, steps=steps, checkpoint_every=3, eval_sequences=0,
+                                log_every=steps, resume=True))
+    straight = train(tiny_config(tmp_path / "straight", steps=steps, checkpoint_every=3,
+                                 eval_sequences=0, log_every=steps))
+    assert resumed.step == straight.step == steps
+    for x, y in zip(jax.tree.leaves(eqvid_params(resumed.model)),
+                    jax.tree.leaves(eqvid_params(straight.model))):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-7)
+
+
 def eqvid_params(model):
     import equinox as eqx
 
@@ -283,7 +337,8 @@ def test_sigterm_saves_the_step_in_flight_and_exits_cleanly(tmp_path):
     command = [sys.executable, str(REPO / "examples" / "train_mmnist.py"), "--run-dir", str(run_dir),
                "--steps", "100000", "--batch-size", "1", "--seq-len", "3", "--frame-size", "32",
                "--encoder-depths", "4", "8", "--d-model", "8", "--ssm-size", "8", "--n-layers", "1",
-               "--train-sequences", "16", "--checkpoint-every", "0", "--sample-every", "0",
+               # A checkpoint every step: the signal always lands on a step already saved.
+               "--train-sequences", "16", "--checkpoint-every", "1", "--sample-every", "0",
                "--log-every", "1", "--no-progress", "--mesh-devices", "1"]
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

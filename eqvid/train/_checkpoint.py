@@ -42,15 +42,21 @@ def _abstract(tree: PyTree) -> dict[str, Any]:
 class Checkpointer:
     """Save and restore `(params, opt_state, data iterator)` under `directory/<step>/`.
 
-    Saves are atomic per step (Orbax commits a step directory only once it is
-    complete), so an interrupted run resumes from its last finished checkpoint.
+    Saves are asynchronous (`save` returns while the step is written in the
+    background; `wait()` / `close()` finish it) and atomic per step (Orbax commits a
+    step directory only once it is complete), so an interrupted run resumes from its
+    last finished checkpoint. Only the last `keep` steps stay on disk.
     """
 
     def __init__(self, directory: str | pathlib.Path, *, keep: int = 2):
+        if keep < 1:
+            raise ValueError(f"Checkpointer: `keep` must be ≥ 1, got {keep}.")
         self.directory = pathlib.Path(directory).absolute()
         self.manager = ocp.CheckpointManager(
             self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+            # Saves run in a background thread: training goes on while a step is written.
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                                 enable_async_checkpointing=True),
         )
 
     def latest_step(self) -> int | None:

@@ -56,7 +56,7 @@ class RunConfig:
     checkpoint_every: int = 500
     """Save an Orbax checkpoint every this many steps (and always at the end)."""
     keep_checkpoints: int = 2
-    """Number of checkpoints kept."""
+    """Number of most recent checkpoints kept on disk (older ones are deleted)."""
     resume: bool = False
     """Continue from the latest checkpoint in `run_dir` (same data order and state)."""
     num_workers: int = 0
@@ -92,7 +92,7 @@ class TrainConfig:
 
     def __post_init__(self):
         r = self.run
-        for name in ("steps", "batch_size", "log_every", "accumulate"):
+        for name in ("steps", "batch_size", "log_every", "accumulate", "keep_checkpoints"):
             if getattr(r, name) < 1:
                 raise ValueError(f"RunConfig: `{name}` must be ≥ 1, got {getattr(r, name)}.")
         # File datasets may keep their stored size (frame_size None): `train` then
@@ -112,6 +112,9 @@ class TrainConfig:
                 "TrainConfig: the models take frames in [-1, 1]: the data's value_range must be "
                 f"'signed', got {self.data.value_range!r}."
             )
+        for name in ("checkpoint_every", "sample_every", "num_workers", "eval_sequences"):
+            if getattr(r, name) < 0:
+                raise ValueError(f"RunConfig: `{name}` must be ≥ 0, got {getattr(r, name)}.")
         if r.eval_sequences and r.eval_context < 1:
             raise ValueError(f"RunConfig: `eval_context` must be ≥ 1, got {r.eval_context}.")
         if r.eval_sequences and r.eval_horizon < 1:

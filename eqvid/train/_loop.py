@@ -168,6 +168,15 @@ def train(config: TrainConfig) -> TrainResult:
         save_prediction_strip(run_dir / "samples" / f"step_{step:06d}.png", *args)
         save_prediction_gif(run_dir / "samples" / f"step_{step:06d}.gif", *args)
 
+    saved = [start]  # the last step with a checkpoint
+
+    def save(step: int) -> None:
+        if saved[0] == step:
+            return
+        ckpt.save(step, eqx.filter(model, eqx.is_inexact_array), opt_state, data_iter,
+                  {"config": _config_dict(config)}, rng=train_key)
+        saved[0] = step
+
     metrics_path = run_dir / "metrics.csv"
     header = ["step", "loss", "lr", "grad_norm", "frames_per_s", "elapsed_s"]
     kept: list[list[str]] = []
@@ -220,8 +229,7 @@ def train(config: TrainConfig) -> TrainResult:
                     )
             paused = False
             if rc.checkpoint_every and step % rc.checkpoint_every == 0 and step != rc.steps:
-                ckpt.save(step, eqx.filter(model, eqx.is_inexact_array), opt_state, data_iter,
-                          {"config": _config_dict(config)}, rng=train_key)
+                save(step)
                 paused = True
             if rc.sample_every and step % rc.sample_every == 0 and step != rc.steps:
                 export_samples(step)
@@ -232,12 +240,10 @@ def train(config: TrainConfig) -> TrainResult:
             if stop.requested and step < rc.steps:
                 # Pre-empted: the step in flight is done; commit it and leave.
                 bar.write(f"eqvid: {stop.signal_name} received; saving step {step} and stopping")
-                ckpt.save(step, eqx.filter(model, eqx.is_inexact_array), opt_state, data_iter,
-                          {"config": _config_dict(config)}, rng=train_key)
+                save(step)  # (no-op when this step's checkpoint was just written)
                 break
         if start < rc.steps and last == rc.steps:
-            ckpt.save(rc.steps, eqx.filter(model, eqx.is_inexact_array), opt_state, data_iter,
-                      {"config": _config_dict(config)}, rng=train_key)
+            save(rc.steps)
             export_samples(rc.steps)
     finally:
         stop.__exit__()
