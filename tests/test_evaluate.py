@@ -72,6 +72,8 @@ def test_evaluate_a_run_writes_samples_metrics_and_plot(run_dir, data, tmp_path)
     weights = {k: rng.normal(0, 0.1, s).astype(np.float32) for k, s in lpips_weight_shapes().items()}
     lpips = LPIPS({k: np.abs(v) if k.startswith("lin") else v for k, v in weights.items()})
     out = tmp_path / "eval"
+    (out / "samples").mkdir(parents=True)
+    (out / "samples" / "data_9.npz").write_bytes(b"left by an earlier evaluation")
     config = EvalConfig(run_dir=str(run_dir), protocol="quick", context=3, horizon=2, num_videos=4,
                         chunk=2, batch_size=2, metrics=("psnr", "ssim", "lpips", "fvd"),
                         out_dir=str(out), progress=False)
@@ -132,6 +134,37 @@ def test_evaluate_errors_name_what_is_wrong(run_dir, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="one chunk needs 64 videos, got 4"):
         evaluate(EvalConfig(run_dir=str(run_dir), context=3, horizon=2, num_videos=4,
                             metrics=("psnr",), out_dir=str(tmp_path / "o"), progress=False))
+
+
+def test_scoring_files_takes_their_context_from_the_files_or_asks(tmp_path):
+    """TECO's files do not record the context: it must be given (or a protocol named),
+    never guessed; a perfect prediction's infinite PSNR is written as valid JSON."""
+    rng = np.random.default_rng(1)
+    real = rng.integers(0, 256, (4, 6, 16, 16, 1), dtype=np.uint8)
+    fake = real.copy()
+    fake[:2, 4:] = rng.integers(0, 256, (2, 2, 16, 16, 1), dtype=np.uint8)  # frames 4, 5 differ
+    folder = tmp_path / "teco_samples"
+    folder.mkdir()
+    np.savez(folder / "data_0.npz", real=real, fake=fake)  # no `context`, as TECO writes them
+    with pytest.raises(ValueError, match="do not record their number of context frames.*--context"):
+        evaluate(EvalConfig(samples=str(folder), chunk=2, metrics=("psnr",), progress=False))
+
+    def scored(**given):
+        return evaluate(EvalConfig(samples=str(folder), chunk=2, metrics=("psnr", "ssim"),
+                                   out_dir=str(tmp_path / "out"), progress=False, **given))
+
+    four = scored(context=4)
+    assert four.context == 4 and four.horizon == 2
+    r, f = real[:2, 4:].astype(np.float64) / 255, fake[:2, 4:].astype(np.float64) / 255
+    per_video = np.mean(-10 * np.log10(np.mean((r - f) ** 2, axis=(2, 3, 4))), axis=1)
+    np.testing.assert_allclose(four.scores["psnr"].per_chunk[0], per_video.mean(), rtol=1e-5)
+    assert four.scores["psnr"].per_chunk[1] == np.inf  # videos 2, 3 predicted exactly
+    written = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert written["scores"]["psnr"]["mean"] == "inf"
+    # A named protocol lends its context (quick: 10 > 6 frames: an error saying so).
+    with pytest.raises(ValueError, match="context"):
+        scored(protocol="quick")
+    assert scored(protocol="quick", context=3).horizon == 3  # --context wins
 
 
 def test_cli_help_lists_the_protocols(capsys):

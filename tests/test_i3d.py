@@ -332,6 +332,10 @@ def test_features_shape_and_identity(converted):
     # The same video gives the same features, whatever its batch neighbours.
     np.testing.assert_allclose(features[0], features[2], rtol=1e-6, atol=1e-6)
     assert np.max(np.abs(features[0] - features[1])) > 1e-3
+    # FVD of a set of videos with itself (computed in other batches) is 0.
+    from eqvid.metrics import fvd_from_features
+
+    assert fvd_from_features(features[[0, 1]], features[[2, 1]]) < 1e-6 * np.sum(features**2)
 
 
 def test_bad_inputs_name_the_argument(converted):

@@ -203,6 +203,13 @@ def test_bad_inputs_name_the_argument(converted):
         model.per_frame(x, x)
 
 
+def test_corrupted_weight_file_is_named(tmp_path):
+    bad = tmp_path / "lpips_alexnet.npz"
+    bad.write_bytes(b"PK\x03\x04 cut off")
+    with pytest.raises(ValueError, match=r"lpips_alexnet\.npz is not a readable eqvid .*convert_weights"):
+        LPIPS.load(bad)
+
+
 def test_missing_file_says_what_to_get_and_where(tmp_path, monkeypatch):
     monkeypatch.setenv("EQVID_WEIGHTS", str(tmp_path / "weights"))
     with pytest.raises(FileNotFoundError) as error:

@@ -54,6 +54,10 @@ def test_frechet_distance_analytic_cases():
     rng = np.random.default_rng(1)
     x = features(rng, 80, 16)
     np.testing.assert_allclose(fvd_from_features(x, x), 0.0, atol=1e-9)
+    # Symmetric in its two sets (of different sizes here).
+    y = features(rng, 97, 16, shift=0.2, mix=0.4)
+    np.testing.assert_allclose(fvd_from_features(x, y), fvd_from_features(y, x), rtol=1e-10)
+    assert fvd_from_features(x, y) > 0.1
     # Same covariance, shifted mean: exactly |shift|².
     shift = rng.standard_normal(16)
     np.testing.assert_allclose(fvd_from_features(x, x + shift), shift @ shift, rtol=1e-9)

@@ -23,6 +23,7 @@ from ..metrics import (
     save_samples_npz,
     videos_to_uint8,
 )
+from ..metrics._protocol import _chunk_bounds
 from ._protocols import EvalProtocol, protocol
 
 METRICS = ("psnr", "ssim", "lpips", "fvd")
@@ -38,13 +39,14 @@ class EvalConfig:
     samples: str = ""
     """Instead of generating: a sample file or folder of data_<i>.npz files (`real` and
     `fake` uint8 videos, e.g. from an earlier evaluation or another code base) to score."""
-    protocol: str = "quick"
+    protocol: str | None = None
     """Named protocol: context, horizon, number of videos, chunk and metrics (see
-    eqvid.evaluate.PROTOCOLS)."""
+    eqvid.evaluate.PROTOCOLS); default: quick."""
     step: int | None = None
     """Checkpoint step to load (default: the latest)."""
     context: int | None = None
-    """Override the protocol's number of context frames."""
+    """Override the protocol's number of context frames. Scoring files: their context
+    when they record it (TECO's do not: give it here, or name a --protocol)."""
     horizon: int | None = None
     """Override the protocol's number of generated frames."""
     num_videos: int | None = None
@@ -52,7 +54,7 @@ class EvalConfig:
     chunk: int | None = None
     """Override the protocol's videos per chunk (metrics are mean ± std over chunks)."""
     metrics: tuple[str, ...] = ()
-    """Override the protocol's metrics (any of psnr ssim lpips fvd)."""
+    """Override the protocol's metrics: any of psnr ssim lpips fvd (empty: the protocol's)."""
     remainder: Literal["error", "keep", "drop"] = "error"
     """When the chunk does not divide the videos: refuse, keep a smaller last chunk
     (as TECO's scripts), or drop the rest."""
@@ -123,8 +125,12 @@ class EvalReport:
         return "\n".join(lines)
 
 
+def _protocol_name(config: EvalConfig) -> str:
+    return config.protocol or "quick"
+
+
 def _settings(config: EvalConfig) -> EvalProtocol:
-    base = protocol(config.protocol)
+    base = protocol(_protocol_name(config))
     changes = {k: getattr(config, k) for k in ("context", "horizon", "num_videos", "chunk")
                if getattr(config, k) is not None}
     if config.metrics:
@@ -140,6 +146,9 @@ def _settings(config: EvalConfig) -> EvalProtocol:
         raise ValueError(f"`context` must be ≥ 1, got {settings.context}.")
     if config.batch_size < 1:
         raise ValueError(f"`batch_size` must be ≥ 1, got {config.batch_size}.")
+    if config.run_dir:  # before any generation: will the videos fill the chunks?
+        _chunk_bounds(settings.num_videos, settings.chunk, config.remainder, "evaluate",
+                      min_chunk=2 if "fvd" in settings.metrics else 1)
     return settings
 
 
@@ -174,6 +183,9 @@ def _generate(config, settings, out_dir, on_batch) -> str:
     key = jax.random.key(config.seed)
     batches = evaluation_videos(data_config_from_run(run.config), num_videos=settings.num_videos,
                                 length=ctx + horizon, batch_size=config.batch_size)
+    if config.save_samples:  # files of an earlier evaluation would be mixed in when rescored
+        for stale in (out_dir / "samples").glob("data_*.npz"):
+            stale.unlink()
     bar = tqdm(total=settings.num_videos, disable=not config.progress, desc="generate",
                unit="video", dynamic_ncols=True)
     with bar:
@@ -191,16 +203,28 @@ def _generate(config, settings, out_dir, on_batch) -> str:
     return f"{run.run_dir} (step {run.step})"
 
 
-def _score_files(config, settings, on_batch) -> tuple[str, int]:
+def _load_files(config, settings):
+    """The sample files and their context: `--context` if given (files that record one
+    must agree), else the files' own, else the protocol's if one was named."""
     from ..metrics import load_samples_npz
 
-    samples = load_samples_npz(config.samples, context=settings.context)
-    ctx = samples.context if samples.context is not None else settings.context
-    n = len(samples.real)
-    for start in range(0, n, config.batch_size):
+    samples = load_samples_npz(config.samples, context=config.context)
+    if samples.context is not None:
+        return samples, samples.context
+    if config.protocol is None:
+        raise ValueError(
+            f"the sample files in {config.samples} do not record their number of context "
+            "frames (TECO's do not); pass --context N (or --protocol NAME to take its "
+            "context), so that context frames are not scored as generated ones."
+        )
+    return load_samples_npz(config.samples, context=settings.context), settings.context
+
+
+def _score_files(config, samples, on_batch) -> str:
+    for start in range(0, len(samples.real), config.batch_size):
         on_batch(samples.real[start:start + config.batch_size],
                  samples.fake[start:start + config.batch_size])
-    return config.samples, ctx
+    return config.samples
 
 
 def evaluate(
@@ -236,14 +260,17 @@ def evaluate(
     if config.out_dir:
         out_dir = pathlib.Path(config.out_dir)
     elif config.run_dir:
-        out_dir = pathlib.Path(config.run_dir) / "eval" / config.protocol
+        out_dir = pathlib.Path(config.run_dir) / "eval" / _protocol_name(config)
     else:
         out_dir = pathlib.Path(config.samples).with_suffix("") / "eval"
     lpips_fn, features_fn = _networks(config, metrics, lpips, i3d)
 
+    samples = None
+    context = settings.context
+    if config.samples:
+        samples, context = _load_files(config, settings)
     frame_values: dict[str, list[np.ndarray]] = {m: [] for m in FRAME_METRICS if m in metrics}
     features: dict[str, list[np.ndarray]] = {"real": [], "fake": []}
-    context = settings.context
     scored = [0]
 
     def on_batch(real: np.ndarray, fake: np.ndarray) -> None:
@@ -262,7 +289,7 @@ def evaluate(
     if config.run_dir:
         source = _generate(config, settings, out_dir, on_batch)
     else:
-        source, context = _score_files(config, settings, on_batch)
+        source = _score_files(config, samples, on_batch)
     values = {k: np.concatenate(v) for k, v in frame_values.items()}
     horizon = next(iter(values.values())).shape[1] if values else settings.horizon
 
@@ -276,7 +303,7 @@ def evaluate(
         kvd_value = kvd(real_f, fake_f)
 
     report = EvalReport(
-        protocol=config.protocol,
+        protocol=_protocol_name(config),
         description=settings.description,
         context=context,
         horizon=horizon,
@@ -291,8 +318,21 @@ def evaluate(
     return report
 
 
+def _json_safe(value: Any) -> Any:
+    """Non-finite floats as the strings "inf", "-inf", "nan" (PSNR of identical frames
+    is +inf; JSON has no such numbers)."""
+    if isinstance(value, float) and not np.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
 def _write(report: EvalReport, out_dir: pathlib.Path, command: str) -> None:
-    (out_dir / "metrics.json").write_text(json.dumps(report.as_dict(), indent=2))
+    (out_dir / "metrics.json").write_text(
+        json.dumps(_json_safe(report.as_dict()), indent=2, allow_nan=False))
     (out_dir / "metrics.md").write_text(report.markdown() + f"\n\nCommand: `{command}`\n")
     if not report.per_frame:
         return

@@ -206,8 +206,14 @@ def _to_unit_jnp(x, value_range: str):
 def _psnr_ssim_batch(real, fake, *, value_range, ssim_form):
     r = _to_unit_jnp(real, value_range)
     f = _to_unit_jnp(fake, value_range)
+    # PSNR on the frames as given, with their range: the same number as on [0, 1], but
+    # identical frames give exactly mse = 0 (+inf) instead of the residue XLA leaves
+    # when it fuses the scaling into the difference (a fused multiply-add).
+    width = {"uint8": 255.0, "[0,1]": 1.0, "[-1,1]": 2.0}[value_range]
+    lo, hi = {"uint8": (0.0, 255.0), "[0,1]": (0.0, 1.0), "[-1,1]": (-1.0, 1.0)}[value_range]
+    clipped = [jnp.clip(x.astype(jnp.float32), lo, hi) for x in (real, fake)]
     return (
-        psnr(r, f, data_range=1.0),
+        psnr(*clipped, data_range=width),
         ssim(r, f, data_range=1.0, form=ssim_form),
         jnp.clip(2.0 * r - 1.0, -1.0, 1.0),  # LPIPS inputs, exactly within [-1, 1]
         jnp.clip(2.0 * f - 1.0, -1.0, 1.0),
@@ -429,7 +435,8 @@ def reduce_over_chunks(
     per_chunk = tuple(
         float(per_video[a:b].mean()) for a, b in _chunk_bounds(x.shape[0], chunk, remainder, fn)
     )
-    return MeanStd(float(np.mean(per_chunk)), float(np.std(per_chunk)), per_chunk, chunk)
+    with np.errstate(invalid="ignore"):  # an infinite chunk (PSNR of exact frames): std is NaN
+        return MeanStd(float(np.mean(per_chunk)), float(np.std(per_chunk)), per_chunk, chunk)
 
 
 def chunked_fvd(

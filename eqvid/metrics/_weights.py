@@ -113,8 +113,16 @@ class NetworkWeights:
             unexpected tensors.
         """
         target = self.resolve(path)
-        with np.load(target, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
+        try:
+            # Our own handle: np.load leaks its file when the archive is unreadable.
+            with open(target, "rb") as f, np.load(f, allow_pickle=False) as data:
+                arrays = {k: data[k] for k in data.files}
+        except Exception as e:  # truncated / not an npz / a pickle
+            raise ValueError(
+                f"{target} is not a readable eqvid {self.network} weight file "
+                f"({type(e).__name__}: {e}); convert the public weights again with "
+                f"`python -m eqvid.metrics.convert_weights` (see its --help)."
+            ) from e
         tag = arrays.pop(FORMAT_KEY, None)
         if tag is None or str(tag[()]) != self.format_tag:
             found = "no format tag" if tag is None else f"format {str(tag[()])!r}"
