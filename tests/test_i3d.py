@@ -351,6 +351,8 @@ def test_bad_inputs_name_the_argument(converted):
         i3d_features(model, np.zeros((1, 9, 16, 16, 1), np.float32), batch_size=0)
     with pytest.raises((ValueError, TypeCheckError), match="videos"):
         i3d_features(model, np.zeros((1, 9, 16, 16, 2), np.float32))
+    with pytest.raises(ValueError, match=r"`videos`: value_range='\[-1,1\]'.*255"):
+        i3d_features(model, np.full((1, 9, 16, 16, 1), 255.0, np.float32))
     with pytest.raises((ValueError, TypeCheckError), match="videos"):
         preprocess_for_i3d(jnp.zeros((9, 16, 16, 3)))
 

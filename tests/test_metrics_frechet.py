@@ -143,3 +143,21 @@ def test_kvd_blocks_as_tfgan():
         kvd(x[:5], y[:5], max_block_size=2)  # blocks of 1, 2, 2
     with pytest.raises(ValueError, match="max_block_size"):
         kvd(x, y, max_block_size=1)
+
+
+@pytest.mark.parametrize("dim,num", [(64, 200), (400, 600)])
+def test_jax_fvd_and_kvd_under_jit_match_the_float64_ones(dim, num):
+    import jax
+    import jax.numpy as jnp
+
+    from eqvid.metrics import fvd_jax, kvd_jax
+
+    rng = np.random.default_rng(dim + 1)
+    x = features(rng, num, dim).astype(np.float32)
+    y = features(rng, num + 13, dim, shift=0.3, mix=0.5).astype(np.float32)
+    got_fvd, got_kvd = jax.jit(lambda a, b: (fvd_jax(a, b), kvd_jax(a, b)))(jnp.asarray(x), jnp.asarray(y))
+    assert got_fvd.dtype == jnp.float32
+    np.testing.assert_allclose(float(got_fvd), fvd_from_features(x, y), rtol=1e-4)
+    np.testing.assert_allclose(float(got_kvd), kvd(x, y), rtol=1e-4)
+    with pytest.raises(ValueError, match="`fake_features` needs at least 2 samples"):
+        fvd_jax(jnp.zeros((4, 64)), jnp.zeros((1, 64)))

@@ -6,7 +6,8 @@
   `python -m eqvid.metrics.convert_weights`): `LPIPS` (AlexNet), `I3D`
   (Kinetics-400 logits for FVD), `preprocess_for_i3d`, `i3d_features`.
 - Feature distances (float64 on the host): `gaussian_statistics`,
-  `frechet_distance`, `fvd_from_features`, `kvd`.
+  `frechet_distance`, `fvd_from_features`, `kvd`; the same in pure JAX for use
+  inside `jit` (a training loop): `fvd_jax`, `kvd_jax`.
 - The protocol: `frame_metrics` (generated frames only), `reduce_over_chunks`,
   `chunked_fvd`, `per_frame_curve`, and the sample files `save_samples_npz` /
   `load_samples_npz` (`real` / `fake` uint8 videos).
@@ -16,6 +17,8 @@ from ._frechet import frechet_distance as frechet_distance
 from ._frechet import fvd_from_features as fvd_from_features
 from ._frechet import gaussian_statistics as gaussian_statistics
 from ._frechet import kvd as kvd
+from ._jax_distances import fvd_jax as fvd_jax
+from ._jax_distances import kvd_jax as kvd_jax
 from ._i3d import I3D as I3D
 from ._i3d import i3d_features as i3d_features
 from ._i3d import preprocess_for_i3d as preprocess_for_i3d

@@ -397,7 +397,8 @@ def i3d_features(
 
     **Raises:**
 
-    - `ValueError` naming `videos` or `batch_size` if they are not as above.
+    - `ValueError` naming `videos` or `batch_size` if they are not as above (values
+      outside [-1, 1], e.g. 0..255 floats, included).
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(
@@ -413,6 +414,10 @@ def i3d_features(
             f"i3d_features: `videos` must be floating point in [-1, 1], got dtype "
             f"{videos.dtype} (convert uint8 with `x / 127.5 - 1`)."
         )
+    if not isinstance(videos, jax.core.Tracer):
+        from ._protocol import check_value_range
+
+        check_value_range(videos, value_range="[-1,1]", name="videos")
     n = videos.shape[0]
     outputs = []
     for start in range(0, n, batch_size):

@@ -174,7 +174,8 @@ class LPIPS(eqx.Module):
         **Raises:**
 
         - `ValueError` naming `x` or `y` if the shapes differ, are not
-            `(batch, height, width, 1 or 3)`, or the images are smaller than 31×31.
+            `(batch, height, width, 1 or 3)`, the images are smaller than 31×31, or
+            (outside `jit`, where values are known) they leave [-1, 1].
         """
         x = _check_images(x, "x")
         y = _check_images(y, "y")
@@ -233,6 +234,10 @@ def _check_images(v: Array, name: str) -> Array:
             f"LPIPS: `{name}` images must be at least {MIN_IMAGE_SIZE}×{MIN_IMAGE_SIZE} "
             f"(so that AlexNet's second max-pool has an output), got {name}.shape={v.shape}."
         )
+    if not isinstance(v, jax.core.Tracer):  # concrete input: check the range (under jit: trusted)
+        from ._protocol import check_value_range
+
+        check_value_range(v, value_range="[-1,1]", name=name)
     if v.shape[-1] == 1:
         v = jnp.repeat(v, 3, axis=-1)
     return v
