@@ -26,9 +26,7 @@ def initialize_distributed(config: DistributedConfig) -> bool:
     address = config.coordinator_address
     if not address:
         return False
-    from jax._src import distributed
-
-    if distributed.global_state.client is not None:  # already joined
+    if jax.distributed.is_initialized():  # already joined
         return True
     if address == "auto":
         jax.distributed.initialize()
