@@ -173,13 +173,6 @@ def test_a_checkpoint_cut_off_while_written_is_never_restored(tmp_path):
     np.testing.assert_array_equal(params["w"], np.ones(4))
 
 
-def test_only_the_last_checkpoints_are_kept(tmp_path):
-    train(tiny_config(tmp_path, steps=5, checkpoint_every=1, keep_checkpoints=2, eval_sequences=0))
-    assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()) == [4, 5]
-    with pytest.raises(ValueError, match="keep_checkpoints"):
-        tiny_config(tmp_path, keep_checkpoints=0)
-
-
 _TRAIN_UNTIL_KILLED = """
 import sys
 sys.path.insert(0, sys.argv[2])
@@ -192,7 +185,8 @@ train(test_train.tiny_config(sys.argv[1], steps=int(sys.argv[3]), checkpoint_eve
 
 def test_a_killed_run_resumes_to_the_parameters_of_a_straight_run(tmp_path):
     """SIGKILL (no handler, no final save) once a checkpoint is committed, then
-    `resume`: the same parameters as N steps without the interruption."""
+    `resume`: the same parameters as N steps without the interruption. Older
+    checkpoints are deleted as new ones commit."""
     import os
     import signal
     import subprocess
@@ -222,6 +216,11 @@ def test_a_killed_run_resumes_to_the_parameters_of_a_straight_run(tmp_path):
     straight = train(tiny_config(tmp_path / "straight", steps=steps, checkpoint_every=3,
                                  eval_sequences=0, log_every=steps))
     assert resumed.step == straight.step == steps
+    # Only the last `keep_checkpoints` (2) stay on disk.
+    for run in ("killed", "straight"):
+        assert sorted(int(p.name) for p in (tmp_path / run / "checkpoints").iterdir()) == [21, 24]
+    with pytest.raises(ValueError, match="keep_checkpoints"):
+        tiny_config(tmp_path, keep_checkpoints=0)
     for x, y in zip(jax.tree.leaves(eqvid_params(resumed.model)),
                     jax.tree.leaves(eqvid_params(straight.model))):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-7)
