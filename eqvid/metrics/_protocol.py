@@ -209,11 +209,10 @@ def _psnr_ssim_batch(real, fake, *, value_range, ssim_form):
     # PSNR on the frames as given, with their range: the same number as on [0, 1], but
     # identical frames give exactly mse = 0 (+inf) instead of the residue XLA leaves
     # when it fuses the scaling into the difference (a fused multiply-add).
-    width = {"uint8": 255.0, "[0,1]": 1.0, "[-1,1]": 2.0}[value_range]
-    lo, hi = {"uint8": (0.0, 255.0), "[0,1]": (0.0, 1.0), "[-1,1]": (-1.0, 1.0)}[value_range]
+    lo, hi = _BOUNDS.get(value_range, (0.0, 255.0))  # uint8: 0..255
     clipped = [jnp.clip(x.astype(jnp.float32), lo, hi) for x in (real, fake)]
     return (
-        psnr(*clipped, data_range=width),
+        psnr(*clipped, data_range=hi - lo),
         ssim(r, f, data_range=1.0, form=ssim_form),
         jnp.clip(2.0 * r - 1.0, -1.0, 1.0),  # LPIPS inputs, exactly within [-1, 1]
         jnp.clip(2.0 * f - 1.0, -1.0, 1.0),
