@@ -41,7 +41,8 @@ class EvalConfig:
     `fake` uint8 videos, e.g. from an earlier evaluation or another code base) to score."""
     protocol: str | None = None
     """Named protocol: context, horizon, number of videos, chunk and metrics (see
-    eqvid.evaluate.PROTOCOLS); default: quick."""
+    eqvid.evaluate.PROTOCOLS); none means quick. Named, it also lends its context to
+    sample files that record none."""
     step: int | None = None
     """Checkpoint step to load (default: the latest)."""
     context: int | None = None
