@@ -218,7 +218,15 @@ def _load_files(config, settings):
             "frames (TECO's do not); pass --context N (or --protocol NAME to take its "
             "context), so that context frames are not scored as generated ones."
         )
-    return load_samples_npz(config.samples, context=settings.context), settings.context
+    ctx = settings.context  # checked here, on the videos already read (no second read)
+    if ctx > samples.real.shape[1] or not np.array_equal(samples.real[:, :ctx],
+                                                         samples.fake[:, :ctx]):
+        raise ValueError(
+            f"the sample files in {config.samples} do not fit protocol {config.protocol!r}'s "
+            f"context of {ctx} frames (videos of {samples.real.shape[1]} frames; the context "
+            "frames of `fake` must be the real ones); pass --context N."
+        )
+    return samples, ctx
 
 
 def _score_files(config, samples, on_batch) -> str:

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from eqvid.metrics._protocol import check_value_range
 from eqvid.metrics._weights import I3D_WEIGHTS, check_tensors
 
 __all__ = [
@@ -415,8 +416,6 @@ def i3d_features(
             f"{videos.dtype} (convert uint8 with `x / 127.5 - 1`)."
         )
     if not isinstance(videos, jax.core.Tracer):
-        from ._protocol import check_value_range
-
         check_value_range(videos, value_range="[-1,1]", name="videos")
     n = videos.shape[0]
     outputs = []

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from eqvid.metrics._protocol import check_value_range
 from eqvid.metrics._weights import LPIPS_WEIGHTS
 
 __all__ = ["LPIPS", "lpips_weight_shapes"]
@@ -235,8 +236,6 @@ def _check_images(v: Array, name: str) -> Array:
             f"(so that AlexNet's second max-pool has an output), got {name}.shape={v.shape}."
         )
     if not isinstance(v, jax.core.Tracer):  # concrete input: check the range (under jit: trusted)
-        from ._protocol import check_value_range
-
         check_value_range(v, value_range="[-1,1]", name=name)
     if v.shape[-1] == 1:
         v = jnp.repeat(v, 3, axis=-1)
