@@ -45,8 +45,9 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def publish(name: str, title: str, body: str, *, custom_name: str = "",
-            out_dir: str = "") -> pathlib.Path:
+def publish(
+    name: str, title: str, body: str, *, custom_name: str = "", out_dir: str = ""
+) -> pathlib.Path:
     """Write a benchmark's result file and print it: `<name>.md` on GPU,
     `<name>_<backend>.md` elsewhere (unless `custom_name`), under `out_dir` or
     benchmarks/results."""
@@ -104,6 +105,6 @@ def measure(fn, args, repeats: int) -> Timing:
         compiled = jax.jit(fn).lower(*args).compile()
         temp = temp_bytes(compiled)
         seconds = time_call(lambda: compiled(*args), repeats=repeats)
-    except Exception as error:  # noqa: BLE001 — a failing implementation is a result
+    except Exception as error:
         return Timing(error=short_reason(error))
     return Timing(seconds=seconds, temp=temp)

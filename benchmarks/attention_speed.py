@@ -32,11 +32,11 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import Timing, markdown_table, measure, publish  # noqa: E402
+from _common import Timing, markdown_table, measure, publish
 
-from eqvid._cli import add_config_arguments, config_from_args  # noqa: E402
-from eqvid.kernels import AttentionMask, attention  # noqa: E402
-from eqvid.kernels.attention import row_ranges  # noqa: E402
+from eqvid._cli import add_config_arguments, config_from_args
+from eqvid.kernels import AttentionMask, attention
+from eqvid.kernels.attention import row_ranges
 
 MASKS = ("bidirectional", "causal", "frame-causal")
 IMPLS = ("pallas", "cudnn", "xla")
@@ -99,14 +99,17 @@ def competitor(impl: str, mask_name: str, mask: AttentionMask):
     """`fn(q, k, v, dense)`: the attention output of `impl` (`dense`: the boolean mask
     for the references, `None` where they need none)."""
     if impl == "pallas":
+
         def fn(q, k, v, dense):
             return attention(q, k, v, mask=mask, impl="pallas")
     else:
         causal = mask_name == "causal"
 
         def fn(q, k, v, dense):
-            return jax.nn.dot_product_attention(q, k, v, mask=dense, is_causal=causal,
-                                                implementation=impl)
+            return jax.nn.dot_product_attention(
+                q, k, v, mask=dense, is_causal=causal, implementation=impl
+            )
+
     return fn
 
 
@@ -142,13 +145,19 @@ def target_line(label: str, cases: list[tuple[str, float]], goal: float, above: 
     worst, best = ordered[0], ordered[-1]
     misses = sum(1 for _, v in cases if (v < goal if above else v > goal))
     result = "pass" if misses == 0 else f"miss ({misses} of {len(cases)})"
-    return [label, str(len(cases)), f"{worst[1]:.2f}× ({worst[0]})", f"{best[1]:.2f}× ({best[0]})",
-            result]
+    return [
+        label,
+        str(len(cases)),
+        f"{worst[1]:.2f}× ({worst[0]})",
+        f"{best[1]:.2f}× ({best[0]})",
+        result,
+    ]
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_config_arguments(parser, "bench", AttentionBenchConfig)
@@ -157,7 +166,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     lengths = config.lengths or (GPU_LENGTHS if gpu else CPU_LENGTHS)
     head_dims = config.head_dims or (GPU_HEAD_DIMS if gpu else CPU_HEAD_DIMS)
     tokens_per_frame = config.tokens_per_frame or (
-        GPU_TOKENS_PER_FRAME if gpu else CPU_TOKENS_PER_FRAME)
+        GPU_TOKENS_PER_FRAME if gpu else CPU_TOKENS_PER_FRAME
+    )
     tokens = config.tokens or (GPU_TOKENS if gpu else CPU_TOKENS)
     impls = config.impls or (IMPLS if gpu else ("xla",))
     dtype = jnp.dtype(config.dtype)
@@ -167,9 +177,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for impl in impls:
         if impl not in IMPLS:
             parser.error(f"unknown implementation {impl!r}; choose from {', '.join(IMPLS)}")
-    for label, values in (("lengths", lengths), ("head-dims", head_dims),
-                          ("tokens-per-frame", (tokens_per_frame,)), ("tokens", (tokens,)),
-                          ("repeats", (config.repeats,))):
+    for label, values in (
+        ("lengths", lengths),
+        ("head-dims", head_dims),
+        ("tokens-per-frame", (tokens_per_frame,)),
+        ("tokens", (tokens,)),
+        ("repeats", (config.repeats,)),
+    ):
         if min(values) < 1:
             parser.error(f"--{label} must be ≥ 1, got {' '.join(map(str, values))}")
     if config.batch < 0 or config.heads < 0:
@@ -207,45 +221,93 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     args = (q, k, v, None if impl == "pallas" else dense)
                     where = f"{mask_name} L={length} d={d} {impl}"
                     fwd = measure(fn, args, config.repeats)
-                    print(f"{where}: forward "
-                          + (f"{fwd.seconds * 1e3:.3f} ms, {flops / fwd.seconds / 1e12:.3g} TFLOP/s, "
-                             f"temp {fmt_mib(fwd)} MiB" if fwd.ok else fwd.error), flush=True)
+                    print(
+                        f"{where}: forward "
+                        + (
+                            f"{fwd.seconds * 1e3:.3f} ms, {flops / fwd.seconds / 1e12:.3g} TFLOP/s, "
+                            f"temp {fmt_mib(fwd)} MiB"
+                            if fwd.ok
+                            else fwd.error
+                        ),
+                        flush=True,
+                    )
                     bwd = None
                     if config.backward:
                         if fwd.ok:
+
                             def loss(q, k, v, dense, ct, fn=fn):
                                 return jnp.sum(fn(q, k, v, dense).astype(jnp.float32) * ct)
 
-                            bwd = measure(jax.grad(loss, argnums=(0, 1, 2)), args + (cotangent,),
-                                          config.repeats)
+                            bwd = measure(
+                                jax.grad(loss, argnums=(0, 1, 2)),
+                                args + (cotangent,),
+                                config.repeats,
+                            )
                         else:  # it would fail the same way; skip the compile
                             bwd = Timing(error=fwd.error)
-                        print(f"{where}: fwd+bwd "
-                              + (f"{bwd.seconds * 1e3:.3f} ms, "
-                                 f"{3.5 * flops / bwd.seconds / 1e12:.3g} TFLOP/s, "
-                                 f"temp {fmt_mib(bwd)} MiB" if bwd.ok else bwd.error), flush=True)
+                        print(
+                            f"{where}: fwd+bwd "
+                            + (
+                                f"{bwd.seconds * 1e3:.3f} ms, "
+                                f"{3.5 * flops / bwd.seconds / 1e12:.3g} TFLOP/s, "
+                                f"temp {fmt_mib(bwd)} MiB"
+                                if bwd.ok
+                                else bwd.error
+                            ),
+                            flush=True,
+                        )
                     results[key][impl] = (fwd, bwd)
-                    records.append(dict(
-                        mask=mask_name, length=length, head_dim=d, impl=impl, batch=batch,
-                        heads=heads, forward_s=fwd.seconds, fwd_bwd_s=bwd.seconds if bwd else None,
-                        forward_temp_bytes=fwd.temp, error=fwd.error or (bwd.error if bwd else "")))
+                    records.append(
+                        dict(
+                            mask=mask_name,
+                            length=length,
+                            head_dim=d,
+                            impl=impl,
+                            batch=batch,
+                            heads=heads,
+                            forward_s=fwd.seconds,
+                            fwd_bwd_s=bwd.seconds if bwd else None,
+                            forward_temp_bytes=fwd.temp,
+                            error=fwd.error or (bwd.error if bwd else ""),
+                        )
+                    )
                 for impl in impls:
                     fwd, bwd = results[key][impl]
                     mine = impl == "pallas"
                     others = {o: results[key].get(o, (None, None)) for o in ("cudnn", "xla")}
-                    row = [mask_name, str(length), str(d), f"{batch}×{heads}", f"{100 * visited:.1f}%",
-                           impl, fmt_time(fwd), fmt_tflops(fwd, flops)]
+                    row = [
+                        mask_name,
+                        str(length),
+                        str(d),
+                        f"{batch}×{heads}",
+                        f"{100 * visited:.1f}%",
+                        impl,
+                        fmt_time(fwd),
+                        fmt_tflops(fwd, flops),
+                    ]
                     row += [fmt_ratio(ratio(others[o][0], fwd)) if mine else "–" for o in others]
                     if config.backward:
                         row += [fmt_time(bwd), fmt_tflops(bwd, 3.5 * flops)]
-                        row += [fmt_ratio(ratio(others[o][1], bwd)) if mine else "–" for o in others]
+                        row += [
+                            fmt_ratio(ratio(others[o][1], bwd)) if mine else "–" for o in others
+                        ]
                     row.append(fmt_mib(fwd))
                     if config.backward:
                         row.append(fmt_mib(bwd))
                     rows.append(row)
 
-    header = ["mask", "L", "d", "B×H", "visited", "impl", "fwd ms", "fwd TFLOP/s",
-              "fwd vs cudnn", "fwd vs xla"]
+    header = [
+        "mask",
+        "L",
+        "d",
+        "B×H",
+        "visited",
+        "impl",
+        "fwd ms",
+        "fwd TFLOP/s",
+        "fwd vs cudnn",
+        "fwd vs xla",
+    ]
     if config.backward:
         header += ["fwd+bwd ms", "fwd+bwd TFLOP/s", "fwd+bwd vs cudnn", "fwd+bwd vs xla"]
     header.append("fwd temp MiB")
@@ -257,7 +319,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     def speed_cases(masks, other, phase, min_length=0):
         cases = []
         for (mask_name, length, d), by_impl in results.items():
-            if mask_name in masks and length >= min_length and "pallas" in by_impl and other in by_impl:
+            if (
+                mask_name in masks
+                and length >= min_length
+                and "pallas" in by_impl
+                and other in by_impl
+            ):
                 r = ratio(by_impl[other][phase], by_impl["pallas"][phase])
                 if r is not None:
                     cases.append((f"{mask_name} L={length} d={d}", r))
@@ -265,17 +332,31 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     phases = [(0, "forward")] + ([(1, "fwd+bwd")] if config.backward else [])
     targets = [
-        target_line("causal forward ≥ 0.6× cuDNN's speed",
-                    speed_cases(("causal",), "cudnn", 0), 0.6),
-        target_line("bidirectional forward ≥ 0.6× cuDNN's speed",
-                    speed_cases(("bidirectional",), "cudnn", 0), 0.6),
+        target_line(
+            "causal forward ≥ 0.6× cuDNN's speed", speed_cases(("causal",), "cudnn", 0), 0.6
+        ),
+        target_line(
+            "bidirectional forward ≥ 0.6× cuDNN's speed",
+            speed_cases(("bidirectional",), "cudnn", 0),
+            0.6,
+        ),
     ]
     for phase, label in phases:
-        targets.append(target_line(f"frame-causal {label} ≥ 1.5× cuDNN with the dense mask",
-                                   speed_cases(("frame-causal",), "cudnn", phase), 1.5))
+        targets.append(
+            target_line(
+                f"frame-causal {label} ≥ 1.5× cuDNN with the dense mask",
+                speed_cases(("frame-causal",), "cudnn", phase),
+                1.5,
+            )
+        )
     for phase, label in phases:
-        targets.append(target_line(f"{label} ≥ 3× XLA at L ≥ 4096 (every mask)",
-                                   speed_cases(MASKS, "xla", phase, 4096), 3.0))
+        targets.append(
+            target_line(
+                f"{label} ≥ 3× XLA at L ≥ 4096 (every mask)",
+                speed_cases(MASKS, "xla", phase, 4096),
+                3.0,
+            )
+        )
     # Memory linear in L: batch × L is (about) the same at every length, so linear
     # memory means temporary bytes per token stay flat while a dense L × L score
     # matrix grows them ×L. Growth below q's own bytes per token counts as flat.
@@ -287,23 +368,36 @@ def main(argv: list[str] | None = None) -> list[dict]:
             for length in sorted(lengths):
                 key = (mask_name, length, d)
                 timing = results.get(key, {}).get("pallas", (None, None))[mem_phase]
-                if timing is not None and timing.ok and timing.temp is not None and timing.temp >= 0:
+                if (
+                    timing is not None
+                    and timing.ok
+                    and timing.temp is not None
+                    and timing.temp >= 0
+                ):
                     batch, heads, _ = sizes[key]
                     floor = heads * d * dtype.itemsize
                     per_token.append((length, max(timing.temp / (batch * length), floor)))
             if len(per_token) >= 2:
                 (l0, t0), (l1, t1) = per_token[0], per_token[-1]
-                growth.append((f"{mask_name} d={d}, L {l0}→{l1}: dense would be ×{l1 / l0:.0f}",
-                               t1 / t0))
-    targets.append(target_line(f"{mem_label} temp memory linear in L (per-token growth ≤ 1.5×)",
-                               growth, 1.5, above=False))
+                growth.append(
+                    (f"{mask_name} d={d}, L {l0}→{l1}: dense would be ×{l1 / l0:.0f}", t1 / t0)
+                )
+    targets.append(
+        target_line(
+            f"{mem_label} temp memory linear in L (per-token growth ≤ 1.5×)",
+            growth,
+            1.5,
+            above=False,
+        )
+    )
     target_table = markdown_table(["target", "cases", "worst", "best", "result"], targets)
 
     references = (
         "cuDNN and XLA are `jax.nn.dot_product_attention(implementation=...)`: no mask for "
         "bidirectional, `is_causal=True` for causal, the dense boolean mask `(1, 1, L, L)` "
         f"for frame-causal ({tokens_per_frame} tokens per frame; cuDNN has no native form "
-        "of it). The kernel is `attention(..., mask=AttentionMask, impl=\"pallas\")`.")
+        'of it). The kernel is `attention(..., mask=AttentionMask, impl="pallas")`.'
+    )
     body = (
         f"{dtype.name} q, k, v of shape (B, L, H, d); median of {config.repeats} calls after "
         "compilation. `visited`: the share of (query, key) pairs the mask allows. TFLOP/s "
@@ -317,11 +411,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
         f"where both implementations ran.\n\n{target_table}\n"
     )
     if not gpu:
-        body += ("\nThe Pallas kernel and cuDNN are GPU-only (on CPU the kernel runs in "
-                 "interpret mode, for testing, and cuDNN fails): these numbers are a smoke "
-                 "run; run this script on a GPU for the comparison.\n")
-    publish("attention_speed", "attention speed", body, custom_name=config.name,
-            out_dir=config.out_dir)
+        body += (
+            "\nThe Pallas kernel and cuDNN are GPU-only (on CPU the kernel runs in "
+            "interpret mode, for testing, and cuDNN fails): these numbers are a smoke "
+            "run; run this script on a GPU for the comparison.\n"
+        )
+    publish(
+        "attention_speed", "attention speed", body, custom_name=config.name, out_dir=config.out_dir
+    )
     return records
 
 

@@ -28,10 +28,10 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import markdown_table, publish  # noqa: E402
+from _common import markdown_table, publish
 
-from eqvid._cli import add_config_arguments, config_from_args  # noqa: E402
-from eqvid.data import (  # noqa: E402
+from eqvid._cli import add_config_arguments, config_from_args
+from eqvid.data import (
     ArrayRecordConfig,
     FrameFolderConfig,
     TecoConfig,
@@ -79,8 +79,12 @@ def synthetic_video(rng: np.random.Generator, frames: int, size: int) -> np.ndar
     """Smooth random colour texture drifting one pixel per frame, plus mild noise."""
     cells = max(size // 8, 2)
     coarse = rng.integers(0, 256, (cells, cells + frames // 8 + 2, 3)).astype(np.float32)
-    big = np.asarray(Image.fromarray(coarse.astype(np.uint8)).resize(
-        (coarse.shape[1] * size // cells, size), Image.Resampling.BILINEAR), np.float32)
+    big = np.asarray(
+        Image.fromarray(coarse.astype(np.uint8)).resize(
+            (coarse.shape[1] * size // cells, size), Image.Resampling.BILINEAR
+        ),
+        np.float32,
+    )
     video = np.stack([big[:, t : t + size] for t in range(frames)])
     video += rng.normal(0, 4, video.shape)
     return np.clip(video, 0, 255).astype(np.uint8)
@@ -102,7 +106,9 @@ def write_video_file(path: str, video: np.ndarray, codec: str) -> None:
             container.mux(packet)
 
 
-def write_datasets(folder: str, formats: tuple[str, ...], videos: int, frames: int, size: int) -> dict[str, object]:
+def write_datasets(
+    folder: str, formats: tuple[str, ...], videos: int, frames: int, size: int
+) -> dict[str, object]:
     """Every requested format's config, over the same synthetic videos."""
     rng = np.random.default_rng(size)
     configs: dict[str, object] = {}
@@ -120,7 +126,9 @@ def write_datasets(folder: str, formats: tuple[str, ...], videos: int, frames: i
             write_video_file(os.path.join(folder, "mp4", "train", f"{v:04d}.mp4"), video, "libx264")
             np.savez(os.path.join(folder, "mp4", "train", f"{v:04d}.npz"), actions=actions)
         if "webm" in formats:
-            write_video_file(os.path.join(folder, "webm", "train", f"{v:04d}.webm"), video, "libvpx-vp9")
+            write_video_file(
+                os.path.join(folder, "webm", "train", f"{v:04d}.webm"), video, "libvpx-vp9"
+            )
         if "png" in formats:
             for t, frame in enumerate(video):
                 name = f"png/vid{v:04d}_{t + 1}.png"
@@ -141,8 +149,12 @@ def write_datasets(folder: str, formats: tuple[str, ...], videos: int, frames: i
             configs[name] = VideoFolderConfig(root=os.path.join(folder, "webm"), **common)
         elif name == "array_record":
             out = os.path.join(folder, "array_record")
-            pack_array_record(TecoVideos(npz_root, "train"), os.path.join(out, "train"), progress=False,
-                              overwrite=True)
+            pack_array_record(
+                TecoVideos(npz_root, "train"),
+                os.path.join(out, "train"),
+                progress=False,
+                overwrite=True,
+            )
             configs[name] = ArrayRecordConfig(root=out, **common)
     return configs
 
@@ -154,7 +166,9 @@ def disk_mib(config) -> float:
     return total / 2**20
 
 
-def time_pipeline(config, *, batch: int, workers: int, seconds: float, min_batches: int) -> tuple[float, int]:
+def time_pipeline(
+    config, *, batch: int, workers: int, seconds: float, min_batches: int
+) -> tuple[float, int]:
     """(seconds, batches) of reading batches for about `seconds`, after warm-up
     (worker start-up and the first batches are not timed)."""
     it = iter(make_dataset(config, batch_size=batch, seed=0, num_workers=workers))
@@ -171,7 +185,8 @@ def time_pipeline(config, *, batch: int, workers: int, seconds: float, min_batch
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_config_arguments(parser, "bench", DataBenchConfig)
@@ -180,8 +195,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if name not in FORMATS:
             parser.error(f"unknown format {name!r}; choose from {', '.join(FORMATS)}")
     if config.quick:
-        config = dataclasses.replace(config, sizes=(16,), workers=(0,), videos=4, frames=8, seq_len=4,
-                                     batch=2, seconds=0.0)
+        config = dataclasses.replace(
+            config, sizes=(16,), workers=(0,), videos=4, frames=8, seq_len=4, batch=2, seconds=0.0
+        )
     records, rows = [], []
     load = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
@@ -196,22 +212,50 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 for workers in config.workers:
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore", DeprecationWarning)
-                        seconds, batches = time_pipeline(dataset, batch=config.batch, workers=workers,
-                                                         seconds=config.seconds, min_batches=3)
+                        seconds, batches = time_pipeline(
+                            dataset,
+                            batch=config.batch,
+                            workers=workers,
+                            seconds=config.seconds,
+                            min_batches=3,
+                        )
                     fps = batches * config.batch * config.seq_len / seconds
-                    record = dict(format=name, size=size, workers=workers, batches=batches, seconds=seconds,
-                                  frames_per_s=fps, batches_per_s=batches / seconds, disk_mib=disk_mib(dataset))
+                    record = dict(
+                        format=name,
+                        size=size,
+                        workers=workers,
+                        batches=batches,
+                        seconds=seconds,
+                        frames_per_s=fps,
+                        batches_per_s=batches / seconds,
+                        disk_mib=disk_mib(dataset),
+                    )
                     records.append(record)
-                    rows.append([name, f"{size}×{size}", str(workers), f"{fps:,.0f}", f"{batches / seconds:.1f}",
-                                 f"{1e3 * seconds / batches:.1f}", f"{record['disk_mib']:.1f}"])
-                    print(f"{name:>12} {size:>4}px workers={workers}: {fps:>9,.0f} frames/s "
-                          f"{batches / seconds:7.1f} batches/s", flush=True)
-    table = markdown_table(["format", "frames", "workers", "frames/s", "batches/s", "ms/batch", "disk MiB"], rows)
+                    rows.append(
+                        [
+                            name,
+                            f"{size}×{size}",
+                            str(workers),
+                            f"{fps:,.0f}",
+                            f"{batches / seconds:.1f}",
+                            f"{1e3 * seconds / batches:.1f}",
+                            f"{record['disk_mib']:.1f}",
+                        ]
+                    )
+                    print(
+                        f"{name:>12} {size:>4}px workers={workers}: {fps:>9,.0f} frames/s "
+                        f"{batches / seconds:7.1f} batches/s",
+                        flush=True,
+                    )
+    table = markdown_table(
+        ["format", "frames", "workers", "frames/s", "batches/s", "ms/batch", "disk MiB"], rows
+    )
     target_rows = [r for r in records if r["size"] == 64 and r["format"] in ("npz", "array_record")]
     targets = "\n".join(
         f"- {r['format']}, {r['workers']} worker(s): {r['frames_per_s']:,.0f} frames/s — "
         f"{'meets' if r['frames_per_s'] >= TARGET_FPS else 'MISSES'} the target"
-        for r in target_rows)
+        for r in target_rows
+    )
     body = (
         f"`make_dataset(config, batch_size={config.batch}, num_workers=w)` on {config.videos} videos of "
         f"{config.frames} frames per format, random windows of seq_len={config.seq_len} (stride 1), "
@@ -227,7 +271,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         f"{table}\n\n## Targets\n\nReading + decoding + batching ≥ {TARGET_FPS:,} frames/s at 64×64 from "
         f"npz / ArrayRecord:\n\n{targets or '- (not measured in this run)'}\n"
     )
-    publish("data_speed", "data pipeline speed", body, custom_name=config.name, out_dir=config.out_dir)
+    publish(
+        "data_speed", "data pipeline speed", body, custom_name=config.name, out_dir=config.out_dir
+    )
     return records
 
 

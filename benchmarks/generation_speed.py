@@ -31,10 +31,10 @@ import equinox as eqx
 import jax
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import Timing, markdown_table, measure, publish  # noqa: E402
-from _models import MODEL_PRESETS, build  # noqa: E402
+from _common import Timing, markdown_table, measure, publish
+from _models import MODEL_PRESETS, build
 
-from eqvid._cli import add_config_arguments, config_from_args  # noqa: E402
+from eqvid._cli import add_config_arguments, config_from_args
 
 MODES = ("convs5", "convlstm", "transformer-cache", "transformer-nocache")
 CONTEXT = {"cpu": 8, "paper": 100}
@@ -85,7 +85,8 @@ def rollout_timing(mode, preset, context_len, horizon, batch, repeats) -> Timing
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_config_arguments(parser, "bench", GenerationBenchConfig)
@@ -106,12 +107,27 @@ def main(argv: list[str] | None = None) -> list[dict]:
             t = rollout_timing(mode, model_preset, context_len, horizon, batch, config.repeats)
             timings[mode, horizon] = t
             fps = batch * horizon / t.seconds if t.ok else None
-            records.append(dict(mode=mode, context=context_len, horizon=horizon, batch=batch,
-                                seconds=t.seconds, frames_per_s=fps, temp_bytes=t.temp,
-                                error=t.error))
-            print(f"{mode} {context_len}→{horizon}: " + (
-                f"{t.seconds:.3f} s, {fps:.1f} frames/s, temp {t.temp / 2**20:.1f} MiB"
-                if t.ok else t.error), flush=True)
+            records.append(
+                dict(
+                    mode=mode,
+                    context=context_len,
+                    horizon=horizon,
+                    batch=batch,
+                    seconds=t.seconds,
+                    frames_per_s=fps,
+                    temp_bytes=t.temp,
+                    error=t.error,
+                )
+            )
+            print(
+                f"{mode} {context_len}→{horizon}: "
+                + (
+                    f"{t.seconds:.3f} s, {fps:.1f} frames/s, temp {t.temp / 2**20:.1f} MiB"
+                    if t.ok
+                    else t.error
+                ),
+                flush=True,
+            )
 
     others = [m for m in MODES if m != "convs5" and m in config.modes]
     rows = []
@@ -121,9 +137,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
             row = [f"{context_len}→{horizon}", mode]
             if t.ok:
                 known = t.temp is not None and t.temp >= 0
-                row += [f"{t.seconds:.3f}", f"{batch * horizon / t.seconds:.1f}",
-                        f"{t.temp / 2**20:.1f}" if known else "–",
-                        f"{t.temp / (batch * horizon) / 2**10:.0f}" if known else "–"]
+                row += [
+                    f"{t.seconds:.3f}",
+                    f"{batch * horizon / t.seconds:.1f}",
+                    f"{t.temp / 2**20:.1f}" if known else "–",
+                    f"{t.temp / (batch * horizon) / 2**10:.0f}" if known else "–",
+                ]
             else:
                 row += [t.error, "–", "–", "–"]
             for other in others:
@@ -133,7 +152,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
             rows.append(row)
     table = markdown_table(
         ["context→generated", "mode", "seconds", "frames/s", "temp MiB", "temp KiB / frame"]
-        + [f"ConvS5 vs {o}" for o in others], rows)
+        + [f"ConvS5 vs {o}" for o in others],
+        rows,
+    )
     body = (
         f"Model preset `{model_preset}`, batch {batch}, float32; median of {config.repeats} "
         "jitted rollouts after compilation. frames/s counts generated frames (batch × "
@@ -142,8 +163,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "X`: X's time over ConvS5's (> 1: ConvS5 is faster).\n\n"
         f"{table}\n"
     )
-    publish("generation_speed", "generation speed", body, custom_name=config.name,
-            out_dir=config.out_dir)
+    publish(
+        "generation_speed",
+        "generation speed",
+        body,
+        custom_name=config.name,
+        out_dir=config.out_dir,
+    )
     return records
 
 

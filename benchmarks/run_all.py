@@ -32,21 +32,30 @@ from typing import Literal
 import jax
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import attention_speed  # noqa: E402
-import data_speed  # noqa: E402
-import generation_speed  # noqa: E402
-import scan_speed  # noqa: E402
-import train_throughput  # noqa: E402
-from _common import RESULTS, environment  # noqa: E402
+import attention_speed
+import data_speed
+import generation_speed
+import scan_speed
+import train_throughput
+from _common import RESULTS, environment
 
-from eqvid._cli import add_config_arguments, config_from_args  # noqa: E402
+from eqvid._cli import add_config_arguments, config_from_args
 
 BENCHMARKS = ("scan", "attention", "train", "generation", "data")
-SCRIPTS = {"scan": scan_speed, "attention": attention_speed, "train": train_throughput,
-           "generation": generation_speed, "data": data_speed}
-TITLES = {"scan": "linear_scan speed", "attention": "attention speed",
-          "train": "training throughput", "generation": "generation speed",
-          "data": "input pipeline speed"}
+SCRIPTS = {
+    "scan": scan_speed,
+    "attention": attention_speed,
+    "train": train_throughput,
+    "generation": generation_speed,
+    "data": data_speed,
+}
+TITLES = {
+    "scan": "linear_scan speed",
+    "attention": "attention speed",
+    "train": "training throughput",
+    "generation": "generation speed",
+    "data": "input pipeline speed",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,12 +79,35 @@ def benchmark_args(bench: str, preset: str, smoke: bool) -> list[str]:
     if smoke:
         return {
             "scan": ["--sizes", "cpu-small", "--impls", "sequential", "--repeats", "1"],
-            "attention": ["--lengths", "64", "128", "--head-dims", "16", "--heads", "2",
-                          "--batch", "1", "--tokens-per-frame", "16", "--impls", "xla",
-                          "--repeats", "1"],
+            "attention": [
+                "--lengths",
+                "64",
+                "128",
+                "--head-dims",
+                "16",
+                "--heads",
+                "2",
+                "--batch",
+                "1",
+                "--tokens-per-frame",
+                "16",
+                "--impls",
+                "xla",
+                "--repeats",
+                "1",
+            ],
             "train": ["--lengths", "4", "6", "--batch", "1", "--repeats", "1"],
-            "generation": ["--context", "2", "--horizons", "2", "4", "--batch", "1",
-                           "--repeats", "1"],
+            "generation": [
+                "--context",
+                "2",
+                "--horizons",
+                "2",
+                "4",
+                "--batch",
+                "1",
+                "--repeats",
+                "1",
+            ],
             "data": ["--quick"],
         }[bench]
     if bench in ("train", "generation"):
@@ -161,14 +193,20 @@ def plot(bench: str, records: list[dict], path: pathlib.Path) -> bool:
 def _table_of(markdown: str) -> str:
     """The body of a benchmark's result file, without its title and environment lines."""
     lines = markdown.splitlines()
-    body = [line for line in lines[1:] if not line.startswith("- device:")
-            and not line.startswith("- jax ") and not line.startswith("- command:")]
+    body = [
+        line
+        for line in lines[1:]
+        if not line.startswith("- device:")
+        and not line.startswith("- jax ")
+        and not line.startswith("- command:")
+    ]
     return "\n".join(body).strip()
 
 
 def main(argv: list[str] | None = None) -> pathlib.Path:
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_config_arguments(parser, "suite", RunAllConfig)
@@ -191,13 +229,20 @@ def main(argv: list[str] | None = None) -> pathlib.Path:
         name = pathlib.Path(script.__file__).stem + suffix
         shown_out = os.path.relpath(out) if out.is_absolute() else str(out)
         args = benchmark_args(bench, config.preset, config.smoke) + [
-            "--out-dir", shown_out, "--name", name]
+            "--out-dir",
+            shown_out,
+            "--name",
+            name,
+        ]
         command = f"python benchmarks/{pathlib.Path(script.__file__).name} {shlex.join(args)}"
         print(f"\n=== {command}", flush=True)
         start = time.perf_counter()
         with open(out / "logs" / f"{name}.log", "w") as log:
             log.write(f"$ {command}\n{environment()}\n")
-            argv_before, sys.argv = sys.argv, [f"benchmarks/{pathlib.Path(script.__file__).name}"] + args
+            argv_before, sys.argv = (
+                sys.argv,
+                [f"benchmarks/{pathlib.Path(script.__file__).name}"] + args,
+            )
             try:  # so each result file records its own command
                 with contextlib.redirect_stdout(_Tee(sys.stdout, log)):
                     records = script.main(args)
@@ -208,15 +253,27 @@ def main(argv: list[str] | None = None) -> pathlib.Path:
         figure = out / f"{name}.png"
         has_plot = plot(bench, records, figure)
         table = _table_of((out / f"{name}.md").read_text())
-        section = (f"## {TITLES[bench]}\n\n`{command}` ({elapsed:.0f} s; "
-                   f"[{name}.md]({name}.md), [log](logs/{name}.log))\n\n")
+        section = (
+            f"## {TITLES[bench]}\n\n`{command}` ({elapsed:.0f} s; "
+            f"[{name}.md]({name}.md), [log](logs/{name}.log))\n\n"
+        )
         if has_plot:
             section += f"![{TITLES[bench]}]({figure.name})\n\n"
         sections.append(section + table + "\n")
 
-    (out / "run_all.json").write_text(json.dumps(
-        dict(device=jax.devices()[0].device_kind, backend=jax.default_backend(),
-             jax=jax.__version__, preset=config.preset, benchmarks=raw), indent=1, default=str))
+    (out / "run_all.json").write_text(
+        json.dumps(
+            dict(
+                device=jax.devices()[0].device_kind,
+                backend=jax.default_backend(),
+                jax=jax.__version__,
+                preset=config.preset,
+                benchmarks=raw,
+            ),
+            indent=1,
+            default=str,
+        )
+    )
     readme = out / "README.md"
     readme.write_text(
         "# eqvid benchmark results\n\n"
@@ -224,7 +281,8 @@ def main(argv: list[str] | None = None) -> pathlib.Path:
         f"{environment()}\n"
         "Every number comes from the run recorded here; ratios compare implementations "
         "measured side by side in the same run. Each section gives the exact command, "
-        "its own result file and the full log.\n\n" + "\n".join(sections))
+        "its own result file and the full log.\n\n" + "\n".join(sections)
+    )
     print(f"\nwrote {readme}")
     return readme
 

@@ -24,10 +24,10 @@ import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import markdown_table, time_call, publish  # noqa: E402
+from _common import markdown_table, publish, time_call
 
-from eqvid._cli import add_config_arguments, config_from_args  # noqa: E402
-from eqvid.kernels import linear_scan, linear_scan_split  # noqa: E402
+from eqvid._cli import add_config_arguments, config_from_args
+from eqvid.kernels import linear_scan, linear_scan_split
 
 # name: (T, batch, height=width, P) — the layers of the papers' models.
 SIZES = {
@@ -75,7 +75,8 @@ def temp_bytes(fn, *args) -> int:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_config_arguments(parser, "bench", ScanBenchConfig)
@@ -83,7 +84,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     gpu = jax.default_backend() == "gpu"
     sizes = config.sizes or (GPU_SIZES if gpu else CPU_SIZES)
     impls = config.impls or (
-        ("pallas-split", "pallas", "xla", "sequential") if gpu else ("xla", "sequential"))
+        ("pallas-split", "pallas", "xla", "sequential") if gpu else ("xla", "sequential")
+    )
     for name in sizes:
         if name not in SIZES:
             parser.error(f"unknown size {name!r}; choose from {sorted(SIZES)}")
@@ -93,22 +95,28 @@ def main(argv: list[str] | None = None) -> list[dict]:
         T, batch, hw, P = SIZES[name]
         shape = (T, batch, hw, hw, P)
         k1, k2, k3 = jax.random.split(jax.random.key(T * P + batch), 3)
-        a = (jax.random.uniform(k1, (P,), minval=0.9, maxval=0.999)
-             * jnp.exp(1j * jax.random.uniform(k2, (P,), maxval=3.0))).astype(jnp.complex64)
+        a = (
+            jax.random.uniform(k1, (P,), minval=0.9, maxval=0.999)
+            * jnp.exp(1j * jax.random.uniform(k2, (P,), maxval=3.0))
+        ).astype(jnp.complex64)
         b = jax.lax.complex(*jax.random.normal(k3, (2,) + shape))
         min_bytes = 2 * b.nbytes  # read b, write x
         bandwidth = copy_bandwidth(b.nbytes, config.repeats)
-        notes.append(f"{name}: copy bandwidth {bandwidth / 1e9:.0f} GB/s on {b.nbytes / 2**20:.0f} MiB")
+        notes.append(
+            f"{name}: copy bandwidth {bandwidth / 1e9:.0f} GB/s on {b.nbytes / 2**20:.0f} MiB"
+        )
         timings = {}
         b_split = jnp.concatenate([b.real, b.imag], axis=-1)
         for impl in impls:
             if impl == "pallas-split":
+
                 def fwd(a, b, impl=impl):
                     return linear_scan_split(a, b, impl="pallas")
 
                 def loss(a, b, impl=impl):
                     return jnp.sum(linear_scan_split(a, b, impl="pallas"))
             else:
+
                 def fwd(a, b, impl=impl):
                     return linear_scan(a, b, impl=impl)
 
@@ -119,39 +127,66 @@ def main(argv: list[str] | None = None) -> list[dict]:
             grad = jax.grad(loss, argnums=(0, 1))
             fwd_j, grad_j = jax.jit(fwd), jax.jit(grad)
             timings[impl] = (
-                time_call(lambda: fwd_j(a, operand), repeats=config.repeats),
-                time_call(lambda: grad_j(a, operand), repeats=config.repeats),
+                time_call(lambda f=fwd_j, x=a, y=operand: f(x, y), repeats=config.repeats),
+                time_call(lambda f=grad_j, x=a, y=operand: f(x, y), repeats=config.repeats),
                 temp_bytes(fwd, a, operand),
             )
-            print(f"{name} {impl}: forward {timings[impl][0] * 1e3:.3f} ms, "
-                  f"fwd+bwd {timings[impl][1] * 1e3:.3f} ms", flush=True)
+            print(
+                f"{name} {impl}: forward {timings[impl][0] * 1e3:.3f} ms, "
+                f"fwd+bwd {timings[impl][1] * 1e3:.3f} ms",
+                flush=True,
+            )
         for impl in impls:
             f, g, temp = timings[impl]
             gbs = min_bytes / f
-            row = [name, f"{T}×{batch}×{hw}²×{P}", impl, f"{f * 1e3:.3f}", f"{gbs / 1e9:.0f}",
-                   f"{100 * gbs / bandwidth:.0f}%", f"{g * 1e3:.3f}"]
+            row = [
+                name,
+                f"{T}×{batch}×{hw}²×{P}",
+                impl,
+                f"{f * 1e3:.3f}",
+                f"{gbs / 1e9:.0f}",
+                f"{100 * gbs / bandwidth:.0f}%",
+                f"{g * 1e3:.3f}",
+            ]
             for ref in ("xla", "sequential"):
                 row.append(f"{timings[ref][1] / g:.2f}×" if ref in timings else "–")
             row.append(f"{temp / b.nbytes:.2f}")
             rows.append(row)
-            records.append(dict(size=name, length=T, impl=impl, forward_s=f, fwd_bwd_s=g,
-                                temp_bytes=temp))
+            records.append(
+                dict(size=name, length=T, impl=impl, forward_s=f, fwd_bwd_s=g, temp_bytes=temp)
+            )
 
     table = markdown_table(
-        ["size", "T×B×HW×P", "impl", "fwd ms", "fwd GB/s", "of copy BW", "fwd+bwd ms",
-         "fwd+bwd speed-up vs xla", "vs sequential", "fwd temp / output"], rows)
+        [
+            "size",
+            "T×B×HW×P",
+            "impl",
+            "fwd ms",
+            "fwd GB/s",
+            "of copy BW",
+            "fwd+bwd ms",
+            "fwd+bwd speed-up vs xla",
+            "vs sequential",
+            "fwd temp / output",
+        ],
+        rows,
+    )
     body = (
         "Complex64 scan, time-invariant Λ̄ (the ConvS5 case); median of "
         f"{config.repeats} calls after compilation. GB/s counts the minimum bytes "
         "(read b, write x). `fwd temp / output` is the compiled forward program's "
         "temporary memory relative to the output's size (0: no intermediates).\n\n"
-        + "\n".join(f"- {n}" for n in notes) + f"\n\n{table}\n"
+        + "\n".join(f"- {n}" for n in notes)
+        + f"\n\n{table}\n"
     )
     if not gpu:
-        body += ("\nThe Pallas kernel is GPU-only (on CPU it runs in interpret mode, "
-                 "for testing); run this script on a GPU for its numbers.\n")
-    publish("scan_speed", "linear_scan speed", body, custom_name=config.name,
-            out_dir=config.out_dir)
+        body += (
+            "\nThe Pallas kernel is GPU-only (on CPU it runs in interpret mode, "
+            "for testing); run this script on a GPU for its numbers.\n"
+        )
+    publish(
+        "scan_speed", "linear_scan speed", body, custom_name=config.name, out_dir=config.out_dir
+    )
     return records
 
 

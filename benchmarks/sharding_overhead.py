@@ -25,13 +25,18 @@ import jax
 import optax
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import markdown_table, publish  # noqa: E402
-from _models import MODEL_PRESETS, MODELS, config_for  # noqa: E402
+from _common import markdown_table, publish
+from _models import MODEL_PRESETS, MODELS, config_for
 
-from eqvid._cli import add_config_arguments, config_from_args  # noqa: E402
-from eqvid.models import make_model  # noqa: E402
-from eqvid.train import MeshConfig, make_mesh, make_sharded_train_step, make_train_step  # noqa: E402
-from eqvid.train import shard_state  # noqa: E402
+from eqvid._cli import add_config_arguments, config_from_args
+from eqvid.models import make_model
+from eqvid.train import (
+    MeshConfig,
+    make_mesh,
+    make_sharded_train_step,
+    make_train_step,
+    shard_state,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +62,8 @@ class OverheadBenchConfig:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_config_arguments(parser, "bench", OverheadBenchConfig)
@@ -67,8 +73,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for name in config.models:
         model_config = config_for(name, MODEL_PRESETS[config.preset], config.length)
         model = make_model(model_config, key=jax.random.key(0))
-        shape = (config.batch, config.length, model_config.frame_size, model_config.frame_size,
-                 model_config.channels)
+        shape = (
+            config.batch,
+            config.length,
+            model_config.frame_size,
+            model_config.frame_size,
+            model_config.channels,
+        )
         videos = jax.random.uniform(jax.random.key(1), shape, minval=-1.0, maxval=1.0)
         optimizer = optax.adam(1e-4)
         init = optimizer.init(eqx.filter(model, eqx.is_inexact_array))
@@ -91,18 +102,36 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 states[kind] = (step, m, o)
         plain_s, sharded_s = (statistics.median(times[k]) for k in ("plain", "sharded"))
         overhead = sharded_s / plain_s - 1
-        print(f"{name}: plain {plain_s * 1e3:.1f} ms, sharded {sharded_s * 1e3:.1f} ms, "
-              f"overhead {100 * overhead:+.1f}%", flush=True)
+        print(
+            f"{name}: plain {plain_s * 1e3:.1f} ms, sharded {sharded_s * 1e3:.1f} ms, "
+            f"overhead {100 * overhead:+.1f}%",
+            flush=True,
+        )
         records.append(dict(model=name, plain_s=plain_s, sharded_s=sharded_s, overhead=overhead))
-        rows.append([name, f"{plain_s * 1e3:.1f}", f"{sharded_s * 1e3:.1f}", f"{100 * overhead:+.1f}%",
-                     "pass" if overhead <= 0.05 else "miss"])
-    table = markdown_table(["model", "plain ms/step", "sharded ms/step", "overhead",
-                            "≤ 5% target"], rows)
-    body = (f"Model preset `{MODEL_PRESETS[config.preset]}`, batch {config.batch}, T = "
-            f"{config.length}, float32, Adam, one device; median of {config.repeats} steps of "
-            "each kind, interleaved.\n\n" + table + "\n")
-    publish("sharding_overhead", "sharding overhead on one device", body, custom_name=config.name,
-            out_dir=config.out_dir)
+        rows.append(
+            [
+                name,
+                f"{plain_s * 1e3:.1f}",
+                f"{sharded_s * 1e3:.1f}",
+                f"{100 * overhead:+.1f}%",
+                "pass" if overhead <= 0.05 else "miss",
+            ]
+        )
+    table = markdown_table(
+        ["model", "plain ms/step", "sharded ms/step", "overhead", "≤ 5% target"], rows
+    )
+    body = (
+        f"Model preset `{MODEL_PRESETS[config.preset]}`, batch {config.batch}, T = "
+        f"{config.length}, float32, Adam, one device; median of {config.repeats} steps of "
+        "each kind, interleaved.\n\n" + table + "\n"
+    )
+    publish(
+        "sharding_overhead",
+        "sharding overhead on one device",
+        body,
+        custom_name=config.name,
+        out_dir=config.out_dir,
+    )
     return records
 
 

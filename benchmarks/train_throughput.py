@@ -30,10 +30,10 @@ import jax.numpy as jnp
 import optax
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import Timing, markdown_table, short_reason, temp_bytes, publish  # noqa: E402
-from _models import MODEL_PRESETS, MODELS, build, parameter_count  # noqa: E402
+from _common import Timing, markdown_table, publish, short_reason, temp_bytes
+from _models import MODEL_PRESETS, MODELS, build, parameter_count
 
-from eqvid._cli import add_config_arguments, config_from_args  # noqa: E402
+from eqvid._cli import add_config_arguments, config_from_args
 
 LENGTHS = {"cpu": (8, 16, 32), "paper": (16, 32, 64, 128, 300, 600)}
 BATCH = {"cpu": 2, "paper": 8}
@@ -95,14 +95,15 @@ def time_steps(name, preset, length, batch, repeats) -> tuple[Timing, int]:
             params, opt_state, loss = compiled(params, opt_state, videos)
             jax.block_until_ready(loss)
             times.append(time.perf_counter() - start)
-    except Exception as error:  # noqa: BLE001 — a failing model is a result
+    except Exception as error:
         return Timing(error=short_reason(error)), count
     return Timing(seconds=statistics.median(times), temp=temp), count
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_config_arguments(parser, "bench", TrainBenchConfig)
@@ -122,12 +123,28 @@ def main(argv: list[str] | None = None) -> list[dict]:
             timing, count = time_steps(name, model_preset, length, batch, config.repeats)
             timings[name, length], counts[name] = timing, count
             fps = batch * length / timing.seconds if timing.ok else None
-            records.append(dict(model=name, length=length, batch=batch,
-                                step_s=timing.seconds, frames_per_s=fps, temp_bytes=timing.temp,
-                                error=timing.error, params=count))
-            print(f"{name} T={length}: " + (
-                f"{timing.seconds * 1e3:.1f} ms/step, {fps:.0f} frames/s, "
-                f"temp {timing.temp / 2**20:.0f} MiB" if timing.ok else timing.error), flush=True)
+            records.append(
+                dict(
+                    model=name,
+                    length=length,
+                    batch=batch,
+                    step_s=timing.seconds,
+                    frames_per_s=fps,
+                    temp_bytes=timing.temp,
+                    error=timing.error,
+                    params=count,
+                )
+            )
+            print(
+                f"{name} T={length}: "
+                + (
+                    f"{timing.seconds * 1e3:.1f} ms/step, {fps:.0f} frames/s, "
+                    f"temp {timing.temp / 2**20:.0f} MiB"
+                    if timing.ok
+                    else timing.error
+                ),
+                flush=True,
+            )
 
     def speedup(other, length):
         mine, theirs = timings.get(("convs5", length)), timings.get((other, length))
@@ -141,8 +158,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
             t = timings[name, length]
             row = [str(length), name, f"{counts[name] / 1e6:.2f}M"]
             if t.ok:
-                row += [f"{t.seconds * 1e3:.1f}", f"{batch * length / t.seconds:.0f}",
-                        f"{t.temp / 2**20:.0f}" if t.temp is not None and t.temp >= 0 else "–"]
+                row += [
+                    f"{t.seconds * 1e3:.1f}",
+                    f"{batch * length / t.seconds:.0f}",
+                    f"{t.temp / 2**20:.0f}" if t.temp is not None and t.temp >= 0 else "–",
+                ]
             else:
                 row += [t.error, "–", "–"]
             if name == "convs5":
@@ -151,8 +171,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 row += ["–", "–"]
             rows.append(row)
     table = markdown_table(
-        ["T", "model", "params", "ms/step", "frames/s", "step temp MiB",
-         "ConvS5 vs ConvLSTM", "ConvS5 vs Transformer"], rows)
+        [
+            "T",
+            "model",
+            "params",
+            "ms/step",
+            "frames/s",
+            "step temp MiB",
+            "ConvS5 vs ConvLSTM",
+            "ConvS5 vs Transformer",
+        ],
+        rows,
+    )
     body = (
         f"Model preset `{model_preset}`, batch {batch}, float32, Adam; median of "
         f"{config.repeats} steps after compilation and one warm-up step. frames/s = "
@@ -160,8 +190,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "(> 1: ConvS5 trains faster). `step temp MiB`: the compiled step's temporary "
         f"memory (parameters, optimiser state and batch excluded).\n\n{table}\n"
     )
-    publish("train_throughput", "training throughput", body, custom_name=config.name,
-            out_dir=config.out_dir)
+    publish(
+        "train_throughput",
+        "training throughput",
+        body,
+        custom_name=config.name,
+        out_dir=config.out_dir,
+    )
     return records
 
 

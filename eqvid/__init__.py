@@ -24,8 +24,8 @@ from ._resnet import ResNetBlock as ResNetBlock
 from ._resnet import ResNetDecoder as ResNetDecoder
 from ._resnet import ResNetEncoder as ResNetEncoder
 from .kernels import AttentionMask as AttentionMask
-from .models import AbstractVideoPredictor as AbstractVideoPredictor
 from .models import CONVS5_PRESETS as CONVS5_PRESETS
+from .models import AbstractVideoPredictor as AbstractVideoPredictor
 from .models import ConvLSTMConfig as ConvLSTMConfig
 from .models import ConvLSTMVideoModel as ConvLSTMVideoModel
 from .models import ConvS5Config as ConvS5Config

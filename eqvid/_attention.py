@@ -118,18 +118,25 @@ class MultiheadAttention(eqx.Module):
         y = jnp.einsum("...lc,chd->...lhd", x, weight.astype(x.dtype))
         return y if bias is None else y + bias.astype(x.dtype)
 
-    def queries(self, x: Float[Array, "*batch q_len dim"]) -> Float[Array, "*batch q_len heads head_dim"]:
+    def queries(
+        self, x: Float[Array, "*batch q_len dim"]
+    ) -> Float[Array, "*batch q_len heads head_dim"]:
         """Project inputs to query heads."""
         self._check("x", x, self.query_weight)
         return self._project(x, self.query_weight, self.query_bias)
 
     def keys_values(
         self, context: Float[Array, "*batch kv_len kv_dim"]
-    ) -> tuple[Float[Array, "*batch kv_len kv_heads head_dim"], Float[Array, "*batch kv_len kv_heads head_dim"]]:
+    ) -> tuple[
+        Float[Array, "*batch kv_len kv_heads head_dim"],
+        Float[Array, "*batch kv_len kv_heads head_dim"],
+    ]:
         """Project inputs to key and value heads (what a KV cache stores)."""
         self._check("context", context, self.key_weight)
-        return (self._project(context, self.key_weight, self.key_bias),
-                self._project(context, self.value_weight, self.value_bias))
+        return (
+            self._project(context, self.key_weight, self.key_bias),
+            self._project(context, self.value_weight, self.value_bias),
+        )
 
     def attend(
         self,
@@ -141,7 +148,7 @@ class MultiheadAttention(eqx.Module):
     ) -> Float[Array, "*batch q_len out_dim"]:
         """Attention over projected heads, then the output projection."""
         lead = q.shape[:-3]
-        flat = lambda a: a.reshape((-1,) + a.shape[-3:])  # noqa: E731
+        flat = lambda a: a.reshape((-1,) + a.shape[-3:])
         o = attention(flat(q), flat(k), flat(v), mask=mask, impl=self.impl)
         o = o.reshape(lead + o.shape[1:])
         y = jnp.einsum("...lhd,hdc->...lc", o, self.output_weight.astype(o.dtype))

@@ -11,6 +11,7 @@ import ast
 import dataclasses
 import functools
 import inspect
+import itertools
 import textwrap
 import types
 import typing
@@ -30,7 +31,7 @@ def field_docs(cls: type) -> dict[str, str]:
         except (OSError, TypeError):
             continue
         body = tree.body[0].body  # type: ignore[attr-defined]
-        for node, nxt in zip(body, body[1:]):
+        for node, nxt in itertools.pairwise(body):
             if (
                 isinstance(node, ast.AnnAssign)
                 and isinstance(node.target, ast.Name)
@@ -124,7 +125,7 @@ def config_from_args(args: argparse.Namespace, title: str, base: Any) -> Any:
     """`base` with the fields given on the command line (under `title`) replaced."""
     given: Mapping[str, Any] = vars(args)
     prefix = title + "."
-    changes = {k[len(prefix):]: v for k, v in given.items() if k.startswith(prefix)}
+    changes = {k[len(prefix) :]: v for k, v in given.items() if k.startswith(prefix)}
     for name, value in changes.items():
         if isinstance(getattr(base, name), tuple):
             changes[name] = tuple(value)

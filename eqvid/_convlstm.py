@@ -61,9 +61,7 @@ class ConvLSTMCell(eqx.Module):
         if input_size < 1:
             raise ValueError(f"ConvLSTMCell: `input_size` must be positive, got {input_size}.")
         if hidden_size < 1:
-            raise ValueError(
-                f"ConvLSTMCell: `hidden_size` must be positive, got {hidden_size}."
-            )
+            raise ValueError(f"ConvLSTMCell: `hidden_size` must be positive, got {hidden_size}.")
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(
                 f"ConvLSTMCell: `kernel_size` must be a positive odd integer (SAME "

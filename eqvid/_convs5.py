@@ -128,9 +128,7 @@ class ConvS5(eqx.Module):
         lam, v, vinv = hippo_block_init(ssm_size, blocks)
         self.lambda_re = jnp.asarray(lam.real, jnp.float32)
         self.lambda_im = jnp.asarray(lam.imag, jnp.float32)
-        self.log_step = jax.random.uniform(
-            ks, (p,), jnp.float32, np.log(dt_min), np.log(dt_max)
-        )
+        self.log_step = jax.random.uniform(ks, (p,), jnp.float32, np.log(dt_min), np.log(dt_max))
         he = jax.nn.initializers.he_normal(in_axis=0, out_axis=1)
         # B: real (k·k·U → N) with fan_in U·k², projected to B̃ = V⁻¹ B (complex P).
         b_real = he(kb, (k * k * channels, ssm_size), jnp.float32)

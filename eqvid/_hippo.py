@@ -1,7 +1,7 @@
 """HiPPO-LegS initialisation of diagonal SSMs and zero-order-hold discretisation."""
 
-import numpy as np
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Complex, Float
 
 

@@ -45,9 +45,7 @@ class GroupNorm(eqx.Module):
     def __init__(self, channels: int, groups: int | None = None, *, eps: float = 1e-6):
         groups = default_groups(channels) if groups is None else groups
         if groups < 1 or channels % groups != 0:
-            raise ValueError(
-                f"GroupNorm: `groups` must divide channels={channels}, got {groups}."
-            )
+            raise ValueError(f"GroupNorm: `groups` must divide channels={channels}, got {groups}.")
         self.weight = jnp.ones((channels,), jnp.float32)
         self.bias = jnp.zeros((channels,), jnp.float32)
         self.groups = groups

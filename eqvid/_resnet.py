@@ -74,9 +74,7 @@ class ResNetEncoder(eqx.Module):
         keys = jax.random.split(key, len(depths) + 1)
         self.stem = Conv2d(in_channels, depths[0], 3, key=keys[0])
         ins = [depths[0]] + list(depths[:-1])
-        self.blocks = tuple(
-            ResNetBlock(i, o, key=k) for i, o, k in zip(ins, depths, keys[1:])
-        )
+        self.blocks = tuple(ResNetBlock(i, o, key=k) for i, o, k in zip(ins, depths, keys[1:]))
 
     def __call__(
         self, x: Float[Array, "*batch height width c_in"]

@@ -94,11 +94,15 @@ def build_parser(model: str = "convs5", dataset: str = "moving_mnist") -> argpar
     )
     # The frame size and channels of the model follow the data.
     add_config_arguments(
-        parser, f"model ({spec.title})", spec.config, spec.presets["small"],
+        parser,
+        f"model ({spec.title})",
+        spec.config,
+        spec.presets["small"],
         exclude=("frame_size", "channels"),
     )
-    add_config_arguments(parser, f"data ({dataset})", dataset_config_class(dataset),
-                         _data_defaults(dataset))
+    add_config_arguments(
+        parser, f"data ({dataset})", dataset_config_class(dataset), _data_defaults(dataset)
+    )
     add_config_arguments(parser, "optimizer", OptimizerConfig, EXAMPLE_OPTIMIZER)
     add_config_arguments(parser, "run", RunConfig, EXAMPLE_RUN)
     add_config_arguments(parser, "mesh", MeshConfig, prefix="mesh_")
@@ -117,8 +121,10 @@ def config_from_argv(argv: list[str] | None = None) -> TrainConfig:
     else:  # the size and channels of the stored frames (after --frame-size)
         frames = frame_spec(data)
         if frames.height != frames.width:
-            raise SystemExit(f"train_mmnist.py: the frames are {frames.height}×{frames.width}; the "
-                             "models take square frames: pass --frame-size N to crop and resize.")
+            raise SystemExit(
+                f"train_mmnist.py: the frames are {frames.height}×{frames.width}; the "
+                "models take square frames: pass --frame-size N to crop and resize."
+            )
         model = dataclasses.replace(model, frame_size=frames.height, channels=frames.channels)
     run = config_from_args(args, "run", EXAMPLE_RUN)
     if "run.run_dir" not in vars(args) and (model_name, dataset) != ("convs5", "moving_mnist"):
@@ -145,8 +151,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"eqvid: writing to {config.run.run_dir}/")
     result = train(config)
     if result.stopped_by is not None:
-        print(f"eqvid: stopped by {result.stopped_by} after step {result.step}; the checkpoint "
-              f"is saved: continue with the same command plus --resume")
+        print(
+            f"eqvid: stopped by {result.stopped_by} after step {result.step}; the checkpoint "
+            f"is saved: continue with the same command plus --resume"
+        )
         return 0
     print(f"eqvid: done after {result.step} steps; samples in {result.run_dir / 'samples'}")
     if result.report is not None:

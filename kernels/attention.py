@@ -94,9 +94,11 @@ class AttentionMask:
             )
         for name in ("q_lengths", "kv_lengths", "q_offset"):
             value = getattr(self, name)
-            if value is None or isinstance(value, (int, np.integer)) and name == "q_offset":
+            if value is None or (isinstance(value, (int, np.integer)) and name == "q_offset"):
                 continue
-            if isinstance(value, (bool, float)) or not jnp.issubdtype(jnp.asarray(value).dtype, jnp.integer):
+            if isinstance(value, (bool, float)) or not jnp.issubdtype(
+                jnp.asarray(value).dtype, jnp.integer
+            ):
                 raise TypeError(
                     f"AttentionMask: `{name}` must be integer, got {type(value).__name__} "
                     f"{getattr(value, 'dtype', '')}."
@@ -124,16 +126,24 @@ class AttentionMask:
     @property
     def is_dense(self) -> bool:
         """True when every query sees every key (no mask at all)."""
-        return (not self.causal and self.window is None and self.q_lengths is None
-                and self.kv_lengths is None)
+        return (
+            not self.causal
+            and self.window is None
+            and self.q_lengths is None
+            and self.kv_lengths is None
+        )
 
     # A Python-int offset stays static (it decides which fast paths apply); an
     # array offset is traced.
     def tree_flatten(self):
         static_offset = isinstance(self.q_offset, (int, np.integer))
         children = (self.q_lengths, self.kv_lengths, None if static_offset else self.q_offset)
-        aux = (self.causal, self.tokens_per_frame, self.window,
-               int(self.q_offset) if static_offset else None)
+        aux = (
+            self.causal,
+            self.tokens_per_frame,
+            self.window,
+            int(self.q_offset) if static_offset else None,
+        )
         return children, aux
 
     @classmethod
@@ -141,9 +151,14 @@ class AttentionMask:
         mask = object.__new__(cls)
         causal, tokens_per_frame, window, offset = aux
         q_lengths, kv_lengths, traced_offset = children
-        values = dict(causal=causal, tokens_per_frame=tokens_per_frame, window=window,
-                      q_lengths=q_lengths, kv_lengths=kv_lengths,
-                      q_offset=offset if offset is not None else traced_offset)
+        values = dict(
+            causal=causal,
+            tokens_per_frame=tokens_per_frame,
+            window=window,
+            q_lengths=q_lengths,
+            kv_lengths=kv_lengths,
+            q_offset=offset if offset is not None else traced_offset,
+        )
         for name, value in values.items():
             object.__setattr__(mask, name, value)
         return mask
@@ -178,8 +193,9 @@ def _check_mask(mask: AttentionMask, batch: int, q_len: int, kv_len: int):
         )
 
 
-def row_ranges(mask: AttentionMask | None, batch: int, q_len: int, kv_len: int,
-               padded_q_len: int | None = None):
+def row_ranges(
+    mask: AttentionMask | None, batch: int, q_len: int, kv_len: int, padded_q_len: int | None = None
+):
     """Per query row, the visible keys `[lo, hi)` as two int32 arrays `(batch, q_len)`.
 
     Empty ranges are normalised to `lo = hi = 0`. Rows from `q_len` to
@@ -316,8 +332,14 @@ class BlockSizes:
         qcap = max(16, _next_pow2(q_len))
         kcap = max(16, _next_pow2(kv_len))
         return dataclasses.replace(
-            self, q=min(self.q, qcap), kv=min(self.kv, kcap), dq_q=min(self.dq_q, qcap),
-            dq_kv=min(self.dq_kv, kcap), dkv_q=min(self.dkv_q, qcap), dkv_kv=min(self.dkv_kv, kcap))
+            self,
+            q=min(self.q, qcap),
+            kv=min(self.kv, kcap),
+            dq_q=min(self.dq_q, qcap),
+            dq_kv=min(self.dq_kv, kcap),
+            dkv_q=min(self.dkv_q, qcap),
+            dkv_kv=min(self.dkv_kv, kcap),
+        )
 
     @property
     def q_unit(self) -> int:
@@ -336,8 +358,7 @@ def _dot(a, b, *, trans_a=False, trans_b=False):
     """`a @ b` (optionally transposed) accumulating in fp32; exact for fp32 inputs."""
     dims = (((0 if trans_a else 1,), (1 if trans_b else 0,)), ((), ()))
     precision = jax.lax.Precision.HIGHEST if a.dtype == jnp.float32 else None
-    return jax.lax.dot_general(a, b, dims, precision=precision,
-                               preferred_element_type=jnp.float32)
+    return jax.lax.dot_general(a, b, dims, precision=precision, preferred_element_type=jnp.float32)
 
 
 def _visible(lo, hi, start, size):
@@ -354,8 +375,9 @@ def _three_ranges(ranges_ref, body, carry):
     return jax.lax.fori_loop(full_hi, last, body(True), carry)
 
 
-def _fwd_kernel(q_ref, k_ref, v_ref, lo_ref, hi_ref, ranges_ref, o_ref, lse_ref, *,
-                qk_scale, block_kv):
+def _fwd_kernel(
+    q_ref, k_ref, v_ref, lo_ref, hi_ref, ranges_ref, o_ref, lse_ref, *, qk_scale, block_kv
+):
     from jax.experimental import pallas as pl
 
     q = q_ref[...]
@@ -364,7 +386,7 @@ def _fwd_kernel(q_ref, k_ref, v_ref, lo_ref, hi_ref, ranges_ref, o_ref, lse_ref,
 
     def body(masked):
         def step(j, carry):
-            acc, m, l = carry
+            acc, m, denom = carry
             start = j * block_kv
             k = k_ref[pl.ds(start, block_kv), :]
             v = v_ref[pl.ds(start, block_kv), :]
@@ -374,24 +396,42 @@ def _fwd_kernel(q_ref, k_ref, v_ref, lo_ref, hi_ref, ranges_ref, o_ref, lse_ref,
             m_new = jnp.maximum(m, jnp.max(s, axis=1))
             alpha = jnp.exp2(m - m_new)
             p = jnp.exp2(s - m_new[:, None])
-            l = alpha * l + jnp.sum(p, axis=1)
+            denom = alpha * denom + jnp.sum(p, axis=1)
             acc = alpha[:, None] * acc + _dot(p.astype(v.dtype), v)
-            return acc, m_new, l
+            return acc, m_new, denom
+
         return step
 
     # A finite floor for the running max: masked scores are -inf, so rows that
     # have seen nothing keep m = floor, p = 0 and alpha = 1 (no inf - inf).
-    init = (jnp.zeros((rows, dim), jnp.float32), jnp.full((rows,), -1e30, jnp.float32),
-            jnp.zeros((rows,), jnp.float32))
-    acc, m, l = _three_ranges(ranges_ref, body, init)
+    init = (
+        jnp.zeros((rows, dim), jnp.float32),
+        jnp.full((rows,), -1e30, jnp.float32),
+        jnp.zeros((rows,), jnp.float32),
+    )
+    acc, m, denom = _three_ranges(ranges_ref, body, init)
     valid = hi > lo
-    safe_l = jnp.where(l > 0, l, 1.0)
+    safe_l = jnp.where(denom > 0, denom, 1.0)
     o_ref[...] = jnp.where(valid[:, None], acc / safe_l[:, None], 0.0).astype(o_ref.dtype)
     lse_ref[...] = jnp.where(valid, m + jnp.log2(safe_l), jnp.inf)
 
 
-def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, lo_ref, hi_ref, ranges_ref,
-               dq_ref, *, qk_scale, scale, block_kv):
+def _dq_kernel(
+    q_ref,
+    k_ref,
+    v_ref,
+    do_ref,
+    lse_ref,
+    delta_ref,
+    lo_ref,
+    hi_ref,
+    ranges_ref,
+    dq_ref,
+    *,
+    qk_scale,
+    scale,
+    block_kv,
+):
     from jax.experimental import pallas as pl
 
     q, do = q_ref[...], do_ref[...]
@@ -410,14 +450,31 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, lo_ref, hi_ref, 
             dp = _dot(do, v, trans_b=True)
             ds = p * (dp - delta[:, None])
             return dq + _dot(ds.astype(k.dtype), k)
+
         return step
 
     dq = _three_ranges(ranges_ref, body, jnp.zeros(q.shape, jnp.float32))
     dq_ref[...] = (dq * scale).astype(dq_ref.dtype)
 
 
-def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, lo_ref, hi_ref, ranges_ref,
-                dk_ref, dv_ref, *, qk_scale, scale, block_q, group):
+def _dkv_kernel(
+    q_ref,
+    k_ref,
+    v_ref,
+    do_ref,
+    lse_ref,
+    delta_ref,
+    lo_ref,
+    hi_ref,
+    ranges_ref,
+    dk_ref,
+    dv_ref,
+    *,
+    qk_scale,
+    scale,
+    block_q,
+    group,
+):
     from jax.experimental import pallas as pl
 
     k, v = k_ref[...], v_ref[...]
@@ -443,7 +500,9 @@ def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, lo_ref, hi_ref,
                 ds = p * (dp - delta[:, None])
                 dk = dk + _dot(ds.astype(q.dtype), q, trans_a=True)
                 return dk, dv
+
             return step
+
         return _three_ranges(ranges_ref, body, carry)
 
     zeros = jnp.zeros((cols, dim), jnp.float32)
@@ -468,7 +527,8 @@ def _platform_call(launch, interpret, *operands):
         *operands,
         cuda=functools.partial(launch, False),
         rocm=functools.partial(launch, False),
-        default=functools.partial(launch, True))
+        default=functools.partial(launch, True),
+    )
 
 
 def _kernel_forward(q, k, v, lo, hi, scale, blocks, interpret):
@@ -500,8 +560,10 @@ def _kernel_forward(q, k, v, lo, hi, scale, blocks, interpret):
                 pl.BlockSpec((None, blocks.q, None, dim), lambda i, b, h: (b, qi(i), h, 0)),
                 pl.BlockSpec((None, None, blocks.q), lambda i, b, h: (b, h, qi(i))),
             ],
-            out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype),
-                       jax.ShapeDtypeStruct((batch, heads, q_len), jnp.float32)],
+            out_shape=[
+                jax.ShapeDtypeStruct(q.shape, q.dtype),
+                jax.ShapeDtypeStruct((batch, heads, q_len), jnp.float32),
+            ],
             compiler_params=_compiler_params(blocks, dim),
             interpret=interpret,
             name="eqvid_attention_fwd",
@@ -532,11 +594,21 @@ def _kernel_backward(q, k, v, lo, hi, out, lse, do, scale, blocks, interpret):
         stat = pl.BlockSpec((None, None, blocks.dq_q), lambda i, b, h: (b, h, qi(i)))
         row = pl.BlockSpec((None, blocks.dq_q), lambda i, b, h: (b, qi(i)))
         return pl.pallas_call(
-            functools.partial(_dq_kernel, qk_scale=scale * _LOG2E, scale=scale,
-                              block_kv=blocks.dq_kv),
+            functools.partial(
+                _dq_kernel, qk_scale=scale * _LOG2E, scale=scale, block_kv=blocks.dq_kv
+            ),
             grid=(nq, batch, heads),
-            in_specs=[row_block, kv_full, kv_full, row_block, stat, stat, row, row,
-                      pl.BlockSpec((None, None, 4), lambda i, b, h: (b, qi(i), 0))],
+            in_specs=[
+                row_block,
+                kv_full,
+                kv_full,
+                row_block,
+                stat,
+                stat,
+                row,
+                row,
+                pl.BlockSpec((None, None, 4), lambda i, b, h: (b, qi(i), 0)),
+            ],
             out_specs=row_block,
             out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
             compiler_params=params,
@@ -553,14 +625,26 @@ def _kernel_backward(q, k, v, lo, hi, out, lse, do, scale, blocks, interpret):
         stat = pl.BlockSpec((None, group, q_len), lambda j, b, g: (b, g, 0))
         row = pl.BlockSpec((None, q_len), lambda j, b, g: (b, 0))
         return pl.pallas_call(
-            functools.partial(_dkv_kernel, qk_scale=scale * _LOG2E, scale=scale,
-                              block_q=blocks.dkv_q, group=group),
+            functools.partial(
+                _dkv_kernel, qk_scale=scale * _LOG2E, scale=scale, block_q=blocks.dkv_q, group=group
+            ),
             grid=(nk, batch, kv_heads),
-            in_specs=[q_full, kv_block, kv_block, q_full, stat, stat, row, row,
-                      pl.BlockSpec((None, None, 4), lambda j, b, g: (b, j, 0))],
+            in_specs=[
+                q_full,
+                kv_block,
+                kv_block,
+                q_full,
+                stat,
+                stat,
+                row,
+                row,
+                pl.BlockSpec((None, None, 4), lambda j, b, g: (b, j, 0)),
+            ],
             out_specs=[kv_block, kv_block],
-            out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype),
-                       jax.ShapeDtypeStruct(v.shape, v.dtype)],
+            out_shape=[
+                jax.ShapeDtypeStruct(k.shape, k.dtype),
+                jax.ShapeDtypeStruct(v.shape, v.dtype),
+            ],
             compiler_params=params,
             interpret=interpret,
             name="eqvid_attention_dkv",
@@ -606,7 +690,7 @@ def _pallas(q, k, v, mask, scale, blocks: BlockSizes | None = None, interpret=No
             f"attention(impl='pallas'): the kernel takes float32, bfloat16 or float16 inputs, "
             f"got {q.dtype}; use impl='xla' for other dtypes."
         )
-    batch, q_len, heads, dim = q.shape
+    batch, q_len, _heads, dim = q.shape
     kv_len = k.shape[1]
     dim_pad = max(16, _next_pow2(dim))
     if blocks is None:
@@ -652,9 +736,15 @@ def _cudnn(q, k, v, mask, scale):
         return jnp.broadcast_to(jnp.asarray(value, jnp.int32), (batch,))
 
     out = jax.nn.dot_product_attention(
-        q, k, v, scale=scale, is_causal=mask.causal,
-        query_seq_lengths=lengths(mask.q_lengths), key_value_seq_lengths=lengths(mask.kv_lengths),
-        implementation="cudnn")
+        q,
+        k,
+        v,
+        scale=scale,
+        is_causal=mask.causal,
+        query_seq_lengths=lengths(mask.q_lengths),
+        key_value_seq_lengths=lengths(mask.kv_lengths),
+        implementation="cudnn",
+    )
     if mask.q_lengths is None and mask.kv_lengths is None:
         return out
     lo, hi = row_ranges(mask, batch, q_len, k.shape[1])
@@ -674,14 +764,18 @@ def _check_inputs(q, k, v):
                 f"shape {x.shape}."
             )
     if k.shape != v.shape:
-        raise ValueError(f"attention: `k` and `v` must have the same shape, got k {k.shape} "
-                         f"and v {v.shape}.")
+        raise ValueError(
+            f"attention: `k` and `v` must have the same shape, got k {k.shape} and v {v.shape}."
+        )
     if q.shape[0] != k.shape[0]:
-        raise ValueError(f"attention: `q` and `k` must have the same batch size, got q "
-                         f"{q.shape} and k {k.shape}.")
+        raise ValueError(
+            f"attention: `q` and `k` must have the same batch size, got q "
+            f"{q.shape} and k {k.shape}."
+        )
     if q.shape[3] != k.shape[3]:
-        raise ValueError(f"attention: `q` and `k` must have the same head_dim, got q "
-                         f"{q.shape} and k {k.shape}.")
+        raise ValueError(
+            f"attention: `q` and `k` must have the same head_dim, got q {q.shape} and k {k.shape}."
+        )
     heads, kv_heads = q.shape[2], k.shape[2]
     if kv_heads == 0 or heads % kv_heads:
         raise ValueError(
@@ -689,8 +783,10 @@ def _check_inputs(q, k, v):
             f"(grouped-query attention); got q {q.shape} and k {k.shape}."
         )
     if not (q.dtype == k.dtype == v.dtype):
-        raise TypeError(f"attention: `q`, `k` and `v` must share one dtype, got {q.dtype}, "
-                        f"{k.dtype} and {v.dtype}.")
+        raise TypeError(
+            f"attention: `q`, `k` and `v` must share one dtype, got {q.dtype}, "
+            f"{k.dtype} and {v.dtype}."
+        )
     if not jnp.issubdtype(q.dtype, jnp.floating):
         raise TypeError(f"attention: inputs must be floating point, got {q.dtype}.")
 

@@ -160,8 +160,9 @@ def _cmul(a, x):
     return (ar * xr - ai * xi, ar * xi + ai * xr)
 
 
-def _scan_kernel(a_ref, b_ref, x0_ref, *out_refs, planes, per_step, reverse, summary,
-                 chunk_len, tile, acc):
+def _scan_kernel(
+    a_ref, b_ref, x0_ref, *out_refs, planes, per_step, reverse, summary, chunk_len, tile, acc
+):
     """One program: a `(rows, cols)` tile of channels over the steps of one time chunk."""
     from jax.experimental import pallas as pl
     from jax.experimental.pallas import triton as pltriton
@@ -177,14 +178,18 @@ def _scan_kernel(a_ref, b_ref, x0_ref, *out_refs, planes, per_step, reverse, sum
     def load(ref, t):
         t = jnp.asarray(t, jnp.int32)
         return tuple(
-            pltriton.load(ref.at[t, rows, pl.ds(q * p + j * bp, bp)], mask=mask, other=0)
-            .astype(acc) for q in range(planes))
+            pltriton.load(ref.at[t, rows, pl.ds(q * p + j * bp, bp)], mask=mask, other=0).astype(
+                acc
+            )
+            for q in range(planes)
+        )
 
     def store(ref, t, values):
         t = jnp.asarray(t, jnp.int32)
         for q, v in enumerate(values):
-            pltriton.store(ref.at[t, rows, pl.ds(q * p + j * bp, bp)], v.astype(ref.dtype),
-                           mask=mask)
+            pltriton.store(
+                ref.at[t, rows, pl.ds(q * p + j * bp, bp)], v.astype(ref.dtype), mask=mask
+            )
 
     first = c * chunk_len
     count = jnp.minimum(chunk_len, length - first)
@@ -250,16 +255,30 @@ def _kernel_scan(a, b, x0, reverse, *, planes, tile=None, chunks=None, interpret
 
     def launch(summary, interpret, *operands):
         kernel = functools.partial(
-            _scan_kernel, planes=planes, per_step=a.shape[0] != 1, reverse=reverse,
-            summary=summary, chunk_len=chunk_len, tile=tile, acc=acc)
-        shapes = ([jax.ShapeDtypeStruct((chunks, m, width), acc)] * 2 if summary
-                  else [jax.ShapeDtypeStruct(b.shape, b.dtype)])
-        return tuple(pl.pallas_call(
-            kernel, out_shape=shapes, grid=grid,
-            compiler_params=pltriton.CompilerParams(num_warps=4, num_stages=1),
-            interpret=interpret,
-            name="eqvid_linear_scan" + ("_summary" if summary else ""),
-        )(*operands))
+            _scan_kernel,
+            planes=planes,
+            per_step=a.shape[0] != 1,
+            reverse=reverse,
+            summary=summary,
+            chunk_len=chunk_len,
+            tile=tile,
+            acc=acc,
+        )
+        shapes = (
+            [jax.ShapeDtypeStruct((chunks, m, width), acc)] * 2
+            if summary
+            else [jax.ShapeDtypeStruct(b.shape, b.dtype)]
+        )
+        return tuple(
+            pl.pallas_call(
+                kernel,
+                out_shape=shapes,
+                grid=grid,
+                compiler_params=pltriton.CompilerParams(num_warps=4, num_stages=1),
+                interpret=interpret,
+                name="eqvid_linear_scan" + ("_summary" if summary else ""),
+            )(*operands)
+        )
 
     def call(x0_rows, summary):
         operands = (a, b, x0_rows)
@@ -271,7 +290,8 @@ def _kernel_scan(a, b, x0, reverse, *, planes, tile=None, chunks=None, interpret
             *operands,
             cuda=functools.partial(launch, summary, False),
             rocm=functools.partial(launch, summary, False),
-            default=functools.partial(launch, summary, True))
+            default=functools.partial(launch, summary, True),
+        )
 
     if chunks == 1:
         return call(x0[None], summary=False)[0]
@@ -349,8 +369,8 @@ def _pallas_split_bwd(reverse, planes, res, g):
     if planes == 1:
         da = lam * prev
     else:
-        l, x = _to_complex(lam), _to_complex(prev)
-        da = _to_split(l * jnp.conj(x))
+        lam_c, x = _to_complex(lam), _to_complex(prev)
+        da = _to_split(lam_c * jnp.conj(x))
     if not per_step:
         da = jnp.sum(da, axis=0, keepdims=True)
     dx0 = _planes_mul(first, lam_first, planes)
@@ -446,12 +466,12 @@ _scan.defvjp(_scan_fwd, _scan_bwd)
 @jaxtyped(typechecker=beartype)
 def linear_scan(
     a: Inexact[Array, "..."],
-    b: Inexact[Array, "time *rest"],
+    b: Inexact[Array, "time *rest"],  # noqa: F821
     x0: Inexact[Array, "..."] | None = None,
     *,
     reverse: bool = False,
     impl: ScanImpl = "auto",
-) -> Inexact[Array, "time *rest"]:
+) -> Inexact[Array, "time *rest"]:  # noqa: F821
     """Compute the diagonal linear recurrence `x_t = a_t ⊙ x_{t-1} + b_t` along axis 0.
 
     **Arguments:**

@@ -23,7 +23,7 @@ SMALL = BlockSizes(q=16, kv=16, dq_q=16, dq_kv=16, dkv_q=16, dkv_kv=16)
 def numpy_attention(q, k, v, mask, scale):
     """The documented semantics, one (query, key) pair at a time, in float64."""
     q, k, v = (np.asarray(x, np.float64) for x in (q, k, v))
-    batch, q_len, heads, dim = q.shape
+    batch, q_len, heads, _dim = q.shape
     kv_len, kv_heads = k.shape[1], k.shape[2]
     mask = mask or AttentionMask()
     f = mask.tokens_per_frame
@@ -65,8 +65,11 @@ def draw(rng, batch, q_len, kv_len, heads, kv_heads, dim, dtype=jnp.float32):
     def normal(*shape):
         return jnp.asarray(rng.normal(size=shape), dtype)
 
-    return (normal(batch, q_len, heads, dim), normal(batch, kv_len, kv_heads, dim),
-            normal(batch, kv_len, kv_heads, dim))
+    return (
+        normal(batch, q_len, heads, dim),
+        normal(batch, kv_len, kv_heads, dim),
+        normal(batch, kv_len, kv_heads, dim),
+    )
 
 
 # (name, q_len, kv_len, heads, kv_heads, dim, mask): every mask kind, combinations,
@@ -79,12 +82,31 @@ CASES = [
     ("window-bidirectional", 33, 33, 2, 2, 16, AttentionMask(tokens_per_frame=4, window=2)),
     ("kv-padding", 29, 41, 4, 1, 16, AttentionMask(kv_lengths=np.array([41, 7]))),
     ("q-padding", 35, 35, 2, 2, 16, AttentionMask(q_lengths=np.array([0, 20]))),
-    ("all-combined", 47, 47, 6, 3, 16,
-     AttentionMask(causal=True, tokens_per_frame=4, window=4,
-                   q_lengths=np.array([47, 30]), kv_lengths=np.array([40, 18]))),
+    (
+        "all-combined",
+        47,
+        47,
+        6,
+        3,
+        16,
+        AttentionMask(
+            causal=True,
+            tokens_per_frame=4,
+            window=4,
+            q_lengths=np.array([47, 30]),
+            kv_lengths=np.array([40, 18]),
+        ),
+    ),
     ("decode-offset", 8, 40, 2, 2, 16, AttentionMask(causal=True, tokens_per_frame=4, q_offset=28)),
-    ("per-batch-offset", 8, 40, 2, 1, 16,
-     AttentionMask(causal=True, tokens_per_frame=4, q_offset=np.array([4, 32]))),
+    (
+        "per-batch-offset",
+        8,
+        40,
+        2,
+        1,
+        16,
+        AttentionMask(causal=True, tokens_per_frame=4, q_offset=np.array([4, 32])),
+    ),
 ]
 IDS = [c[0] for c in CASES]
 
@@ -195,7 +217,7 @@ def test_skipped_blocks_are_never_loaded():
     mask = AttentionMask(kv_lengths=np.array([16]))  # keys 16…63 = three whole blocks of 16
     poisoned_k = k.at[:, 16:].set(jnp.nan)
     poisoned_v = v.at[:, 16:].set(jnp.nan)
-    fn = lambda q, k, v: _pallas(q, k, v, mask, 0.25, SMALL, interpret=True)  # noqa: E731
+    fn = lambda q, k, v: _pallas(q, k, v, mask, 0.25, SMALL, interpret=True)
     out, vjp = jax.vjp(fn, q, poisoned_k, poisoned_v)
     dq, dk, dv = vjp(jnp.ones_like(out))
     want = attention(q, k, v, mask=mask, scale=0.25, impl="xla")
@@ -238,8 +260,9 @@ def test_traced_offset_inside_jit_matches_full_causal_rows():
         return attention(rows, k, v, mask=mask, impl="xla")
 
     for t in (0, 3, 9):
-        np.testing.assert_allclose(np.asarray(frame(t)), np.asarray(full[:, 4 * t:4 * t + 4]),
-                                   rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            np.asarray(frame(t)), np.asarray(full[:, 4 * t : 4 * t + 4]), rtol=1e-5, atol=1e-6
+        )
 
 
 def test_kernel_under_vmap_and_jit():
@@ -260,9 +283,12 @@ def test_auto_is_the_reference_on_cpu_and_matches_jax_nn():
     lengths = np.array([24, 13])
     mask = AttentionMask(causal=True, kv_lengths=lengths)
     got = attention(q, k, v, mask=mask)
-    np.testing.assert_array_equal(np.asarray(got), np.asarray(attention(q, k, v, mask=mask, impl="xla")))
-    want = jax.nn.dot_product_attention(q, k, v, is_causal=True, key_value_seq_lengths=jnp.asarray(lengths),
-                                        implementation="xla")
+    np.testing.assert_array_equal(
+        np.asarray(got), np.asarray(attention(q, k, v, mask=mask, impl="xla"))
+    )
+    want = jax.nn.dot_product_attention(
+        q, k, v, is_causal=True, key_value_seq_lengths=jnp.asarray(lengths), implementation="xla"
+    )
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
 
 
@@ -276,17 +302,21 @@ def lower_for_cuda(fn, *args):
         return jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
 
 
-@pytest.mark.parametrize("dtype,dim,heads,kv_heads", [
-    (jnp.bfloat16, 64, 8, 2), (jnp.bfloat16, 128, 4, 4), (jnp.float32, 48, 3, 1)])
+@pytest.mark.parametrize(
+    "dtype,dim,heads,kv_heads",
+    [(jnp.bfloat16, 64, 8, 2), (jnp.bfloat16, 128, 4, 4), (jnp.float32, 48, 3, 1)],
+)
 def test_kernels_lower_for_cuda(dtype, dim, heads, kv_heads):
     q = jax.ShapeDtypeStruct((2, 300, heads, dim), dtype)
     k = jax.ShapeDtypeStruct((2, 300, kv_heads, dim), dtype)
     mask = AttentionMask.frame_causal(4, window=10).with_lengths(
-        q_lengths=jnp.array([300, 200]), kv_lengths=jnp.array([250, 100]))
+        q_lengths=jnp.array([300, 200]), kv_lengths=jnp.array([250, 100])
+    )
 
     def fwd_and_grad(q, k, v):
         def loss(q, k, v):
             return jnp.sum(attention(q, k, v, mask=mask, impl="pallas").astype(jnp.float32))
+
         return jax.value_and_grad(loss, argnums=(0, 1, 2))(q, k, v)
 
     text = lower_for_cuda(fwd_and_grad, q, k, k)
@@ -323,8 +353,9 @@ def test_errors_name_the_argument_and_shapes():
         attention(q, k, k, mask=AttentionMask.frame_causal(4), impl="cudnn")
     with pytest.raises(TypeError, match="kernel takes float32, bfloat16 or float16"):
         with jax.enable_x64(True):
-            attention(q.astype(jnp.float64), k.astype(jnp.float64), k.astype(jnp.float64),
-                      impl="pallas")
+            attention(
+                q.astype(jnp.float64), k.astype(jnp.float64), k.astype(jnp.float64), impl="pallas"
+            )
 
 
 def test_mask_fields_are_validated():

@@ -37,8 +37,12 @@ def test_self_attention_matches_einsum(getkey):
     y = mha(x, mask=AttentionMask(causal=True))
     assert y.shape == (3, 11, 32)
     for b in range(3):
-        np.testing.assert_allclose(np.asarray(y[b]), np.asarray(einsum_attention(mha, x[b], x[b], causal=True)),
-                                   rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(
+            np.asarray(y[b]),
+            np.asarray(einsum_attention(mha, x[b], x[b], causal=True)),
+            rtol=1e-5,
+            atol=1e-5,
+        )
 
 
 def test_leading_axes_and_no_batch(getkey):
@@ -50,8 +54,9 @@ def test_leading_axes_and_no_batch(getkey):
 
 
 def test_cross_attention_with_key_padding(getkey):
-    mha = MultiheadAttention(16, num_heads=4, num_kv_heads=1, kv_dim=24, out_dim=8,
-                             head_dim=4, key=getkey())
+    mha = MultiheadAttention(
+        16, num_heads=4, num_kv_heads=1, kv_dim=24, out_dim=8, head_dim=4, key=getkey()
+    )
     x = jax.random.normal(getkey(), (2, 6, 16))
     context = jax.random.normal(getkey(), (2, 9, 24))
     lengths = jnp.array([9, 4])
@@ -80,9 +85,11 @@ def test_kv_cache_blocks_equal_call(getkey):
     full = mha(x, mask=AttentionMask.frame_causal(3))
     k, v = mha.keys_values(x)
     for t in range(4):
-        q = mha.queries(x[:, 3 * t:3 * t + 3])
+        q = mha.queries(x[:, 3 * t : 3 * t + 3])
         y = mha.attend(q, k, v, mask=AttentionMask(causal=True, tokens_per_frame=3, q_offset=3 * t))
-        np.testing.assert_allclose(np.asarray(y), np.asarray(full[:, 3 * t:3 * t + 3]), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            np.asarray(y), np.asarray(full[:, 3 * t : 3 * t + 3]), rtol=1e-5, atol=1e-6
+        )
 
 
 def test_process_heads_is_applied(getkey):
@@ -120,11 +127,15 @@ def test_gradients_are_finite_and_bf16_runs(getkey):
 
 
 def test_bad_configuration_and_input(getkey):
-    with pytest.raises(ValueError, match=r"num_heads \(6\) must be a positive multiple of num_kv_heads \(4\)"):
+    with pytest.raises(
+        ValueError, match=r"num_heads \(6\) must be a positive multiple of num_kv_heads \(4\)"
+    ):
         MultiheadAttention(24, num_heads=6, num_kv_heads=4, key=getkey())
     with pytest.raises(ValueError, match=r"dim \(10\) is not divisible by num_heads \(4\)"):
         MultiheadAttention(10, num_heads=4, key=getkey())
     mha = MultiheadAttention(16, num_heads=2, key=getkey())
-    with pytest.raises(ValueError, match=r"`x` must have shape \(\*batch, length, 16\), got \(3, 8\)"):
+    with pytest.raises(
+        ValueError, match=r"`x` must have shape \(\*batch, length, 16\), got \(3, 8\)"
+    ):
         mha.queries(jnp.zeros((3, 8)))
     assert eqvid.kernels.AttentionMask is AttentionMask

@@ -16,8 +16,23 @@ def load(name):
 def test_scan_speed_writes_a_table(tmp_path, capsys):
     scan_speed = load("scan_speed")
     scan_speed.SIZES["test-tiny"] = (9, 1, 2, 3)
-    scan_speed.main(["--sizes", "test-tiny", "--repeats", "1", "--out-dir", str(tmp_path),
-                     "--name", "scan", "--impls", "pallas-split", "pallas", "xla", "sequential"])
+    scan_speed.main(
+        [
+            "--sizes",
+            "test-tiny",
+            "--repeats",
+            "1",
+            "--out-dir",
+            str(tmp_path),
+            "--name",
+            "scan",
+            "--impls",
+            "pallas-split",
+            "pallas",
+            "xla",
+            "sequential",
+        ]
+    )
     text = (tmp_path / "scan.md").read_text()
     assert "jax " in text and "command:" in text and "device:" in text
     for impl in ("pallas-split", "pallas", "xla", "sequential"):
@@ -28,14 +43,38 @@ def test_scan_speed_writes_a_table(tmp_path, capsys):
 def test_attention_speed_writes_a_table(tmp_path, capsys):
     attention_speed = load("attention_speed")
     impls = ("pallas", "cudnn", "xla")
-    attention_speed.main(["--lengths", "32", "--head-dims", "16", "--tokens-per-frame", "8",
-                          "--batch", "1", "--heads", "2", "--impls", *impls, "--repeats", "1",
-                          "--dtype", "float32", "--out-dir", str(tmp_path), "--name", "att"])
+    attention_speed.main(
+        [
+            "--lengths",
+            "32",
+            "--head-dims",
+            "16",
+            "--tokens-per-frame",
+            "8",
+            "--batch",
+            "1",
+            "--heads",
+            "2",
+            "--impls",
+            *impls,
+            "--repeats",
+            "1",
+            "--dtype",
+            "float32",
+            "--out-dir",
+            str(tmp_path),
+            "--name",
+            "att",
+        ]
+    )
     text = (tmp_path / "att.md").read_text()
     assert "jax " in text and "command:" in text and "device:" in text
     lines = text.splitlines()
-    for mask, visited in (("bidirectional", "100.0%"), ("causal", "51.6%"),
-                          ("frame-causal", "62.5%")):
+    for mask, visited in (
+        ("bidirectional", "100.0%"),
+        ("causal", "51.6%"),
+        ("frame-causal", "62.5%"),
+    ):
         for impl in impls:
             prefix = f"| {mask} | 32 | 16 | 1×2 | {visited} | {impl} |"
             assert sum(line.startswith(prefix) for line in lines) == 1, (mask, impl)
@@ -52,8 +91,20 @@ def test_train_throughput_table(tmp_path):
     """Every model trains a step; `generation_speed.py` runs (every mode) in the
     `run_all` test below."""
     train = load("train_throughput")
-    records = train.main(["--lengths", "3", "--batch", "1", "--repeats", "1",
-                          "--out-dir", str(tmp_path), "--name", "train"])
+    records = train.main(
+        [
+            "--lengths",
+            "3",
+            "--batch",
+            "1",
+            "--repeats",
+            "1",
+            "--out-dir",
+            str(tmp_path),
+            "--name",
+            "train",
+        ]
+    )
     text = (tmp_path / "train.md").read_text()
     for model in ("convs5", "convlstm", "transformer"):
         assert f"| 3 | {model} |" in text
@@ -81,7 +132,21 @@ def test_run_all_writes_readme_with_plots(tmp_path):
 
 def test_sharding_overhead_table(tmp_path):
     overhead = load("sharding_overhead")
-    records = overhead.main(["--models", "convs5", "--length", "3", "--batch", "1", "--repeats", "1",
-                             "--out-dir", str(tmp_path), "--name", "overhead"])
+    records = overhead.main(
+        [
+            "--models",
+            "convs5",
+            "--length",
+            "3",
+            "--batch",
+            "1",
+            "--repeats",
+            "1",
+            "--out-dir",
+            str(tmp_path),
+            "--name",
+            "overhead",
+        ]
+    )
     assert records[0]["plain_s"] > 0 and records[0]["sharded_s"] > 0
     assert "| convs5 |" in (tmp_path / "overhead.md").read_text()

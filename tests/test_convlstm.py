@@ -17,7 +17,11 @@ import eqvid
 # Model construction compiles one small XLA program per distinct weight shape (~0.3 s
 # each on a 2-core CPU), so the test models share their encoder widths.
 TINY = eqvid.ConvLSTMConfig(
-    frame_size=16, encoder_depths=(8, 16), d_model=8, n_layers=2, action_dim=3,
+    frame_size=16,
+    encoder_depths=(8, 16),
+    d_model=8,
+    n_layers=2,
+    action_dim=3,
     action_embed_dim=2,
 )
 
@@ -73,8 +77,7 @@ def test_layer_scan_equals_stepping_and_is_post_norm_residual(getkey):
     x0 = random_lstm_state(getkey(), 5, 7, 6)
     run = jax.jit(lambda u, x: layer(u, x))
     y, last = run(u, x0)
-    x_step, y_step = jax.jit(
-        lambda x, u: jax.lax.scan(lambda s, f: layer.step(s, f), x, u))(x0, u)
+    x_step, y_step = jax.jit(lambda x, u: jax.lax.scan(lambda s, f: layer.step(s, f), x, u))(x0, u)
     assert y.shape == u.shape and last[0].shape == last[1].shape == (5, 7, 6)
     np.testing.assert_allclose(y, y_step, rtol=1e-5, atol=1e-5)
     for a, b in zip(last, x_step):
@@ -118,12 +121,14 @@ def test_generate_equals_a_python_loop_of_steps_and_teacher_forcing(getkey):
     # objective on those predictions.
     full = jnp.concatenate([context, gen])
     tf, loss = jax.jit(jax.vmap(lambda v, a: (model(v, a), model.loss(v, a))))(
-        full[None], actions[None])
+        full[None], actions[None]
+    )
     assert tf.shape == (1, 6, 16, 16, 1)
     np.testing.assert_allclose(tf[0, 3:], gen, rtol=1e-5, atol=1e-5)
     err = np.asarray(tf[0]) - np.asarray(full[1:])
     released = 0.5 * np.mean(np.sum(err**2, axis=(-2, -1))) + 0.5 * np.mean(
-        np.sum(np.abs(err), axis=(-2, -1)))
+        np.sum(np.abs(err), axis=(-2, -1))
+    )
     np.testing.assert_allclose(float(loss[0]), released, rtol=1e-5)
 
 
@@ -150,8 +155,7 @@ def test_loss_decreases_on_a_fixed_batch(getkey):
 
     @eqx.filter_jit
     def train_step(model, state):
-        loss, grads = eqx.filter_value_and_grad(
-            lambda m: jnp.mean(jax.vmap(m.loss)(videos)))(model)
+        loss, grads = eqx.filter_value_and_grad(lambda m: jnp.mean(jax.vmap(m.loss)(videos)))(model)
         updates, state = opt.update(grads, state)
         return eqx.apply_updates(model, updates), state, loss
 
@@ -229,8 +233,11 @@ def test_bad_inputs_name_the_argument(getkey):
         cell.step(cell.init_state(5, 5), jnp.zeros((5, 5, 2)))
     with pytest.raises(TypeCheckError, match="state"):
         eqvid.ConvLSTM(4, key=getkey())(jnp.zeros((2, 5, 5, 4)), (jnp.zeros((6, 5, 4)),) * 2)
-    for bad, match in ((dict(input_size=0), "input_size"), (dict(hidden_size=0), "hidden_size"),
-                       (dict(kernel_size=4), "kernel_size")):
+    for bad, match in (
+        (dict(input_size=0), "input_size"),
+        (dict(hidden_size=0), "hidden_size"),
+        (dict(kernel_size=4), "kernel_size"),
+    ):
         args = dict(input_size=3, hidden_size=4, kernel_size=3) | bad
         with pytest.raises(ValueError, match=f"ConvLSTMCell: `{match}`"):
             eqvid.ConvLSTMCell(**args, key=getkey())

@@ -13,9 +13,7 @@ from jaxtyping import TypeCheckError
 
 import eqvid
 
-TINY = eqvid.ConvS5Config(
-    frame_size=16, encoder_depths=(4, 8), d_model=8, ssm_size=8, n_layers=2
-)
+TINY = eqvid.ConvS5Config(frame_size=16, encoder_depths=(4, 8), d_model=8, ssm_size=8, n_layers=2)
 
 
 def count_params(config):
@@ -49,7 +47,9 @@ def test_generate_equals_teacher_forcing_on_its_own_output(getkey):
     assert float(jnp.abs(gen).max()) <= 1.0
     full = jnp.concatenate([context, gen], axis=0)
     for impl in ("xla", "sequential"):
-        tf = jax.jit(lambda m, v: m(v, impl=impl))(model, full)  # predictions of frames 1..10
+        tf = jax.jit(lambda m, v, impl=impl: m(v, impl=impl))(
+            model, full
+        )  # predictions of frames 1..10
         np.testing.assert_allclose(tf[4:], gen, rtol=1e-5, atol=1e-5)
 
 
@@ -81,8 +81,7 @@ def test_loss_decreases_on_a_fixed_batch(getkey):
 
     @eqx.filter_jit
     def step(model, state):
-        loss, grads = eqx.filter_value_and_grad(
-            lambda m: jnp.mean(jax.vmap(m.loss)(videos)))(model)
+        loss, grads = eqx.filter_value_and_grad(lambda m: jnp.mean(jax.vmap(m.loss)(videos)))(model)
         updates, state = opt.update(grads, state)
         return eqx.apply_updates(model, updates), state, loss
 
@@ -99,7 +98,8 @@ def test_loss_is_the_released_objective(getkey):
     video = random_video(getkey(), t=5)
     err = np.asarray(model(video)) - np.asarray(video[1:])
     want = 0.5 * np.mean(np.sum(err**2, axis=(-2, -1))) + 0.5 * np.mean(
-        np.sum(np.abs(err), axis=(-2, -1)))
+        np.sum(np.abs(err), axis=(-2, -1))
+    )
     np.testing.assert_allclose(float(model.loss(video)), want, rtol=1e-5)
 
 

@@ -15,9 +15,9 @@ from eqvid.data import (
     FrameFolderVideos,
     TecoVideos,
     VideoFolderVideos,
+    convert,
     pack_array_record,
 )
-from eqvid.data import convert
 
 av = pytest.importorskip("av")
 
@@ -85,7 +85,12 @@ def test_teco_whole_videos_and_actions(teco_root):
     root, videos = teco_root
     src = TecoVideos(str(root), "train")
     assert len(src) == 4  # the mp4's sidecar is not a video
-    assert [os.path.basename(p) for p in src.files] == ["traj0.npz", "traj2.npz", "traj1.npz", "traj3.mp4"]
+    assert [os.path.basename(p) for p in src.files] == [
+        "traj0.npz",
+        "traj2.npz",
+        "traj1.npz",
+        "traj3.mp4",
+    ]
     by_name = {os.path.basename(p): i for i, p in enumerate(src.files)}
     for v in range(4):
         item = src[by_name[f"traj{v}.npz" if v < 3 else "traj3.mp4"]]
@@ -118,7 +123,9 @@ def test_teco_windows_read_exact_frames(teco_root, name):
 
 def test_teco_without_actions_and_missing_actions(tmp_path):
     (tmp_path / "train").mkdir()
-    np.savez(tmp_path / "train" / "a.npz", video=tagged_video(0, 4, channels=1)[..., 0])  # (T, H, W)
+    np.savez(
+        tmp_path / "train" / "a.npz", video=tagged_video(0, 4, channels=1)[..., 0]
+    )  # (T, H, W)
     write_mp4(tmp_path / "train" / "b.mp4", tagged_video(1, 4))
     src = TecoVideos(str(tmp_path), "train", actions=False)
     assert set(src[0]) == {"video"} and src[0]["video"].shape == (4, H, W, 1)
@@ -176,8 +183,12 @@ def frame_root(tmp_path_factory):
             rel = f"class1/{name}_{t + 1}.png"
             Image.fromarray(frame).save(root / rel)
             lines.append(rel)
-    (root / "train.txt").write_text("\n".join(sorted(lines)) + "\n")  # lexicographic: 1, 10, 11, 12, 2, ...
-    (root / "test.txt").write_text("class1/v_b_1.png\nclass1/v_b_2.png\nclass1/v_b_4.png\nclass1/v_b_5.png\n")
+    (root / "train.txt").write_text(
+        "\n".join(sorted(lines)) + "\n"
+    )  # lexicographic: 1, 10, 11, 12, 2, ...
+    (root / "test.txt").write_text(
+        "class1/v_b_1.png\nclass1/v_b_2.png\nclass1/v_b_4.png\nclass1/v_b_5.png\n"
+    )
     return root, videos
 
 
@@ -187,7 +198,9 @@ def test_frame_folder_exact_frames_in_numeric_order(frame_root):
     assert len(src) == 2 and "v_a_*" in src.path(0)
     np.testing.assert_array_equal(src[0]["video"], videos["v_a"])
     np.testing.assert_array_equal(src[1]["video"], videos["v_b"])
-    np.testing.assert_array_equal(src.read_window(0, 4, 3, None)["video"], videos["v_a"][[0, 3, 6, 9]])
+    np.testing.assert_array_equal(
+        src.read_window(0, 4, 3, None)["video"], videos["v_a"][[0, 3, 6, 9]]
+    )
     gray = FrameFolderVideos(str(root), "train", grayscale=True)[1]["video"]
     assert gray.shape == (5, H, W, 1)
     expected = np.asarray(Image.fromarray(videos["v_b"][0]).convert("L"))
@@ -232,7 +245,9 @@ def video_root(tmp_path_factory):
     palette = np.random.default_rng(5).integers(0, 256, (16, 3), dtype=np.uint8)
     gif = palette[np.random.default_rng(6).integers(0, 16, (5, H, W))]
     frames = [Image.fromarray(f) for f in gif]
-    frames[0].save(root / "train" / "b.gif", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    frames[0].save(
+        root / "train" / "b.gif", save_all=True, append_images=frames[1:], duration=100, loop=0
+    )
     videos["b.gif"] = gif
     return root, videos
 
@@ -240,35 +255,48 @@ def video_root(tmp_path_factory):
 def test_video_folder_decodes_mp4_gif_webm(video_root):
     root, videos = video_root
     src = VideoFolderVideos(str(root), "train")
-    assert [os.path.relpath(p, root / "train") for p in src.files] == ["a.mp4", "b.gif", "sub/c.webm"]
+    assert [os.path.relpath(p, root / "train") for p in src.files] == [
+        "a.mp4",
+        "b.gif",
+        "sub/c.webm",
+    ]
     np.testing.assert_array_equal(src[0]["video"], videos["a.mp4"])  # lossless H.264
     np.testing.assert_array_equal(src[1]["video"], videos["b.gif"])  # <= 256 colours: exact
     webm = src[2]["video"]  # lossless VP9 in YUV 4:4:4: off by rounding only
     assert webm.shape == videos["sub/c.webm"].shape
     assert np.abs(webm.astype(int) - videos["sub/c.webm"]).max() <= 3
     np.testing.assert_array_equal(src.read_window(0, 2, 3, None)["video"], videos["a.mp4"][[0, 3]])
-    window = src.read_window(2, 3, 1, np.random.default_rng(1))["video"]  # webm: length from decoding
+    window = src.read_window(2, 3, 1, np.random.default_rng(1))[
+        "video"
+    ]  # webm: length from decoding
     assert window.shape == (3, H, W, 3)
-    assert VideoFolderVideos(str(root), "ignored", split_folders=False, grayscale=True)[0]["video"].shape == (7, H, W, 1)
+    assert VideoFolderVideos(str(root), "ignored", split_folders=False, grayscale=True)[0][
+        "video"
+    ].shape == (7, H, W, 1)
 
 
 def test_array_record_roundtrip_and_converter(teco_root, tmp_path):
-    root, videos = teco_root
+    root, _videos = teco_root
     teco = TecoVideos(str(root), "train")
-    summary = pack_array_record(teco, str(tmp_path / "direct" / "train"), shard_mb=0.001, progress=False)
+    summary = pack_array_record(
+        teco, str(tmp_path / "direct" / "train"), shard_mb=0.001, progress=False
+    )
     assert summary.videos == 4 and summary.frames == 9 + 10 + 11 + 10 and summary.shards == 4
     packed = ArrayRecordVideos(str(tmp_path / "direct"), "train")
     assert len(packed) == len(teco)
     for i in range(len(teco)):
         np.testing.assert_array_equal(packed[i]["video"], teco[i]["video"])
         np.testing.assert_array_equal(packed[i]["actions"], teco[i]["actions"])
-        np.testing.assert_array_equal(packed.read_window(i, 3, 2, None)["video"], teco[i]["video"][[0, 2, 4]])
+        np.testing.assert_array_equal(
+            packed.read_window(i, 3, 2, None)["video"], teco[i]["video"][[0, 2, 4]]
+        )
     with pytest.raises(FileExistsError, match="overwrite"):
         pack_array_record(teco, str(tmp_path / "direct" / "train"), progress=False)
 
     out = tmp_path / "cli"
-    summaries = convert.main(["teco", "--root", str(root), "--out", str(out), "--frame-size", "4",
-                              "--no-progress"])
+    summaries = convert.main(
+        ["teco", "--root", str(root), "--out", str(out), "--frame-size", "4", "--no-progress"]
+    )
     assert [s.videos for s in summaries] == [4, 2]
     small = ArrayRecordVideos(str(out), "test")
     assert small[0]["video"].shape == (9, 4, 4, 3)
@@ -282,10 +310,35 @@ def test_converter_skips_bad_files(tmp_path, capsys):
     np.savez(tmp_path / "train" / "good.npz", video=tagged_video(0, 4))
     (tmp_path / "train" / "bad.npz").write_bytes(b"oops")
     with pytest.raises(BadVideoError, match=r"bad\.npz"):
-        convert.main(["teco", "--root", str(tmp_path), "--out", str(tmp_path / "o"), "--splits", "train",
-                      "--no-actions", "--no-progress"])
-    summaries = convert.main(["teco", "--root", str(tmp_path), "--out", str(tmp_path / "o"), "--splits", "train",
-                              "--no-actions", "--no-progress", "--on-bad-file", "skip", "--overwrite"])
+        convert.main(
+            [
+                "teco",
+                "--root",
+                str(tmp_path),
+                "--out",
+                str(tmp_path / "o"),
+                "--splits",
+                "train",
+                "--no-actions",
+                "--no-progress",
+            ]
+        )
+    summaries = convert.main(
+        [
+            "teco",
+            "--root",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "o"),
+            "--splits",
+            "train",
+            "--no-actions",
+            "--no-progress",
+            "--on-bad-file",
+            "skip",
+            "--overwrite",
+        ]
+    )
     assert summaries[0].videos == 1 and len(summaries[0].skipped) == 1
     assert "skipped 1 bad file" in capsys.readouterr().out
     with warnings.catch_warnings():

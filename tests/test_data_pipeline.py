@@ -19,13 +19,13 @@ from eqvid.data import (
     FrameFolderConfig,
     MovingMNISTConfig,
     TecoConfig,
+    TecoVideos,
     VideoFolderConfig,
     dataset_config_class,
     evaluation_videos,
     frame_spec,
     make_dataset,
     pack_array_record,
-    TecoVideos,
 )
 
 H = W = 8
@@ -35,7 +35,9 @@ NUM_VIDEOS = 10
 def tagged(video_id: int, num_frames: int) -> np.ndarray:
     """Frames whose pixel (0, 0) holds (video id, frame index, 7)."""
     video = np.random.default_rng(video_id).integers(0, 256, (num_frames, H, W, 3), dtype=np.uint8)
-    video[:, 0, 0] = np.stack([np.full(num_frames, video_id), np.arange(num_frames), np.full(num_frames, 7)], 1)
+    video[:, 0, 0] = np.stack(
+        [np.full(num_frames, video_id), np.arange(num_frames), np.full(num_frames, 7)], 1
+    )
     return video
 
 
@@ -47,7 +49,9 @@ def teco(tmp_path_factory):
         (root / split).mkdir()
         for v in range(NUM_VIDEOS):
             n = 12 + v
-            np.savez(root / split / f"{v:02d}.npz", video=tagged(v, n), actions=(v + np.arange(n)) % 6)
+            np.savez(
+                root / split / f"{v:02d}.npz", video=tagged(v, n), actions=(v + np.arange(n)) % 6
+            )
     return TecoConfig(root=str(root), seq_len=4, frame_stride=2)
 
 
@@ -68,7 +72,7 @@ def test_training_batches_windows_and_actions(teco):
     for batch in batches:
         assert batch["video"].dtype == np.float32 and batch["video"].shape == (3, 4, H, W, 3)
         assert batch["actions"].dtype == np.int32 and batch["actions"].shape == (3, 4)
-        assert -1.0 <= batch["video"].min() and batch["video"].max() <= 1.0
+        assert batch["video"].min() >= -1.0 and batch["video"].max() <= 1.0
         for (video, frames), actions in zip(ids(batch), batch["actions"]):
             start = frames[0]
             assert frames == (start, start + 2, start + 4, start + 6)  # stride 2
@@ -83,13 +87,22 @@ def test_training_batches_windows_and_actions(teco):
 
 def test_evaluation_is_every_video_once_in_order_from_frame_zero(teco):
     config = dataclasses.replace(teco, value_range="unit")
-    ds = make_dataset(config, split="test", batch_size=4, shuffle=False, num_epochs=1,
-                      drop_remainder=False, window="start")
+    ds = make_dataset(
+        config,
+        split="test",
+        batch_size=4,
+        shuffle=False,
+        num_epochs=1,
+        drop_remainder=False,
+        window="start",
+    )
     batches = list(ds)
     assert [len(b["video"]) for b in batches] == [4, 4, 2]
     examples = [x for b in batches for x in ids_unit(b)]
     assert examples == [(v, (0, 2, 4, 6)) for v in range(NUM_VIDEOS)]
-    np.testing.assert_allclose(batches[0]["video"][0], tagged(0, 12)[[0, 2, 4, 6]] / 255.0, rtol=1e-6)
+    np.testing.assert_allclose(
+        batches[0]["video"][0], tagged(0, 12)[[0, 2, 4, 6]] / 255.0, rtol=1e-6
+    )
 
 
 def test_evaluation_videos_are_centre_cropped_even_when_training_crops_at_random(tmp_path):
@@ -97,7 +110,7 @@ def test_evaluation_videos_are_centre_cropped_even_when_training_crops_at_random
     video = np.random.default_rng(0).integers(0, 256, (6, 8, 12, 3), dtype=np.uint8)
     np.savez(tmp_path / "test" / "0.npz", video=video)
     data = TecoConfig(root=str(tmp_path), seq_len=3, frame_size=8, crop="random", actions=False)
-    (got, actions), = list(evaluation_videos(data, num_videos=1, length=4, batch_size=1))
+    ((got, actions),) = list(evaluation_videos(data, num_videos=1, length=4, batch_size=1))
     assert actions is None
     np.testing.assert_array_equal(got[0], video[:4, :, 2:10])  # columns 2..9: the centre
 
@@ -136,8 +149,18 @@ def test_resume_from_iterator_state(teco):
 def test_two_processes_see_disjoint_videos_covering_the_set(teco, shuffle):
     shares = []
     for index in range(2):
-        ds = make_dataset(teco, split="test", batch_size=2, seed=3, shuffle=shuffle, num_epochs=1,
-                          drop_remainder=False, window="start", process_index=index, process_count=2)
+        ds = make_dataset(
+            teco,
+            split="test",
+            batch_size=2,
+            seed=3,
+            shuffle=shuffle,
+            num_epochs=1,
+            drop_remainder=False,
+            window="start",
+            process_index=index,
+            process_count=2,
+        )
         shares.append([v for b in ds for v, _ in ids(b)])
     assert (len(shares[0]), len(shares[1])) == (6, 4)  # batches 0, 2, 4 and 1, 3
     assert not set(shares[0]) & set(shares[1])
@@ -154,12 +177,15 @@ def test_processes_side_by_side_are_the_single_process_batch(teco, tmp_path, for
     else:
         data = MovingMNISTConfig(frame_size=32, seq_len=3, train_sequences=8)
     one = take(make_dataset(data, batch_size=4, seed=5, process_index=0, process_count=1), 4)
-    two = [take(make_dataset(data, batch_size=2, seed=5, process_index=i, process_count=2), 4)
-           for i in range(2)]
+    two = [
+        take(make_dataset(data, batch_size=2, seed=5, process_index=i, process_count=2), 4)
+        for i in range(2)
+    ]
     for k, want in enumerate(one):
         for key in want:
             np.testing.assert_array_equal(
-                np.concatenate([two[0][k][key], two[1][k][key]]), want[key])
+                np.concatenate([two[0][k][key], two[1][k][key]]), want[key]
+            )
 
 
 def test_workers_give_the_same_batches_and_resume(teco):
@@ -186,28 +212,48 @@ def with_bad_files(tmp_path_factory):
     for v in range(6):
         np.savez(root / "test" / f"{v}.npz", video=tagged(v, 8), actions=np.zeros(8, int))
     np.savez(root / "test" / "3.npz", video=tagged(3, 2), actions=np.zeros(2, int))  # too short
-    np.savez(root / "test" / "4.npz", video=tagged(4, 8), actions=np.zeros(7, int))  # actions mismatch
+    np.savez(
+        root / "test" / "4.npz", video=tagged(4, 8), actions=np.zeros(7, int)
+    )  # actions mismatch
     (root / "test" / "5.npz").write_bytes(b"truncated")
     return TecoConfig(root=str(root), seq_len=4)
 
 
 def test_bad_file_is_an_error_naming_it(with_bad_files):
-    ds = make_dataset(with_bad_files, split="test", batch_size=2, shuffle=False, num_epochs=1,
-                      drop_remainder=False, window="start")
+    ds = make_dataset(
+        with_bad_files,
+        split="test",
+        batch_size=2,
+        shuffle=False,
+        num_epochs=1,
+        drop_remainder=False,
+        window="start",
+    )
     with pytest.raises(BadVideoError, match=r"3\.npz: has 2 frame\(s\).*on-bad-file skip"):
         list(ds)
 
 
 def test_bad_files_skipped_with_counted_warnings(with_bad_files):
     config = dataclasses.replace(with_bad_files, on_bad_file="skip")
-    ds = make_dataset(config, split="test", batch_size=2, shuffle=False, num_epochs=1,
-                      drop_remainder=False, window="start")
+    ds = make_dataset(
+        config,
+        split="test",
+        batch_size=2,
+        shuffle=False,
+        num_epochs=1,
+        drop_remainder=False,
+        window="start",
+    )
     with pytest.warns(BadVideoWarning) as caught:
         batches = list(ds)
     messages = [str(w.message) for w in caught]
     assert len(messages) == 3
     assert "3.npz" in messages[0] and "(1 skipped so far)" in messages[0]
-    assert "4.npz" in messages[1] and "7 actions" in messages[1] and "(2 skipped so far)" in messages[1]
+    assert (
+        "4.npz" in messages[1]
+        and "7 actions" in messages[1]
+        and "(2 skipped so far)" in messages[1]
+    )
     assert "5.npz" in messages[2] and "(3 skipped so far)" in messages[2]
     assert [len(b["video"]) for b in batches] == [2, 1]  # refilled to full batches where possible
     assert [v for b in batches for v, _ in ids(b)] == [0, 1, 2]
@@ -226,7 +272,9 @@ def test_resize_random_crop_and_other_formats(teco, tmp_path):
     config = dataclasses.replace(teco, frame_size=4, crop="random", interpolation="area")
     batch = take(make_dataset(config, batch_size=2, seed=0), 1)[0]
     assert batch["video"].shape == (2, 4, 4, 4, 3)
-    packed = pack_array_record(TecoVideos(teco.root, "train"), str(tmp_path / "train"), progress=False)
+    packed = pack_array_record(
+        TecoVideos(teco.root, "train"), str(tmp_path / "train"), progress=False
+    )
     assert packed.videos == NUM_VIDEOS
     ar = ArrayRecordConfig(root=str(tmp_path), seq_len=4, frame_stride=2)
     a = take(make_dataset(teco, batch_size=3, seed=9), 3)
@@ -238,8 +286,14 @@ def test_resize_random_crop_and_other_formats(teco, tmp_path):
 
 def test_frame_spec_and_mixed_sizes(teco, tmp_path):
     spec = frame_spec(teco)
-    assert (spec.height, spec.width, spec.channels, spec.seq_len, spec.has_actions, spec.num_videos) == (
-        H, W, 3, 4, True, NUM_VIDEOS)
+    assert (
+        spec.height,
+        spec.width,
+        spec.channels,
+        spec.seq_len,
+        spec.has_actions,
+        spec.num_videos,
+    ) == (H, W, 3, 4, True, NUM_VIDEOS)
     assert frame_spec(dataclasses.replace(teco, frame_size=6, actions=False)).height == 6
     mm = frame_spec(MovingMNISTConfig(frame_size=32, seq_len=5, test_sequences=3), split="test")
     assert (mm.height, mm.channels, mm.num_videos) == (32, 1, 3)
@@ -249,13 +303,16 @@ def test_frame_spec_and_mixed_sizes(teco, tmp_path):
     mixed = TecoConfig(root=str(tmp_path), seq_len=2, actions=False)
     with pytest.raises(ValueError, match="different shapes.*frame-size"):
         take(make_dataset(mixed, batch_size=2, shuffle=False), 1)
-    assert take(make_dataset(dataclasses.replace(mixed, frame_size=6), batch_size=2), 1)[0]["video"].shape == (
-        2, 2, 6, 6, 3)
+    assert take(make_dataset(dataclasses.replace(mixed, frame_size=6), batch_size=2), 1)[0][
+        "video"
+    ].shape == (2, 2, 6, 6, 3)
 
 
 def test_moving_mnist_config_and_source_still_work():
     config = MovingMNISTConfig(frame_size=32, seq_len=3, train_sequences=4, test_sequences=2)
-    batch = take(make_dataset(config, batch_size=2, split="test", shuffle=False, num_epochs=1), 1)[0]
+    batch = take(make_dataset(config, batch_size=2, split="test", shuffle=False, num_epochs=1), 1)[
+        0
+    ]
     assert batch["video"].shape == (2, 3, 32, 32, 1) and set(batch) == {"video"}
 
 
@@ -270,11 +327,17 @@ def test_configs_and_their_command_line():
         assert "--seq-len" in parser.format_help()
     parser = argparse.ArgumentParser()
     add_config_arguments(parser, "data", VideoFolderConfig)
-    args = parser.parse_args(["--root", "x", "--frame-size", "64", "--value-range", "unit", "--no-split-folders"])
+    args = parser.parse_args(
+        ["--root", "x", "--frame-size", "64", "--value-range", "unit", "--no-split-folders"]
+    )
     config = config_from_args(args, "data", VideoFolderConfig())
     assert (config.frame_size, config.value_range, config.split_folders) == (64, "unit", False)
-    for bad, match in ((dict(seq_len=0), "seq_len"), (dict(frame_stride=0), "frame_stride"),
-                       (dict(frame_size=0), "frame_size"), (dict(on_bad_file="ignore"), "on_bad_file")):
+    for bad, match in (
+        (dict(seq_len=0), "seq_len"),
+        (dict(frame_stride=0), "frame_stride"),
+        (dict(frame_size=0), "frame_size"),
+        (dict(on_bad_file="ignore"), "on_bad_file"),
+    ):
         with pytest.raises((ValueError, TypeError), match=match):  # TypeError: beartype, in tests
             FrameFolderConfig(**bad)
     with pytest.raises((ValueError, TypeError), match="window"):

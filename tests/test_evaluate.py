@@ -16,8 +16,15 @@ from eqvid.metrics import LPIPS, load_samples_npz
 from eqvid.metrics._lpips import lpips_weight_shapes
 from eqvid.train import MeshConfig, OptimizerConfig, RunConfig, TrainConfig, rollout, train
 
-TINY = eqvid.ConvS5Config(frame_size=32, channels=3, encoder_depths=(4, 8), d_model=8, ssm_size=8,
-                          n_layers=1, action_dim=3)
+TINY = eqvid.ConvS5Config(
+    frame_size=32,
+    channels=3,
+    encoder_depths=(4, 8),
+    d_model=8,
+    ssm_size=8,
+    n_layers=1,
+    action_dim=3,
+)
 
 
 def _teco_files(root, split, count, rng):
@@ -25,8 +32,11 @@ def _teco_files(root, split, count, rng):
     folder = root / split / "part0"
     folder.mkdir(parents=True)
     for i in range(count):
-        np.savez(folder / f"{i:03d}.npz", video=rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8),
-                 actions=rng.integers(0, 3, 8))
+        np.savez(
+            folder / f"{i:03d}.npz",
+            video=rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8),
+            actions=rng.integers(0, 3, 8),
+        )
 
 
 @pytest.fixture(scope="module")
@@ -41,21 +51,32 @@ def data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, data):
     run_dir = tmp_path_factory.mktemp("run")
-    train(TrainConfig(
-        model=TINY,
-        data=data,
-        optimizer=OptimizerConfig(lr=1e-3, warmup_steps=1),
-        run=RunConfig(run_dir=str(run_dir), steps=2, batch_size=2, checkpoint_every=0,
-                      sample_every=0, eval_sequences=0, progress=False),
-        mesh=MeshConfig(devices=1),
-    ))
+    train(
+        TrainConfig(
+            model=TINY,
+            data=data,
+            optimizer=OptimizerConfig(lr=1e-3, warmup_steps=1),
+            run=RunConfig(
+                run_dir=str(run_dir),
+                steps=2,
+                batch_size=2,
+                checkpoint_every=0,
+                sample_every=0,
+                eval_sequences=0,
+                progress=False,
+            ),
+            mesh=MeshConfig(devices=1),
+        )
+    )
     return run_dir
 
 
 def _features(videos):
     """A cheap stand-in for I3D: per-video statistics (the FVD plumbing under test)."""
     v = np.asarray(videos, np.float64)
-    return np.stack([v.mean(axis=(1, 2, 3, 4)), v.std(axis=(1, 2, 3, 4)), v[:, -1].mean(axis=(1, 2, 3))], 1)
+    return np.stack(
+        [v.mean(axis=(1, 2, 3, 4)), v.std(axis=(1, 2, 3, 4)), v[:, -1].mean(axis=(1, 2, 3))], 1
+    )
 
 
 def _psnr_reference(real, fake, context, chunk):
@@ -69,14 +90,25 @@ def _psnr_reference(real, fake, context, chunk):
 
 def test_evaluate_a_run_writes_samples_metrics_and_plot(run_dir, data, tmp_path):
     rng = np.random.default_rng(0)
-    weights = {k: rng.normal(0, 0.1, s).astype(np.float32) for k, s in lpips_weight_shapes().items()}
+    weights = {
+        k: rng.normal(0, 0.1, s).astype(np.float32) for k, s in lpips_weight_shapes().items()
+    }
     lpips = LPIPS({k: np.abs(v) if k.startswith("lin") else v for k, v in weights.items()})
     out = tmp_path / "eval"
     (out / "samples").mkdir(parents=True)
     (out / "samples" / "data_9.npz").write_bytes(b"left by an earlier evaluation")
-    config = EvalConfig(run_dir=str(run_dir), protocol="quick", context=3, horizon=2, num_videos=4,
-                        chunk=2, batch_size=2, metrics=("psnr", "ssim", "lpips", "fvd"),
-                        out_dir=str(out), progress=False)
+    config = EvalConfig(
+        run_dir=str(run_dir),
+        protocol="quick",
+        context=3,
+        horizon=2,
+        num_videos=4,
+        chunk=2,
+        batch_size=2,
+        metrics=("psnr", "ssim", "lpips", "fvd"),
+        out_dir=str(out),
+        progress=False,
+    )
     with pytest.warns(UserWarning, match="chunk=2"):
         report = evaluate(config, lpips=lpips, i3d=_features)
 
@@ -96,8 +128,9 @@ def test_evaluate_a_run_writes_samples_metrics_and_plot(run_dir, data, tmp_path)
 
     # PSNR as the papers reduce it, recomputed from the files.
     mean, std = _psnr_reference(samples.real, samples.fake, 3, 2)
-    np.testing.assert_allclose([report.scores["psnr"].mean, report.scores["psnr"].std], [mean, std],
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        [report.scores["psnr"].mean, report.scores["psnr"].std], [mean, std], rtol=1e-5
+    )
     assert set(report.scores) == {"psnr", "ssim", "lpips", "fvd"} and report.kvd is not None
     assert len(report.per_frame["ssim"]) == 2 and report.num_videos == 4
     assert all(len(s.per_chunk) == 2 for s in report.scores.values())
@@ -110,9 +143,16 @@ def test_evaluate_a_run_writes_samples_metrics_and_plot(run_dir, data, tmp_path)
     assert (out / "per_frame.csv").read_text().splitlines()[1].startswith("4,")
 
     # Scoring the saved files again gives the same frame metrics.
-    again = evaluate(EvalConfig(samples=str(out / "samples"), context=3, chunk=2,
-                                metrics=("psnr", "ssim"), out_dir=str(tmp_path / "again"),
-                                progress=False))
+    again = evaluate(
+        EvalConfig(
+            samples=str(out / "samples"),
+            context=3,
+            chunk=2,
+            metrics=("psnr", "ssim"),
+            out_dir=str(tmp_path / "again"),
+            progress=False,
+        )
+    )
     for name in ("psnr", "ssim"):
         assert again.scores[name] == report.scores[name]
 
@@ -132,8 +172,17 @@ def test_evaluate_errors_name_what_is_wrong(run_dir, tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="lpips_alexnet.npz"):
         evaluate(EvalConfig(run_dir=str(run_dir), metrics=("lpips",), out_dir=str(tmp_path / "o")))
     with pytest.raises(ValueError, match="one chunk needs 64 videos, got 4"):
-        evaluate(EvalConfig(run_dir=str(run_dir), context=3, horizon=2, num_videos=4,
-                            metrics=("psnr",), out_dir=str(tmp_path / "o"), progress=False))
+        evaluate(
+            EvalConfig(
+                run_dir=str(run_dir),
+                context=3,
+                horizon=2,
+                num_videos=4,
+                metrics=("psnr",),
+                out_dir=str(tmp_path / "o"),
+                progress=False,
+            )
+        )
 
 
 def test_scoring_files_takes_their_context_from_the_files_or_asks(tmp_path):
@@ -150,8 +199,16 @@ def test_scoring_files_takes_their_context_from_the_files_or_asks(tmp_path):
         evaluate(EvalConfig(samples=str(folder), chunk=2, metrics=("psnr",), progress=False))
 
     def scored(**given):
-        return evaluate(EvalConfig(samples=str(folder), chunk=2, metrics=("psnr", "ssim"),
-                                   out_dir=str(tmp_path / "out"), progress=False, **given))
+        return evaluate(
+            EvalConfig(
+                samples=str(folder),
+                chunk=2,
+                metrics=("psnr", "ssim"),
+                out_dir=str(tmp_path / "out"),
+                progress=False,
+                **given,
+            )
+        )
 
     four = scored(context=4)
     assert four.context == 4 and four.horizon == 2
@@ -172,5 +229,12 @@ def test_cli_help_lists_the_protocols(capsys):
         cli_main(["--help"])
     assert exit_.value.code == 0
     text = capsys.readouterr().out
-    for word in ("convs5-mmnist-800", "teco-dmlab", "--run-dir", "--samples", "--metrics", "convert_weights"):
+    for word in (
+        "convs5-mmnist-800",
+        "teco-dmlab",
+        "--run-dir",
+        "--samples",
+        "--metrics",
+        "convert_weights",
+    ):
         assert word in text

@@ -20,7 +20,7 @@ def numpy_scan(a, b, x0, reverse):
     per_step = a.ndim == b.ndim
     x = np.broadcast_to(np.asarray(x0), b.shape[1:]).astype(np.result_type(a, b, x0))
     out = np.zeros(b.shape, x.dtype)
-    for t in (range(b.shape[0] - 1, -1, -1) if reverse else range(b.shape[0])):
+    for t in range(b.shape[0] - 1, -1, -1) if reverse else range(b.shape[0]):
         x = (a[t] if per_step else a) * x + b[t]
         out[t] = x
     return out
@@ -34,7 +34,11 @@ def random_problem(rng, T, rest, *, complex_, per_step, a_shape=None):
     shape = (T,) + rest
     a_shape = shape if per_step else (a_shape or rest)
     mag = rng.uniform(0.3, 0.99, size=a_shape)
-    a = mag * np.exp(1j * rng.uniform(-np.pi, np.pi, size=a_shape)) if complex_ else mag * rng.choice([-1, 1], size=a_shape)
+    a = (
+        mag * np.exp(1j * rng.uniform(-np.pi, np.pi, size=a_shape))
+        if complex_
+        else mag * rng.choice([-1, 1], size=a_shape)
+    )
     return a, draw(shape), draw(rest)
 
 
@@ -49,8 +53,11 @@ def test_matches_numpy_loop(impl, reverse, per_step, complex_):
         want = numpy_scan(a, b, x0, reverse)
         dtype = jnp.complex64 if complex_ else jnp.float32
         got = linear_scan(
-            jnp.asarray(a, dtype), jnp.asarray(b, dtype), jnp.asarray(x0, dtype),
-            reverse=reverse, impl=impl,
+            jnp.asarray(a, dtype),
+            jnp.asarray(b, dtype),
+            jnp.asarray(x0, dtype),
+            reverse=reverse,
+            impl=impl,
         )
         assert got.shape == b.shape and got.dtype == dtype
         np.testing.assert_allclose(np.asarray(got), want, rtol=2e-5, atol=2e-5)
@@ -63,7 +70,9 @@ def test_float64_exact_and_zero_x0(impl):
     with jax.enable_x64(True):
         got = linear_scan(jnp.asarray(a), jnp.asarray(b), impl=impl)
         assert got.dtype == jnp.complex128
-        np.testing.assert_allclose(np.asarray(got), numpy_scan(a, b, np.zeros((3, 5)), False), rtol=1e-12)
+        np.testing.assert_allclose(
+            np.asarray(got), numpy_scan(a, b, np.zeros((3, 5)), False), rtol=1e-12
+        )
 
 
 def test_real_a_with_complex_b_promotes():
@@ -95,11 +104,12 @@ def _autodiff_reference(a, b, x0, reverse):
 @pytest.mark.parametrize("complex_", [False, True])
 def test_vjp_matches_autodiff(impl, reverse, per_step, complex_):
     rng = np.random.default_rng(7)
-    a, b, x0 = random_problem(rng, 9, (2, 5), complex_=complex_, per_step=per_step,
-                              a_shape=(5,))
+    a, b, x0 = random_problem(rng, 9, (2, 5), complex_=complex_, per_step=per_step, a_shape=(5,))
     with jax.enable_x64(True):
         a, b, x0 = map(jnp.asarray, (a, b, x0))
-        ct = jnp.asarray(rng.normal(size=b.shape) + (1j * rng.normal(size=b.shape) if complex_ else 0))
+        ct = jnp.asarray(
+            rng.normal(size=b.shape) + (1j * rng.normal(size=b.shape) if complex_ else 0)
+        )
         out, vjp = jax.vjp(lambda *args: linear_scan(*args, reverse=reverse, impl=impl), a, b, x0)
         ref, vjp_ref = jax.vjp(lambda *args: _autodiff_reference(*args, reverse), a, b, x0)
         np.testing.assert_allclose(out, ref, rtol=1e-12)
@@ -186,9 +196,15 @@ def kernel_scan(a, b, x0, reverse, dtype, **launch):
         z = z.reshape(z.shape[0], m, p)
         return scan_module._to_split(z) if cplx else z
 
-    xs = scan_module._kernel_scan(split(jnp.broadcast_to(a, a.shape[:1] + rest)), split(b),
-                                  split(x0[None])[0], reverse, planes=2 if cplx else 1,
-                                  interpret=True, **launch)
+    xs = scan_module._kernel_scan(
+        split(jnp.broadcast_to(a, a.shape[:1] + rest)),
+        split(b),
+        split(x0[None])[0],
+        reverse,
+        planes=2 if cplx else 1,
+        interpret=True,
+        **launch,
+    )
     return (scan_module._to_complex(xs) if cplx else xs).reshape(b.shape)
 
 
@@ -200,13 +216,11 @@ def test_pallas_kernel_matches_numpy_loop(tile, chunks, reverse, per_step, compl
     """Several channel tiles with masked tails (3 × 5 channels in tiles of 2 × 4 or
     4 × 8) and time chunks that do not divide T=11."""
     rng = np.random.default_rng(hash((tile, chunks, reverse, per_step, complex_)) % 2**32)
-    a, b, x0 = random_problem(rng, 11, (3, 5), complex_=complex_, per_step=per_step,
-                              a_shape=(5,))
+    a, b, x0 = random_problem(rng, 11, (3, 5), complex_=complex_, per_step=per_step, a_shape=(5,))
     dtype = jnp.complex64 if complex_ else jnp.float32
     got = kernel_scan(a, b, x0, reverse, dtype, tile=tile, chunks=chunks)
     assert got.shape == b.shape and got.dtype == dtype
-    np.testing.assert_allclose(np.asarray(got), numpy_scan(a, b, x0, reverse),
-                               rtol=2e-5, atol=2e-5)
+    np.testing.assert_allclose(np.asarray(got), numpy_scan(a, b, x0, reverse), rtol=2e-5, atol=2e-5)
 
 
 def test_pallas_kernel_in_float64_is_exact():
@@ -229,16 +243,18 @@ def test_pallas_accepts_bfloat16_and_accumulates_in_float32():
     np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=1e-2, atol=1e-2)
 
 
-@pytest.mark.parametrize("reverse, per_step, complex_",
-                         [(False, False, True), (True, True, True), (False, True, False),
-                          (True, False, False)])
+@pytest.mark.parametrize(
+    "reverse, per_step, complex_",
+    [(False, False, True), (True, True, True), (False, True, False), (True, False, False)],
+)
 def test_pallas_vjp_matches_autodiff(reverse, per_step, complex_):
     rng = np.random.default_rng(13)
-    a, b, x0 = random_problem(rng, 10, (2, 3), complex_=complex_, per_step=per_step,
-                              a_shape=(3,))
+    a, b, x0 = random_problem(rng, 10, (2, 3), complex_=complex_, per_step=per_step, a_shape=(3,))
     dtype = jnp.complex64 if complex_ else jnp.float32
     a, b, x0 = (jnp.asarray(v, dtype) for v in (a, b, x0))
-    ct = jnp.asarray(rng.normal(size=b.shape) + (1j * rng.normal(size=b.shape) if complex_ else 0), dtype)
+    ct = jnp.asarray(
+        rng.normal(size=b.shape) + (1j * rng.normal(size=b.shape) if complex_ else 0), dtype
+    )
     out, vjp = jax.vjp(lambda *args: linear_scan(*args, reverse=reverse, impl="pallas"), a, b, x0)
     ref, vjp_ref = jax.vjp(lambda *args: _autodiff_reference(*args, reverse), a, b, x0)
     np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
@@ -273,12 +289,15 @@ def lower_for_cuda(fn, *args):
         return jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
 
 
-@pytest.mark.parametrize("T, rest, a_rest, dtype, reverse", [
-    (300, (8, 16, 16, 128), (128,), jnp.complex64, False),    # the paper's MNIST layer
-    (1200, (1, 8, 8, 64), (1, 8, 8, 64), jnp.complex64, True),  # few channels: time chunks
-    (37, (1000,), None, jnp.float32, False),                  # per-step real, odd sizes
-    (64, (300,), (300,), jnp.bfloat16, True),
-])
+@pytest.mark.parametrize(
+    "T, rest, a_rest, dtype, reverse",
+    [
+        (300, (8, 16, 16, 128), (128,), jnp.complex64, False),  # the paper's MNIST layer
+        (1200, (1, 8, 8, 64), (1, 8, 8, 64), jnp.complex64, True),  # few channels: time chunks
+        (37, (1000,), None, jnp.float32, False),  # per-step real, odd sizes
+        (64, (300,), (300,), jnp.bfloat16, True),
+    ],
+)
 def test_pallas_lowers_for_cuda(T, rest, a_rest, dtype, reverse):
     b = jax.ShapeDtypeStruct((T,) + rest, dtype)
     a = jax.ShapeDtypeStruct((T,) + rest if a_rest is None else a_rest, dtype)
@@ -287,6 +306,7 @@ def test_pallas_lowers_for_cuda(T, rest, a_rest, dtype, reverse):
     def fwd_and_grad(a, b, x0):
         def f(a, b, x0):
             return jnp.sum(jnp.abs(linear_scan(a, b, x0, reverse=reverse, impl="pallas")))
+
         return jax.value_and_grad(f, argnums=(0, 1, 2))(a, b, x0)
 
     text = lower_for_cuda(fwd_and_grad, a, b, x0)
@@ -323,8 +343,7 @@ def to_split(z):
 @pytest.mark.parametrize("per_step, reverse", [(False, False), (True, True)])
 def test_split_layout_matches_complex_scan(impl, per_step, reverse):
     rng = np.random.default_rng(15)
-    a, b, x0 = random_problem(rng, 9, (2, 3, 5), complex_=True, per_step=per_step,
-                              a_shape=(5,))
+    a, b, x0 = random_problem(rng, 9, (2, 3, 5), complex_=True, per_step=per_step, a_shape=(5,))
     a, b, x0 = (jnp.asarray(v, jnp.complex64) for v in (a, b, x0))
     want = linear_scan(a, b, x0, reverse=reverse, impl="sequential")
     got = linear_scan_split(a, to_split(b), x0, reverse=reverse, impl=impl)
@@ -335,7 +354,9 @@ def test_split_layout_matches_complex_scan(impl, per_step, reverse):
         return jnp.sum(jnp.sin(f(a, b, x0)))
 
     split_fn = lambda a, b, x0: linear_scan_split(a, b, x0, reverse=reverse, impl=impl)
-    ref_fn = lambda a, b, x0: to_split(_autodiff_reference(a, scan_module._to_complex(b), x0, reverse))
+    ref_fn = lambda a, b, x0: to_split(
+        _autodiff_reference(a, scan_module._to_complex(b), x0, reverse)
+    )
     grads = jax.grad(functools.partial(loss, split_fn), argnums=(0, 1, 2))(a, to_split(b), x0)
     grads_ref = jax.grad(functools.partial(loss, ref_fn), argnums=(0, 1, 2))(a, to_split(b), x0)
     for g, g_ref in zip(grads, grads_ref):

@@ -209,7 +209,9 @@ def test_bad_inputs_name_the_argument(converted):
 def test_corrupted_weight_file_is_named(tmp_path):
     bad = tmp_path / "lpips_alexnet.npz"
     bad.write_bytes(b"PK\x03\x04 cut off")
-    with pytest.raises(ValueError, match=r"lpips_alexnet\.npz is not a readable eqvid .*convert_weights"):
+    with pytest.raises(
+        ValueError, match=r"lpips_alexnet\.npz is not a readable eqvid .*convert_weights"
+    ):
         LPIPS.load(bad)
 
 

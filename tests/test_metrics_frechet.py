@@ -155,7 +155,9 @@ def test_jax_fvd_and_kvd_under_jit_match_the_float64_ones(dim, num):
     rng = np.random.default_rng(dim + 1)
     x = features(rng, num, dim).astype(np.float32)
     y = features(rng, num + 13, dim, shift=0.3, mix=0.5).astype(np.float32)
-    got_fvd, got_kvd = jax.jit(lambda a, b: (fvd_jax(a, b), kvd_jax(a, b)))(jnp.asarray(x), jnp.asarray(y))
+    got_fvd, got_kvd = jax.jit(lambda a, b: (fvd_jax(a, b), kvd_jax(a, b)))(
+        jnp.asarray(x), jnp.asarray(y)
+    )
     assert got_fvd.dtype == jnp.float32
     np.testing.assert_allclose(float(got_fvd), fvd_from_features(x, y), rtol=1e-4)
     np.testing.assert_allclose(float(got_kvd), kvd(x, y), rtol=1e-4)

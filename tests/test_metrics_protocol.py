@@ -102,7 +102,7 @@ def test_frame_metrics_generated_frames_only(videos):
     )
     # 20 frames in batches of 7 (the last padded), LPIPS inputs in [-1, 1].
     assert len(calls) == 3 and all(
-        s == (7, 12, 13, 1) and -1 <= lo and hi <= 1 for lo, hi, s in calls
+        s == (7, 12, 13, 1) and lo >= -1 and hi <= 1 for lo, hi, s in calls
     )
 
     # Context frames do not count: changing them changes nothing.

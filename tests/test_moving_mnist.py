@@ -64,7 +64,9 @@ def _centroids(video: np.ndarray) -> np.ndarray:
     frames = video[..., 0].astype(np.float64)
     rows, cols = np.indices(frames.shape[1:])
     mass = frames.sum(axis=(1, 2))
-    return np.stack([(frames * rows).sum(axis=(1, 2)) / mass, (frames * cols).sum(axis=(1, 2)) / mass], axis=1)
+    return np.stack(
+        [(frames * rows).sum(axis=(1, 2)) / mass, (frames * cols).sum(axis=(1, 2)) / mass], axis=1
+    )
 
 
 @pytest.mark.parametrize("index", [0, 1, 2])

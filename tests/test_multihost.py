@@ -11,10 +11,37 @@ import sys
 import numpy as np
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-TINY = ["--steps", "3", "--batch-size", "4", "--seq-len", "3", "--frame-size", "32",
-        "--encoder-depths", "4", "8", "--d-model", "8", "--ssm-size", "8", "--n-layers", "1",
-        "--train-sequences", "32", "--checkpoint-every", "0", "--sample-every", "0",
-        "--eval-sequences", "0", "--log-every", "1", "--dropout", "0.2"]
+TINY = [
+    "--steps",
+    "3",
+    "--batch-size",
+    "4",
+    "--seq-len",
+    "3",
+    "--frame-size",
+    "32",
+    "--encoder-depths",
+    "4",
+    "8",
+    "--d-model",
+    "8",
+    "--ssm-size",
+    "8",
+    "--n-layers",
+    "1",
+    "--train-sequences",
+    "32",
+    "--checkpoint-every",
+    "0",
+    "--sample-every",
+    "0",
+    "--eval-sequences",
+    "0",
+    "--log-every",
+    "1",
+    "--dropout",
+    "0.2",
+]
 
 
 def _free_port() -> int:
@@ -25,10 +52,17 @@ def _free_port() -> int:
 
 def _launch(run_dir, devices, extra=()):
     env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(devices))
-    command = [sys.executable, str(REPO / "examples" / "train_mmnist.py"), "--run-dir",
-               str(run_dir), *TINY, *extra]
-    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    command = [
+        sys.executable,
+        str(REPO / "examples" / "train_mmnist.py"),
+        "--run-dir",
+        str(run_dir),
+        *TINY,
+        *extra,
+    ]
+    return subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 def _losses(run_dir):
@@ -40,8 +74,18 @@ def test_two_processes_match_one(tmp_path):
     single = _launch(tmp_path / "single", 4)
     port = _free_port()
     multi = [
-        _launch(tmp_path / "multi", 2, ["--coordinator-address", f"127.0.0.1:{port}",
-                                        "--num-processes", "2", "--process-id", str(i)])
+        _launch(
+            tmp_path / "multi",
+            2,
+            [
+                "--coordinator-address",
+                f"127.0.0.1:{port}",
+                "--num-processes",
+                "2",
+                "--process-id",
+                str(i),
+            ],
+        )
         for i in range(2)
     ]
     outputs = []
@@ -76,7 +120,9 @@ def test_two_processes_match_one(tmp_path):
         np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=1e-5, atol=drift)
     # One writer: only process 0 exports samples and the metrics.
     assert sorted(p.name for p in (tmp_path / "multi" / "samples").iterdir()) == [
-        "step_000003.gif", "step_000003.png"]
+        "step_000003.gif",
+        "step_000003.png",
+    ]
 
 
 def _params(model):

@@ -21,15 +21,30 @@ pytestmark = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (simulat
 
 TINY_CONVS5 = ConvS5Config(frame_size=16, encoder_depths=(4, 8), d_model=8, ssm_size=8, n_layers=1)
 TINY_TRANSFORMER = dataclasses.replace(
-    TransformerConfig.preset("small"), frame_size=16, encoder_depths=(4, 8), d_model=8,
-    patch_size=4, width=16, n_heads=4, mlp_dim=32, n_layers=1, max_frames=8)
+    TransformerConfig.preset("small"),
+    frame_size=16,
+    encoder_depths=(4, 8),
+    d_model=8,
+    patch_size=4,
+    width=16,
+    n_heads=4,
+    mlp_dim=32,
+    n_layers=1,
+    max_frames=8,
+)
 
 
 def test_mesh_sizes_and_errors():
     assert make_mesh().shape == {"data": 8, "fsdp": 1, "model": 1}
     assert make_mesh(MeshConfig(fsdp=4)).shape == {"data": 2, "fsdp": 4, "model": 1}
-    assert make_mesh(MeshConfig(data=2, fsdp=2, model=2)).shape == {"data": 2, "fsdp": 2, "model": 2}
-    with pytest.raises(ValueError, match=r"data=-1, fsdp=3, model=1 needs a multiple of 3 devices, but there are 8"):
+    assert make_mesh(MeshConfig(data=2, fsdp=2, model=2)).shape == {
+        "data": 2,
+        "fsdp": 2,
+        "model": 2,
+    }
+    with pytest.raises(
+        ValueError, match=r"data=-1, fsdp=3, model=1 needs a multiple of 3 devices, but there are 8"
+    ):
         make_mesh(MeshConfig(fsdp=3))
     with pytest.raises(ValueError, match=r"mesh of 6 devices, but there are 8"):
         make_mesh(MeshConfig(data=3, fsdp=2))
@@ -41,8 +56,10 @@ def test_sharding_rules():
     mesh = make_mesh(MeshConfig(data=2, fsdp=2, model=2))
     model = TransformerVideoModel(TINY_TRANSFORMER, key=jax.random.key(0))
     params = eqx.filter(model, eqx.is_inexact_array)
-    specs = {jax.tree_util.keystr(p): leaf_spec(p, x.shape, mesh, 64)
-             for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
+    specs = {
+        jax.tree_util.keystr(p): leaf_spec(p, x.shape, mesh, 64)
+        for p, x in jax.tree_util.tree_flatten_with_path(params)[0]
+    }
     block = ".blocks[0]"
     assert specs[block + ".attention.query_weight"] == P("fsdp", "model", None)
     assert specs[block + ".attention.output_weight"] == P("model", None, "fsdp")
@@ -84,11 +101,15 @@ def _assert_same(model_a, model_b, rtol=1e-5):
     assert worst <= rtol * scale, (worst, scale)
 
 
-@pytest.mark.parametrize("config,mesh_config", [
-    (TINY_CONVS5, MeshConfig()),
-    (TINY_CONVS5, MeshConfig(fsdp=8)),
-    (TINY_TRANSFORMER, MeshConfig(data=4, model=2)),
-], ids=["convs5-data8", "convs5-fsdp8", "transformer-data4-model2"])
+@pytest.mark.parametrize(
+    "config,mesh_config",
+    [
+        (TINY_CONVS5, MeshConfig()),
+        (TINY_CONVS5, MeshConfig(fsdp=8)),
+        (TINY_TRANSFORMER, MeshConfig(data=4, model=2)),
+    ],
+    ids=["convs5-data8", "convs5-fsdp8", "transformer-data4-model2"],
+)
 def test_sharded_step_equals_single_device(config, mesh_config):
     model_cls = ConvS5VideoModel if isinstance(config, ConvS5Config) else TransformerVideoModel
     model = model_cls(config, key=jax.random.key(1))
@@ -103,7 +124,9 @@ def test_sharded_step_equals_single_device(config, mesh_config):
     opt_state = optimizer.init(eqx.filter(model, eqx.is_inexact_array))
     sharded, opt_state = shard_state(model, opt_state, mesh, min_fsdp_size=64)
     if mesh_config.fsdp > 1:  # the rule really splits something
-        specs = [x.sharding.spec for x in jax.tree.leaves(eqx.filter(sharded, eqx.is_inexact_array))]
+        specs = [
+            x.sharding.spec for x in jax.tree.leaves(eqx.filter(sharded, eqx.is_inexact_array))
+        ]
         assert any("fsdp" in s for s in specs)
     before = [x.sharding for x in jax.tree.leaves(eqx.filter(sharded, eqx.is_inexact_array))]
     step = make_sharded_train_step(optimizer, mesh, min_fsdp_size=64)
@@ -128,14 +151,27 @@ def test_gradient_accumulation_equals_one_big_batch():
     for k in (1, 2):
         opt_state = optimizer.init(eqx.filter(model, eqx.is_inexact_array))
         m, o = shard_state(model, opt_state, mesh)
-        results.append(_run(make_sharded_train_step(optimizer, mesh, accumulate=k), m, o, videos,
-                            actions, jax.random.key(5)))
+        results.append(
+            _run(
+                make_sharded_train_step(optimizer, mesh, accumulate=k),
+                m,
+                o,
+                videos,
+                actions,
+                jax.random.key(5),
+            )
+        )
     (m1, l1), (m2, l2) = results
     np.testing.assert_allclose(l2, l1, rtol=1e-5)
     _assert_same(m2, m1)
-    with pytest.raises(ValueError, match=r"micro-batch size \(batch 16 / accumulate 4\) \(4\) must be divisible by data × fsdp = 8 × 1 = 8"):
+    with pytest.raises(
+        ValueError,
+        match=r"micro-batch size \(batch 16 / accumulate 4\) \(4\) must be divisible by data × fsdp = 8 × 1 = 8",
+    ):
         opt_state = optimizer.init(eqx.filter(model, eqx.is_inexact_array))
-        make_sharded_train_step(optimizer, mesh, accumulate=4)(*shard_state(model, opt_state, mesh), videos)
+        make_sharded_train_step(optimizer, mesh, accumulate=4)(
+            *shard_state(model, opt_state, mesh), videos
+        )
 
 
 def test_bfloat16_compute_keeps_float32_master_weights():
@@ -160,12 +196,15 @@ def test_batch_not_divisible_by_data_axes():
     mesh = make_mesh(MeshConfig(data=4, fsdp=2))
     opt_state = optimizer.init(eqx.filter(model, eqx.is_inexact_array))
     m, o = shard_state(model, opt_state, mesh)
-    with pytest.raises(ValueError, match=r"the batch size \(6\) must be divisible by data × fsdp = 4 × 2 = 8"):
+    with pytest.raises(
+        ValueError, match=r"the batch size \(6\) must be divisible by data × fsdp = 4 × 2 = 8"
+    ):
         make_sharded_train_step(optimizer, mesh)(m, o, _videos(6))
 
 
-@pytest.mark.parametrize("model_cls,config", [
-    (ConvS5VideoModel, TINY_CONVS5), (TransformerVideoModel, TINY_TRANSFORMER)])
+@pytest.mark.parametrize(
+    "model_cls,config", [(ConvS5VideoModel, TINY_CONVS5), (TransformerVideoModel, TINY_TRANSFORMER)]
+)
 def test_remat_gives_the_same_loss_and_gradients(model_cls, config):
     videos = _videos(2)
     grads = {}

@@ -26,10 +26,21 @@ TINY_MODEL = eqvid.ConvS5Config(
 )
 
 
-def tiny_config(run_dir, mesh=MeshConfig(devices=1), **run):
+ONE_DEVICE = MeshConfig(devices=1)
+
+
+def tiny_config(run_dir, mesh=ONE_DEVICE, **run):
     defaults = dict(
-        run_dir=str(run_dir), steps=4, batch_size=2, log_every=1, checkpoint_every=2,
-        sample_every=0, eval_sequences=4, eval_context=3, eval_horizon=2, progress=False,
+        run_dir=str(run_dir),
+        steps=4,
+        batch_size=2,
+        log_every=1,
+        checkpoint_every=2,
+        sample_every=0,
+        eval_sequences=4,
+        eval_context=3,
+        eval_horizon=2,
+        progress=False,
     )
     defaults.update(run)
     return TrainConfig(
@@ -93,9 +104,13 @@ def test_resume_on_another_mesh_continues_the_run(tmp_path):
 
 def test_resume_with_another_model_is_refused_with_the_shapes(tmp_path):
     train(tiny_config(tmp_path, steps=2, eval_sequences=0))
-    wider = dataclasses.replace(tiny_config(tmp_path, steps=4, resume=True, eval_sequences=0),
-                                model=dataclasses.replace(TINY_MODEL, d_model=12))
-    with pytest.raises(ValueError, match=r"other parameters: .* has shape \(.*\) there but .* here.*config.json"):
+    wider = dataclasses.replace(
+        tiny_config(tmp_path, steps=4, resume=True, eval_sequences=0),
+        model=dataclasses.replace(TINY_MODEL, d_model=12),
+    )
+    with pytest.raises(
+        ValueError, match=r"other parameters: .* has shape \(.*\) there but .* here.*config.json"
+    ):
         train(wider)
 
 
@@ -120,11 +135,13 @@ def test_dropout_draws_from_the_key_and_resume_restores_the_random_stream(tmp_pa
     run_dir = tmp_path / "run"
     straight = train(dataclasses.replace(tiny_config(run_dir, eval_sequences=0), model=dropout))
     shutil.rmtree(run_dir / "checkpoints" / "4")
-    resumed = train(dataclasses.replace(tiny_config(run_dir, eval_sequences=0, resume=True),
-                                        model=dropout))
+    resumed = train(
+        dataclasses.replace(tiny_config(run_dir, eval_sequences=0, resume=True), model=dropout)
+    )
     np.testing.assert_array_equal(resumed.losses, straight.losses[2:])
-    for x, y in zip(jax.tree.leaves(eqvid_params(resumed.model)),
-                    jax.tree.leaves(eqvid_params(straight.model))):
+    for x, y in zip(
+        jax.tree.leaves(eqvid_params(resumed.model)), jax.tree.leaves(eqvid_params(straight.model))
+    ):
         np.testing.assert_array_equal(x, y)
 
 
@@ -161,8 +178,12 @@ def test_a_checkpoint_cut_off_while_written_is_never_restored(tmp_path):
 
     from eqvid.train._checkpoint import Checkpointer
 
-    subprocess.run([sys.executable, "-c", _DIE_WHILE_SAVING, str(tmp_path)], check=True,
-                   env={**__import__("os").environ, "JAX_PLATFORMS": "cpu"}, timeout=120)
+    subprocess.run(
+        [sys.executable, "-c", _DIE_WHILE_SAVING, str(tmp_path)],
+        check=True,
+        env={**__import__("os").environ, "JAX_PLATFORMS": "cpu"},
+        timeout=120,
+    )
     left = sorted(p.name for p in tmp_path.iterdir())
     assert any(name.startswith("2.") for name in left), left  # step 2 was cut off mid-write
     ckpt = Checkpointer(tmp_path)
@@ -198,7 +219,11 @@ def test_a_killed_run_resumes_to_the_parameters_of_a_straight_run(tmp_path):
     env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(jax.device_count()))
     process = subprocess.Popen(
         [sys.executable, "-c", _TRAIN_UNTIL_KILLED, str(run_dir), str(REPO / "tests"), str(steps)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.monotonic() + 180
     committed = []
     while time.monotonic() < deadline and process.poll() is None and not committed:
@@ -211,18 +236,29 @@ def test_a_killed_run_resumes_to_the_parameters_of_a_straight_run(tmp_path):
     rows = (run_dir / "metrics.csv").read_text().splitlines()[1:]
     assert 3 <= int(rows[-1].split(",")[0]) < steps  # died mid-run
 
-    resumed = train(tiny_config(run_dir, steps=steps, checkpoint_every=3, eval_sequences=0,
-                                log_every=steps, resume=True))
-    straight = train(tiny_config(tmp_path / "straight", steps=steps, checkpoint_every=3,
-                                 eval_sequences=0, log_every=steps))
+    resumed = train(
+        tiny_config(
+            run_dir, steps=steps, checkpoint_every=3, eval_sequences=0, log_every=steps, resume=True
+        )
+    )
+    straight = train(
+        tiny_config(
+            tmp_path / "straight",
+            steps=steps,
+            checkpoint_every=3,
+            eval_sequences=0,
+            log_every=steps,
+        )
+    )
     assert resumed.step == straight.step == steps
     # Only the last `keep_checkpoints` (2) stay on disk.
     for run in ("killed", "straight"):
         assert sorted(int(p.name) for p in (tmp_path / run / "checkpoints").iterdir()) == [21, 24]
     with pytest.raises(ValueError, match="keep_checkpoints"):
         tiny_config(tmp_path, keep_checkpoints=0)
-    for x, y in zip(jax.tree.leaves(eqvid_params(resumed.model)),
-                    jax.tree.leaves(eqvid_params(straight.model))):
+    for x, y in zip(
+        jax.tree.leaves(eqvid_params(resumed.model)), jax.tree.leaves(eqvid_params(straight.model))
+    ):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-7)
 
 
@@ -259,7 +295,9 @@ def test_rollout_report_baselines():
 
 
 def load_example():
-    spec = importlib.util.spec_from_file_location("train_mmnist", REPO / "examples" / "train_mmnist.py")
+    spec = importlib.util.spec_from_file_location(
+        "train_mmnist", REPO / "examples" / "train_mmnist.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -271,12 +309,34 @@ def test_example_cli_help_and_overrides(capsys):
         example.build_parser().parse_args(["--help"])
     assert exit_.value.code == 0
     text = capsys.readouterr().out
-    for option in ("--preset", "--lr", "--steps", "--resume", "--mnist-path", "--d-model",
-                   "--checkpoint-every", "--sample-every", "--run-dir"):
+    for option in (
+        "--preset",
+        "--lr",
+        "--steps",
+        "--resume",
+        "--mnist-path",
+        "--d-model",
+        "--checkpoint-every",
+        "--sample-every",
+        "--run-dir",
+    ):
         assert option in text
     config = example.config_from_argv(
-        ["--preset", "mnist-600", "--lr", "5e-4", "--frame-size", "32", "--encoder-depths",
-         "8", "16", "--resume", "--mnist-path", "none"])
+        [
+            "--preset",
+            "mnist-600",
+            "--lr",
+            "5e-4",
+            "--frame-size",
+            "32",
+            "--encoder-depths",
+            "8",
+            "16",
+            "--resume",
+            "--mnist-path",
+            "none",
+        ]
+    )
     assert config.model.d_model == 128 and config.model.encoder_depths == (8, 16)
     assert config.model.frame_size == 32 == config.data.frame_size
     assert config.optimizer.lr == 5e-4 and config.run.resume and config.data.mnist_path is None
@@ -285,7 +345,9 @@ def test_example_cli_help_and_overrides(capsys):
     with pytest.raises(SystemExit):
         example.config_from_argv(["--preset", "nope"])
     # Any model trains through the same command; its options follow --model.
-    lstm = example.config_from_argv(["--model", "convlstm", "--preset", "mnist-600", "--n-layers", "3"])
+    lstm = example.config_from_argv(
+        ["--model", "convlstm", "--preset", "mnist-600", "--n-layers", "3"]
+    )
     assert isinstance(lstm.model, eqvid.ConvLSTMConfig) and lstm.model.n_layers == 3
     assert lstm.model.d_model == 128 and lstm.run.run_dir == "runs/convlstm-mmnist"
     with pytest.raises(SystemExit) as exit_:
@@ -298,7 +360,9 @@ def test_example_cli_help_and_overrides(capsys):
 def test_missing_mnist_file_names_the_path(tmp_path):
     config = tiny_config(tmp_path / "run")
     missing = tmp_path / "nowhere" / "train-images-idx3-ubyte.gz"
-    config = dataclasses.replace(config, data=dataclasses.replace(config.data, mnist_path=str(missing)))
+    config = dataclasses.replace(
+        config, data=dataclasses.replace(config.data, mnist_path=str(missing))
+    )
     with pytest.raises(FileNotFoundError, match="nowhere"):
         train(config)
 
@@ -333,15 +397,45 @@ def test_sigterm_saves_the_step_in_flight_and_exits_cleanly(tmp_path):
     import time
 
     run_dir = tmp_path / "run"
-    command = [sys.executable, str(REPO / "examples" / "train_mmnist.py"), "--run-dir", str(run_dir),
-               "--steps", "100000", "--batch-size", "1", "--seq-len", "3", "--frame-size", "32",
-               "--encoder-depths", "4", "8", "--d-model", "8", "--ssm-size", "8", "--n-layers", "1",
-               # A checkpoint every step: the signal always lands on a step already saved.
-               "--train-sequences", "16", "--checkpoint-every", "1", "--sample-every", "0",
-               "--log-every", "1", "--no-progress", "--mesh-devices", "1"]
+    command = [
+        sys.executable,
+        str(REPO / "examples" / "train_mmnist.py"),
+        "--run-dir",
+        str(run_dir),
+        "--steps",
+        "100000",
+        "--batch-size",
+        "1",
+        "--seq-len",
+        "3",
+        "--frame-size",
+        "32",
+        "--encoder-depths",
+        "4",
+        "8",
+        "--d-model",
+        "8",
+        "--ssm-size",
+        "8",
+        "--n-layers",
+        "1",
+        # A checkpoint every step: the signal always lands on a step already saved.
+        "--train-sequences",
+        "16",
+        "--checkpoint-every",
+        "1",
+        "--sample-every",
+        "0",
+        "--log-every",
+        "1",
+        "--no-progress",
+        "--mesh-devices",
+        "1",
+    ]
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               env=env)
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    )
     metrics = run_dir / "metrics.csv"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:
@@ -363,13 +457,30 @@ def test_example_trains_any_dataset_by_a_flag(tmp_path):
     folder = tmp_path / "dmlab" / "train"
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
-    np.savez(folder / "0.npz", video=rng.integers(0, 256, (6, 40, 48, 3), dtype=np.uint8),
-             actions=rng.integers(0, 6, 6))
+    np.savez(
+        folder / "0.npz",
+        video=rng.integers(0, 256, (6, 40, 48, 3), dtype=np.uint8),
+        actions=rng.integers(0, 6, 6),
+    )
     example = load_example()
-    config = example.config_from_argv(["--dataset", "teco", "--root", str(tmp_path / "dmlab"),
-                                       "--frame-size", "32", "--seq-len", "4", "--action-dim", "6"])
+    config = example.config_from_argv(
+        [
+            "--dataset",
+            "teco",
+            "--root",
+            str(tmp_path / "dmlab"),
+            "--frame-size",
+            "32",
+            "--seq-len",
+            "4",
+            "--action-dim",
+            "6",
+        ]
+    )
     assert isinstance(config.data, eqvid.data.TecoConfig) and config.data.seq_len == 4
     assert (config.model.frame_size, config.model.channels, config.model.action_dim) == (32, 3, 6)
     assert config.run.run_dir == "runs/convs5-teco"
     with pytest.raises(SystemExit, match="48|40"):  # non-square frames need --frame-size
-        example.config_from_argv(["--dataset", "teco", "--root", str(tmp_path / "dmlab"), "--seq-len", "4"])
+        example.config_from_argv(
+            ["--dataset", "teco", "--root", str(tmp_path / "dmlab"), "--seq-len", "4"]
+        )

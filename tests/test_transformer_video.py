@@ -17,8 +17,16 @@ from eqvid.models import TRANSFORMER_PRESETS
 
 # 16x16 frames → 8x8 latents → 2x2 = 4 tokens per frame.
 TINY = eqvid.TransformerConfig(
-    frame_size=16, encoder_depths=(4, 8), d_model=8, patch_size=4, width=32,
-    n_layers=2, n_heads=4, mlp_dim=64, max_frames=12, attention_impl="xla",
+    frame_size=16,
+    encoder_depths=(4, 8),
+    d_model=8,
+    patch_size=4,
+    width=32,
+    n_layers=2,
+    n_heads=4,
+    mlp_dim=64,
+    max_frames=12,
+    attention_impl="xla",
 )
 
 
@@ -126,8 +134,13 @@ def test_generate_under_vmap(model, getkey):
 def square_video(x0, y0, t=6):
     """A 4x4 white square on black moving one pixel down-right per frame."""
     i = jnp.arange(16)
-    frames = [(i[:, None] >= y0 + s) & (i[:, None] < y0 + s + 4)
-              & (i[None, :] >= x0 + s) & (i[None, :] < x0 + s + 4) for s in range(t)]
+    frames = [
+        (i[:, None] >= y0 + s)
+        & (i[:, None] < y0 + s + 4)
+        & (i[None, :] >= x0 + s)
+        & (i[None, :] < x0 + s + 4)
+        for s in range(t)
+    ]
     return 2.0 * jnp.stack(frames)[..., None] - 1.0
 
 
@@ -138,8 +151,7 @@ def test_loss_decreases_on_a_fixed_batch(model):
 
     @eqx.filter_jit
     def step(model, state):
-        loss, grads = eqx.filter_value_and_grad(
-            lambda m: jnp.mean(jax.vmap(m.loss)(videos)))(model)
+        loss, grads = eqx.filter_value_and_grad(lambda m: jnp.mean(jax.vmap(m.loss)(videos)))(model)
         updates, state = opt.update(grads, state)
         return eqx.apply_updates(model, updates), state, loss
 
@@ -155,7 +167,8 @@ def test_loss_is_the_released_objective(model, getkey):
     video = random_video(getkey(), t=6)
     err = np.asarray(teacher(model, video)) - np.asarray(video[1:])
     want = 0.5 * np.mean(np.sum(err**2, axis=(-2, -1))) + 0.5 * np.mean(
-        np.sum(np.abs(err), axis=(-2, -1)))
+        np.sum(np.abs(err), axis=(-2, -1))
+    )
     np.testing.assert_allclose(float(jax.jit(type(model).loss)(model, video)), want, rtol=1e-5)
 
 
@@ -191,8 +204,11 @@ def test_bad_input_names_the_argument_and_numbers(model):
         model.generate(jnp.zeros((0, 16, 16, 1)), 2)
     with pytest.raises(ValueError, match=r"`context`.*\(16, 16, 1\).*\(16, 16, 3\)"):
         model.generate(jnp.zeros((4, 16, 16, 3)), 2)
-    with pytest.raises(ValueError, match=r"`context` \(4 frames\) \+ `num_frames` \(9\) = 13 "
-                                         r"exceeds config.max_frames = 12"):
+    with pytest.raises(
+        ValueError,
+        match=r"`context` \(4 frames\) \+ `num_frames` \(9\) = 13 "
+        r"exceeds config.max_frames = 12",
+    ):
         model.generate(jnp.zeros((4, 16, 16, 1)), 9)
     with pytest.raises(ValueError, match=r"`num_frames` must be ≥ 1, got 0"):
         model.generate(jnp.zeros((4, 16, 16, 1)), 0)

@@ -26,7 +26,13 @@ from ._bad_video import BadVideoError, BadVideoWarning
 from ._config import MovingMNISTConfig, moving_mnist_splits
 from ._datasets import DATASETS, FrameSpec, dataset_config_class, frame_spec, open_source
 from ._evaluation_videos import evaluation_videos
-from ._file_config import ArrayRecordConfig, FrameFolderConfig, TecoConfig, VideoFilesConfig, VideoFolderConfig
+from ._file_config import (
+    ArrayRecordConfig,
+    FrameFolderConfig,
+    TecoConfig,
+    VideoFilesConfig,
+    VideoFolderConfig,
+)
 from ._frame_folder import FrameFolderVideos
 from ._mnist_digits import load_digits, load_idx_images, sklearn_digits
 from ._moving_mnist import MovingMNIST

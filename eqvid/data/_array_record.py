@@ -23,7 +23,7 @@ import numpy as np
 from ._bad_video import BadVideoError
 from ._video_files import VideoFiles
 
-__all__ = ["ArrayRecordVideos", "INDEX_FILE"]
+__all__ = ["INDEX_FILE", "ArrayRecordVideos"]
 
 INDEX_FILE = "index.npz"
 FORMAT_VERSION = 1
@@ -55,7 +55,9 @@ class ArrayRecordVideos(VideoFiles):
 
     def __init__(self, root: str, split: str = "train", *, actions: bool = True) -> None:
         if not root:
-            raise ValueError("ArrayRecordVideos: `root` is empty; pass the converter's output folder (--root).")
+            raise ValueError(
+                "ArrayRecordVideos: `root` is empty; pass the converter's output folder (--root)."
+            )
         self.folder = os.path.join(root, split)
         index_path = os.path.join(self.folder, INDEX_FILE)
         if not os.path.isfile(index_path):
@@ -87,7 +89,9 @@ class ArrayRecordVideos(VideoFiles):
         self._actions = packed_actions if actions else None
         for shard in self.shards:
             if not os.path.isfile(shard):
-                raise FileNotFoundError(f"ArrayRecordVideos: shard {shard!r} listed in {index_path!r} is missing.")
+                raise FileNotFoundError(
+                    f"ArrayRecordVideos: shard {shard!r} listed in {index_path!r} is missing."
+                )
         self._shard_starts = np.concatenate([[0], np.cumsum(self.shard_records)])
         self._readers: list = [None] * len(self.shards)
         self._lock = threading.Lock()
@@ -135,7 +139,9 @@ class ArrayRecordVideos(VideoFiles):
         shape = tuple(int(s) for s in self.shapes[index])
         frame_bytes = shape[0] * shape[1] * shape[2]
         if any(len(r) != frame_bytes for r in records):
-            raise BadVideoError(f"a packed frame is not {frame_bytes} bytes ({shape}): the shard is corrupt")
+            raise BadVideoError(
+                f"a packed frame is not {frame_bytes} bytes ({shape}): the shard is corrupt"
+            )
         return np.frombuffer(b"".join(records), np.uint8).reshape((len(positions),) + shape)
 
     def read_actions(self, index: int | np.integer) -> np.ndarray:

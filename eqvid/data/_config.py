@@ -53,7 +53,7 @@ def moving_mnist_splits(
     digits = load_digits(config.mnist_path)
     rng = np.random.default_rng(config.data_seed)
     order = rng.permutation(len(digits))
-    n_held = max(1, int(round(len(digits) * config.held_out_digit_fraction)))
+    n_held = max(1, round(len(digits) * config.held_out_digit_fraction))
     common = dict(
         frame_size=config.frame_size,
         num_digits=config.num_digits,

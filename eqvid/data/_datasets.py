@@ -6,7 +6,13 @@ from typing import Any
 from ._array_record import ArrayRecordVideos
 from ._bad_video import BadVideoError
 from ._config import MovingMNISTConfig, moving_mnist_splits
-from ._file_config import ArrayRecordConfig, FrameFolderConfig, TecoConfig, VideoFilesConfig, VideoFolderConfig
+from ._file_config import (
+    ArrayRecordConfig,
+    FrameFolderConfig,
+    TecoConfig,
+    VideoFilesConfig,
+    VideoFolderConfig,
+)
 from ._frame_folder import FrameFolderVideos
 from ._teco import TecoVideos
 from ._transforms import resize_crop
@@ -55,7 +61,9 @@ def open_source(config: Any, split: str = "train") -> Any:
     if isinstance(config, FrameFolderConfig):
         return FrameFolderVideos(config.root, split, grayscale=config.grayscale)
     if isinstance(config, VideoFolderConfig):
-        return VideoFolderVideos(config.root, split, split_folders=config.split_folders, grayscale=config.grayscale)
+        return VideoFolderVideos(
+            config.root, split, split_folders=config.split_folders, grayscale=config.grayscale
+        )
     if isinstance(config, ArrayRecordConfig):
         return ArrayRecordVideos(config.root, split, actions=config.actions)
     raise ValueError(
@@ -96,7 +104,15 @@ def frame_spec(config: Any, split: str = "train") -> FrameSpec:
         except BadVideoError as e:
             errors.append(str(e))
             continue
-        video = resize_crop(window["video"][:1], config.frame_size, crop="center", interpolation=config.interpolation)
+        video = resize_crop(
+            window["video"][:1],
+            config.frame_size,
+            crop="center",
+            interpolation=config.interpolation,
+        )
         _, h, w, c = video.shape
         return FrameSpec(int(h), int(w), int(c), config.seq_len, source.has_actions, len(source))
-    raise ValueError(f"frame_spec: none of the first {len(errors)} videos of {source!r} could be read: " + "; ".join(errors[:3]))
+    raise ValueError(
+        f"frame_spec: none of the first {len(errors)} videos of {source!r} could be read: "
+        + "; ".join(errors[:3])
+    )

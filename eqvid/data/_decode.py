@@ -64,5 +64,9 @@ def decode_frames(path: str, frames: np.ndarray | None, *, grayscale: bool = Fal
             raise BadVideoError(
                 f"is truncated: frame {last} was requested but only {decoded} frame(s) could be decoded"
             )
-        video = np.stack([kept[int(f)] for f in frames]) if len(frames) else np.empty((0, 0, 0, 1), np.uint8)
+        video = (
+            np.stack([kept[int(f)] for f in frames])
+            if len(frames)
+            else np.empty((0, 0, 0, 1), np.uint8)
+        )
     return video[..., None] if grayscale else video

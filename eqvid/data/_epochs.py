@@ -26,7 +26,9 @@ class EpochOrder:
     - `num_epochs`: epochs; `None` is as many as a Python length allows.
     """
 
-    def __init__(self, num_videos: int, *, seed: int, shuffle: bool, num_epochs: int | None) -> None:
+    def __init__(
+        self, num_videos: int, *, seed: int, shuffle: bool, num_epochs: int | None
+    ) -> None:
         self.num_videos = num_videos
         self.seed = seed
         self.shuffle = shuffle

@@ -37,17 +37,30 @@ def evaluation_videos(
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"evaluation_videos: `{name}` must be an int >= 1; got {value!r}.")
     if isinstance(config, MovingMNISTConfig):
-        _, held_out = moving_mnist_splits(config, held_out_sequences=num_videos, held_out_seq_len=length)
+        _, held_out = moving_mnist_splits(
+            config, held_out_sequences=num_videos, held_out_seq_len=length
+        )
         for start in range(0, num_videos, batch_size):
             stop = min(start + batch_size, num_videos)
             yield np.stack([held_out[i]["video"] for i in range(start, stop)]), None
         return
     if not isinstance(config, VideoFilesConfig):
-        raise ValueError(f"evaluation_videos: expected a dataset config; got {type(config).__name__}.")
+        raise ValueError(
+            f"evaluation_videos: expected a dataset config; got {type(config).__name__}."
+        )
     # The same frames whatever the training augmentation: the centred square crop.
     windows = dataclasses.replace(config, seq_len=length, value_range="signed", crop="center")
-    dataset = make_dataset(windows, split="test", batch_size=batch_size, shuffle=False, num_epochs=1,
-                           drop_remainder=False, window="start", process_index=0, process_count=1)
+    dataset = make_dataset(
+        windows,
+        split="test",
+        batch_size=batch_size,
+        shuffle=False,
+        num_epochs=1,
+        drop_remainder=False,
+        window="start",
+        process_index=0,
+        process_count=1,
+    )
     seen = 0
     for batch in dataset:
         take = min(len(batch["video"]), num_videos - seen)

@@ -6,7 +6,13 @@ from typing import Literal
 
 from ._transforms import INTERPOLATIONS
 
-__all__ = ["ArrayRecordConfig", "FrameFolderConfig", "TecoConfig", "VideoFilesConfig", "VideoFolderConfig"]
+__all__ = [
+    "ArrayRecordConfig",
+    "FrameFolderConfig",
+    "TecoConfig",
+    "VideoFilesConfig",
+    "VideoFolderConfig",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,8 +44,12 @@ class VideoFilesConfig:
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ValueError(f"{name}: `{field}` must be an int >= {minimum}; got {value!r}.")
-        if self.frame_size is not None and (isinstance(self.frame_size, bool) or self.frame_size < 1):
-            raise ValueError(f"{name}: `frame_size` must be an int >= 1 or None; got {self.frame_size!r}.")
+        if self.frame_size is not None and (
+            isinstance(self.frame_size, bool) or self.frame_size < 1
+        ):
+            raise ValueError(
+                f"{name}: `frame_size` must be an int >= 1 or None; got {self.frame_size!r}."
+            )
         choices = {
             "crop": ("center", "random"),
             "interpolation": tuple(INTERPOLATIONS),
@@ -48,7 +58,9 @@ class VideoFilesConfig:
         }
         for field, allowed in choices.items():
             if getattr(self, field) not in allowed:
-                raise ValueError(f"{name}: `{field}` must be one of {allowed}; got {getattr(self, field)!r}.")
+                raise ValueError(
+                    f"{name}: `{field}` must be one of {allowed}; got {getattr(self, field)!r}."
+                )
 
 
 @dataclasses.dataclass(frozen=True)

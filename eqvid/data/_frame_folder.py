@@ -21,7 +21,9 @@ __all__ = ["FrameFolderVideos"]
 _IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 
 
-def _parse_line(root: str, list_file: str, number: int, line: str) -> tuple[tuple[str, str], int, str]:
+def _parse_line(
+    root: str, list_file: str, number: int, line: str
+) -> tuple[tuple[str, str], int, str]:
     path = line if os.path.isabs(line) else os.path.join(root, line)
     stem, ext = os.path.splitext(os.path.basename(path))
     video, sep, frame = stem.rpartition("_")
@@ -52,7 +54,9 @@ class FrameFolderVideos(VideoFiles):
 
     def __init__(self, root: str, split: str = "train", *, grayscale: bool = False) -> None:
         if not root:
-            raise ValueError("FrameFolderVideos: `root` is empty; pass the dataset folder (--root).")
+            raise ValueError(
+                "FrameFolderVideos: `root` is empty; pass the dataset folder (--root)."
+            )
         list_file = os.path.join(root, f"{split}.txt")
         if not os.path.isfile(list_file):
             raise FileNotFoundError(
@@ -84,7 +88,7 @@ class FrameFolderVideos(VideoFiles):
             numbers = sorted(frames)
             runs = np.split(np.array(numbers), np.flatnonzero(np.diff(numbers) != 1) + 1)
             gapped += len(runs) > 1
-            for k, run in enumerate(runs):
+            for _k, run in enumerate(runs):
                 self.videos.append([frames[int(n)] for n in run])
                 suffix = f" (frames {run[0]}..{run[-1]})" if len(runs) > 1 else ""
                 self.names.append(os.path.join(folder, f"{video}_*{suffix}"))
@@ -100,7 +104,9 @@ class FrameFolderVideos(VideoFiles):
         return len(self.videos)
 
     def __repr__(self) -> str:
-        return f"FrameFolderVideos({self.list_file!r}, {len(self)} videos, grayscale={self.grayscale})"
+        return (
+            f"FrameFolderVideos({self.list_file!r}, {len(self)} videos, grayscale={self.grayscale})"
+        )
 
     def path(self, index: int | np.integer) -> str:
         return self.names[index]

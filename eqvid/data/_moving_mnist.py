@@ -25,7 +25,9 @@ _DIGIT_SIZE = 28
 
 def _check_int(name: str, value: object, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"MovingMNIST: `{name}` must be an int >= {minimum}; got {value!r} ({type(value).__name__}).")
+        raise ValueError(
+            f"MovingMNIST: `{name}` must be an int >= {minimum}; got {value!r} ({type(value).__name__})."
+        )
     if value < minimum:
         raise ValueError(f"MovingMNIST: `{name}` must be an int >= {minimum}; got {value}.")
     return int(value)
@@ -71,16 +73,26 @@ class MovingMNIST:
                 f"MovingMNIST: `digits` must be a numpy uint8 array of shape (N, 28, 28); "
                 f"got {type(digits).__name__}."
             )
-        if digits.dtype != np.uint8 or digits.ndim != 3 or digits.shape[1:] != (_DIGIT_SIZE, _DIGIT_SIZE):
+        if (
+            digits.dtype != np.uint8
+            or digits.ndim != 3
+            or digits.shape[1:] != (_DIGIT_SIZE, _DIGIT_SIZE)
+        ):
             raise ValueError(
                 f"MovingMNIST: `digits` must be a uint8 array of shape (N, 28, 28); "
                 f"got dtype {digits.dtype} and shape {digits.shape}."
             )
         if digits.shape[0] == 0:
-            raise ValueError("MovingMNIST: `digits` must hold at least one image; got shape (0, 28, 28).")
+            raise ValueError(
+                "MovingMNIST: `digits` must hold at least one image; got shape (0, 28, 28)."
+            )
         self.num_sequences = _check_int("num_sequences", num_sequences, 1)
         self.seq_len = _check_int("seq_len", seq_len, 1)
-        if isinstance(frame_size, numbers.Integral) and not isinstance(frame_size, bool) and frame_size < _DIGIT_SIZE:
+        if (
+            isinstance(frame_size, numbers.Integral)
+            and not isinstance(frame_size, bool)
+            and frame_size < _DIGIT_SIZE
+        ):
             raise ValueError(
                 f"MovingMNIST: `frame_size` must be at least the digit size {_DIGIT_SIZE} so digits fit "
                 f"in the frame; got {frame_size}."
@@ -99,7 +111,9 @@ class MovingMNIST:
             )
         self.step_length = float(step_length)
         if not isinstance(bounce, (bool, np.bool_)):
-            raise ValueError(f"MovingMNIST: `bounce` must be a bool; got {bounce!r} ({type(bounce).__name__}).")
+            raise ValueError(
+                f"MovingMNIST: `bounce` must be a bool; got {bounce!r} ({type(bounce).__name__})."
+            )
         self.bounce = bool(bounce)
         self.seed = _check_int("seed", seed, 0)
         view = digits.view()
@@ -142,7 +156,9 @@ class MovingMNIST:
 
     def __getitem__(self, index: int | np.integer) -> dict[str, np.ndarray]:
         if isinstance(index, bool) or not isinstance(index, numbers.Integral):
-            raise TypeError(f"MovingMNIST indices must be integers; got {index!r} ({type(index).__name__}).")
+            raise TypeError(
+                f"MovingMNIST indices must be integers; got {index!r} ({type(index).__name__})."
+            )
         if not 0 <= index < self.num_sequences:
             raise IndexError(
                 f"MovingMNIST index {index} out of range: valid indices are 0..{self.num_sequences - 1} "

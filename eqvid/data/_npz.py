@@ -96,5 +96,7 @@ def read_npz_rows(path: str, member: NpzMember, rows: np.ndarray | None) -> np.n
             f.seek(member.offset + int(r) * row_bytes)
             got = f.readinto(flat[k])
             if got != row_bytes:
-                raise BadVideoError(f"array {member.key!r} is truncated: row {int(r)} could not be read whole")
+                raise BadVideoError(
+                    f"array {member.key!r} is truncated: row {int(r)} could not be read whole"
+                )
     return out

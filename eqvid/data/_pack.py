@@ -67,9 +67,13 @@ def pack_array_record(
     from array_record.python.array_record_module import ArrayRecordWriter
 
     os.makedirs(folder, exist_ok=True)
-    old = glob.glob(os.path.join(folder, "frames-*.array_record")) + glob.glob(os.path.join(folder, INDEX_FILE))
+    old = glob.glob(os.path.join(folder, "frames-*.array_record")) + glob.glob(
+        os.path.join(folder, INDEX_FILE)
+    )
     if old and not overwrite:
-        raise FileExistsError(f"pack_array_record: {folder!r} already holds packed data; pass overwrite=True (--overwrite).")
+        raise FileExistsError(
+            f"pack_array_record: {folder!r} already holds packed data; pass overwrite=True (--overwrite)."
+        )
     for path in old:
         os.remove(path)
     options = f"group_size:1,{compression}"
@@ -79,8 +83,13 @@ def pack_array_record(
     offsets, lengths, shapes, names, actions = [], [], [], [], []
     skipped: list[str] = []
     writer, in_shard, records_in_shard, total = None, 0, 0, 0
-    bar = tqdm(range(len(source)), desc=f"pack {os.path.basename(os.path.normpath(folder))}", unit="video",
-               disable=not progress, dynamic_ncols=True)
+    bar = tqdm(
+        range(len(source)),
+        desc=f"pack {os.path.basename(os.path.normpath(folder))}",
+        unit="video",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
     try:
         for i in bar:
             try:
@@ -89,9 +98,15 @@ def pack_array_record(
                 if on_bad_file == "error":
                     raise
                 skipped.append(str(e))
-                warnings.warn(f"skipped bad file {e} ({len(skipped)} skipped so far)", BadVideoWarning, stacklevel=2)
+                warnings.warn(
+                    f"skipped bad file {e} ({len(skipped)} skipped so far)",
+                    BadVideoWarning,
+                    stacklevel=2,
+                )
                 continue
-            video = resize_crop(item["video"], frame_size, crop="center", interpolation=interpolation)
+            video = resize_crop(
+                item["video"], frame_size, crop="center", interpolation=interpolation
+            )
             if writer is None or in_shard >= shard_limit:
                 if writer is not None:
                     writer.close()

@@ -37,7 +37,9 @@ def _to_float(batch: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(batch)
     video = np.asarray(batch["video"])
     if video.dtype != np.uint8:
-        raise ValueError(f"make_dataset: expected `video` of dtype uint8 from the source; got {video.dtype}.")
+        raise ValueError(
+            f"make_dataset: expected `video` of dtype uint8 from the source; got {video.dtype}."
+        )
     out["video"] = video.astype(np.float32) * _SCALE - np.float32(1.0)
     return out
 
@@ -67,13 +69,19 @@ class _ReadWindow:
         self.skipped = 0
         self.consecutive = 0
 
-    def __call__(self, index: int | np.integer, rng: np.random.Generator) -> dict[str, np.ndarray] | None:
+    def __call__(
+        self, index: int | np.integer, rng: np.random.Generator
+    ) -> dict[str, np.ndarray] | None:
         c = self.config
         try:
-            window = self.source.read_window(index, c.seq_len, c.frame_stride, rng if self.random_start else None)
+            window = self.source.read_window(
+                index, c.seq_len, c.frame_stride, rng if self.random_start else None
+            )
         except BadVideoError as e:
             if c.on_bad_file == "error":
-                raise BadVideoError(f"{e} (set on_bad_file='skip' / --on-bad-file skip to skip bad files)") from e
+                raise BadVideoError(
+                    f"{e} (set on_bad_file='skip' / --on-bad-file skip to skip bad files)"
+                ) from e
             self.skipped += 1
             self.consecutive += 1
             if self.consecutive >= len(self.source):
@@ -81,7 +89,11 @@ class _ReadWindow:
                     f"make_dataset: {self.consecutive} bad files in a row, every video of {self.source!r} "
                     f"is bad; the last: {e}"
                 ) from e
-            warnings.warn(f"skipped bad file {e} ({self.skipped} skipped so far)", BadVideoWarning, stacklevel=2)
+            warnings.warn(
+                f"skipped bad file {e} ({self.skipped} skipped so far)",
+                BadVideoWarning,
+                stacklevel=2,
+            )
             return None
         self.consecutive = 0
         window["video"] = resize_crop(
@@ -208,7 +220,9 @@ def make_dataset(
     process_count = _check_int("process_count", process_count, 1)
     process_index = _check_int("process_index", process_index, 0)
     if process_index >= process_count:
-        raise ValueError(f"make_dataset: `process_index`={process_index} must be < `process_count`={process_count}.")
+        raise ValueError(
+            f"make_dataset: `process_index`={process_index} must be < `process_count`={process_count}."
+        )
     if drop_remainder and batch_size * process_count > num_examples:
         raise ValueError(
             f"make_dataset: one global batch (`batch_size`={batch_size} × {process_count} "

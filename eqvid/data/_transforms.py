@@ -23,7 +23,9 @@ INTERPOLATIONS = {
 }
 
 
-def _crop_box(height: int, width: int, crop: str, rng: np.random.Generator | None) -> tuple[int, int, int, int]:
+def _crop_box(
+    height: int, width: int, crop: str, rng: np.random.Generator | None
+) -> tuple[int, int, int, int]:
     """`(left, top, right, bottom)` of the largest centred or random square."""
     side = min(height, width)
     free_y, free_x = height - side, width - side
@@ -68,7 +70,9 @@ def resize_crop(
     size = (frame_size, frame_size)
     for i in range(t):
         if c in (1, 3):
-            image = Image.fromarray(video[i, :, :, 0] if c == 1 else video[i], "L" if c == 1 else "RGB")
+            image = Image.fromarray(
+                video[i, :, :, 0] if c == 1 else video[i], "L" if c == 1 else "RGB"
+            )
             resized = np.asarray(image.resize(size, resample, box=box))
             out[i] = resized[..., None] if c == 1 else resized
         else:  # any other channel count: channel by channel

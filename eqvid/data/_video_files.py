@@ -21,7 +21,14 @@ __all__ = ["VideoFiles", "list_split_files"]
 
 
 def _read_errors() -> tuple[type[BaseException], ...]:
-    errors: tuple[type[BaseException], ...] = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, struct.error)
+    errors: tuple[type[BaseException], ...] = (
+        OSError,
+        ValueError,
+        EOFError,
+        KeyError,
+        zipfile.BadZipFile,
+        struct.error,
+    )
     try:
         import av
 
@@ -31,7 +38,9 @@ def _read_errors() -> tuple[type[BaseException], ...]:
     return errors
 
 
-def list_split_files(root: str, split: str, extensions: tuple[str, ...], what: str) -> tuple[str, list[str]]:
+def list_split_files(
+    root: str, split: str, extensions: tuple[str, ...], what: str
+) -> tuple[str, list[str]]:
     """`(folder, sorted files)`: every file under `<root>/<split>` (`<root>` itself if
     `split` is empty), recursively, whose name ends in one of `extensions`
     (case-insensitive).
@@ -53,7 +62,9 @@ def list_split_files(root: str, split: str, extensions: tuple[str, ...], what: s
         dirs.sort()
         files += [os.path.join(parent, n) for n in names if n.lower().endswith(extensions)]
     if not files:
-        raise ValueError(f"{what}: folder {folder!r} holds no {'/'.join(extensions)} files (empty split).")
+        raise ValueError(
+            f"{what}: folder {folder!r} holds no {'/'.join(extensions)} files (empty split)."
+        )
     return folder, sorted(files)
 
 
@@ -61,7 +72,9 @@ def _check_index(source: "VideoFiles", index: object) -> int:
     if isinstance(index, bool) or not isinstance(index, numbers.Integral):
         raise TypeError(f"{type(source).__name__} indices must be integers; got {index!r}.")
     if not 0 <= index < len(source):
-        raise IndexError(f"{type(source).__name__} index {index} out of range 0..{len(source) - 1}.")
+        raise IndexError(
+            f"{type(source).__name__} index {index} out of range 0..{len(source) - 1}."
+        )
     return int(index)
 
 
@@ -102,7 +115,9 @@ class VideoFiles:
                 f"of shape {actions.shape}"
             )
         if len(actions) != num_frames:
-            raise BadVideoError(f"has {num_frames} frames but {len(actions)} actions (expected one per frame)")
+            raise BadVideoError(
+                f"has {num_frames} frames but {len(actions)} actions (expected one per frame)"
+            )
         info = np.iinfo(np.int32)
         if len(actions) and (actions.min() < -1 or actions.max() > info.max):
             raise BadVideoError(
@@ -113,13 +128,19 @@ class VideoFiles:
 
     def _checked_frames(self, video: np.ndarray, expected: int | None) -> np.ndarray:
         if video.dtype != np.uint8 or video.ndim != 4:
-            raise BadVideoError(f"frames must be uint8 (time, height, width, channels); got {video.dtype} {video.shape}")
+            raise BadVideoError(
+                f"frames must be uint8 (time, height, width, channels); got {video.dtype} {video.shape}"
+            )
         if expected is not None and len(video) != expected:
             raise BadVideoError(f"is truncated: expected {expected} frames, read {len(video)}")
         return video
 
     def read_window(
-        self, index: int | np.integer, seq_len: int, frame_stride: int, rng: np.random.Generator | None
+        self,
+        index: int | np.integer,
+        seq_len: int,
+        frame_stride: int,
+        rng: np.random.Generator | None,
     ) -> dict[str, np.ndarray]:
         """One window of video `index`: `seq_len` frames `frame_stride` apart, from
         frame 0 (`rng=None`) or a random start drawn from `rng`, with the actions of
@@ -148,7 +169,9 @@ class VideoFiles:
         except BadVideoError as e:
             raise BadVideoError(f"{self.path(index)}: {e}") from e.__cause__
         except _read_errors() as e:
-            raise BadVideoError(f"{self.path(index)}: could not be read ({type(e).__name__}: {e})") from e
+            raise BadVideoError(
+                f"{self.path(index)}: could not be read ({type(e).__name__}: {e})"
+            ) from e
 
     def __getitem__(self, index: int | np.integer) -> dict[str, np.ndarray]:
         """The whole video `index`: `{"video": uint8 (T, H, W, C)}`, plus `"actions":
@@ -164,4 +187,6 @@ class VideoFiles:
         except BadVideoError as e:
             raise BadVideoError(f"{self.path(index)}: {e}") from e.__cause__
         except _read_errors() as e:
-            raise BadVideoError(f"{self.path(index)}: could not be read ({type(e).__name__}: {e})") from e
+            raise BadVideoError(
+                f"{self.path(index)}: could not be read ({type(e).__name__}: {e})"
+            ) from e

@@ -29,7 +29,14 @@ class VideoFolderVideos(VideoFiles):
     video file.
     """
 
-    def __init__(self, root: str, split: str = "train", *, split_folders: bool = True, grayscale: bool = False) -> None:
+    def __init__(
+        self,
+        root: str,
+        split: str = "train",
+        *,
+        split_folders: bool = True,
+        grayscale: bool = False,
+    ) -> None:
         self.folder, self.files = list_split_files(
             root, split if split_folders else "", VIDEO_EXTENSIONS, "VideoFolderVideos"
         )

@@ -5,7 +5,7 @@ import numpy as np
 
 from ._bad_video import BadVideoError
 
-__all__ = ["window_span", "window_frames"]
+__all__ = ["window_frames", "window_span"]
 
 
 def window_span(seq_len: int, frame_stride: int) -> int:

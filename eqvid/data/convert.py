@@ -53,13 +53,20 @@ def main(argv: list[str] | None = None) -> list:
         epilog=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    formats = parser.add_subparsers(dest="format", required=True, metavar="FORMAT",
-                                    help=f"the dataset's format: {', '.join(FORMATS)}")
+    formats = parser.add_subparsers(
+        dest="format",
+        required=True,
+        metavar="FORMAT",
+        help=f"the dataset's format: {', '.join(FORMATS)}",
+    )
     for name in FORMATS:
         cls = DATASETS[name]
-        sub = formats.add_parser(name, help=(cls.__doc__ or "").strip().split("\n")[0],
-                                 description=(cls.__doc__ or "").strip(),
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+        sub = formats.add_parser(
+            name,
+            help=(cls.__doc__ or "").strip().split("\n")[0],
+            description=(cls.__doc__ or "").strip(),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         add_config_arguments(sub, "dataset", cls, exclude=_WINDOW_FIELDS)
         add_config_arguments(sub, "convert", ConvertConfig)
     args = parser.parse_args(argv)
@@ -89,9 +96,11 @@ def main(argv: list[str] | None = None) -> list:
             )
         for w in caught:
             print(f"warning: {w.message}", file=sys.stderr)
-        print(f"{split}: {summary.videos} videos, {summary.frames} frames in {summary.shards} shard(s), "
-              f"{summary.bytes / 2**20:.1f} MiB -> {summary.folder}"
-              + (f"; skipped {len(summary.skipped)} bad file(s)" if summary.skipped else ""))
+        print(
+            f"{split}: {summary.videos} videos, {summary.frames} frames in {summary.shards} shard(s), "
+            f"{summary.bytes / 2**20:.1f} MiB -> {summary.folder}"
+            + (f"; skipped {len(summary.skipped)} bad file(s)" if summary.skipped else "")
+        )
         summaries.append(summary)
     return summaries
 

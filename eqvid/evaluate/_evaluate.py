@@ -113,16 +113,25 @@ class EvalReport:
             "| metric | mean ± std | chunks | on |",
             "|---|---:|---:|---|",
         ]
-        on = {"psnr": "generated frames, [0, 1]", "ssim": "generated frames, [0, 1]",
-              "lpips": "generated frames, AlexNet", "fvd": "whole videos, I3D logits"}
+        on = {
+            "psnr": "generated frames, [0, 1]",
+            "ssim": "generated frames, [0, 1]",
+            "lpips": "generated frames, AlexNet",
+            "fvd": "whole videos, I3D logits",
+        }
         for name, score in self.scores.items():
-            lines.append(f"| {name.upper()} | {score.mean:.4f} ± {score.std:.4f} | "
-                         f"{len(score.per_chunk)} | {on[name]} |")
+            lines.append(
+                f"| {name.upper()} | {score.mean:.4f} ± {score.std:.4f} | "
+                f"{len(score.per_chunk)} | {on[name]} |"
+            )
         if self.kvd is not None:
             lines.append(f"| KVD | {self.kvd:.4f} | 1 | whole videos, I3D logits |")
         if self.chunk != PAPER_CHUNK:
-            lines += ["", f"Chunks of {self.chunk} videos, not the papers' {PAPER_CHUNK}: FVD is "
-                      "not comparable with published numbers."]
+            lines += [
+                "",
+                f"Chunks of {self.chunk} videos, not the papers' {PAPER_CHUNK}: FVD is "
+                "not comparable with published numbers.",
+            ]
         return "\n".join(lines)
 
 
@@ -132,8 +141,11 @@ def _protocol_name(config: EvalConfig) -> str:
 
 def _settings(config: EvalConfig) -> EvalProtocol:
     base = protocol(_protocol_name(config))
-    changes = {k: getattr(config, k) for k in ("context", "horizon", "num_videos", "chunk")
-               if getattr(config, k) is not None}
+    changes = {
+        k: getattr(config, k)
+        for k in ("context", "horizon", "num_videos", "chunk")
+        if getattr(config, k) is not None
+    }
     if config.metrics:
         bad = sorted(set(config.metrics) - set(METRICS))
         if bad:
@@ -148,8 +160,13 @@ def _settings(config: EvalConfig) -> EvalProtocol:
     if config.batch_size < 1:
         raise ValueError(f"`batch_size` must be ≥ 1, got {config.batch_size}.")
     if config.run_dir:  # before any generation: will the videos fill the chunks?
-        _chunk_bounds(settings.num_videos, settings.chunk, config.remainder, "evaluate",
-                      min_chunk=2 if "fvd" in settings.metrics else 1)
+        _chunk_bounds(
+            settings.num_videos,
+            settings.chunk,
+            config.remainder,
+            "evaluate",
+            min_chunk=2 if "fvd" in settings.metrics else 1,
+        )
     return settings
 
 
@@ -170,6 +187,7 @@ def _networks(config: EvalConfig, metrics, lpips, i3d):
 
             def features_fn(videos):
                 return np.asarray(i3d_features(net, videos, batch_size=config.i3d_batch_size))
+
     return lpips_fn, features_fn
 
 
@@ -182,20 +200,32 @@ def _generate(config, settings, out_dir, on_batch) -> str:
     model = run.model
     ctx, horizon = settings.context, settings.horizon
     key = jax.random.key(config.seed)
-    batches = evaluation_videos(data_config_from_run(run.config), num_videos=settings.num_videos,
-                                length=ctx + horizon, batch_size=config.batch_size)
+    batches = evaluation_videos(
+        data_config_from_run(run.config),
+        num_videos=settings.num_videos,
+        length=ctx + horizon,
+        batch_size=config.batch_size,
+    )
     if config.save_samples:  # files of an earlier evaluation would be mixed in when rescored
         for stale in (out_dir / "samples").glob("data_*.npz"):
             stale.unlink()
-    bar = tqdm(total=settings.num_videos, disable=not config.progress, desc="generate",
-               unit="video", dynamic_ncols=True)
+    bar = tqdm(
+        total=settings.num_videos,
+        disable=not config.progress,
+        desc="generate",
+        unit="video",
+        dynamic_ncols=True,
+    )
     with bar:
         for i, (real, actions) in enumerate(batches):
             context = real[:, :ctx].astype(np.float32) / 127.5 - 1.0
-            pred = np.asarray(rollout(model, context, horizon, key=jax.random.fold_in(key, i),
-                                      actions=actions))
+            pred = np.asarray(
+                rollout(model, context, horizon, key=jax.random.fold_in(key, i), actions=actions)
+            )
             # Predictions are clipped to the frame range before they become uint8 frames.
-            pred = videos_to_uint8(np.clip(pred, -1.0, 1.0), value_range="[-1,1]", name="prediction")
+            pred = videos_to_uint8(
+                np.clip(pred, -1.0, 1.0), value_range="[-1,1]", name="prediction"
+            )
             fake = np.concatenate([real[:, :ctx], pred], axis=1)
             if config.save_samples:
                 save_samples_npz(out_dir / "samples" / f"data_{i}.npz", real, fake, context=ctx)
@@ -219,8 +249,9 @@ def _load_files(config, settings):
             "context), so that context frames are not scored as generated ones."
         )
     ctx = settings.context  # checked here, on the videos already read (no second read)
-    if ctx > samples.real.shape[1] or not np.array_equal(samples.real[:, :ctx],
-                                                         samples.fake[:, :ctx]):
+    if ctx > samples.real.shape[1] or not np.array_equal(
+        samples.real[:, :ctx], samples.fake[:, :ctx]
+    ):
         raise ValueError(
             f"the sample files in {config.samples} do not fit protocol {config.protocol!r}'s "
             f"context of {ctx} frames (videos of {samples.real.shape[1]} frames; the context "
@@ -231,8 +262,10 @@ def _load_files(config, settings):
 
 def _score_files(config, samples, on_batch) -> str:
     for start in range(0, len(samples.real), config.batch_size):
-        on_batch(samples.real[start:start + config.batch_size],
-                 samples.fake[start:start + config.batch_size])
+        on_batch(
+            samples.real[start : start + config.batch_size],
+            samples.fake[start : start + config.batch_size],
+        )
     return config.samples
 
 
@@ -261,9 +294,11 @@ def evaluate(
     checkpoint, sample folder or weight file (the message says which file to get).
     """
     if bool(config.run_dir) == bool(config.samples):
-        raise ValueError("give exactly one of `run_dir` (generate, then score) and `samples` "
-                         f"(score existing files); got run_dir={config.run_dir!r}, "
-                         f"samples={config.samples!r}.")
+        raise ValueError(
+            "give exactly one of `run_dir` (generate, then score) and `samples` "
+            f"(score existing files); got run_dir={config.run_dir!r}, "
+            f"samples={config.samples!r}."
+        )
     settings = _settings(config)
     metrics = settings.metrics
     if config.out_dir:
@@ -285,14 +320,21 @@ def evaluate(
     def on_batch(real: np.ndarray, fake: np.ndarray) -> None:
         scored[0] += len(real)
         if frame_values:
-            values = frame_metrics(real, fake, context=context, value_range="uint8",
-                                   ssim_form=settings.ssim_form, lpips_fn=lpips_fn)
+            values = frame_metrics(
+                real,
+                fake,
+                context=context,
+                value_range="uint8",
+                ssim_form=settings.ssim_form,
+                lpips_fn=lpips_fn,
+            )
             for name in frame_values:
                 frame_values[name].append(values[name])
         if features_fn is not None:
             for name, videos in (("real", real), ("fake", fake)):
                 features[name].append(
-                    np.asarray(features_fn(videos.astype(np.float32) / 127.5 - 1.0)))
+                    np.asarray(features_fn(videos.astype(np.float32) / 127.5 - 1.0))
+                )
 
     out_dir.mkdir(parents=True, exist_ok=True)
     if config.run_dir:
@@ -308,7 +350,9 @@ def evaluate(
     kvd_value = None
     if features_fn is not None:
         real_f, fake_f = np.concatenate(features["real"]), np.concatenate(features["fake"])
-        scores["fvd"] = chunked_fvd(real_f, fake_f, chunk=settings.chunk, remainder=config.remainder)
+        scores["fvd"] = chunked_fvd(
+            real_f, fake_f, chunk=settings.chunk, remainder=config.remainder
+        )
         kvd_value = kvd(real_f, fake_f)
 
     report = EvalReport(
@@ -341,15 +385,18 @@ def _json_safe(value: Any) -> Any:
 
 def _write(report: EvalReport, out_dir: pathlib.Path, command: str) -> None:
     (out_dir / "metrics.json").write_text(
-        json.dumps(_json_safe(report.as_dict()), indent=2, allow_nan=False))
+        json.dumps(_json_safe(report.as_dict()), indent=2, allow_nan=False)
+    )
     (out_dir / "metrics.md").write_text(report.markdown() + f"\n\nCommand: `{command}`\n")
     if not report.per_frame:
         return
     names = list(report.per_frame)
     frames = np.arange(report.context + 1, report.context + report.horizon + 1)
     rows = ["frame," + ",".join(names)]
-    rows += [f"{f}," + ",".join(f"{report.per_frame[n][i]:.6f}" for n in names)
-             for i, f in enumerate(frames)]
+    rows += [
+        f"{f}," + ",".join(f"{report.per_frame[n][i]:.6f}" for n in names)
+        for i, f in enumerate(frames)
+    ]
     (out_dir / "per_frame.csv").write_text("\n".join(rows) + "\n")
     _plot(report, frames, out_dir / "per_frame.png")
 
@@ -368,9 +415,10 @@ def _plot(report: EvalReport, frames: np.ndarray, path: pathlib.Path) -> None:
         ax.set_ylabel(name.upper())
         ax.set_title(f"{name.upper()} against the horizon")
         ax.grid(alpha=0.3)
-    fig.suptitle(f"{report.protocol}: {report.num_videos} videos, {report.context} context frames",
-                 fontsize=10)
+    fig.suptitle(
+        f"{report.protocol}: {report.num_videos} videos, {report.context} context frames",
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-

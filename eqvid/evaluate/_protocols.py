@@ -34,19 +34,27 @@ PROTOCOLS: dict[str, EvalProtocol] = {
     # frames, 400 / 800 / 1200 generated; FVD in chunks of 256 over whole videos.
     **{
         f"convs5-mmnist-{h}": EvalProtocol(
-            context=100, horizon=h, num_videos=1024,
+            context=100,
+            horizon=h,
+            num_videos=1024,
             description=f"ConvS5 Moving-MNIST: 100 context → {h} generated frames, 1024 videos",
         )
         for h in (400, 800, 1200)
     },
     # TECO (Yan et al. 2023) DMLab: 36 context frames, 264 generated, action-conditioned.
     "teco-dmlab": EvalProtocol(
-        context=36, horizon=264, num_videos=256,
+        context=36,
+        horizon=264,
+        num_videos=256,
         description="TECO DMLab: 36 context → 264 generated frames, actions given",
     ),
     # A quick look on a CPU (no pretrained networks needed).
     "quick": EvalProtocol(
-        context=10, horizon=10, num_videos=64, chunk=64, metrics=("psnr", "ssim"),
+        context=10,
+        horizon=10,
+        num_videos=64,
+        chunk=64,
+        metrics=("psnr", "ssim"),
         description="a quick check: 10 context → 10 generated frames, 64 videos, PSNR/SSIM",
     ),
 }

@@ -32,8 +32,9 @@ def data_config_from_run(config: dict[str, Any]) -> Any:
     written before it was recorded are Moving MNIST)."""
     from ..data import dataset_config_class
 
-    return config_from_dict(dataset_config_class(config.get("dataset_name", "moving_mnist")),
-                            config["data"])
+    return config_from_dict(
+        dataset_config_class(config.get("dataset_name", "moving_mnist")), config["data"]
+    )
 
 
 def model_config_from_dict(values: dict[str, Any]) -> Any:

@@ -17,11 +17,11 @@ from ._frechet import frechet_distance as frechet_distance
 from ._frechet import fvd_from_features as fvd_from_features
 from ._frechet import gaussian_statistics as gaussian_statistics
 from ._frechet import kvd as kvd
-from ._jax_distances import fvd_jax as fvd_jax
-from ._jax_distances import kvd_jax as kvd_jax
 from ._i3d import I3D as I3D
 from ._i3d import i3d_features as i3d_features
 from ._i3d import preprocess_for_i3d as preprocess_for_i3d
+from ._jax_distances import fvd_jax as fvd_jax
+from ._jax_distances import kvd_jax as kvd_jax
 from ._lpips import LPIPS as LPIPS
 from ._protocol import PAPER_CHUNK as PAPER_CHUNK
 from ._protocol import MeanStd as MeanStd

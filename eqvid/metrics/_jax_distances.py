@@ -69,8 +69,12 @@ def fvd_jax(
     middle = jnp.matmul(jnp.matmul(root1, s2, precision=_HIGHEST), root1, precision=_HIGHEST)
     eig = jnp.linalg.eigvalsh(0.5 * (middle + middle.T))
     diff = mu1 - mu2
-    return (jnp.dot(diff, diff, precision=_HIGHEST) + jnp.trace(s1) + jnp.trace(s2)
-            - 2.0 * jnp.sum(jnp.sqrt(jnp.clip(eig, 0.0))))
+    return (
+        jnp.dot(diff, diff, precision=_HIGHEST)
+        + jnp.trace(s1)
+        + jnp.trace(s2)
+        - 2.0 * jnp.sum(jnp.sqrt(jnp.clip(eig, 0.0)))
+    )
 
 
 def kvd_jax(
@@ -97,6 +101,8 @@ def kvd_jax(
 
     m, n = r.shape[0], g.shape[0]
     k_rr, k_gg = kernel(r, r), kernel(g, g)
-    return ((jnp.sum(k_rr) - jnp.trace(k_rr)) / (m * (m - 1))
-            + (jnp.sum(k_gg) - jnp.trace(k_gg)) / (n * (n - 1))
-            - 2.0 * jnp.mean(kernel(r, g)))
+    return (
+        (jnp.sum(k_rr) - jnp.trace(k_rr)) / (m * (m - 1))
+        + (jnp.sum(k_gg) - jnp.trace(k_gg)) / (n * (n - 1))
+        - 2.0 * jnp.mean(kernel(r, g))
+    )

@@ -271,7 +271,7 @@ def frame_metrics(
     _check_videos_shape(real, "real", fn)
     _check_videos_shape(fake, "fake", fn)
     _check_same_shape(real, fake, fn)
-    b, t, h, w, c = real.shape
+    b, t, h, w, _c = real.shape
     if (
         isinstance(context, bool)
         or not isinstance(context, (int, np.integer))

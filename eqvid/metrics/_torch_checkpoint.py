@@ -25,12 +25,12 @@ executed. The very old tar-based format (PyTorch ≤ 0.3) is refused too.
 """
 
 import collections
+import io
 import pickle
 import struct
 import tarfile
 import zipfile
 from pathlib import Path
-import io
 from typing import Any
 
 import numpy as np
@@ -300,7 +300,7 @@ def _read_legacy(path: Path) -> Any:
             if not (isinstance(view, tuple) and len(view) == 3):
                 raise CheckpointFormatError(f"{path}: bad storage view {view!r}.")
             _view_key, offset, view_numel = view
-            if not (0 <= offset and offset + view_numel <= numel):
+            if not (offset >= 0 and offset + view_numel <= numel):
                 raise CheckpointFormatError(f"{path}: storage view {view!r} is out of bounds.")
             return _StorageView(root, offset, view_numel)
 

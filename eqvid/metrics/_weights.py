@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 
 __all__ = [
-    "WEIGHTS_ENV",
-    "NetworkWeights",
     "I3D_WEIGHTS",
     "LPIPS_WEIGHTS",
+    "WEIGHTS_ENV",
+    "NetworkWeights",
     "default_weights_dir",
 ]
 

@@ -37,8 +37,7 @@ def check_loss_weight(config) -> None:
     """Validate `loss_weight ∈ [0, 1]`."""
     if not 0.0 <= config.loss_weight <= 1.0:
         raise ValueError(
-            f"{type(config).__name__}: `loss_weight` must be in [0, 1], got "
-            f"{config.loss_weight}."
+            f"{type(config).__name__}: `loss_weight` must be in [0, 1], got {config.loss_weight}."
         )
 
 

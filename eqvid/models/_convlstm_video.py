@@ -134,8 +134,7 @@ class ConvLSTMVideoModel(AbstractVideoPredictor):
             c, encoder_key=ke, action_key=ka, project_key=kp, decoder_key=kd
         )
         self.layers = tuple(
-            ConvLSTM(c.d_model, c.kernel_size, key=k)
-            for k in jax.random.split(kl, c.n_layers)
+            ConvLSTM(c.d_model, c.kernel_size, key=k) for k in jax.random.split(kl, c.n_layers)
         )
         self.config = config
 

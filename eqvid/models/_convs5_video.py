@@ -111,9 +111,7 @@ CONVS5_PRESETS: dict[str, ConvS5Config] = {
     "mnist-600": ConvS5Config(d_model=128, ssm_size=128, n_layers=8),
     # Small enough to learn Moving MNIST on a laptop CPU in a few minutes.
     # (64x64 frames → 8x8 latents; 0.46M parameters.)
-    "small": ConvS5Config(
-        encoder_depths=(8, 16, 32, 64), d_model=64, ssm_size=64, n_layers=2
-    ),
+    "small": ConvS5Config(encoder_depths=(8, 16, 32, 64), d_model=64, ssm_size=64, n_layers=2),
 }
 
 LayerStates = tuple[Complex[Array, "h w state"], ...]

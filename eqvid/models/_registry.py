@@ -39,8 +39,13 @@ MODELS: dict[str, ModelSpec] = {
     for spec in (
         ModelSpec("convs5", "ConvS5", ConvS5Config, ConvS5VideoModel, CONVS5_PRESETS),
         ModelSpec("convlstm", "ConvLSTM", ConvLSTMConfig, ConvLSTMVideoModel, CONVLSTM_PRESETS),
-        ModelSpec("transformer", "Transformer", TransformerConfig, TransformerVideoModel,
-                  TRANSFORMER_PRESETS),
+        ModelSpec(
+            "transformer",
+            "Transformer",
+            TransformerConfig,
+            TransformerVideoModel,
+            TRANSFORMER_PRESETS,
+        ),
     )
 }
 

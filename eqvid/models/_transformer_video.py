@@ -92,8 +92,17 @@ class TransformerConfig:
                 f"encoder's downsampling 2**(len(encoder_depths)-1) = {down}; use a frame "
                 f"size that is a multiple of {down} or fewer encoder stages."
             )
-        for field in ("channels", "d_model", "patch_size", "width", "n_layers", "n_heads",
-                      "mlp_dim", "action_dim", "action_embed_dim"):
+        for field in (
+            "channels",
+            "d_model",
+            "patch_size",
+            "width",
+            "n_layers",
+            "n_heads",
+            "mlp_dim",
+            "action_dim",
+            "action_embed_dim",
+        ):
             value = getattr(self, field)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}: `{field}` must be an int ≥ 1, got {value!r}.")
@@ -105,8 +114,7 @@ class TransformerConfig:
             )
         if self.width % self.n_heads:
             raise ValueError(
-                f"{name}: `width` ({self.width}) must be divisible by `n_heads` "
-                f"({self.n_heads})."
+                f"{name}: `width` ({self.width}) must be divisible by `n_heads` ({self.n_heads})."
             )
         if self.width % 2:
             raise ValueError(
@@ -147,8 +155,7 @@ class TransformerConfig:
             return TRANSFORMER_PRESETS[name]
         except KeyError:
             raise ValueError(
-                f"Unknown Transformer preset {name!r}; choose one of "
-                f"{sorted(TRANSFORMER_PRESETS)}."
+                f"Unknown Transformer preset {name!r}; choose one of {sorted(TRANSFORMER_PRESETS)}."
             ) from None
 
 
@@ -163,8 +170,14 @@ TRANSFORMER_PRESETS: dict[str, TransformerConfig] = {
     "mnist-600": TransformerConfig(encoder_depths=(64, 128, 256, 512), patch_size=8),
     # CPU-sized: 64x64 frames → 8x8 latents → 2x2 = 4 tokens per frame.
     "small": TransformerConfig(
-        encoder_depths=(8, 16, 32, 64), d_model=64, patch_size=4, width=128,
-        n_layers=2, n_heads=4, mlp_dim=512, max_frames=300,
+        encoder_depths=(8, 16, 32, 64),
+        d_model=64,
+        patch_size=4,
+        width=128,
+        n_layers=2,
+        n_heads=4,
+        mlp_dim=512,
+        max_frames=300,
     ),
 }
 
@@ -216,8 +229,9 @@ class TransformerBlock(eqx.Module):
     mlp_in: Dense
     mlp_out: Dense
 
-    def __init__(self, width: int, n_heads: int, mlp_dim: int, impl: AttentionImpl, *,
-                 key: PRNGKeyArray):
+    def __init__(
+        self, width: int, n_heads: int, mlp_dim: int, impl: AttentionImpl, *, key: PRNGKeyArray
+    ):
         ka, k1, k2 = jax.random.split(key, 3)
         self.norm1 = LayerNorm(width)
         self.attention = MultiheadAttention(width, n_heads, use_bias=True, impl=impl, key=ka)
@@ -388,8 +402,9 @@ class TransformerVideoModel(AbstractVideoPredictor):
         `(n_slots · tokens_per_frame, heads, head_dim)`."""
         c = self.config
         shape = (n_slots * c.tokens_per_frame, c.n_heads, c.width // c.n_heads)
-        return tuple((jnp.zeros(shape, jnp.float32), jnp.zeros(shape, jnp.float32))
-                     for _ in self.blocks)
+        return tuple(
+            (jnp.zeros(shape, jnp.float32), jnp.zeros(shape, jnp.float32)) for _ in self.blocks
+        )
 
     # -- public API --------------------------------------------------------------
 

@@ -55,8 +55,9 @@ class Checkpointer:
         self.manager = ocp.CheckpointManager(
             self.directory,
             # Saves run in a background thread: training goes on while a step is written.
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                                 enable_async_checkpointing=True),
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=keep, create=True, enable_async_checkpointing=True
+            ),
         )
 
     def latest_step(self) -> int | None:
@@ -113,14 +114,17 @@ class Checkpointer:
         )
         if rng_like is not None:
             items["rng"] = ocp.args.StandardRestore(
-                {"key_data": np.asarray(jax.random.key_data(rng_like))})
+                {"key_data": np.asarray(jax.random.key_data(rng_like))}
+            )
         if data_iterator is not None:
             import grain
 
             items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
         out = self.manager.restore(step, args=ocp.args.Composite(**items))
-        trees = (_unflatten(out["params"], params_like),
-                 _unflatten(out["opt_state"], opt_state_like))
+        trees = (
+            _unflatten(out["params"], params_like),
+            _unflatten(out["opt_state"], opt_state_like),
+        )
         if rng_like is None:
             return trees
         impl = jax.random.key_impl(rng_like)
@@ -132,22 +136,29 @@ class Checkpointer:
         shaped like `params_like`; refused, with the differences named, if they do not
         match."""
         self._check_shapes(step, params_like)
-        out = self.manager.restore(step, args=ocp.args.Composite(
-            params=ocp.args.StandardRestore(_abstract(params_like))))
+        out = self.manager.restore(
+            step, args=ocp.args.Composite(params=ocp.args.StandardRestore(_abstract(params_like)))
+        )
         return _unflatten(out["params"], params_like)
 
     def _check_shapes(self, step: int, params_like: PyTree) -> None:
         saved = self.manager.restore(
-            step, args=ocp.args.Composite(metadata=ocp.args.JsonRestore()))["metadata"]
+            step, args=ocp.args.Composite(metadata=ocp.args.JsonRestore())
+        )["metadata"]
         shapes = (saved or {}).get("parameter_shapes")
         if not shapes:  # written before shapes were recorded
             return
         here = {k: list(v.shape) for k, v in _flatten(params_like).items()}
-        diffs = [f"{k} has shape {tuple(shapes[k])} there but {tuple(v)} here"
-                 for k, v in here.items() if k in shapes and shapes[k] != v]
+        diffs = [
+            f"{k} has shape {tuple(shapes[k])} there but {tuple(v)} here"
+            for k, v in here.items()
+            if k in shapes and shapes[k] != v
+        ]
         missing = sorted(set(here) ^ set(shapes))
         if diffs or missing:
-            what = diffs[:3] + [f"{k} exists in only one of them" for k in missing[: 3 - len(diffs[:3])]]
+            what = diffs[:3] + [
+                f"{k} exists in only one of them" for k in missing[: 3 - len(diffs[:3])]
+            ]
             more = len(diffs) + len(missing) - len(what)
             raise ValueError(
                 f"checkpoint step {step} in {self.directory} was written by a model with other "

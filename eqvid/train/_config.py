@@ -9,8 +9,9 @@ from ..models import ConvS5Config, ModelConfig
 from ._distributed import DistributedConfig
 from ._mesh import MeshConfig
 
-
-DatasetConfig = MovingMNISTConfig | TecoConfig | FrameFolderConfig | VideoFolderConfig | ArrayRecordConfig
+DatasetConfig = (
+    MovingMNISTConfig | TecoConfig | FrameFolderConfig | VideoFolderConfig | ArrayRecordConfig
+)
 """The config of any dataset `train` reads."""
 
 
@@ -122,4 +123,5 @@ class TrainConfig:
         if self.data.seq_len < 2:
             raise ValueError(
                 f"{type(self.data).__name__}: `seq_len` must be ≥ 2 (teacher forcing), got "
-                f"{self.data.seq_len}.")
+                f"{self.data.seq_len}."
+            )

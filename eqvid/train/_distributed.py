@@ -37,6 +37,9 @@ def initialize_distributed(config: DistributedConfig) -> bool:
             f"and 0 ≤ process_id < num_processes; got num_processes={config.num_processes}, "
             f"process_id={config.process_id}."
         )
-    jax.distributed.initialize(coordinator_address=address, num_processes=config.num_processes,
-                               process_id=config.process_id)
+    jax.distributed.initialize(
+        coordinator_address=address,
+        num_processes=config.num_processes,
+        process_id=config.process_id,
+    )
     return True

@@ -18,14 +18,14 @@ from tqdm.auto import tqdm
 
 from ..models import AbstractVideoPredictor, make_model, model_spec
 from ._checkpoint import Checkpointer
+from ._config import TrainConfig
 from ._distributed import initialize_distributed
 from ._mesh import batch_sharding, check_batch, make_mesh
-from ._sharded_step import make_sharded_train_step, shard_state
-from ._signals import GracefulStop
-from ._config import TrainConfig
 from ._optimizer import learning_rate_schedule, make_optimizer
 from ._rollout_eval import RolloutReport, rollout, rollout_mse
 from ._samples import save_prediction_gif, save_prediction_strip
+from ._sharded_step import make_sharded_train_step, shard_state
+from ._signals import GracefulStop
 
 
 def make_train_step(optimizer: optax.GradientTransformation):
@@ -68,8 +68,10 @@ def _config_dict(config: TrainConfig) -> dict[str, Any]:
     `eqvid.evaluate` can rebuild both)."""
     from ..data import DATASETS
 
-    names = {"model_name": model_spec(config.model).name,
-             "dataset_name": next(k for k, v in DATASETS.items() if type(config.data) is v)}
+    names = {
+        "model_name": model_spec(config.model).name,
+        "dataset_name": next(k for k, v in DATASETS.items() if type(config.data) is v),
+    }
     return names | json.loads(json.dumps(dataclasses.asdict(config), default=str))
 
 
@@ -120,18 +122,27 @@ def train(config: TrainConfig) -> TrainResult:
         )
     dataset = make_dataset(
         # Each process reads its own share of every global batch.
-        config.data, batch_size=rc.batch_size // processes, seed=rc.seed, num_workers=rc.num_workers
+        config.data,
+        batch_size=rc.batch_size // processes,
+        seed=rc.seed,
+        num_workers=rc.num_workers,
     )
     data_iter = iter(dataset)
     eval_len = rc.eval_context + rc.eval_horizon
 
     mesh = make_mesh(config.mesh)
     if main and rc.progress:
-        print(f"eqvid: {processes} process(es), {len(mesh.devices.flat)} device(s) in the mesh "
-              f"{dict(mesh.shape)}", flush=True)
+        print(
+            f"eqvid: {processes} process(es), {len(mesh.devices.flat)} device(s) in the mesh "
+            f"{dict(mesh.shape)}",
+            flush=True,
+        )
     check_batch(rc.batch_size, mesh, "--batch-size")
-    check_batch(rc.batch_size // rc.accumulate, mesh,
-                f"the micro-batch size (--batch-size {rc.batch_size} / --accumulate {rc.accumulate})")
+    check_batch(
+        rc.batch_size // rc.accumulate,
+        mesh,
+        f"the micro-batch size (--batch-size {rc.batch_size} / --accumulate {rc.accumulate})",
+    )
     init_key, train_key = jax.random.split(jax.random.key(rc.seed))
     model = make_model(config.model, key=init_key)
     optimizer = make_optimizer(config.optimizer, model, rc.steps)
@@ -142,26 +153,40 @@ def train(config: TrainConfig) -> TrainResult:
     params, static = eqx.partition(model, eqx.is_inexact_array)
     start = 0
     if latest is not None:
-        params, opt_state, train_key = ckpt.restore(latest, params, opt_state, data_iter,
-                                                    rng_like=train_key)
+        params, opt_state, train_key = ckpt.restore(
+            latest, params, opt_state, data_iter, rng_like=train_key
+        )
         model = eqx.combine(params, static)
         start = latest
     train_step = make_sharded_train_step(
-        optimizer, mesh, accumulate=rc.accumulate, compute_dtype=rc.compute_dtype,
-        min_fsdp_size=config.mesh.min_fsdp_size)
+        optimizer,
+        mesh,
+        accumulate=rc.accumulate,
+        compute_dtype=rc.compute_dtype,
+        min_fsdp_size=config.mesh.min_fsdp_size,
+    )
     videos_sharding = batch_sharding(mesh)
     schedule = learning_rate_schedule(config.optimizer, rc.steps)
 
     # Up to 4 test videos, shown as context | prediction | truth in the sample pictures.
     sample_len = max(eval_len, 2) if rc.eval_sequences else config.data.seq_len
-    sample_u8, sample_actions = next(evaluation_videos(
-        config.data, num_videos=4, length=sample_len, batch_size=4, require_all=False))
+    sample_u8, sample_actions = next(
+        evaluation_videos(
+            config.data, num_videos=4, length=sample_len, batch_size=4, require_all=False
+        )
+    )
     sample_videos = sample_u8.astype(np.float32) / 127.5 - 1.0
     n_ctx = min(rc.eval_context, sample_videos.shape[1] - 1)
 
     def export_samples(step: int) -> None:
-        pred = np.asarray(rollout(model, sample_videos[:, :n_ctx], sample_videos.shape[1] - n_ctx,
-                                  actions=sample_actions))
+        pred = np.asarray(
+            rollout(
+                model,
+                sample_videos[:, :n_ctx],
+                sample_videos.shape[1] - n_ctx,
+                actions=sample_actions,
+            )
+        )
         if not main:  # every process computes (the model spans them all); one writes
             return
         args = (sample_videos[:, :n_ctx], pred, sample_videos[:, n_ctx:])
@@ -173,8 +198,14 @@ def train(config: TrainConfig) -> TrainResult:
     def save(step: int) -> None:
         if saved[0] == step:
             return
-        ckpt.save(step, eqx.filter(model, eqx.is_inexact_array), opt_state, data_iter,
-                  {"config": _config_dict(config)}, rng=train_key)
+        ckpt.save(
+            step,
+            eqx.filter(model, eqx.is_inexact_array),
+            opt_state,
+            data_iter,
+            {"config": _config_dict(config)},
+            rng=train_key,
+        )
         saved[0] = step
 
     metrics_path = run_dir / "metrics.csv"
@@ -184,7 +215,7 @@ def train(config: TrainConfig) -> TrainResult:
         # Rows logged after the checkpoint we resume from are about to be redone.
         with open(metrics_path, newline="") as f:
             kept = [row for row in list(csv.reader(f))[1:] if row and int(row[0]) <= start]
-    metrics_file = open(metrics_path if main else os.devnull, "w", newline="")
+    metrics_file = open(metrics_path if main else os.devnull, "w", newline="")  # noqa: SIM115
     writer = csv.writer(metrics_file)
     writer.writerows([header] + kept)
 
@@ -193,7 +224,11 @@ def train(config: TrainConfig) -> TrainResult:
     t_start = time.perf_counter()
     t_last, steps_since = t_start, 0
     bar = tqdm(
-        total=rc.steps, initial=start, disable=not (rc.progress and main), desc="train", unit="step",
+        total=rc.steps,
+        initial=start,
+        disable=not (rc.progress and main),
+        desc="train",
+        unit="step",
         dynamic_ncols=True,
     )
     stop = GracefulStop()
@@ -207,7 +242,8 @@ def train(config: TrainConfig) -> TrainResult:
             if actions is not None:
                 actions = jax.make_array_from_process_local_data(videos_sharding, actions)
             model, opt_state, loss, gnorm = train_step(
-                model, opt_state, videos, actions, jax.random.fold_in(train_key, step))
+                model, opt_state, videos, actions, jax.random.fold_in(train_key, step)
+            )
             steps_since += 1
             bar.update(1)
             if step % rc.log_every == 0 or step == rc.steps or step == start + 1:
@@ -217,8 +253,14 @@ def train(config: TrainConfig) -> TrainResult:
                 t_last, steps_since = now, 0
                 losses.append(loss_f)
                 writer.writerow(
-                    [step, f"{loss_f:.6f}", f"{float(schedule(step - 1)):.3e}",
-                     f"{float(gnorm):.4f}", f"{fps:.1f}", f"{now - t_start:.1f}"]
+                    [
+                        step,
+                        f"{loss_f:.6f}",
+                        f"{float(schedule(step - 1)):.3e}",
+                        f"{float(gnorm):.4f}",
+                        f"{fps:.1f}",
+                        f"{now - t_start:.1f}",
+                    ]
                 )
                 metrics_file.flush()
                 bar.set_postfix(loss=f"{loss_f:.4f}", fps=f"{fps:.0f}")
@@ -255,17 +297,29 @@ def train(config: TrainConfig) -> TrainResult:
             close()
 
     if stop.requested and last < rc.steps:
-        return TrainResult(model=model, run_dir=run_dir, step=last, losses=losses, report=None,
-                           stopped_by=stop.signal_name)
+        return TrainResult(
+            model=model,
+            run_dir=run_dir,
+            step=last,
+            losses=losses,
+            report=None,
+            stopped_by=stop.signal_name,
+        )
     report = None
     if rc.eval_sequences:
-        batches = list(evaluation_videos(config.data, num_videos=rc.eval_sequences, length=eval_len,
-                                         batch_size=32))
+        batches = list(
+            evaluation_videos(
+                config.data, num_videos=rc.eval_sequences, length=eval_len, batch_size=32
+            )
+        )
         actions = None if batches[0][1] is None else np.concatenate([a for _, a in batches])
         report = rollout_mse(
-            model, np.concatenate([v for v, _ in batches]).astype(np.float32) / 127.5 - 1.0,
-            context=rc.eval_context, horizon=rc.eval_horizon,
-            model_name=model_spec(config.model).title, actions=actions,
+            model,
+            np.concatenate([v for v, _ in batches]).astype(np.float32) / 127.5 - 1.0,
+            context=rc.eval_context,
+            horizon=rc.eval_horizon,
+            model_name=model_spec(config.model).title,
+            actions=actions,
         )
         if main:
             (run_dir / "eval.json").write_text(json.dumps(report.as_dict(), indent=2))

@@ -25,9 +25,16 @@ BATCH_AXES = ("data", "fsdp")
 # Model-parallel rules by field name (the last named path entries of a leaf):
 # which dimension of the array goes over the `model` axis.
 _MODEL_DIM = {
-    ("query_weight",): 1, ("key_weight",): 1, ("value_weight",): 1, ("output_weight",): 0,
-    ("query_bias",): 0, ("key_bias",): 0, ("value_bias",): 0,
-    ("mlp_in", "weight"): 1, ("mlp_in", "bias"): 0, ("mlp_out", "weight"): 0,
+    ("query_weight",): 1,
+    ("key_weight",): 1,
+    ("value_weight",): 1,
+    ("output_weight",): 0,
+    ("query_bias",): 0,
+    ("key_bias",): 0,
+    ("value_bias",): 0,
+    ("mlp_in", "weight"): 1,
+    ("mlp_in", "bias"): 0,
+    ("mlp_out", "weight"): 0,
 }
 
 
@@ -54,8 +61,7 @@ class MeshConfig:
         names = ", ".join(f"{n}={s}" for n, s in zip(AXES, sizes))
         if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
             raise ValueError(
-                f"MeshConfig: axis sizes must be ≥ 1, with at most one -1 (the rest); "
-                f"got {names}."
+                f"MeshConfig: axis sizes must be ≥ 1, with at most one -1 (the rest); got {names}."
             )
         known = math.prod(s for s in sizes if s != -1)
         if -1 in sizes:
@@ -82,8 +88,7 @@ def make_mesh(config: MeshConfig = MeshConfig(), devices=None) -> Mesh:
         if config.devices:
             if config.devices > len(devices):
                 raise ValueError(
-                    f"MeshConfig: devices={config.devices}, but only {len(devices)} are "
-                    "available."
+                    f"MeshConfig: devices={config.devices}, but only {len(devices)} are available."
                 )
             devices = devices[: config.devices]
     devices = list(devices)
@@ -124,7 +129,7 @@ def leaf_spec(path, shape: tuple[int, ...], mesh: Mesh, min_fsdp_size: int) -> P
     model = mesh.shape["model"]
     if model > 1:
         for suffix, dim in _MODEL_DIM.items():
-            if names[-len(suffix):] == suffix and dim < len(shape) and shape[dim] % model == 0:
+            if names[-len(suffix) :] == suffix and dim < len(shape) and shape[dim] % model == 0:
                 spec[dim] = "model"
                 break
     fsdp = mesh.shape["fsdp"]

@@ -75,13 +75,15 @@ class RolloutReport:
 
 
 @eqx.filter_jit
-def _rollout(model: AbstractVideoPredictor, context: Array, horizon: int, key: Array,
-             actions: Array | None) -> Array:
+def _rollout(
+    model: AbstractVideoPredictor, context: Array, horizon: int, key: Array, actions: Array | None
+) -> Array:
     keys = jax.random.split(key, context.shape[0])
     if actions is None:
         return jax.vmap(lambda c, k: model.generate(c, horizon, key=k))(context, keys)
     return jax.vmap(lambda c, k, a: model.generate(c, horizon, key=k, actions=a))(
-        context, keys, actions)
+        context, keys, actions
+    )
 
 
 def rollout(
@@ -123,9 +125,16 @@ def rollout_mse(
     truth = videos[:, context : context + horizon]
     preds = np.concatenate(
         [
-            np.asarray(rollout(model, videos[i : i + chunk, :context], horizon,
-                               actions=None if actions is None else
-                               actions[i : i + chunk, : context + horizon]))
+            np.asarray(
+                rollout(
+                    model,
+                    videos[i : i + chunk, :context],
+                    horizon,
+                    actions=None
+                    if actions is None
+                    else actions[i : i + chunk, : context + horizon],
+                )
+            )
             for i in range(0, len(videos), chunk)
         ]
     )

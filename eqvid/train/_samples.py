@@ -91,15 +91,20 @@ def save_prediction_gif(
     ctx, pred, gt = to_uint8(context), to_uint8(prediction), to_uint8(truth)
     model_side = np.concatenate([_rgb(ctx), _tint(_rgb(pred), (120, 255, 120))], axis=1)
     truth_side = np.concatenate([_rgb(ctx), _tint(_rgb(gt), (255, 170, 60))], axis=1)
-    b, t, h, w, _ = model_side.shape
+    _b, t, h, _w, _ = model_side.shape
     frames = []
     for i in range(t):
-        tiles = [np.concatenate([m[i], np.full((h, 2, 3), 128, np.uint8), g[i]], axis=1)
-                 for m, g in zip(model_side, truth_side)]
+        tiles = [
+            np.concatenate([m[i], np.full((h, 2, 3), 128, np.uint8), g[i]], axis=1)
+            for m, g in zip(model_side, truth_side)
+        ]
         sep = np.full((2, tiles[0].shape[1], 3), 255, np.uint8)
         grid = np.concatenate([x for tile in tiles for x in (tile, sep)][:-1], axis=0)
-        frames.append(Image.fromarray(grid).resize(
-            (grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST))
+        frames.append(
+            Image.fromarray(grid).resize(
+                (grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST
+            )
+        )
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     frames[0].save(path, save_all=True, append_images=frames[1:], duration=1000 // fps, loop=0)

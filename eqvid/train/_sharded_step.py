@@ -38,8 +38,10 @@ def shard_state(model, opt_state, mesh: Mesh, min_fsdp_size: int = 2**14):
     (`eqvid.train._mesh`). Returns `(model, opt_state)` as new buffers: the step
     donates them, and the arrays passed in stay usable."""
     params, static = eqx.partition(model, eqx.is_inexact_array)
-    shardings = (tree_shardings(params, mesh, min_fsdp_size),
-                 tree_shardings(opt_state, mesh, min_fsdp_size))
+    shardings = (
+        tree_shardings(params, mesh, min_fsdp_size),
+        tree_shardings(opt_state, mesh, min_fsdp_size),
+    )
     # A jitted identity writes fresh buffers (`device_put` may hand back the same ones).
     params, opt_state = jax.jit(lambda tree: tree, out_shardings=shardings)((params, opt_state))
     return eqx.combine(params, static), opt_state
@@ -82,6 +84,7 @@ def make_sharded_train_step(
     data = batch_sharding(mesh)
     micro = NamedSharding(mesh, PartitionSpec(None, BATCH_AXES))
     if loss_fn is None:
+
         def loss_fn(model, videos, actions, keys):
             def one(v, a, k):
                 return model.loss(v, a, key=k)
@@ -102,8 +105,9 @@ def make_sharded_train_step(
             raise ValueError(
                 f"the batch size ({b}) must be divisible by accumulate ({accumulate})."
             )
-        check_batch(b // accumulate, mesh,
-                    f"the micro-batch size (batch {b} / accumulate {accumulate})")
+        check_batch(
+            b // accumulate, mesh, f"the micro-batch size (batch {b} / accumulate {accumulate})"
+        )
         if actions is not None and actions.shape != videos.shape[:2]:
             raise ValueError(
                 f"`actions` must be (batch, time) = {videos.shape[:2]} to match the videos; "
@@ -123,6 +127,7 @@ def make_sharded_train_step(
         if accumulate == 1:
             loss, grads = grad_fn(params, batch)
         else:
+
             def split(x):
                 x = x.reshape((b // accumulate, accumulate) + x.shape[1:]).swapaxes(0, 1)
                 return jax.lax.with_sharding_constraint(x, micro)
