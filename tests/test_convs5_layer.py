@@ -9,7 +9,7 @@ import pytest
 from jaxtyping import TypeCheckError
 
 import eqvid
-from eqvid._conv import conv2d_nhwc
+from eqvid.nn._conv import conv2d_nhwc
 
 
 def rel_err(x, y):

@@ -168,7 +168,10 @@ ckpt.save(1, small, small)
 ckpt.wait()
 big = {"w": jnp.full((32, 1024, 1024), 2.0)}  # 128 MiB: still being written below
 ckpt.save(2, big, big)
-os._exit(0)  # the process dies with step 2 in flight
+# Die once step 2's temporary directory exists, i.e. with step 2 surely in flight.
+while not any(p.startswith("2.") for p in os.listdir(sys.argv[1])):
+    pass
+os._exit(0)
 """
 
 

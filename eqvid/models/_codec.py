@@ -11,8 +11,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int, PRNGKeyArray, Scalar
 
-from .._conv import Conv2d
-from .._resnet import ResNetDecoder, ResNetEncoder
+from ..nn._conv import Conv2d
+from ..nn._resnet import ResNetDecoder, ResNetEncoder
 
 
 def check_codec_config(config) -> None:

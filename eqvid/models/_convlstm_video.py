@@ -16,9 +16,9 @@ import jax
 from beartype import beartype
 from jaxtyping import Array, Float, Int, PRNGKeyArray, Scalar, jaxtyped
 
-from .._conv import Conv2d
-from .._convlstm import ConvLSTM
-from .._resnet import ResNetDecoder, ResNetEncoder
+from ..nn._conv import Conv2d
+from ..nn._convlstm import ConvLSTM
+from ..nn._resnet import ResNetDecoder, ResNetEncoder
 from ._abstract import AbstractVideoPredictor
 from ._codec import (
     check_codec_config,

@@ -13,9 +13,9 @@ import jax
 from beartype import beartype
 from jaxtyping import Array, Complex, Float, Int, PRNGKeyArray, Scalar, jaxtyped
 
-from .._conv import Conv2d
-from .._convs5 import ConvS5, ScanImpl
-from .._resnet import ResNetDecoder, ResNetEncoder
+from ..nn._conv import Conv2d
+from ..nn._convs5 import ConvS5, ScanImpl
+from ..nn._resnet import ResNetDecoder, ResNetEncoder
 from ._abstract import AbstractVideoPredictor
 from ._codec import (
     check_codec_config,

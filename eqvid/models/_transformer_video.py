@@ -22,10 +22,10 @@ import jax.numpy as jnp
 from beartype import beartype
 from jaxtyping import Array, Float, Int, PRNGKeyArray, Scalar, jaxtyped
 
-from .._attention import MultiheadAttention
-from .._norm import LayerNorm
-from .._resnet import ResNetDecoder, ResNetEncoder
 from ..kernels.attention import AttentionImpl, AttentionMask
+from ..nn._attention import MultiheadAttention
+from ..nn._norm import LayerNorm
+from ..nn._resnet import ResNetDecoder, ResNetEncoder
 from ._abstract import AbstractVideoPredictor
 from ._codec import check_frames, check_teacher_forcing, no_actions, released_loss, rollout_actions
 

@@ -5,7 +5,7 @@ import jax
 import optax
 from jaxtyping import PyTree
 
-from .._convs5 import ConvS5
+from ..nn._convs5 import ConvS5
 from ._config import OptimizerConfig
 
 SSM_FIELDS = frozenset({"lambda_re", "lambda_im", "log_step", "B"})

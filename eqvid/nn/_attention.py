@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from .kernels.attention import AttentionImpl, AttentionMask, attention
+from ..kernels.attention import AttentionImpl, AttentionMask, attention
 
 HeadsFn = Callable[[Array, Array, Array], tuple[Array, Array, Array]]
 

@@ -1,0 +1,18 @@
+"""Layers: the generic building blocks every eqvid model family composes (dense,
+convolutions, norms, attention, ResNet blocks) and the sequence layers (ConvS5,
+ConvLSTM). Equinox modules with typed array signatures, channels last."""
+
+from ._attention import MultiheadAttention as MultiheadAttention
+from ._conv import Conv2d as Conv2d
+from ._conv import conv2d_nhwc as conv2d_nhwc
+from ._convlstm import ConvLSTM as ConvLSTM
+from ._convlstm import ConvLSTMCell as ConvLSTMCell
+from ._convs5 import ConvS5 as ConvS5
+from ._convs5 import ResNetOutput as ResNetOutput
+from ._hippo import discretize_zoh as discretize_zoh
+from ._hippo import hippo_block_init as hippo_block_init
+from ._norm import GroupNorm as GroupNorm
+from ._norm import LayerNorm as LayerNorm
+from ._resnet import ResNetBlock as ResNetBlock
+from ._resnet import ResNetDecoder as ResNetDecoder
+from ._resnet import ResNetEncoder as ResNetEncoder
