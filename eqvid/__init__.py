@@ -7,7 +7,24 @@ model = eqvid.ConvS5VideoModel(eqvid.ConvS5Config.preset("small"), key=jax.rando
 
 Data pipelines live in `eqvid.data` and training in `eqvid.train`; they are not
 imported here so that models and kernels load without the data stack.
+
+Every function and module in `eqvid` (kernels included) checks its arguments
+against its type annotations, array shapes and dtypes included, when called
+(jaxtyping + beartype; under `jit` this happens once per trace, so compiled code
+pays nothing). A mismatch raises `jaxtyping.TypeCheckError` naming the argument.
+Set the environment variable `EQVID_TYPECHECK=0` before importing eqvid to turn
+the checks off (for example in a data-loading hot loop you have already tested).
 """
+
+import os as _os
+
+if _os.environ.get("EQVID_TYPECHECK", "1") != "0":
+    from jaxtyping import install_import_hook as _install_import_hook
+
+    # Installed for the whole process, so that `eqvid.train`, `eqvid.data`, … are
+    # checked too when they are imported later.
+    _install_import_hook(["eqvid"], "beartype.beartype")
+
 
 from . import kernels as kernels
 from .kernels import AttentionMask as AttentionMask

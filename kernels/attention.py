@@ -26,8 +26,7 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 import numpy as np
-from beartype import beartype
-from jaxtyping import Array, ArrayLike, Float, Integer, jaxtyped
+from jaxtyping import Array, ArrayLike, Float, Integer
 
 AttentionImpl = Literal["auto", "pallas", "xla", "cudnn"]
 _IMPLS = ("auto", "pallas", "xla", "cudnn")
@@ -800,7 +799,6 @@ def _resolve(impl: str, dtype) -> str:
     return impl
 
 
-@jaxtyped(typechecker=beartype)
 def attention(
     q: Float[Array, "batch q_len heads head_dim"],
     # Underscored names: consistency across arguments is checked by

@@ -20,8 +20,7 @@ from typing import Literal
 
 import jax
 import jax.numpy as jnp
-from beartype import beartype
-from jaxtyping import Array, Float, Inexact, jaxtyped
+from jaxtyping import Array, Float, Inexact
 
 ScanImpl = Literal["auto", "pallas", "xla", "sequential"]
 _IMPLS = ("auto", "pallas", "xla", "sequential")
@@ -463,7 +462,6 @@ _scan.defvjp(_scan_fwd, _scan_bwd)
 # ----------------------------------------------------------------------------
 
 
-@jaxtyped(typechecker=beartype)
 def linear_scan(
     a: Inexact[Array, "..."],
     b: Inexact[Array, "time *rest"],  # noqa: F821
@@ -505,7 +503,6 @@ def linear_scan(
     return _scan(a, b, x0, reverse, impl)
 
 
-@jaxtyped(typechecker=beartype)
 def linear_scan_split(
     a: Inexact[Array, "..."],
     b: Float[Array, "time *rest two_state"],

@@ -13,8 +13,7 @@ import dataclasses
 
 import equinox as eqx
 import jax
-from beartype import beartype
-from jaxtyping import Array, Float, Int, PRNGKeyArray, Scalar, jaxtyped
+from jaxtyping import Array, Float, Int, PRNGKeyArray, Scalar
 
 from ..nn._conv import Conv2d
 from ..nn._convlstm import ConvLSTM
@@ -157,7 +156,6 @@ class ConvLSTMVideoModel(AbstractVideoPredictor):
 
     # -- public API --------------------------------------------------------------
 
-    @jaxtyped(typechecker=beartype)
     def __call__(
         self,
         frames: Float[Array, "time height width channels"],
@@ -176,7 +174,6 @@ class ConvLSTMVideoModel(AbstractVideoPredictor):
         h, _ = self._sequence(h, self.init_state())
         return decode_latents(self, h)
 
-    @jaxtyped(typechecker=beartype)
     def loss(
         self,
         frames: Float[Array, "time height width channels"],
@@ -189,7 +186,6 @@ class ConvLSTMVideoModel(AbstractVideoPredictor):
         for the common interface and unused."""
         return released_loss(self(frames, actions), frames[1:], self.config.loss_weight)
 
-    @jaxtyped(typechecker=beartype)
     def step(
         self,
         states: LayerStates,
@@ -201,7 +197,6 @@ class ConvLSTMVideoModel(AbstractVideoPredictor):
         check_frames(self, frame[None], "frame")
         return step_layers(self, states, frame, action)
 
-    @jaxtyped(typechecker=beartype)
     def generate(
         self,
         context: Float[Array, "context height width channels"],

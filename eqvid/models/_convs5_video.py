@@ -10,8 +10,7 @@ import dataclasses
 
 import equinox as eqx
 import jax
-from beartype import beartype
-from jaxtyping import Array, Complex, Float, Int, PRNGKeyArray, Scalar, jaxtyped
+from jaxtyping import Array, Complex, Float, Int, PRNGKeyArray, Scalar
 
 from ..nn._conv import Conv2d
 from ..nn._convs5 import ConvS5, ScanImpl
@@ -179,7 +178,6 @@ class ConvS5VideoModel(AbstractVideoPredictor):
 
     # -- public API --------------------------------------------------------------
 
-    @jaxtyped(typechecker=beartype)
     def __call__(
         self,
         frames: Float[Array, "time height width channels"],
@@ -202,7 +200,6 @@ class ConvS5VideoModel(AbstractVideoPredictor):
         h, _ = self._sequence(h, self.init_state(), impl, key)
         return decode_latents(self, h)
 
-    @jaxtyped(typechecker=beartype)
     def loss(
         self,
         frames: Float[Array, "time height width channels"],
@@ -214,7 +211,6 @@ class ConvS5VideoModel(AbstractVideoPredictor):
         released ConvS5 objective, `w = config.loss_weight`); `key` drives dropout."""
         return released_loss(self(frames, actions, key=key), frames[1:], self.config.loss_weight)
 
-    @jaxtyped(typechecker=beartype)
     def step(
         self,
         states: LayerStates,
@@ -225,7 +221,6 @@ class ConvS5VideoModel(AbstractVideoPredictor):
         action) → (new_states, prediction)`."""
         return step_layers(self, states, frame, action)
 
-    @jaxtyped(typechecker=beartype)
     def generate(
         self,
         context: Float[Array, "context height width channels"],

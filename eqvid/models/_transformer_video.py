@@ -19,8 +19,7 @@ import typing
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from beartype import beartype
-from jaxtyping import Array, Float, Int, PRNGKeyArray, Scalar, jaxtyped
+from jaxtyping import Array, Float, Int, PRNGKeyArray, Scalar
 
 from ..kernels.attention import AttentionImpl, AttentionMask
 from ..nn._attention import MultiheadAttention
@@ -408,7 +407,6 @@ class TransformerVideoModel(AbstractVideoPredictor):
 
     # -- public API --------------------------------------------------------------
 
-    @jaxtyped(typechecker=beartype)
     def __call__(
         self,
         frames: Float[Array, "time height width channels"],
@@ -433,7 +431,6 @@ class TransformerVideoModel(AbstractVideoPredictor):
         slots = jnp.concatenate([self._start(), self._frame_tokens(frames[:-1], actions[1:])])
         return self._readout(self._transformer(slots)[1:])
 
-    @jaxtyped(typechecker=beartype)
     def loss(
         self,
         frames: Float[Array, "time height width channels"],
@@ -446,7 +443,6 @@ class TransformerVideoModel(AbstractVideoPredictor):
         for the common interface and unused."""
         return released_loss(self(frames, actions), frames[1:], self.config.loss_weight)
 
-    @jaxtyped(typechecker=beartype)
     def generate(
         self,
         context: Float[Array, "context height width channels"],

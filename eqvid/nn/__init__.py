@@ -16,3 +16,7 @@ from ._norm import LayerNorm as LayerNorm
 from ._resnet import ResNetBlock as ResNetBlock
 from ._resnet import ResNetDecoder as ResNetDecoder
 from ._resnet import ResNetEncoder as ResNetEncoder
+from ._roles import ParamRole as ParamRole
+from ._roles import parameter_roles as parameter_roles
+from ._roles import role as role
+from ._roles import role_filter as role_filter

@@ -16,8 +16,7 @@ size to equal the input channels.
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from beartype import beartype
-from jaxtyping import Array, Float, PRNGKeyArray, jaxtyped
+from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._conv import conv2d_nhwc
 from ._norm import LayerNorm
@@ -93,7 +92,6 @@ class ConvLSTMCell(eqx.Module):
                 f"(the cell's input_size), got shape {tuple(u.shape)}."
             )
 
-    @jaxtyped(typechecker=beartype)
     def step(
         self, state: LSTMState, u: Float[Array, "height width input"]
     ) -> tuple[LSTMState, Float[Array, "height width hidden"]]:
@@ -104,7 +102,6 @@ class ConvLSTMCell(eqx.Module):
         h, c = self._update(gates, c)
         return (h, c), h
 
-    @jaxtyped(typechecker=beartype)
     def __call__(
         self,
         us: Float[Array, "time height width input"],
@@ -155,7 +152,6 @@ class ConvLSTM(eqx.Module):
         """Zero `(h, c)` for a `height × width` grid."""
         return self.cell.init_state(height, width)
 
-    @jaxtyped(typechecker=beartype)
     def __call__(
         self,
         u: Float[Array, "time height width channels"],
@@ -167,7 +163,6 @@ class ConvLSTM(eqx.Module):
         hs, last = self.cell(u, state)
         return self.norm(u + hs.astype(u.dtype)), last
 
-    @jaxtyped(typechecker=beartype)
     def step(
         self, state: LSTMState, frame: Float[Array, "height width channels"]
     ) -> tuple[LSTMState, Float[Array, "height width channels"]]:

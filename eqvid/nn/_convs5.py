@@ -13,8 +13,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from beartype import beartype
-from jaxtyping import Array, Complex, Float, PRNGKeyArray, jaxtyped
+from jaxtyping import Array, Complex, Float, PRNGKeyArray
 
 from eqvid.kernels import linear_scan_split
 from eqvid.kernels.linear_scan import ScanImpl
@@ -194,7 +193,6 @@ class ConvS5(eqx.Module):
             y = jnp.where(keep, y / (1.0 - dropout), 0).astype(y.dtype)
         return self.norm(u + y)
 
-    @jaxtyped(typechecker=beartype)
     def __call__(
         self,
         u: Float[Array, "time height width channels"],
@@ -224,7 +222,6 @@ class ConvS5(eqx.Module):
         out = self._output(u, xs, dropout, key)
         return out, jax.lax.complex(last[..., :p], last[..., p:])
 
-    @jaxtyped(typechecker=beartype)
     def step(
         self,
         state: Complex[Array, "height width state"],

@@ -1,0 +1,157 @@
+"""Parameter roles, declared where a parameter is defined and read by training.
+
+A layer marks a field with `role(...)` instead of `eqx.field(...)`:
+
+```python
+class ConvS5(eqx.Module):
+    lambda_re: Float[Array, " state"] = role(group="ssm", weight_decay=False, keep_float32=True)
+    ...
+class TransformerBlock(eqx.Module):
+    mlp_in: Dense = role(model_axis="out")   # shard the hidden units over `model`
+    ...
+class VQGAN(eqx.Module):
+    discriminator: PatchDiscriminator = role(group="discriminator", objective="discriminator")
+```
+
+A role declared on a field holding a sub-module (or a tuple of them) applies to every
+array inside it; a role declared deeper overrides it attribute by attribute. Training
+(`eqvid.train`) reads the resolved roles to build the optimiser groups, the
+weight-decay mask, the mixed-precision cast, the `model` mesh axis and the parts that
+are frozen or trained on their own objective: renaming a field never changes them.
+"""
+
+import dataclasses
+from typing import Any
+
+import equinox as eqx
+import jax
+from jaxtyping import PyTree
+
+ROLE_KEY = "eqvid_role"
+"""The key of a `ParamRole` in a dataclass field's metadata."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ParamRole:
+    """What training does with a parameter. `None` means "inherit" (from the field
+    that holds the enclosing module); `resolved()` fills in the defaults."""
+
+    group: str | None = None
+    """Optimiser group (its own learning-rate scale, betas and start step; see
+    `AbstractVideoModel.optimizer_groups`). Default `"default"`."""
+    weight_decay: bool | None = None
+    """Apply decoupled weight decay. Default True."""
+    keep_float32: bool | None = None
+    """Stay float32 when the model computes in bfloat16 / float16. Default False."""
+    frozen: bool | None = None
+    """Never trained: no gradient, no optimiser state, saved once per run instead of
+    in every checkpoint (a pretrained tokenizer inside a model). Default False."""
+    objective: str | None = None
+    """The scalar this parameter descends: `"loss"` (the model's loss, the default),
+    or the name of one of the loss's terms (a discriminator trains on its own term)."""
+    axes: tuple[str, ...] | None = None
+    """Names of the array's axes (`("in", "out")`, `("embed", "heads", "head_dim")`),
+    so that an enclosing field can pick one for the `model` mesh axis."""
+    model_axis: str | None = None
+    """Which named axis (see `axes`) is split over the mesh's `model` axis (attention
+    heads, MLP hidden units); unset: none."""
+
+    def over(self, outer: "ParamRole") -> "ParamRole":
+        """This role with the attributes it leaves unset taken from `outer`."""
+        return ParamRole(
+            **{
+                f.name: getattr(outer, f.name) if getattr(self, f.name) is None else getattr(self, f.name)
+                for f in dataclasses.fields(self)
+            }
+        )
+
+    def resolved(self) -> "ParamRole":
+        """Every attribute set: the defaults filled in."""
+        return self.over(DEFAULT_ROLE)
+
+    def model_dim(self) -> int | None:
+        """The array dimension split over the `model` mesh axis, if any."""
+        if self.model_axis is None or self.axes is None or self.model_axis not in self.axes:
+            return None
+        return self.axes.index(self.model_axis)
+
+
+DEFAULT_ROLE = ParamRole(
+    group="default",
+    weight_decay=True,
+    keep_float32=False,
+    frozen=False,
+    objective="loss",
+    axes=None,
+    model_axis=None,
+)
+
+
+def role(
+    *,
+    group: str | None = None,
+    weight_decay: bool | None = None,
+    keep_float32: bool | None = None,
+    frozen: bool | None = None,
+    objective: str | None = None,
+    axes: tuple[str, ...] | None = None,
+    model_axis: str | None = None,
+    **field_kwargs: Any,
+) -> Any:
+    """A dataclass field (as `eqx.field(**field_kwargs)`) that declares the role of
+    the parameters it holds; see `ParamRole` for each attribute."""
+    declared = ParamRole(group, weight_decay, keep_float32, frozen, objective, axes, model_axis)
+    metadata = dict(field_kwargs.pop("metadata", {}))
+    metadata[ROLE_KEY] = declared
+    return eqx.field(metadata=metadata, **field_kwargs)
+
+
+def _field_role(node: Any, name: str) -> ParamRole | None:
+    if not dataclasses.is_dataclass(node):
+        return None
+    for f in dataclasses.fields(node):
+        if f.name == name:
+            return f.metadata.get(ROLE_KEY)
+    return None
+
+
+def _role_at(root: Any, path: tuple) -> ParamRole:
+    """The resolved role of the leaf at `path` (a `jax.tree_util` key path) in `root`:
+    declarations met on the way down, inner ones overriding outer ones."""
+    current = ParamRole()
+    node = root
+    for entry in path:
+        if isinstance(entry, jax.tree_util.GetAttrKey):
+            declared = _field_role(node, entry.name)
+            if declared is not None:
+                current = declared.over(current)
+            node = getattr(node, entry.name)
+        elif isinstance(entry, jax.tree_util.SequenceKey):
+            node = node[entry.idx]
+        elif isinstance(entry, jax.tree_util.DictKey):
+            node = node[entry.key]
+        else:  # flattened index (custom pytrees): no fields to declare roles on
+            node = None
+    return current.resolved()
+
+
+def parameter_roles(model: PyTree) -> PyTree[ParamRole | None]:
+    """The resolved `ParamRole` of every floating-point array in `model` (`None` at
+    every other leaf), in a tree of the model's structure (a `filter_spec` shape:
+    `jax.tree.map` it against `eqx.filter(model, eqx.is_inexact_array)`)."""
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(model)
+    return jax.tree_util.tree_unflatten(
+        treedef,
+        [_role_at(model, path) if eqx.is_inexact_array(x) else None for path, x in leaves],
+    )
+
+
+def role_filter(model: PyTree, predicate) -> PyTree[bool]:
+    """A boolean filter spec for `eqx.partition` / `eqx.filter`: True at the arrays
+    whose resolved role satisfies `predicate(role)`."""
+    roles = parameter_roles(model)
+    return jax.tree.map(
+        lambda r: r is not None and bool(predicate(r)),
+        roles,
+        is_leaf=lambda x: x is None or isinstance(x, ParamRole),
+    )
