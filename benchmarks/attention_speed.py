@@ -35,6 +35,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import Timing, markdown_table, measure, publish
 
 from eqvid._cli import add_config_arguments, config_from_args
+
+# `eqvid.kernels` is the kernels/ folder ([tool.setuptools.package-dir]); Python finds it
+# through setuptools' editable-install finder, which pyright cannot follow.
 from eqvid.kernels import AttentionMask, attention
 from eqvid.kernels.attention import row_ranges
 
@@ -100,22 +103,26 @@ def competitor(impl: str, mask_name: str, mask: AttentionMask):
     for the references, `None` where they need none)."""
     if impl == "pallas":
 
-        def fn(q, k, v, dense):
+        def kernel(q, k, v, dense):
             return attention(q, k, v, mask=mask, impl="pallas")
-    else:
-        causal = mask_name == "causal"
 
-        def fn(q, k, v, dense):
-            return jax.nn.dot_product_attention(
-                q, k, v, mask=dense, is_causal=causal, implementation=impl
-            )
+        return kernel
+    if impl not in ("cudnn", "xla"):
+        raise ValueError(f"competitor: `impl` must be one of {IMPLS}, got {impl!r}.")
+    implementation: Literal["cudnn", "xla"] = "cudnn" if impl == "cudnn" else "xla"
+    causal = mask_name == "causal"
 
-    return fn
+    def reference(q, k, v, dense):
+        return jax.nn.dot_product_attention(
+            q, k, v, mask=dense, is_causal=causal, implementation=implementation
+        )
+
+    return reference
 
 
 def ratio(other: Timing | None, ours: Timing | None) -> float | None:
     """Speed of `ours` relative to `other` (time_other / time_ours), if both ran."""
-    if other is None or ours is None or not (other.ok and ours.ok):
+    if other is None or ours is None or other.seconds is None or ours.seconds is None:
         return None
     return other.seconds / ours.seconds
 
@@ -124,16 +131,22 @@ def fmt_ratio(value: float | None) -> str:
     return "–" if value is None else f"{value:.2f}×"
 
 
-def fmt_time(t: Timing) -> str:
-    return f"{t.seconds * 1e3:.3f}" if t.ok else t.error
+def fmt_time(t: Timing | None) -> str:
+    if t is None:
+        return "–"
+    return t.error if t.seconds is None else f"{t.seconds * 1e3:.3f}"
 
 
-def fmt_tflops(t: Timing, flops: float) -> str:
-    return f"{flops / t.seconds / 1e12:.3g}" if t.ok else "–"
+def fmt_tflops(t: Timing | None, flops: float) -> str:
+    if t is None or t.seconds is None:
+        return "–"
+    return f"{flops / t.seconds / 1e12:.3g}"
 
 
-def fmt_mib(t: Timing) -> str:
-    return f"{t.temp / 2**20:.1f}" if t.ok and t.temp is not None and t.temp >= 0 else "–"
+def fmt_mib(t: Timing | None) -> str:
+    if t is None or not t.ok or t.temp is None or t.temp < 0:
+        return "–"
+    return f"{t.temp / 2**20:.1f}"
 
 
 def target_line(label: str, cases: list[tuple[str, float]], goal: float, above: bool = True):
@@ -155,9 +168,10 @@ def target_line(label: str, cases: list[tuple[str, float]], goal: float, above: 
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
+    description, _, epilog = (__doc__ or "").partition("\n\n")
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n", 1)[1],
+        description=description,
+        epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_config_arguments(parser, "bench", AttentionBenchConfig)
@@ -212,7 +226,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 dense = None
                 if mask_name == "frame-causal" and any(i != "pallas" for i in impls):
                     cols = jnp.arange(length, dtype=jnp.int32)
-                    dense = ((cols >= lo[0, :, None]) & (cols < hi[0, :, None]))[None, None]
+                    visible = (cols[None, :] >= lo[0, :, None]) & (cols[None, :] < hi[0, :, None])
+                    dense = visible[None, None]
                 key = (mask_name, length, d)
                 sizes[key] = (batch, heads, pairs)
                 results[key] = {}
@@ -226,7 +241,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         + (
                             f"{fwd.seconds * 1e3:.3f} ms, {flops / fwd.seconds / 1e12:.3g} TFLOP/s, "
                             f"temp {fmt_mib(fwd)} MiB"
-                            if fwd.ok
+                            if fwd.seconds is not None
                             else fwd.error
                         ),
                         flush=True,
@@ -251,7 +266,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                                 f"{bwd.seconds * 1e3:.3f} ms, "
                                 f"{3.5 * flops / bwd.seconds / 1e12:.3g} TFLOP/s, "
                                 f"temp {fmt_mib(bwd)} MiB"
-                                if bwd.ok
+                                if bwd.seconds is not None
                                 else bwd.error
                             ),
                             flush=True,

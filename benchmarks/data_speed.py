@@ -36,6 +36,7 @@ from eqvid.data import (
     FrameFolderConfig,
     TecoConfig,
     TecoVideos,
+    VideoFilesConfig,
     VideoFolderConfig,
     make_dataset,
     pack_array_record,
@@ -96,6 +97,8 @@ def write_video_file(path: str, video: np.ndarray, codec: str) -> None:
     pix = "yuv420p"
     with av.open(path, "w") as container:
         stream = container.add_stream(codec, rate=30)
+        if not isinstance(stream, av.VideoStream):
+            raise ValueError(f"write_video_file: `codec` must be a video codec, got {codec!r}.")
         stream.width, stream.height, stream.pix_fmt = video.shape[2], video.shape[1], pix
         if codec == "libvpx-vp9":
             stream.options = {"crf": "32", "b": "0", "deadline": "realtime", "cpu-used": "8"}
@@ -108,10 +111,10 @@ def write_video_file(path: str, video: np.ndarray, codec: str) -> None:
 
 def write_datasets(
     folder: str, formats: tuple[str, ...], videos: int, frames: int, size: int
-) -> dict[str, object]:
+) -> dict[str, VideoFilesConfig]:
     """Every requested format's config, over the same synthetic videos."""
     rng = np.random.default_rng(size)
-    configs: dict[str, object] = {}
+    configs: dict[str, VideoFilesConfig] = {}
     npz_root = os.path.join(folder, "npz")
     need_npz = "npz" in formats or "array_record" in formats
     for sub in ("npz/train", "mp4/train", "png", "webm/train"):
@@ -184,9 +187,10 @@ def time_pipeline(
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
+    description, _, epilog = (__doc__ or "").partition("\n\n")
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n", 1)[1],
+        description=description,
+        epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_config_arguments(parser, "bench", DataBenchConfig)

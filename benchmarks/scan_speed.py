@@ -19,6 +19,7 @@ import argparse
 import dataclasses
 import os
 import sys
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +28,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import markdown_table, publish, time_call
 
 from eqvid._cli import add_config_arguments, config_from_args
+
+# `eqvid.kernels` is the kernels/ folder ([tool.setuptools.package-dir]); Python finds it
+# through setuptools' editable-install finder, which pyright cannot follow.
 from eqvid.kernels import linear_scan, linear_scan_split
 
 # name: (T, batch, height=width, P) — the layers of the papers' models.
@@ -39,6 +43,13 @@ SIZES = {
 }
 GPU_SIZES = ("mnist-300", "teco", "long", "few-channels", "cpu-small")
 CPU_SIZES = ("cpu-small",)
+# Benchmark name -> `linear_scan` implementation; "pallas-split" is `linear_scan_split`.
+SCAN_IMPLS: dict[str, Literal["pallas", "xla", "sequential"]] = {
+    "pallas": "pallas",
+    "xla": "xla",
+    "sequential": "sequential",
+}
+IMPLS = ("pallas-split", *SCAN_IMPLS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,10 +84,34 @@ def temp_bytes(fn, *args) -> int:
     return int(getattr(analysis, "temp_size_in_bytes", 0)) if analysis is not None else -1
 
 
+def scan_functions(impl: str):
+    """`(forward, loss)` of one implementation: `forward(a, b)` is the scan, `loss(a, b)`
+    a scalar of it to differentiate."""
+    if impl == "pallas-split":
+
+        def split_forward(a, b):
+            return linear_scan_split(a, b, impl="pallas")
+
+        def split_loss(a, b):
+            return jnp.sum(linear_scan_split(a, b, impl="pallas"))
+
+        return split_forward, split_loss
+    scan_impl = SCAN_IMPLS[impl]
+
+    def forward(a, b):
+        return linear_scan(a, b, impl=scan_impl)
+
+    def loss(a, b):
+        return jnp.sum(jnp.real(linear_scan(a, b, impl=scan_impl)))
+
+    return forward, loss
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
+    description, _, epilog = (__doc__ or "").partition("\n\n")
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n", 1)[1],
+        description=description,
+        epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_config_arguments(parser, "bench", ScanBenchConfig)
@@ -89,16 +124,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for name in sizes:
         if name not in SIZES:
             parser.error(f"unknown size {name!r}; choose from {sorted(SIZES)}")
+    for impl in impls:
+        if impl not in IMPLS:
+            parser.error(f"unknown implementation {impl!r}; choose from {', '.join(IMPLS)}")
 
     rows, notes, records = [], [], []
     for name in sizes:
         T, batch, hw, P = SIZES[name]
         shape = (T, batch, hw, hw, P)
         k1, k2, k3 = jax.random.split(jax.random.key(T * P + batch), 3)
-        a = (
-            jax.random.uniform(k1, (P,), minval=0.9, maxval=0.999)
-            * jnp.exp(1j * jax.random.uniform(k2, (P,), maxval=3.0))
-        ).astype(jnp.complex64)
+        magnitude = jax.random.uniform(k1, (P,), minval=0.9, maxval=0.999)
+        phase = jax.random.uniform(k2, (P,), maxval=3.0)
+        a = magnitude.astype(jnp.complex64) * jnp.exp(1j * phase.astype(jnp.complex64))
         b = jax.lax.complex(*jax.random.normal(k3, (2,) + shape))
         min_bytes = 2 * b.nbytes  # read b, write x
         bandwidth = copy_bandwidth(b.nbytes, config.repeats)
@@ -108,21 +145,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         timings = {}
         b_split = jnp.concatenate([b.real, b.imag], axis=-1)
         for impl in impls:
-            if impl == "pallas-split":
-
-                def fwd(a, b, impl=impl):
-                    return linear_scan_split(a, b, impl="pallas")
-
-                def loss(a, b, impl=impl):
-                    return jnp.sum(linear_scan_split(a, b, impl="pallas"))
-            else:
-
-                def fwd(a, b, impl=impl):
-                    return linear_scan(a, b, impl=impl)
-
-                def loss(a, b, impl=impl):
-                    return jnp.sum(jnp.real(linear_scan(a, b, impl=impl)))
-
+            fwd, loss = scan_functions(impl)
             operand = b_split if impl == "pallas-split" else b
             grad = jax.grad(loss, argnums=(0, 1))
             fwd_j, grad_j = jax.jit(fwd), jax.jit(grad)

@@ -21,11 +21,12 @@ return zeros and get zero gradients, never NaN.
 import dataclasses
 import functools
 import math
-from typing import Literal
+from typing import Literal, cast
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.core import Tracer
 from jaxtyping import Array, ArrayLike, Float, Integer
 
 AttentionImpl = Literal["auto", "pallas", "xla", "cudnn"]
@@ -135,14 +136,13 @@ class AttentionMask:
     # A Python-int offset stays static (it decides which fast paths apply); an
     # array offset is traced.
     def tree_flatten(self):
-        static_offset = isinstance(self.q_offset, (int, np.integer))
-        children = (self.q_lengths, self.kv_lengths, None if static_offset else self.q_offset)
-        aux = (
-            self.causal,
-            self.tokens_per_frame,
-            self.window,
-            int(self.q_offset) if static_offset else None,
-        )
+        offset = self.q_offset
+        if isinstance(offset, (int, np.integer)):
+            static_offset, traced_offset = int(offset), None
+        else:
+            static_offset, traced_offset = None, offset
+        children = (self.q_lengths, self.kv_lengths, traced_offset)
+        aux = (self.causal, self.tokens_per_frame, self.window, static_offset)
         return children, aux
 
     @classmethod
@@ -164,7 +164,7 @@ class AttentionMask:
 
 
 def _is_concrete(x) -> bool:
-    return not isinstance(x, jax.core.Tracer)
+    return not isinstance(x, Tracer)
 
 
 def _check_mask(mask: AttentionMask, batch: int, q_len: int, kv_len: int):
@@ -233,11 +233,11 @@ def row_ranges(
 def _reference(q, k, v, lo, hi, scale):
     batch, q_len, heads, dim = q.shape
     kv_len, kv_heads = k.shape[1], k.shape[2]
-    acc = jnp.result_type(q.dtype, jnp.float32)
+    acc = jnp.float64 if q.dtype == jnp.float64 else jnp.float32  # at least float32
     hp = jax.lax.Precision.HIGHEST
     qg = q.astype(acc).reshape(batch, q_len, kv_heads, heads // kv_heads, dim)
     s = jnp.einsum("bqkgd,bskd->bkgqs", qg, k.astype(acc), precision=hp) * scale
-    cols = jnp.arange(kv_len, dtype=jnp.int32)
+    cols = jnp.arange(kv_len, dtype=jnp.int32)[None, None, :]
     allowed = (cols >= lo[..., None]) & (cols < hi[..., None])  # (batch, q_len, kv_len)
     s = jnp.where(allowed[:, None, None], s, -jnp.inf)
     m = jax.lax.stop_gradient(jnp.max(s, axis=-1, keepdims=True))
@@ -704,7 +704,7 @@ def _pallas(q, k, v, mask, scale, blocks: BlockSizes | None = None, interpret=No
     qp = _pad_axis(_pad_axis(q, 1, q_pad), 3, dim_pad)
     kp = _pad_axis(_pad_axis(k, 1, kv_pad), 3, dim_pad)
     vp = _pad_axis(_pad_axis(v, 1, kv_pad), 3, dim_pad)
-    out = _flash(qp, kp, vp, lo, hi, float(scale), blocks, interpret)
+    out = cast(Array, _flash(qp, kp, vp, lo, hi, float(scale), blocks, interpret))
     return out[:, :q_len, :, :dim]
 
 
@@ -843,10 +843,10 @@ def attention(
     mask = AttentionMask() if mask is None else mask
     _check_mask(mask, batch, q_len, kv_len)
     scale = 1.0 / math.sqrt(dim) if scale is None else float(scale)
-    impl = _resolve(impl, q.dtype)
-    if impl == "pallas":
+    resolved = _resolve(impl, q.dtype)
+    if resolved == "pallas":
         return _pallas(q, k, v, mask, scale)
-    if impl == "cudnn":
+    if resolved == "cudnn":
         reason = _cudnn_supports(mask, q_len, kv_len)
         if reason is not None:
             raise ValueError(

@@ -16,7 +16,7 @@ levels of the associative scan.
 
 import functools
 import math
-from typing import Literal
+from typing import Literal, cast
 
 import jax
 import jax.numpy as jnp
@@ -74,12 +74,19 @@ def _check_shapes(a, b_shape, x0, b_dtype, name="linear_scan"):
     return a, x0
 
 
+def _promoted_dtype(*dtypes):
+    """JAX's standard promotion of `dtypes`: the scan promotes its inputs explicitly,
+    as documented, whatever `jax_numpy_dtype_promotion` says (strict included)."""
+    with jax.numpy_dtype_promotion("standard"):
+        return jnp.result_type(*dtypes)
+
+
 def _check_inputs(a, b, x0):
     """Validate shapes and dtypes; return `(a, b, x0)` in one dtype, `a` as in
     `_check_shapes` and `x0` zero when absent."""
     a, x0 = _check_shapes(a, b.shape, x0, b.dtype)
     dtypes = [a.dtype, b.dtype] + ([] if x0 is None else [x0.dtype])
-    dtype = jnp.result_type(*dtypes)
+    dtype = _promoted_dtype(*dtypes)
     x0 = jnp.zeros(b.shape[1:], dtype) if x0 is None else x0.astype(dtype)
     return a.astype(dtype), b.astype(dtype), x0
 
@@ -114,19 +121,19 @@ def _sequential(a, b, x0, reverse):
     if a.shape[0] == 1:
         a0 = a[0]
 
-        def step(x, b_t):
+        def step_invariant(x, b_t):
             x = a0 * x + b_t
             return x, x
 
-        _, xs = jax.lax.scan(step, x0, b, reverse=reverse)
+        _, xs = jax.lax.scan(step_invariant, x0, b, reverse=reverse)
     else:
 
-        def step(x, ab_t):
+        def step_per_step(x, ab_t):
             a_t, b_t = ab_t
             x = a_t * x + b_t
             return x, x
 
-        _, xs = jax.lax.scan(step, x0, (a, b), reverse=reverse)
+        _, xs = jax.lax.scan(step_per_step, x0, (a, b), reverse=reverse)
     return xs
 
 
@@ -171,8 +178,8 @@ def _scan_kernel(
     bm, bp = tile
     c, i, j = pl.program_id(0), pl.program_id(1), pl.program_id(2)
     rows = pl.ds(i * bm, bm)
-    col = j * bp + jnp.arange(bp)
-    mask = ((i * bm + jnp.arange(bm)) < m)[:, None] & (col < p)[None, :]
+    col = j * bp + jnp.arange(bp, dtype=jnp.int32)
+    mask = ((i * bm + jnp.arange(bm, dtype=jnp.int32)) < m)[:, None] & (col < p)[None, :]
 
     def load(ref, t):
         t = jnp.asarray(t, jnp.int32)
@@ -358,21 +365,21 @@ def _pallas_split_bwd(reverse, planes, res, g):
     if reverse:
         shifted = jnp.concatenate([ones, at[:-1]], 0) if per_step else at
         lam = _kernel_scan(shifted, g, jnp.zeros_like(x0), False, planes=planes)
-        prev = jnp.concatenate([xs[1:], x0[None]], axis=0)
+        prev = jnp.concatenate([xs[1:].astype(x0.dtype), x0[None]], axis=0)
         first, lam_first = at[-1], lam[-1]
     else:
         shifted = jnp.concatenate([at[1:], ones], 0) if per_step else at
         lam = _kernel_scan(shifted, g, jnp.zeros_like(x0), True, planes=planes)
-        prev = jnp.concatenate([x0[None], xs[:-1]], axis=0)
+        prev = jnp.concatenate([x0[None], xs[:-1].astype(x0.dtype)], axis=0)
         first, lam_first = at[0], lam[0]
     if planes == 1:
         da = lam * prev
     else:
-        lam_c, x = _to_complex(lam), _to_complex(prev)
+        lam_c, x = _to_complex(lam.astype(prev.dtype)), _to_complex(prev)  # no bf16 complex
         da = _to_split(lam_c * jnp.conj(x))
     if not per_step:
         da = jnp.sum(da, axis=0, keepdims=True)
-    dx0 = _planes_mul(first, lam_first, planes)
+    dx0 = _planes_mul(first, lam_first.astype(first.dtype), planes)
     return da.astype(a.dtype), lam.astype(g.dtype), dx0.astype(x0.dtype)
 
 
@@ -395,7 +402,7 @@ def _pallas(a, b, x0, reverse):
         return _to_split(z) if cplx else z
 
     a_s = split(jnp.broadcast_to(a, a.shape[:1] + rest))
-    xs = _pallas_split(a_s, split(b), split(x0[None])[0], reverse, 2 if cplx else 1)
+    xs = cast(Array, _pallas_split(a_s, split(b), split(x0[None])[0], reverse, 2 if cplx else 1))
     return (_to_complex(xs) if cplx else xs).reshape(b.shape)
 
 
@@ -494,13 +501,13 @@ def linear_scan(
     Gradients with respect to `a`, `b` and `x0` are computed by a reverse scan
     of the same implementation (no stored tree levels).
     """
-    impl = _resolve(impl)
+    resolved = _resolve(impl)
     # The casts in `_check_inputs` are differentiable JAX ops, so autodiff maps
     # cotangents back to the callers' dtypes (real parts for real inputs) and shapes.
     a, b, x0 = _check_inputs(a, b, x0)
-    if impl == "pallas":
+    if resolved == "pallas":
         return _pallas(a, b, x0, reverse)
-    return _scan(a, b, x0, reverse, impl)
+    return _scan(a, b, x0, reverse, resolved)
 
 
 def linear_scan_split(
@@ -532,15 +539,14 @@ def linear_scan_split(
         )
     p = b.shape[-1] // 2
     complex_shape = b.shape[:-1] + (p,)
-    impl = _resolve(impl)
-    if impl != "pallas":
-        b_c = _to_complex(b.astype(jnp.result_type(b.dtype, jnp.float32)))
+    if _resolve(impl) != "pallas":
+        b_c = _to_complex(b.astype(_promoted_dtype(b.dtype, jnp.float32)))
         x = linear_scan(a, b_c, x0, reverse=reverse, impl=impl)
         return _to_split(x).astype(b.dtype)
     a, x0 = _check_shapes(a, complex_shape, x0, b.dtype, "linear_scan_split")
     # The decay and the initial state stay in (at least) float32 planes; the kernel
     # accumulates in float32 whatever the dtype of `b`.
-    ctype = jnp.result_type(a.dtype, jnp.complex64)
+    ctype = _promoted_dtype(a.dtype, jnp.complex64)
     x0 = jnp.zeros(complex_shape[1:], ctype) if x0 is None else x0.astype(ctype)
     length, rest = b.shape[0], complex_shape[1:]
     m = math.prod(rest[:-1])
@@ -549,5 +555,7 @@ def linear_scan_split(
         return _to_split(z.astype(ctype).reshape(z.shape[0], m, p))
 
     a_s = split(jnp.broadcast_to(a, a.shape[:1] + rest))
-    xs = _pallas_split(a_s, b.reshape(length, m, 2 * p), split(x0[None])[0], reverse, 2)
+    xs = cast(
+        Array, _pallas_split(a_s, b.reshape(length, m, 2 * p), split(x0[None])[0], reverse, 2)
+    )
     return xs.reshape(b.shape)

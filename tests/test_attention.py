@@ -2,12 +2,16 @@
 Pallas kernel (interpret mode) against the reference for every mask kind and their
 combinations, gradients, bf16, block skipping, CUDA lowering, and bad input."""
 
+from typing import Any, cast
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from jaxtyping import TypeCheckError
 
+# `eqvid.kernels` is the kernels/ folder ([tool.setuptools.package-dir]); Python finds it
+# through setuptools' editable-install finder, which pyright cannot follow.
 from eqvid.kernels import AttentionMask, attention
 from eqvid.kernels.attention import (
     BlockSizes,
@@ -33,7 +37,7 @@ def numpy_attention(q, k, v, mask, scale):
 
     out = np.zeros_like(q)
     for b in range(batch):
-        offset = per_batch(mask.q_offset, b)
+        offset = int(np.broadcast_to(np.asarray(mask.q_offset), (batch,))[b])
         q_length, kv_length = per_batch(mask.q_lengths, b), per_batch(mask.kv_lengths, b)
         for i in range(q_len):
             if q_length is not None and i >= q_length:
@@ -277,15 +281,17 @@ def test_kernel_under_vmap_and_jit():
     assert rel_err(got, attention(q, k, v, mask=mask, scale=0.25, impl="xla")) < 1e-5
 
 
-def test_auto_is_the_reference_on_cpu_and_matches_jax_nn():
+def test_auto_is_the_reference_off_gpu_and_matches_jax_nn():
     rng = np.random.default_rng(8)
     q, k, v = draw(rng, 2, 24, 24, 4, 2, 16)
     lengths = np.array([24, 13])
     mask = AttentionMask(causal=True, kv_lengths=lengths)
     got = attention(q, k, v, mask=mask)
-    np.testing.assert_array_equal(
-        np.asarray(got), np.asarray(attention(q, k, v, mask=mask, impl="xla"))
-    )
+    reference = attention(q, k, v, mask=mask, impl="xla")
+    if jax.default_backend() == "gpu":  # auto runs the kernel there: equal to tolerance
+        np.testing.assert_allclose(np.asarray(got), np.asarray(reference), rtol=1e-5, atol=1e-5)
+    else:  # auto is the reference itself
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(reference))
     want = jax.nn.dot_product_attention(
         q, k, v, is_causal=True, key_value_seq_lengths=jnp.asarray(lengths), implementation="xla"
     )
@@ -339,7 +345,7 @@ def test_errors_name_the_argument_and_shapes():
         attention(q, jnp.zeros((2, 8, 2, 8)), jnp.zeros((2, 8, 2, 8)))
     with pytest.raises(ValueError, match=r"`k` and `v` must have the same shape"):
         attention(q, k, jnp.zeros((2, 9, 2, 16)))
-    with pytest.raises((TypeError, ValueError), match="q"):
+    with pytest.raises(TypeCheckError, match="parameter 'q'"):  # no batch axis
         attention(jnp.zeros((8, 4, 16)), k, k)
     with pytest.raises(ValueError, match=r"mask.kv_lengths` must lie in \[0, kv_len=8\].*9"):
         attention(q, k, k, mask=AttentionMask(kv_lengths=np.array([3, 9])))
@@ -347,8 +353,8 @@ def test_errors_name_the_argument_and_shapes():
         attention(q, k, k, mask=AttentionMask(q_lengths=np.array([-1, 2])))
     with pytest.raises(ValueError, match=r"mask.q_lengths` must have shape \(batch,\)=\(2,\)"):
         attention(q, k, k, mask=AttentionMask(q_lengths=np.array([1, 2, 3])))
-    with pytest.raises(TypeCheckError, match="impl"):
-        attention(q, k, k, impl="flash")
+    with pytest.raises(TypeCheckError, match="parameter 'impl'"):
+        attention(q, k, k, impl=cast(Any, "flash"))
     with pytest.raises(ValueError, match="cuDNN has no native form for frame-block-causal"):
         attention(q, k, k, mask=AttentionMask.frame_causal(4), impl="cudnn")
     with pytest.raises(TypeError, match="kernel takes float32, bfloat16 or float16"):
@@ -363,10 +369,10 @@ def test_mask_fields_are_validated():
         AttentionMask(tokens_per_frame=0)
     with pytest.raises(ValueError, match="window"):
         AttentionMask(window=0)
-    with pytest.raises(TypeError, match="kv_lengths"):
+    with pytest.raises(TypeCheckError, match="parameter 'kv_lengths'"):
         AttentionMask(kv_lengths=np.array([1.5]))
-    with pytest.raises(TypeError, match="causal"):
-        AttentionMask(causal="yes")
+    with pytest.raises(TypeCheckError, match="parameter 'causal'"):
+        AttentionMask(causal=cast(Any, "yes"))
 
 
 def test_mask_is_a_pytree_with_static_structure():

@@ -4,6 +4,7 @@ ArrayRecord shards): exact frames and actions, windows, bad files, the converter
 import os
 import warnings
 
+import av
 import numpy as np
 import pytest
 from PIL import Image
@@ -18,8 +19,6 @@ from eqvid.data import (
     convert,
     pack_array_record,
 )
-
-av = pytest.importorskip("av")
 
 H, W = 8, 12
 

@@ -193,16 +193,16 @@ def test_architecture_matches_public_table(converted):
 def test_bad_inputs_name_the_argument(converted):
     model, _, _ = converted
     x = jnp.zeros((1, 40, 40, 3))
-    with pytest.raises((ValueError, TypeCheckError), match="y.shape|parameter 'y'"):
+    with pytest.raises(TypeCheckError, match="parameter 'y'"):  # its shape differs from x's
         model(x, jnp.zeros((1, 40, 44, 3)))
     # Values are checked when they are known (not under jit): 0..255 is not [-1, 1].
     with pytest.raises(ValueError, match=r"`y`: value_range='\[-1,1\]'.*255"):
         model(x, jnp.full((1, 40, 40, 3), 255.0))
     with pytest.raises(ValueError, match=r"`x` images must be at least 31×31.*\(1, 30, 40, 3\)"):
         model(jnp.zeros((1, 30, 40, 3)), jnp.zeros((1, 30, 40, 3)))
-    with pytest.raises((ValueError, TypeCheckError), match="x"):
+    with pytest.raises(ValueError, match=r"`x` must be an image batch.*1 \(grey\) or 3 \(RGB\)"):
         model(jnp.zeros((1, 40, 40, 2)), jnp.zeros((1, 40, 40, 2)))
-    with pytest.raises((ValueError, TypeCheckError), match="x"):
+    with pytest.raises(TypeCheckError, match="parameter 'x'"):  # images, not videos
         model.per_frame(x, x)
 
 

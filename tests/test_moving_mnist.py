@@ -2,6 +2,7 @@
 
 import gzip
 import struct
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,8 +15,8 @@ def digits() -> np.ndarray:
     return sklearn_digits()
 
 
-def _source(images, /, **kwargs):
-    args = dict(digits=images, num_sequences=16, seq_len=10)
+def _source(images, /, **kwargs: Any) -> MovingMNIST:
+    args: dict[str, Any] = dict(digits=images, num_sequences=16, seq_len=10)
     args.update(kwargs)
     return MovingMNIST(**args)
 

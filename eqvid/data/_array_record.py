@@ -21,6 +21,7 @@ import threading
 import numpy as np
 
 from ._bad_video import BadVideoError
+from ._hot_path import hot_path
 from ._video_files import VideoFiles
 
 __all__ = ["INDEX_FILE", "ArrayRecordVideos"]
@@ -115,9 +116,11 @@ class ArrayRecordVideos(VideoFiles):
     def path(self, index: int | np.integer) -> str:
         return f"{self.names[index]} (packed in {self.folder})"
 
-    def num_frames(self, index: int | np.integer) -> int | None:
+    @hot_path
+    def _num_frames(self, index: int | np.integer) -> int | None:
         return int(self.lengths[index])
 
+    @hot_path
     def _shard_reader(self, shard: int):
         if self._readers[shard] is None:
             with self._lock:
@@ -125,12 +128,12 @@ class ArrayRecordVideos(VideoFiles):
                     self._readers[shard] = _reader(self.shards[shard])
         return self._readers[shard]
 
-    def read_frames(self, index: int | np.integer, frames: np.ndarray | None) -> np.ndarray:
-        if frames is None:
-            frames = np.arange(self.lengths[index])
+    @hot_path
+    def _read_frames(self, index: int | np.integer, frames: np.ndarray | None) -> np.ndarray:
+        wanted = np.arange(self.lengths[index]) if frames is None else frames
         first = int(self.offsets[index])
         shard = int(np.searchsorted(self._shard_starts, first, side="right")) - 1
-        positions = [first - int(self._shard_starts[shard]) + int(f) for f in frames]
+        positions = [first - int(self._shard_starts[shard]) + int(f) for f in wanted]
         reader = self._shard_reader(shard)
         if len(positions) > 1 and positions[-1] - positions[0] == len(positions) - 1:
             records = reader.read(positions[0], positions[-1] + 1)  # consecutive: one range read
@@ -144,6 +147,12 @@ class ArrayRecordVideos(VideoFiles):
             )
         return np.frombuffer(b"".join(records), np.uint8).reshape((len(positions),) + shape)
 
-    def read_actions(self, index: int | np.integer) -> np.ndarray:
+    @hot_path
+    def _read_actions(self, index: int | np.integer) -> np.ndarray:
+        if self._actions is None:
+            raise ValueError(
+                f"ArrayRecordVideos: {self.folder!r} was opened with actions=False; it has no "
+                "actions to read."
+            )
         first = int(self.offsets[index])
         return self._actions[first : first + int(self.lengths[index])]

@@ -54,24 +54,24 @@ def moving_mnist_splits(
     rng = np.random.default_rng(config.data_seed)
     order = rng.permutation(len(digits))
     n_held = max(1, round(len(digits) * config.held_out_digit_fraction))
-    common = dict(
-        frame_size=config.frame_size,
-        num_digits=config.num_digits,
-        step_length=config.step_length,
-        bounce=config.bounce,
-    )
     train = MovingMNIST(
         digits=digits[np.sort(order[n_held:])],
         num_sequences=config.train_sequences,
         seq_len=config.seq_len,
         seed=config.data_seed,
-        **common,
+        frame_size=config.frame_size,
+        num_digits=config.num_digits,
+        step_length=config.step_length,
+        bounce=config.bounce,
     )
     held_out = MovingMNIST(
         digits=digits[np.sort(order[:n_held])],
         num_sequences=held_out_sequences,
         seq_len=held_out_seq_len or config.seq_len,
         seed=config.data_seed + _HELD_OUT_SEED_OFFSET,
-        **common,
+        frame_size=config.frame_size,
+        num_digits=config.num_digits,
+        step_length=config.step_length,
+        bounce=config.bounce,
     )
     return train, held_out

@@ -40,8 +40,11 @@ def decode_frames(path: str, frames: np.ndarray | None, *, grayscale: bool = Fal
     **Raises** `BadVideoError` if the stream ends before the last requested frame.
     """
     fmt = "gray" if grayscale else "rgb24"
-    wanted = None if frames is None else {int(f) for f in frames}
-    last = None if frames is None else max(wanted, default=-1)
+    wanted: set[int] | None = None
+    last: int | None = None
+    if frames is not None:
+        wanted = {int(f) for f in frames}
+        last = max(wanted, default=-1)
     kept: dict[int, np.ndarray] = {}
     decoded = 0
     with _av().open(path) as container:

@@ -12,6 +12,8 @@ import sys
 
 import numpy as np
 
+from ._hot_path import hot_path
+
 __all__ = ["EpochOrder"]
 
 
@@ -37,19 +39,23 @@ class EpochOrder:
         self._epoch = -1
         self._order = np.arange(num_videos)
 
+    @hot_path
     def __len__(self) -> int:
         return self.length
 
     def __repr__(self) -> str:
         return f"EpochOrder({self.num_videos} videos, seed={self.seed}, shuffle={self.shuffle})"
 
-    def __getitem__(self, position: int | np.integer) -> int:
-        if not 0 <= position < self.length:
-            raise IndexError(f"EpochOrder: position {position} out of range 0..{self.length - 1}.")
-        epoch, index = divmod(int(position), self.num_videos)
+    # The parameter is named `index` as in Grain's `RandomAccessDataSource` protocol;
+    # it is a stream position. Called by Grain once per video.
+    @hot_path
+    def __getitem__(self, index: int | np.integer) -> int:
+        if not 0 <= index < self.length:
+            raise IndexError(f"EpochOrder: position {index} out of range 0..{self.length - 1}.")
+        epoch, video = divmod(int(index), self.num_videos)
         if not self.shuffle:
-            return index
+            return video
         if epoch != self._epoch:
             self._order = np.random.default_rng([self.seed, epoch]).permutation(self.num_videos)
             self._epoch = epoch
-        return int(self._order[index])
+        return int(self._order[video])

@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from ._bad_video import BadVideoError, BadVideoWarning
+from ._hot_path import hot_path
 from ._video_files import VideoFiles
 
 __all__ = ["FrameFolderVideos"]
@@ -111,10 +112,12 @@ class FrameFolderVideos(VideoFiles):
     def path(self, index: int | np.integer) -> str:
         return self.names[index]
 
-    def num_frames(self, index: int | np.integer) -> int | None:
+    @hot_path
+    def _num_frames(self, index: int | np.integer) -> int | None:
         return len(self.videos[index])
 
-    def read_frames(self, index: int | np.integer, frames: np.ndarray | None) -> np.ndarray:
+    @hot_path
+    def _read_frames(self, index: int | np.integer, frames: np.ndarray | None) -> np.ndarray:
         paths = self.videos[index]
         chosen = paths if frames is None else [paths[int(f)] for f in frames]
         mode = "L" if self.grayscale else "RGB"

@@ -15,6 +15,7 @@ Two sources, both returning `uint8` arrays of shape `(N, 28, 28)` with a black
 import gzip
 import os
 import zlib
+from typing import cast
 
 import numpy as np
 
@@ -135,8 +136,11 @@ def sklearn_digits() -> np.ndarray:
     black canvas, as MNIST centres its digits in a 20x20 box.
     """
     from sklearn.datasets import load_digits as _sk_load_digits  # slow import: lazy
+    from sklearn.utils import Bunch
 
-    small = _sk_load_digits().images.astype(np.float64) * (255.0 / 16.0)  # (N, 8, 8)
+    # Without `return_X_y` scikit-learn returns a Bunch (its annotations allow a tuple too).
+    digits = cast(Bunch, _sk_load_digits())
+    small = np.asarray(digits.images, np.float64) * (255.0 / 16.0)  # (N, 8, 8)
     box = 20
     w = _bilinear_matrix(small.shape[1], box)
     big = np.einsum("ij,njk,lk->nil", w, small, w)  # convex combinations: stays in [0, 255]

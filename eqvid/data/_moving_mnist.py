@@ -18,6 +18,8 @@ import numbers
 
 import numpy as np
 
+from ._hot_path import hot_path
+
 __all__ = ["MovingMNIST"]
 
 _DIGIT_SIZE = 28
@@ -132,6 +134,7 @@ class MovingMNIST:
             f"{{'video': uint8 ({self.seq_len}, {self.frame_size}, {self.frame_size}, 1)}}"
         )
 
+    @hot_path
     def _trajectory(self, rng: np.random.Generator) -> np.ndarray:
         """Top-left corners `(seq_len, 2)` as `(row, col)` integer pixels for one digit."""
         y, x = rng.random(2)

@@ -12,6 +12,7 @@ import zipfile
 import numpy as np
 
 from ._bad_video import BadVideoError
+from ._hot_path import hot_path
 
 __all__ = ["NpzMember", "npz_member", "read_npz_rows"]
 
@@ -79,6 +80,7 @@ def _read_header(f, version):
     return np.lib.format.read_array_header_2_0(f)
 
 
+@hot_path
 def read_npz_rows(path: str, member: NpzMember, rows: np.ndarray | None) -> np.ndarray:
     """Rows `rows` (indices along axis 0; `None`: all) of the array `member` of `path`."""
     if member.offset < 0:

@@ -143,6 +143,6 @@ def pack_array_record(
     )
     if source.has_actions:
         index["actions"] = np.concatenate(actions).astype(np.int32)
-    np.savez(os.path.join(folder, INDEX_FILE), **index)
+    np.savez(os.path.join(folder, INDEX_FILE), allow_pickle=False, **index)  # plain arrays only
     size = sum(os.path.getsize(os.path.join(folder, s)) for s in shards)
     return PackSummary(folder, len(offsets), total, len(shards), size, tuple(skipped))

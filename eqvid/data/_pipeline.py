@@ -24,6 +24,7 @@ from ._config import MovingMNISTConfig
 from ._datasets import open_source
 from ._epochs import EpochOrder
 from ._file_config import VideoFilesConfig
+from ._hot_path import hot_path
 from ._transforms import resize_crop, scale_video
 from ._video_files import VideoFiles
 
@@ -32,6 +33,7 @@ __all__ = ["make_dataset"]
 _SCALE = np.float32(1.0 / 127.5)
 
 
+@hot_path
 def _to_float(batch: Mapping[str, Any]) -> dict[str, Any]:
     """Map the batch's uint8 `video` to float32 in `[-1, 1]`; other keys pass through."""
     out = dict(batch)
@@ -69,6 +71,7 @@ class _ReadWindow:
         self.skipped = 0
         self.consecutive = 0
 
+    @hot_path
     def __call__(
         self, index: int | np.integer, rng: np.random.Generator
     ) -> dict[str, np.ndarray] | None:
@@ -102,6 +105,7 @@ class _ReadWindow:
         return window
 
 
+@hot_path
 def _stack_read(items: Sequence[dict[str, np.ndarray] | None]) -> dict[str, np.ndarray] | None:
     """Stack the windows that were read (skipped files are `None`); `None` if none was."""
     good = [x for x in items if x is not None]
@@ -116,14 +120,16 @@ def _stack_read(items: Sequence[dict[str, np.ndarray] | None]) -> dict[str, np.n
     return {k: np.stack([x[k] for x in good]) for k in good[0]}
 
 
+@hot_path
 def _is_batch(batch: dict[str, np.ndarray] | None) -> bool:
     return batch is not None
 
 
 class _Scale:
     def __init__(self, value_range: Literal["signed", "unit"]) -> None:
-        self.value_range = value_range
+        self.value_range: Literal["signed", "unit"] = value_range
 
+    @hot_path
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out = dict(batch)
         out["video"] = scale_video(batch["video"], self.value_range)

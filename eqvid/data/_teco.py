@@ -12,6 +12,7 @@ import numpy as np
 
 from ._bad_video import BadVideoError
 from ._decode import decode_frames, video_frame_count
+from ._hot_path import hot_path
 from ._npz import NpzMember, npz_member, read_npz_rows
 from ._video_files import VideoFiles, list_split_files
 
@@ -54,11 +55,13 @@ class TecoVideos(VideoFiles):
     def path(self, index: int | np.integer) -> str:
         return self.files[index]
 
+    @hot_path
     def _member(self, path: str, key: str) -> NpzMember | None:
         if (path, key) not in self._members:
             self._members[(path, key)] = npz_member(path, key)
         return self._members[(path, key)]
 
+    @hot_path
     def _video_member(self, path: str) -> NpzMember:
         member = self._member(path, "video")
         if member is None:
@@ -69,20 +72,23 @@ class TecoVideos(VideoFiles):
             )
         return member
 
-    def num_frames(self, index: int | np.integer) -> int | None:
+    @hot_path
+    def _num_frames(self, index: int | np.integer) -> int | None:
         path = self.files[index]
         if path.lower().endswith(".mp4"):
             return video_frame_count(path)
         return self._video_member(path).shape[0]
 
-    def read_frames(self, index: int | np.integer, frames: np.ndarray | None) -> np.ndarray:
+    @hot_path
+    def _read_frames(self, index: int | np.integer, frames: np.ndarray | None) -> np.ndarray:
         path = self.files[index]
         if path.lower().endswith(".mp4"):
             return decode_frames(path, frames)
         video = read_npz_rows(path, self._video_member(path), frames)
         return video[..., None] if video.ndim == 3 else video
 
-    def read_actions(self, index: int | np.integer) -> np.ndarray:
+    @hot_path
+    def _read_actions(self, index: int | np.integer) -> np.ndarray:
         path = self.files[index]
         holder = path[:-4] + ".npz" if path.lower().endswith(".mp4") else path
         if holder != path and not os.path.exists(holder):

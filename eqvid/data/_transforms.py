@@ -12,6 +12,8 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
+from ._hot_path import hot_path
+
 __all__ = ["INTERPOLATIONS", "resize_crop", "scale_video"]
 
 INTERPOLATIONS = {
@@ -23,6 +25,7 @@ INTERPOLATIONS = {
 }
 
 
+@hot_path
 def _crop_box(
     height: int, width: int, crop: str, rng: np.random.Generator | None
 ) -> tuple[int, int, int, int]:
@@ -36,6 +39,7 @@ def _crop_box(
     return left, top, left + side, top + side
 
 
+@hot_path
 def resize_crop(
     video: np.ndarray,
     frame_size: int | None,
@@ -86,6 +90,7 @@ _SIGNED = np.float32(1.0 / 127.5)
 _UNIT = np.float32(1.0 / 255.0)
 
 
+@hot_path
 def scale_video(video: np.ndarray, value_range: Literal["signed", "unit"]) -> np.ndarray:
     """uint8 → float32: `"signed"` maps to `[-1, 1]` (`x / 127.5 - 1`), `"unit"` to
     `[0, 1]` (`x / 255`)."""

@@ -15,6 +15,7 @@ import zipfile
 import numpy as np
 
 from ._bad_video import BadVideoError
+from ._hot_path import hot_path
 from ._windows import window_frames
 
 __all__ = ["VideoFiles", "list_split_files"]
@@ -30,9 +31,9 @@ def _read_errors() -> tuple[type[BaseException], ...]:
         struct.error,
     )
     try:
-        import av
+        from av.error import FFmpegError
 
-        errors += (av.error.FFmpegError,)
+        errors += (FFmpegError,)
     except ImportError:  # pragma: no cover - av is only needed for video files
         pass
     return errors
@@ -68,22 +69,26 @@ def list_split_files(
     return folder, sorted(files)
 
 
+@hot_path
 def _check_index(source: "VideoFiles", index: object) -> int:
     if isinstance(index, bool) or not isinstance(index, numbers.Integral):
         raise TypeError(f"{type(source).__name__} indices must be integers; got {index!r}.")
-    if not 0 <= index < len(source):
+    position = int(index)
+    if not 0 <= position < len(source):
         raise IndexError(
             f"{type(source).__name__} index {index} out of range 0..{len(source) - 1}."
         )
-    return int(index)
+    return position
 
 
 class VideoFiles:
     """Base class of the file-backed sources (not used directly).
 
-    Subclasses set `has_actions` and implement `__len__`, `path(i)`, `num_frames(i)`
-    (`None` when only decoding tells), `read_frames(i, frames)` and, with actions,
-    `read_actions(i)`.
+    Subclasses set `has_actions` and implement `__len__`, `path(i)`, `_num_frames(i)`
+    (`None` when only decoding tells), `_read_frames(i, frames)` and, with actions,
+    `_read_actions(i)`: the bodies of the public `num_frames`, `read_frames` and
+    `read_actions`. `read_window` and `__getitem__` call them directly, so that a window
+    costs one runtime type check (of its own arguments), not one per step.
     """
 
     has_actions: bool = False
@@ -97,18 +102,31 @@ class VideoFiles:
 
     def num_frames(self, index: int | np.integer) -> int | None:
         """Frames of video `index`, or `None` if only decoding can tell."""
-        raise NotImplementedError
+        return self._num_frames(index)
 
     def read_frames(self, index: int | np.integer, frames: np.ndarray | None) -> np.ndarray:
         """uint8 `(len(frames), H, W, C)`: the given frames (`None`: all)."""
-        raise NotImplementedError
+        return self._read_frames(index, frames)
 
     def read_actions(self, index: int | np.integer) -> np.ndarray:
         """The actions of every frame of video `index`."""
+        return self._read_actions(index)
+
+    @hot_path
+    def _num_frames(self, index: int | np.integer) -> int | None:
         raise NotImplementedError
 
+    @hot_path
+    def _read_frames(self, index: int | np.integer, frames: np.ndarray | None) -> np.ndarray:
+        raise NotImplementedError
+
+    @hot_path
+    def _read_actions(self, index: int | np.integer) -> np.ndarray:
+        raise NotImplementedError
+
+    @hot_path
     def _checked_actions(self, index: int | np.integer, num_frames: int) -> np.ndarray:
-        actions = np.asarray(self.read_actions(index))
+        actions = np.asarray(self._read_actions(index))
         if actions.ndim != 1 or not np.issubdtype(actions.dtype, np.integer):
             raise BadVideoError(
                 f"actions must be a 1-D integer array (one action per frame); got {actions.dtype} "
@@ -126,6 +144,7 @@ class VideoFiles:
             )
         return actions.astype(np.int32)
 
+    @hot_path
     def _checked_frames(self, video: np.ndarray, expected: int | None) -> np.ndarray:
         if video.dtype != np.uint8 or video.ndim != 4:
             raise BadVideoError(
@@ -151,17 +170,17 @@ class VideoFiles:
         """
         index = _check_index(self, index)
         try:
-            n = self.num_frames(index)
+            n = self._num_frames(index)
             video = None
             if n is None:  # only decoding tells the length: decode all, then choose
-                video = self._checked_frames(self.read_frames(index, None), None)
+                video = self._checked_frames(self._read_frames(index, None), None)
                 n = len(video)
             frames = window_frames(n, seq_len, frame_stride, rng)
             out = {}
             if self.has_actions:  # checked before reading frames: a mismatch costs no decoding
                 out["actions"] = self._checked_actions(index, n)[frames]
             if video is None:
-                video = self._checked_frames(self.read_frames(index, frames), len(frames))
+                video = self._checked_frames(self._read_frames(index, frames), len(frames))
             else:
                 video = video[frames]
             out = {"video": video, **out}
@@ -178,8 +197,8 @@ class VideoFiles:
         int32 (T,)` when the source has actions."""
         index = _check_index(self, index)
         try:
-            n = self.num_frames(index)
-            video = self._checked_frames(self.read_frames(index, None), n)
+            n = self._num_frames(index)
+            video = self._checked_frames(self._read_frames(index, None), n)
             out = {"video": video}
             if self.has_actions:
                 out["actions"] = self._checked_actions(index, len(video))

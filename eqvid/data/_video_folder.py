@@ -4,6 +4,7 @@ e.g. CLEVRER's mp4 files."""
 import numpy as np
 
 from ._decode import VIDEO_EXTENSIONS, decode_frames, video_frame_count
+from ._hot_path import hot_path
 from ._video_files import VideoFiles, list_split_files
 
 __all__ = ["VideoFolderVideos"]
@@ -51,8 +52,10 @@ class VideoFolderVideos(VideoFiles):
     def path(self, index: int | np.integer) -> str:
         return self.files[index]
 
-    def num_frames(self, index: int | np.integer) -> int | None:
+    @hot_path
+    def _num_frames(self, index: int | np.integer) -> int | None:
         return video_frame_count(self.files[index])
 
-    def read_frames(self, index: int | np.integer, frames: np.ndarray | None) -> np.ndarray:
+    @hot_path
+    def _read_frames(self, index: int | np.integer, frames: np.ndarray | None) -> np.ndarray:
         return decode_frames(self.files[index], frames, grayscale=self.grayscale)

@@ -4,15 +4,18 @@ apart, starting at frame 0 or at a random frame."""
 import numpy as np
 
 from ._bad_video import BadVideoError
+from ._hot_path import hot_path
 
 __all__ = ["window_frames", "window_span"]
 
 
+@hot_path
 def window_span(seq_len: int, frame_stride: int) -> int:
     """Frames a window covers: `(seq_len - 1) * frame_stride + 1`."""
     return (seq_len - 1) * frame_stride + 1
 
 
+@hot_path
 def window_frames(
     num_frames: int, seq_len: int, frame_stride: int, rng: np.random.Generator | None
 ) -> np.ndarray:

@@ -47,10 +47,11 @@ class ConvertConfig:
 
 
 def main(argv: list[str] | None = None) -> list:
+    description, _, epilog = (__doc__ or "").partition("\n\n")
     parser = argparse.ArgumentParser(
         prog="python -m eqvid.data.convert",
-        description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n", 1)[1],
+        description=description,
+        epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     formats = parser.add_subparsers(

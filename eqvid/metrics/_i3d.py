@@ -24,11 +24,13 @@ the PyTorch copies in VideoGPT / TATS / MeBT construct `BatchNorm3d(eps=1e-5)` â
 """
 
 import os
+from typing import cast
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.core import Tracer
 from jaxtyping import Array, Float
 
 from eqvid.metrics._protocol import check_value_range
@@ -154,7 +156,7 @@ class Unit3D(eqx.Module):
         return cls(
             weight=jnp.asarray(w, jnp.float32),
             bias=jnp.asarray(b, jnp.float32),
-            stride=tuple(stride),
+            stride=cast(tuple[int, int, int], tuple(stride)),  # a tuple even if given a list
             relu=relu,
             name=name,
         )
@@ -170,7 +172,7 @@ class Unit3D(eqx.Module):
             dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
             precision=precision,
         )
-        y = y + self.bias.astype(y.dtype)
+        y = y + self.bias.astype(y.dtype)[None, None, None, None, :]
         return jax.nn.relu(y) if self.relu else y
 
 
@@ -415,7 +417,7 @@ def i3d_features(
             f"i3d_features: `videos` must be floating point in [-1, 1], got dtype "
             f"{videos.dtype} (convert uint8 with `x / 127.5 - 1`)."
         )
-    if not isinstance(videos, jax.core.Tracer):
+    if not isinstance(videos, Tracer):
         check_value_range(videos, value_range="[-1,1]", name="videos")
     n = videos.shape[0]
     outputs = []

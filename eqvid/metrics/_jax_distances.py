@@ -30,18 +30,19 @@ def _check(real, fake, fn: str) -> None:
 
 
 def _dtype(x):
-    return jnp.result_type(x.dtype, jnp.float32)
+    """At least float32: float64 stays, narrower floats compute in float32."""
+    return jnp.float64 if x.dtype == jnp.float64 else jnp.float32
 
 
 def _statistics(f: Array) -> tuple[Array, Array]:
     mu = jnp.mean(f, axis=0)
-    centred = f - mu
+    centred = f - mu[None, :]
     return mu, jnp.matmul(centred.T, centred, precision=_HIGHEST) / (f.shape[0] - 1)
 
 
 def _psd_sqrt(s: Array) -> Array:
     w, v = jnp.linalg.eigh(s)
-    return jnp.matmul(v * jnp.sqrt(jnp.clip(w, 0.0)), v.T, precision=_HIGHEST)
+    return jnp.matmul(v * jnp.sqrt(jnp.clip(w, 0.0))[None, :], v.T, precision=_HIGHEST)
 
 
 def fvd_jax(

@@ -19,6 +19,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.core import Tracer
 from jaxtyping import Array, Float
 
 from eqvid.metrics._protocol import check_value_range
@@ -80,7 +81,7 @@ class AlexNetConv(eqx.Module):
             dimension_numbers=("NHWC", "HWIO", "NHWC"),
             precision=precision,
         )
-        return jax.nn.relu(y + self.bias.astype(y.dtype))
+        return jax.nn.relu(y + self.bias.astype(y.dtype)[None, None, None, :])
 
 
 def _unit_normalise(f: Float[Array, "*batch channels"]) -> Float[Array, "*batch channels"]:
@@ -156,8 +157,8 @@ class LPIPS(eqx.Module):
 
     def features(self, x: Float[Array, "batch height width 3"]) -> list[Array]:
         """The five unit-normalised AlexNet taps (relu1..relu5) of images in [-1, 1]."""
-        shift = jnp.asarray(_SHIFT, x.dtype)
-        scale = jnp.asarray(_SCALE, x.dtype)
+        shift = jnp.asarray(_SHIFT, x.dtype)[None, None, None, :]
+        scale = jnp.asarray(_SCALE, x.dtype)[None, None, None, :]
         h = (x - shift) / scale
         taps = []
         for conv in self.convs:
@@ -235,7 +236,7 @@ def _check_images(v: Array, name: str) -> Array:
             f"LPIPS: `{name}` images must be at least {MIN_IMAGE_SIZE}×{MIN_IMAGE_SIZE} "
             f"(so that AlexNet's second max-pool has an output), got {name}.shape={v.shape}."
         )
-    if not isinstance(v, jax.core.Tracer):  # concrete input: check the range (under jit: trusted)
+    if not isinstance(v, Tracer):  # concrete input: check the range (under jit: trusted)
         check_value_range(v, value_range="[-1,1]", name=name)
     if v.shape[-1] == 1:
         v = jnp.repeat(v, 3, axis=-1)

@@ -226,7 +226,7 @@ def frame_metrics(
     context: int,
     value_range: ValueRange,
     ssim_form: SSIMForm = "tf",
-    lpips_fn: Callable[[Array, Array], Array] | None = None,
+    lpips_fn: Callable[[Array, Array], Array | np.ndarray] | None = None,
     frames_per_batch: int = 256,
 ) -> dict[str, Float[np.ndarray, "videos horizon"]]:
     """PSNR, SSIM (and optionally LPIPS) of every generated frame.
@@ -249,9 +249,9 @@ def frame_metrics(
     - `context`: the number of leading context frames to skip, `0 ≤ context < time`.
     - `value_range`: `"uint8"`, `"[0,1]"` or `"[-1,1]"` (see `check_value_range`).
     - `ssim_form`: `"tf"` (TECO, default) or `"skimage"` (MCVD); see `ssim`.
-    - `lpips_fn`: optional `lpips_fn(x, y) -> (n,)` on float32 `(n, height, width,
-      channels)` images in `[-1, 1]` (e.g. AlexNet-LPIPS); its values are returned
-      under `"lpips"`.
+    - `lpips_fn`: optional `lpips_fn(x, y) -> (n,)` (a JAX or NumPy array) on float32
+      `(n, height, width, channels)` images in `[-1, 1]` (e.g. AlexNet-LPIPS); its
+      values are returned under `"lpips"`.
     - `frames_per_batch`: frames per metric call.
 
     **Returns:**

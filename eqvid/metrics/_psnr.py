@@ -38,7 +38,7 @@ def check_data_range(data_range, *, fn: str) -> float:
 
 def compute_dtype(x):
     """float64 for float64 input when JAX runs with x64 enabled, float32 otherwise."""
-    if np.dtype(x.dtype) == np.float64 and jax.config.jax_enable_x64:
+    if np.dtype(x.dtype) == np.float64 and jax.config.read("jax_enable_x64"):
         return jnp.float64
     return jnp.float32
 

@@ -31,7 +31,7 @@ import struct
 import tarfile
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -257,7 +257,8 @@ def _read_zip(path: Path) -> Any:
                 storages[key] = storage
             return storages[key]
 
-        with archive.open(pickles[0]) as f:
+        # `ZipFile.open` returns a `ZipExtFile` (a `BufferedIOBase`); typeshed says `IO[bytes]`.
+        with cast(zipfile.ZipExtFile, archive.open(pickles[0])) as f:
             obj = _RestrictedUnpickler(f, persistent_load).load()
     return _materialise(obj)
 

@@ -98,7 +98,7 @@ class NetworkWeights:
         path.parent.mkdir(parents=True, exist_ok=True)
         payload = {k: np.ascontiguousarray(v, np.float32) for k, v in arrays.items()}
         payload[FORMAT_KEY] = np.array(self.format_tag)
-        np.savez(path, **payload)
+        np.savez(path, allow_pickle=False, **payload)  # plain arrays only
         return path
 
     def load(
