@@ -68,9 +68,9 @@ def test_cross_attention_with_key_padding(getkey):
 
 
 def test_kernel_path_under_vmap_matches_reference(getkey):
-    kwargs = dict(num_heads=2, key=getkey())
-    fast = MultiheadAttention(32, impl="pallas", **kwargs)
-    ref = MultiheadAttention(32, impl="xla", **kwargs)
+    key = getkey()
+    fast = MultiheadAttention(32, num_heads=2, impl="pallas", key=key)
+    ref = MultiheadAttention(32, num_heads=2, impl="xla", key=key)
     x = jax.random.normal(getkey(), (2, 20, 32))
     mask = AttentionMask.frame_causal(5)
     got = jax.vmap(lambda x: fast(x, mask=mask))(x)
@@ -139,3 +139,20 @@ def test_bad_configuration_and_input(getkey):
     ):
         mha.queries(jnp.zeros((3, 8)))
     assert eqvid.kernels.AttentionMask is AttentionMask
+
+
+def test_projection_roles_put_heads_on_the_model_axis(getkey):
+    """Every projection names its axes, with the heads axis (key/value heads too) the
+    one split over the `model` mesh axis; the output bias stays replicated."""
+    mha = MultiheadAttention(16, num_heads=4, num_kv_heads=2, use_bias=True, key=getkey())
+    roles = eqvid.nn.parameter_roles(mha)
+    for name in ("query_weight", "key_weight", "value_weight"):
+        role = getattr(roles, name)
+        assert role.axes == ("in", "heads", "head_dim") and role.model_axis == "heads"
+        assert getattr(mha, name).shape[role.model_dim()] == (4 if name == "query_weight" else 2)
+    assert roles.output_weight.axes == ("heads", "head_dim", "out")
+    assert roles.output_weight.model_dim() == 0
+    for name in ("query_bias", "key_bias", "value_bias"):
+        assert getattr(roles, name).model_dim() == 0
+    assert roles.output_bias.axes == ("out",) and roles.output_bias.model_dim() is None
+    assert all(r.weight_decay and r.group == "default" for r in jax.tree.leaves(roles))

@@ -1,14 +1,26 @@
 """Layers: the generic building blocks every eqvid model family composes (dense,
-convolutions, norms, attention, ResNet blocks) and the sequence layers (ConvS5,
-ConvLSTM). Equinox modules with typed array signatures, channels last."""
+convolutions, up/down-sampling, norms, activations, embeddings, attention,
+transformer and ResNet blocks) and the sequence layers (ConvS5, ConvLSTM). Equinox
+modules with typed array signatures, channels last."""
 
+from ._activations import ActivationName as ActivationName
+from ._activations import activation as activation
+from ._activations import gelu as gelu
+from ._activations import gelu_sigmoid as gelu_sigmoid
 from ._attention import MultiheadAttention as MultiheadAttention
 from ._conv import Conv2d as Conv2d
+from ._conv import ConvTranspose2d as ConvTranspose2d
+from ._conv import Padding as Padding
 from ._conv import conv2d_nhwc as conv2d_nhwc
 from ._convlstm import ConvLSTM as ConvLSTM
 from ._convlstm import ConvLSTMCell as ConvLSTMCell
 from ._convs5 import ConvS5 as ConvS5
 from ._convs5 import ResNetOutput as ResNetOutput
+from ._dense import Dense as Dense
+from ._embeddings import Embedding as Embedding
+from ._embeddings import FactorisedPositionEmbedding as FactorisedPositionEmbedding
+from ._embeddings import sinusoidal_positions as sinusoidal_positions
+from ._embeddings import timestep_embedding as timestep_embedding
 from ._hippo import discretize_zoh as discretize_zoh
 from ._hippo import hippo_block_init as hippo_block_init
 from ._norm import GroupNorm as GroupNorm
@@ -20,3 +32,9 @@ from ._roles import ParamRole as ParamRole
 from ._roles import parameter_roles as parameter_roles
 from ._roles import role as role
 from ._roles import role_filter as role_filter
+from ._sampling import Downsample as Downsample
+from ._sampling import Upsample as Upsample
+from ._sampling import avg_pool_2x as avg_pool_2x
+from ._sampling import upsample_nearest_2x as upsample_nearest_2x
+from ._transformer import KVCache as KVCache
+from ._transformer import TransformerBlock as TransformerBlock

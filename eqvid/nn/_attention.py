@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ..kernels.attention import AttentionImpl, AttentionMask, attention
+from ._roles import role
 
 HeadsFn = Callable[[Array, Array, Array], tuple[Array, Array, Array]]
 
@@ -23,9 +24,12 @@ class MultiheadAttention(eqx.Module):
     masked attention of `eqvid.kernels.attention`.
 
     Projections keep an explicit heads axis (`query_weight` is `(dim, heads,
-    head_dim)`), so sharding rules can split heads over a model axis. Positions
-    (rotary, learned, ...) are the caller's: add them to the inputs, or transform
-    the projected heads with `process_heads`.
+    head_dim)`), so sharding rules can split heads over a model axis: every
+    projection's role names its axes (`("in", "heads", "head_dim")`, the output's
+    `("heads", "head_dim", "out")`) with `model_axis="heads"` (key/value heads
+    included, so `num_kv_heads` must be divisible by the `model` axis size too).
+    Positions (rotary, learned, ...) are the caller's: add them to the inputs, or
+    transform the projected heads with `process_heads`.
 
     Inputs may carry any leading batch axes, `(*batch, length, dim)`; they are
     run as one batch through the kernel (`vmap` works too). The weights are cast
@@ -38,18 +42,34 @@ class MultiheadAttention(eqx.Module):
     ```
     """
 
-    query_weight: Float[Array, "dim heads head_dim"]
-    key_weight: Float[Array, "kv_dim kv_heads head_dim"]
-    value_weight: Float[Array, "kv_dim kv_heads head_dim"]
-    output_weight: Float[Array, "heads head_dim out_dim"]
-    query_bias: Float[Array, "heads head_dim"] | None
-    key_bias: Float[Array, "kv_heads head_dim"] | None
-    value_bias: Float[Array, "kv_heads head_dim"] | None
-    output_bias: Float[Array, " out_dim"] | None
+    # Static fields first and `role(...)` fields last: type checkers read `role(...)` as a
+    # default value. Parameter order (and so checkpoint paths) is unaffected.
     num_heads: int = eqx.field(static=True)
     num_kv_heads: int = eqx.field(static=True)
     head_dim: int = eqx.field(static=True)
-    impl: str = eqx.field(static=True)
+    impl: AttentionImpl = eqx.field(static=True)
+    query_weight: Float[Array, "dim heads head_dim"] = eqx.field(
+        metadata=role(axes=("in", "heads", "head_dim"), model_axis="heads")
+    )
+    key_weight: Float[Array, "kv_dim kv_heads head_dim"] = eqx.field(
+        metadata=role(axes=("in", "heads", "head_dim"), model_axis="heads")
+    )
+    value_weight: Float[Array, "kv_dim kv_heads head_dim"] = eqx.field(
+        metadata=role(axes=("in", "heads", "head_dim"), model_axis="heads")
+    )
+    output_weight: Float[Array, "heads head_dim out_dim"] = eqx.field(
+        metadata=role(axes=("heads", "head_dim", "out"), model_axis="heads")
+    )
+    query_bias: Float[Array, "heads head_dim"] | None = eqx.field(
+        metadata=role(axes=("heads", "head_dim"), model_axis="heads")
+    )
+    key_bias: Float[Array, "kv_heads head_dim"] | None = eqx.field(
+        metadata=role(axes=("heads", "head_dim"), model_axis="heads")
+    )
+    value_bias: Float[Array, "kv_heads head_dim"] | None = eqx.field(
+        metadata=role(axes=("heads", "head_dim"), model_axis="heads")
+    )
+    output_bias: Float[Array, " out_dim"] | None = eqx.field(metadata=role(axes=("out",)))
 
     def __init__(
         self,
@@ -116,7 +136,7 @@ class MultiheadAttention(eqx.Module):
     @staticmethod
     def _project(x, weight, bias):
         y = jnp.einsum("...lc,chd->...lhd", x, weight.astype(x.dtype))
-        return y if bias is None else y + bias.astype(x.dtype)
+        return y if bias is None else y + jnp.broadcast_to(bias.astype(x.dtype), y.shape)
 
     def queries(
         self, x: Float[Array, "*batch q_len dim"]
@@ -152,7 +172,9 @@ class MultiheadAttention(eqx.Module):
         o = attention(flat(q), flat(k), flat(v), mask=mask, impl=self.impl)
         o = o.reshape(lead + o.shape[1:])
         y = jnp.einsum("...lhd,hdc->...lc", o, self.output_weight.astype(o.dtype))
-        return y if self.output_bias is None else y + self.output_bias.astype(y.dtype)
+        if self.output_bias is None:
+            return y
+        return y + jnp.broadcast_to(self.output_bias.astype(y.dtype), y.shape)
 
     def __call__(
         self,

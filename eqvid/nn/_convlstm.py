@@ -20,6 +20,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._conv import conv2d_nhwc
 from ._norm import LayerNorm
+from ._sequence import AbstractSequenceLayer
 
 LSTMState = tuple[Float[Array, "height width hidden"], Float[Array, "height width hidden"]]
 """`(h, c)`: the hidden state (the cell's output) and the cell memory."""
@@ -123,7 +124,7 @@ class ConvLSTMCell(eqx.Module):
         return hs, last
 
 
-class ConvLSTM(eqx.Module):
+class ConvLSTM(AbstractSequenceLayer):
     """The ConvS5 paper's ConvLSTM sequence layer: `out_t = LayerNorm(u_t + h_t)`.
 
     A `ConvLSTMCell` with hidden size = `channels` and a post-LayerNorm residual
@@ -156,10 +157,14 @@ class ConvLSTM(eqx.Module):
         self,
         u: Float[Array, "time height width channels"],
         state: LSTMState | None = None,
+        *,
+        key: PRNGKeyArray | None = None,
     ) -> tuple[Float[Array, "time height width channels"], LSTMState]:
         """Run over a whole video; `state` is the state before the first frame (zero if
         absent). Returns `(outputs, last_state)`; `last_state` continues the video
-        through `step` or another call."""
+        through `step` or another call. Deterministic: `key` is accepted for the
+        sequence-layer interface and unused."""
+        del key
         hs, last = self.cell(u, state)
         return self.norm(u + hs.astype(u.dtype)), last
 

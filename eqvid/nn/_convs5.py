@@ -21,6 +21,14 @@ from eqvid.kernels.linear_scan import ScanImpl
 from ._conv import Conv2d, conv2d_nhwc
 from ._hippo import discretize_zoh, hippo_block_init
 from ._norm import GroupNorm, LayerNorm
+from ._roles import role
+from ._sequence import AbstractSequenceLayer
+
+
+def _at_least_float32(x: Float[Array, "..."]) -> Float[Array, "..."]:
+    """`x` in float32, or float64 if it already is (bfloat16 / float16 states would
+    lose the recurrence's precision)."""
+    return x if x.dtype == jnp.float64 else x.astype(jnp.float32)
 
 
 class ResNetOutput(eqx.Module):
@@ -47,7 +55,7 @@ class ResNetOutput(eqx.Module):
         return jax.nn.gelu(y + h)
 
 
-class ConvS5(eqx.Module):
+class ConvS5(AbstractSequenceLayer):
     """One ConvS5 layer: convolutional diagonal SSM + ResNet output map + post-norm residual.
 
     Three ways to run it, which agree to float32 precision:
@@ -55,7 +63,8 @@ class ConvS5(eqx.Module):
     - `layer(u, state)` over a whole video with the parallel scan
       (`impl="xla"` or, fused on GPU, `impl="pallas"`) or a sequential one (`impl="sequential"`);
       `impl="auto"` picks the faster for the backend. Returns
-      `(outputs, last_state)`.
+      `(outputs, last_state)`. With a `key`, dropout (rate `dropout`) is applied to
+      the output map before the residual sum, as in the released layer.
     - `layer.step(state, frame)` one frame at a time, O(1) per frame; returns
       `(new_state, output)`, the shape of a `lax.scan` body:
       `lax.scan(lambda s, f: layer.step(s, f), state, frames)`.
@@ -69,16 +78,31 @@ class ConvS5(eqx.Module):
     eigenvalues `Λ`, HiPPO-LegS init), `log_step` (per-state `log Δ`), `B`
     (`B̃ = V⁻¹B` as real/imag pairs, HWIO), `C` (`C̃ = CV` likewise), then the
     output map and the LayerNorm.
+
+    **Roles:** `Λ`, `log Δ` and `B` form the `"ssm"` optimiser group (own learning-rate
+    scale, no weight decay, as S5) and stay float32 under mixed precision: `|Λ̄|` is
+    within 1e-3 of 1, and bfloat16 would round it (and the steps) enough to change
+    long-range behaviour.
     """
 
-    lambda_re: Float[Array, " state"]
-    lambda_im: Float[Array, " state"]
-    log_step: Float[Array, " state"]
-    B: Float[Array, "kb kb channels state 2"]
+    lambda_re: Float[Array, " state"] = eqx.field(
+        metadata=role(group="ssm", weight_decay=False, keep_float32=True)
+    )
+    lambda_im: Float[Array, " state"] = eqx.field(
+        metadata=role(group="ssm", weight_decay=False, keep_float32=True)
+    )
+    log_step: Float[Array, " state"] = eqx.field(
+        metadata=role(group="ssm", weight_decay=False, keep_float32=True)
+    )
+    B: Float[Array, "kb kb channels state 2"] = eqx.field(
+        metadata=role(group="ssm", weight_decay=False, keep_float32=True)
+    )
     C: Float[Array, "kc kc state channels 2"]
     output_map: ResNetOutput
     norm: LayerNorm
     clip_eigs: bool = eqx.field(static=True)
+    dropout: float = eqx.field(static=True)
+    impl: ScanImpl = eqx.field(static=True)
 
     def __init__(
         self,
@@ -91,6 +115,8 @@ class ConvS5(eqx.Module):
         dt_min: float = 1e-3,
         dt_max: float = 1e-1,
         clip_eigs: bool = True,
+        dropout: float = 0.0,
+        impl: ScanImpl = "auto",
         key: PRNGKeyArray,
     ):
         """**Arguments:**
@@ -102,6 +128,9 @@ class ConvS5(eqx.Module):
         - `output_kernel_size`: kernel size of the output map's convolutions.
         - `dt_min`, `dt_max`: range of the log-uniform initial time steps `Δ`.
         - `clip_eigs`: clamp `Re Λ ≤ -1e-4` so that `|Λ̄| < 1` (stable).
+        - `dropout`: rate of dropout on the output map in training (calls with a `key`).
+        - `impl`: the default scan of `__call__`: `"pallas"` (GPU kernel), `"xla"`
+          (parallel), `"sequential"` or `"auto"` (the faster for the backend).
         - `key`: a `jax.random` key.
         """
         if channels < 1:
@@ -117,30 +146,40 @@ class ConvS5(eqx.Module):
                 f"ConvS5: need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}; "
                 "swap them or pick a positive dt_min."
             )
-        if kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(
-                f"ConvS5: `kernel_size` must be a positive odd integer, got {kernel_size}."
-            )
+        for name, size in (
+            ("kernel_size", kernel_size),
+            ("output_kernel_size", output_kernel_size),
+        ):
+            if size < 1 or size % 2 == 0:
+                raise ValueError(f"ConvS5: `{name}` must be a positive odd integer, got {size}.")
+        if not 0 <= dropout < 1:
+            raise ValueError(f"ConvS5: `dropout` must be in [0, 1), got {dropout}.")
         kb, kc, ks, ko = jax.random.split(key, 4)
         p = ssm_size // 2
         k = kernel_size
         lam, v, vinv = hippo_block_init(ssm_size, blocks)
-        self.lambda_re = jnp.asarray(lam.real, jnp.float32)
-        self.lambda_im = jnp.asarray(lam.imag, jnp.float32)
+        self.lambda_re = jnp.asarray(np.real(lam), jnp.float32)
+        self.lambda_im = jnp.asarray(np.imag(lam), jnp.float32)
         self.log_step = jax.random.uniform(ks, (p,), jnp.float32, np.log(dt_min), np.log(dt_max))
         he = jax.nn.initializers.he_normal(in_axis=0, out_axis=1)
         # B: real (k·k·U → N) with fan_in U·k², projected to B̃ = V⁻¹ B (complex P).
         b_real = he(kb, (k * k * channels, ssm_size), jnp.float32)
-        b_tilde = (b_real @ jnp.asarray(vinv.T, jnp.complex64)).reshape(k, k, channels, p)
+        b_tilde = (b_real.astype(jnp.complex64) @ jnp.asarray(vinv.T, jnp.complex64)).reshape(
+            k, k, channels, p
+        )
         self.B = jnp.stack([b_tilde.real, b_tilde.imag], axis=-1)
         # C: real (N·k² → U) with fan_in N·k², projected to C̃ = C V (complex P).
         c_real = he(kc, (k * k * ssm_size, channels), jnp.float32)
         c_real = c_real.reshape(k, k, ssm_size, channels)
-        c_tilde = jnp.einsum("hwnu,np->hwpu", c_real, jnp.asarray(v, jnp.complex64))
+        c_tilde = jnp.einsum(
+            "hwnu,np->hwpu", c_real.astype(jnp.complex64), jnp.asarray(v, jnp.complex64)
+        )
         self.C = jnp.stack([c_tilde.real, c_tilde.imag], axis=-1)
         self.output_map = ResNetOutput(channels, output_kernel_size, key=ko)
         self.norm = LayerNorm(channels)
         self.clip_eigs = clip_eigs
+        self.dropout = dropout
+        self.impl = impl
 
     # -- discretised parameters --------------------------------------------------
 
@@ -164,7 +203,7 @@ class ConvS5(eqx.Module):
         imaginary part.
         """
         lam_bar, gain = discretize_zoh(self.eigenvalues(), jnp.exp(self.log_step))
-        b_bar = gain * jax.lax.complex(self.B[..., 0], self.B[..., 1])
+        b_bar = gain[None, None, None, :] * jax.lax.complex(self.B[..., 0], self.B[..., 1])
         return lam_bar, jnp.concatenate([b_bar.real, b_bar.imag], axis=-1)
 
     def output_kernel(self) -> Float[Array, "kc kc two_state channels"]:
@@ -180,46 +219,54 @@ class ConvS5(eqx.Module):
     def _input(self, u, b_kernel):
         """`B̄ * u` as complex states (used by `step`)."""
         bu = conv2d_nhwc(u, b_kernel)
-        bu = bu.astype(jnp.result_type(bu.dtype, jnp.float32))  # states are ≥ float32
+        bu = _at_least_float32(bu)  # states are ≥ float32
         p = self.state_size
         return jax.lax.complex(bu[..., :p], bu[..., p:])
 
-    def _output(self, u, xs_split, dropout=0.0, key=None):
+    def _output(self, u, xs_split, key=None):
         """`LayerNorm(u + Dropout(f(2·Re(C̃ * x))))` from states in split layout
         `[Re x, Im x]` (dropout only with a `key` and a positive rate)."""
         y = self.output_map(conv2d_nhwc(xs_split, self.output_kernel()))
-        if key is not None and dropout > 0:
-            keep = jax.random.bernoulli(key, 1.0 - dropout, y.shape)
-            y = jnp.where(keep, y / (1.0 - dropout), 0).astype(y.dtype)
+        if key is not None and self.dropout > 0:
+            keep = jax.random.bernoulli(key, 1.0 - self.dropout, y.shape)
+            y = jnp.where(keep, y / (1.0 - self.dropout), 0).astype(y.dtype)
         return self.norm(u + y)
+
+    def _check_channels(self, u, name):
+        channels = self.B.shape[2]
+        if u.shape[-1] != channels:
+            raise ValueError(
+                f"ConvS5: `{name}` must have {channels} channels (the layer's width), got "
+                f"shape {tuple(u.shape)}."
+            )
 
     def __call__(
         self,
         u: Float[Array, "time height width channels"],
         state: Complex[Array, "height width state"] | None = None,
         *,
-        impl: ScanImpl = "auto",
-        dropout: float = 0.0,
         key: PRNGKeyArray | None = None,
+        impl: ScanImpl | None = None,
     ) -> tuple[Float[Array, "time height width channels"], Complex[Array, "height width state"]]:
         """Run over a whole video.
 
         **Arguments:** `u` the inputs; `state` the state before the first frame
-        (zero if absent); `impl` the scan: `"pallas"` (GPU kernel), `"xla"` (parallel),
-        `"sequential"`, or `"auto"`; `dropout` the rate of dropout on the output map
-        before the residual sum (training only: applied when `key` is given, as in the
-        released layer).
+        (zero if absent); `key` turns on dropout (training; without a key the layer
+        is deterministic); `impl` overrides the layer's scan (`"pallas"` GPU kernel,
+        `"xla"` parallel, `"sequential"`, `"auto"`).
 
         **Returns:** `(outputs, last_state)`; feed `last_state` to `step` or to
         another call to continue the video.
         """
+        self._check_channels(u, "u")
+        impl = self.impl if impl is None else impl
         lam_bar, b_kernel = self.discretize()
         # States stay in split layout [Re x | Im x] from the B convolution through the
         # scan to the C convolution: no complex tensor is materialised.
         xs = linear_scan_split(lam_bar, conv2d_nhwc(u, b_kernel), state, impl=impl)
         p = self.state_size
-        last = xs[-1].astype(jnp.result_type(xs.dtype, jnp.float32))  # states are ≥ float32
-        out = self._output(u, xs, dropout, key)
+        last = _at_least_float32(xs[-1])  # states are ≥ float32
+        out = self._output(u, xs, key)
         return out, jax.lax.complex(last[..., :p], last[..., p:])
 
     def step(
@@ -228,7 +275,8 @@ class ConvS5(eqx.Module):
         frame: Float[Array, "height width channels"],
     ) -> tuple[Complex[Array, "height width state"], Float[Array, "height width channels"]]:
         """Advance one frame: `(state, frame) → (new_state, output)`, O(1) in time."""
+        self._check_channels(frame, "frame")
         lam_bar, b_kernel = self.discretize()
-        new_state = lam_bar * state + self._input(frame, b_kernel)
+        new_state = lam_bar[None, None, :] * state + self._input(frame, b_kernel)
         split = jnp.concatenate([new_state.real, new_state.imag], axis=-1)
         return new_state, self._output(frame, split)

@@ -44,5 +44,5 @@ def discretize_zoh(
     lam: Complex[Array, " state"], step: Float[Array, " state"]
 ) -> tuple[Complex[Array, " state"], Complex[Array, " state"]]:
     """Zero-order hold: `Λ̄ = exp(ΛΔ)` and the input gain `(Λ̄ - 1) / Λ` (so `B̄ = gain · B̃`)."""
-    lam_bar = jnp.exp(lam * step)
+    lam_bar = jnp.exp(lam * step.astype(lam.dtype))
     return lam_bar, (lam_bar - 1) / lam

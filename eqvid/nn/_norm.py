@@ -24,7 +24,9 @@ class LayerNorm(eqx.Module):
         mean = jnp.mean(x, axis=-1, keepdims=True)
         var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
         y = (x - mean) * jax.lax.rsqrt(var + self.eps)
-        return y * self.weight.astype(x.dtype) + self.bias.astype(x.dtype)
+        weight = jnp.broadcast_to(self.weight.astype(x.dtype), x.shape)
+        bias = jnp.broadcast_to(self.bias.astype(x.dtype), x.shape)
+        return y * weight + bias
 
 
 def default_groups(channels: int, max_groups: int = 32) -> int:
@@ -61,4 +63,6 @@ class GroupNorm(eqx.Module):
         var = jnp.mean(jnp.square(g - mean), axis=axes, keepdims=True)
         g = (g - mean) * jax.lax.rsqrt(var + self.eps)
         y = g.reshape(x.shape)
-        return y * self.weight.astype(x.dtype) + self.bias.astype(x.dtype)
+        weight = jnp.broadcast_to(self.weight.astype(x.dtype), x.shape)
+        bias = jnp.broadcast_to(self.bias.astype(x.dtype), x.shape)
+        return y * weight + bias

@@ -13,17 +13,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._conv import Conv2d
 from ._norm import GroupNorm, LayerNorm
-
-
-def avg_pool_2x(x: Float[Array, "*batch height width channels"]) -> Array:
-    """2 × 2 average pooling with stride 2 (height and width must be even)."""
-    *lead, h, w, c = x.shape
-    return x.reshape(*lead, h // 2, 2, w // 2, 2, c).mean(axis=(-4, -2))
-
-
-def upsample_nearest_2x(x: Float[Array, "*batch height width channels"]) -> Array:
-    """Nearest-neighbour upsampling by 2 in height and width."""
-    return jnp.repeat(jnp.repeat(x, 2, axis=-3), 2, axis=-2)
+from ._sampling import avg_pool_2x, upsample_nearest_2x
 
 
 class ResNetBlock(eqx.Module):
@@ -57,7 +47,8 @@ class ResNetBlock(eqx.Module):
     ) -> Float[Array, "*batch height width c_out"]:
         skip = x if self.skip is None else self.skip(x)
         h = self.conv1(jax.nn.elu(self.norm1(x)))
-        h = self.conv2(jax.nn.elu(self.norm2(h))) + self.bias
+        h = self.conv2(jax.nn.elu(self.norm2(h)))
+        h = h + jnp.broadcast_to(self.bias.astype(h.dtype), h.shape)
         return skip + 0.1 * h
 
 

@@ -1,16 +1,20 @@
 """Parameter roles, declared where a parameter is defined and read by training.
 
-A layer marks a field with `role(...)` instead of `eqx.field(...)`:
+A layer declares a role in a field's metadata, `eqx.field(metadata=role(...))`:
 
 ```python
 class ConvS5(eqx.Module):
-    lambda_re: Float[Array, " state"] = role(group="ssm", weight_decay=False, keep_float32=True)
+    lambda_re: Float[Array, " state"] = eqx.field(
+        metadata=role(group="ssm", weight_decay=False, keep_float32=True)
+    )
     ...
 class TransformerBlock(eqx.Module):
-    mlp_in: Dense = role(model_axis="out")   # shard the hidden units over `model`
+    mlp_in: Dense = eqx.field(metadata=role(model_axis="out"))  # hidden units over `model`
     ...
 class VQGAN(eqx.Module):
-    discriminator: PatchDiscriminator = role(group="discriminator", objective="discriminator")
+    discriminator: PatchDiscriminator = eqx.field(
+        metadata=role(group="discriminator", objective="discriminator_loss")
+    )
 ```
 
 A role declared on a field holding a sub-module (or a tuple of them) applies to every
@@ -60,7 +64,9 @@ class ParamRole:
         """This role with the attributes it leaves unset taken from `outer`."""
         return ParamRole(
             **{
-                f.name: getattr(outer, f.name) if getattr(self, f.name) is None else getattr(self, f.name)
+                f.name: getattr(outer, f.name)
+                if getattr(self, f.name) is None
+                else getattr(self, f.name)
                 for f in dataclasses.fields(self)
             }
         )
@@ -96,14 +102,13 @@ def role(
     objective: str | None = None,
     axes: tuple[str, ...] | None = None,
     model_axis: str | None = None,
-    **field_kwargs: Any,
-) -> Any:
-    """A dataclass field (as `eqx.field(**field_kwargs)`) that declares the role of
-    the parameters it holds; see `ParamRole` for each attribute."""
-    declared = ParamRole(group, weight_decay, keep_float32, frozen, objective, axes, model_axis)
-    metadata = dict(field_kwargs.pop("metadata", {}))
-    metadata[ROLE_KEY] = declared
-    return eqx.field(metadata=metadata, **field_kwargs)
+) -> dict[str, ParamRole]:
+    """Field metadata declaring the role of the parameters a field holds, for
+    `eqx.field(metadata=role(...))` (combine with other metadata by `|`); see
+    `ParamRole` for each attribute."""
+    return {
+        ROLE_KEY: ParamRole(group, weight_decay, keep_float32, frozen, objective, axes, model_axis)
+    }
 
 
 def _field_role(node: Any, name: str) -> ParamRole | None:
@@ -126,11 +131,11 @@ def _role_at(root: Any, path: tuple) -> ParamRole:
             if declared is not None:
                 current = declared.over(current)
             node = getattr(node, entry.name)
-        elif isinstance(entry, jax.tree_util.SequenceKey):
+        elif isinstance(entry, jax.tree_util.SequenceKey) and node is not None:
             node = node[entry.idx]
-        elif isinstance(entry, jax.tree_util.DictKey):
+        elif isinstance(entry, jax.tree_util.DictKey) and node is not None:
             node = node[entry.key]
-        else:  # flattened index (custom pytrees): no fields to declare roles on
+        else:  # flattened index (custom pytrees): no fields to declare roles on below
             node = None
     return current.resolved()
 
