@@ -1,17 +1,33 @@
-"""Video predictors sharing one interface (`AbstractVideoPredictor`)."""
+"""Model families on one contract (`AbstractVideoModel`), each registered by name.
 
-from ._abstract import AbstractVideoPredictor as AbstractVideoPredictor
-from ._convlstm_video import CONVLSTM_PRESETS as CONVLSTM_PRESETS
-from ._convlstm_video import ConvLSTMConfig as ConvLSTMConfig
-from ._convlstm_video import ConvLSTMVideoModel as ConvLSTMVideoModel
-from ._convs5_video import CONVS5_PRESETS as CONVS5_PRESETS
-from ._convs5_video import ConvS5Config as ConvS5Config
-from ._convs5_video import ConvS5VideoModel as ConvS5VideoModel
+To add a family: write its config dataclass and its final model class (implementing
+`AbstractVideoModel`) in its own file, end the file with `register_model(ModelSpec(...))`,
+and import the file below. Training (`eqvid.train`) and evaluation (`eqvid.evaluate`)
+then build it by name, with no edit to either.
+"""
+
+from ._abstract import AbstractVideoModel as AbstractVideoModel
+from ._abstract import GroupSettings as GroupSettings
+from ._abstract import LossTerms as LossTerms
+from ._abstract import VideoBatch as VideoBatch
+from ._abstract import mean_over_videos as mean_over_videos
+from ._abstract import per_video_keys as per_video_keys
+from ._recurrent import AbstractRecurrentVideoModel as AbstractRecurrentVideoModel
+from ._recurrent import RecurrentConfig as RecurrentConfig
 from ._registry import MODELS as MODELS
-from ._registry import ModelConfig as ModelConfig
 from ._registry import ModelSpec as ModelSpec
 from ._registry import make_model as make_model
 from ._registry import model_spec as model_spec
-from ._transformer_video import TRANSFORMER_PRESETS as TRANSFORMER_PRESETS
-from ._transformer_video import TransformerConfig as TransformerConfig
-from ._transformer_video import TransformerVideoModel as TransformerVideoModel
+from ._registry import register_model as register_model
+from ._rollout import rollout as rollout
+
+# The families (each registers itself on import).
+from ._convs5_video import CONVS5_PRESETS as CONVS5_PRESETS  # isort: skip
+from ._convs5_video import ConvS5Config as ConvS5Config  # isort: skip
+from ._convs5_video import ConvS5VideoModel as ConvS5VideoModel  # isort: skip
+from ._convlstm_video import CONVLSTM_PRESETS as CONVLSTM_PRESETS  # isort: skip
+from ._convlstm_video import ConvLSTMConfig as ConvLSTMConfig  # isort: skip
+from ._convlstm_video import ConvLSTMVideoModel as ConvLSTMVideoModel  # isort: skip
+from ._transformer_video import TRANSFORMER_PRESETS as TRANSFORMER_PRESETS  # isort: skip
+from ._transformer_video import TransformerConfig as TransformerConfig  # isort: skip
+from ._transformer_video import TransformerVideoModel as TransformerVideoModel  # isort: skip

@@ -1,38 +1,112 @@
-"""The interface every eqvid video predictor implements."""
+"""The contract every eqvid model family implements, and what training reads from it."""
 
 import abc
+import dataclasses
+from typing import Any
 
 import equinox as eqx
-from jaxtyping import Array, Float, Int, PRNGKeyArray, Scalar
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, Float, Int, Key, PRNGKeyArray, Scalar
 
 
-class AbstractVideoPredictor(eqx.Module):
-    """A model of `p(frame_{t+1} | frames_{≤t}, actions)`.
+class VideoBatch(eqx.Module):
+    """A batch of videos as training sees it: `video` `(batch, time, height, width,
+    channels)` in `[-1, 1]`, and optional `actions` `(batch, time)` int32 (`-1`: no
+    action)."""
 
-    Methods take **one** video `(time, height, width, channels)` in `[-1, 1]`
-    (Equinox's convention); use `jax.vmap` / `eqx.filter_vmap` for a batch.
-    Actions are `(time,)` int32 with `-1` for "no action".
+    video: Float[Array, "batch time height width channels"]
+    actions: Int[Array, "batch time"] | None = None
+
+    def __check_init__(self):
+        if self.actions is not None and self.actions.shape != self.video.shape[:2]:
+            raise ValueError(
+                f"VideoBatch: `actions` must be (batch, time) = {self.video.shape[:2]} to "
+                f"match `video`, got {self.actions.shape}."
+            )
+
+    @property
+    def size(self) -> int:
+        """The number of videos."""
+        return self.video.shape[0]
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupSettings:
+    """How the optimiser treats one parameter group (a name given by `eqvid.nn.role`)."""
+
+    lr_scale: float = 1.0
+    """Learning rate relative to the run's schedule."""
+    b1: float | None = None
+    """Adam β1 for this group (None: the run's)."""
+    b2: float | None = None
+    """Adam β2 for this group (None: the run's)."""
+    start_step: int = 1
+    """The first training step (1-based) that updates this group; before it the group
+    is left as initialised and its optimiser state does not advance (a GAN's
+    discriminator that starts late)."""
+
+    def __post_init__(self):
+        if self.lr_scale < 0:
+            raise ValueError(f"GroupSettings: `lr_scale` must be ≥ 0, got {self.lr_scale}.")
+        for name in ("b1", "b2"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value < 1:
+                raise ValueError(f"GroupSettings: `{name}` must be in [0, 1), got {value}.")
+        if self.start_step < 1:
+            raise ValueError(f"GroupSettings: `start_step` must be ≥ 1, got {self.start_step}.")
+
+
+KeyOrKeys = PRNGKeyArray | Key[Array, " videos"]
+"""One key, or one (typed) key per video."""
+
+LossTerms = dict[str, Scalar]
+"""Named scalar terms of a loss (reconstruction, commitment, …); training logs each."""
+
+
+class AbstractVideoModel(eqx.Module):
+    """A video model that `eqvid.train` can train and `eqvid.evaluate` can sample.
+
+    **Training.** `loss(batch, state, key=..., step=...)` takes a whole `VideoBatch`
+    and returns `(loss, terms, state)`: the scalar the parameters descend, the named
+    terms to log (and, for parameters whose role names another objective, e.g. a
+    discriminator, the scalar they descend), and the updated model state.
+
+    **Model state** (`eqx.nn.State`, optional): buffers the loss updates outside the
+    gradient (EMA codebooks, running statistics). A model without any gets and
+    returns `None`. Build a model with its state through `eqvid.models.make_model`.
+
+    **Roles** of the parameters (optimiser group, frozen parts, discriminator
+    objective, …) are declared on the layers' fields with `eqvid.nn.role`;
+    `optimizer_groups()` gives the settings of each group the model uses.
+
+    **Generation.** `generate(context, num_frames, key=...)` continues one video
+    `(context, height, width, channels)` by `num_frames` frames inside `jit` with no
+    Python loop per frame; `key` is required, so a stochastic model draws different
+    samples for different keys and the same samples for the same key. Use
+    `eqvid.models.rollout` for a batch. Models with state generate from
+    `model.with_state(state)`.
     """
 
-    @abc.abstractmethod
-    def __call__(
-        self,
-        frames: Float[Array, "time height width channels"],
-        actions: Int[Array, " time"] | None = None,
-    ) -> Float[Array, "time-1 height width channels"]:
-        """Teacher-forced predictions of frames `1 … T-1` from frames `0 … T-2`."""
+    config: eqx.AbstractVar[Any]
 
     @abc.abstractmethod
     def loss(
         self,
-        frames: Float[Array, "time height width channels"],
-        actions: Int[Array, " time"] | None = None,
+        batch: VideoBatch,
+        state: eqx.nn.State | None = None,
         *,
-        key: PRNGKeyArray | None = None,
-    ) -> Scalar:
-        """The training loss of one video (teacher forcing). `key` carries the
-        training randomness (dropout, noise levels, masks); deterministic models
-        ignore it, and `None` means evaluation mode."""
+        key: KeyOrKeys | None = None,
+        step: Int[ArrayLike, ""] = 0,
+    ) -> tuple[Scalar, LossTerms, eqx.nn.State | None]:
+        """The training loss of a batch: `(loss, terms, state)`.
+
+        `key` drives the training randomness (dropout, noise levels, masks); `None`
+        means evaluation mode. It may be one key or one key per video (shape
+        `(batch,)`, as training passes them, so that a video's randomness does not
+        depend on the batch it is in); see `per_video_keys`. `step` is the training
+        step (1-based) for schedules inside the loss (a discriminator that starts
+        late)."""
 
     @abc.abstractmethod
     def generate(
@@ -42,9 +116,40 @@ class AbstractVideoPredictor(eqx.Module):
         *,
         key: PRNGKeyArray,
         actions: Int[Array, " total"] | None = None,
-    ) -> Float[Array, "generated height width channels"]:
-        """Predict `num_frames` frames that follow `context`, autoregressively.
+    ) -> Float[Array, "{num_frames} height width channels"]:
+        """Continue `context` by `num_frames` frames. `actions`, if given, covers
+        context and generated frames (`len(context) + num_frames`)."""
 
-        Runs inside `jit` with no Python loop per frame. `actions`, if given,
-        covers context and generated frames (`len(context) + num_frames`).
-        """
+    @abc.abstractmethod
+    def optimizer_groups(self) -> dict[str, GroupSettings]:
+        """Settings of the optimiser groups this model's roles name (groups left out
+        get the defaults)."""
+
+    @abc.abstractmethod
+    def with_state(self, state: eqx.nn.State | None) -> "AbstractVideoModel":
+        """The model with its state folded in, ready to generate (a model without
+        state returns itself)."""
+
+
+def per_video_keys(key: KeyOrKeys | None, batch_size: int) -> Key[Array, " {batch_size}"] | None:
+    """One key per video: `key` itself if it already has shape `(batch_size,)`, else
+    `jax.random.split(key, batch_size)`; `None` stays `None`."""
+    if key is None:
+        return None
+    if key.shape == (batch_size,):
+        return key
+    if key.shape != ():
+        raise ValueError(
+            f"`key` must be one key or one per video, shape () or ({batch_size},); got {key.shape}."
+        )
+    return jax.random.split(key, batch_size)
+
+
+def mean_over_videos(
+    per_video_loss, batch: VideoBatch, key: KeyOrKeys | None
+) -> tuple[Scalar, LossTerms]:
+    """`(loss, terms)` averaged over the batch, from `per_video_loss(video, actions,
+    key) -> (loss, terms)` applied to each video with its own key (`vmap`)."""
+    keys = per_video_keys(key, batch.size)
+    loss, terms = jax.vmap(per_video_loss)(batch.video, batch.actions, keys)
+    return jnp.mean(loss), {name: jnp.mean(value) for name, value in terms.items()}

@@ -1,57 +1,77 @@
-"""Models by name: the config class, presets and module of each video predictor.
+"""Model families by name: each registers one `ModelSpec` from its own file.
 
-`train(config)` and the example scripts build any model from its config, so a
-new model becomes trainable by adding one `ModelSpec` here.
+`eqvid.train` and `eqvid.evaluate` build any model from its config or from the
+model name recorded in a run's `config.json`, so a new family becomes trainable and
+evaluable by calling `register_model` once, with no edit to either.
 """
 
 import dataclasses
+import typing
+from collections.abc import Callable, Mapping
 from typing import Any
 
+import equinox as eqx
+import jax
 from jaxtyping import PRNGKeyArray
 
-from ._abstract import AbstractVideoPredictor
-from ._convlstm_video import CONVLSTM_PRESETS, ConvLSTMConfig, ConvLSTMVideoModel
-from ._convs5_video import CONVS5_PRESETS, ConvS5Config, ConvS5VideoModel
-from ._transformer_video import TRANSFORMER_PRESETS, TransformerConfig, TransformerVideoModel
-
-ModelConfig = ConvS5Config | ConvLSTMConfig | TransformerConfig
-"""The config of any eqvid video predictor."""
+from ._abstract import AbstractVideoModel
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
-    """What it takes to build one kind of model."""
+    """What it takes to build one family of models."""
 
     name: str
-    """Its name on the command line (`--model`)."""
+    """Its name on the command line (`--model`) and in `config.json`."""
     title: str
     """Its name in reports."""
     config: type
-    """Its frozen config dataclass."""
-    module: type[AbstractVideoPredictor]
-    """Its Equinox module, built as `module(config, key=key)`."""
-    presets: dict[str, Any]
-    """Named configs."""
+    """Its frozen config dataclass (must have `frame_size` and `channels`)."""
+    module: type[AbstractVideoModel]
+    """Its final Equinox module, built as `module(config, key=key)`."""
+    presets: Mapping[str, Any]
+    """Named configs (`"small"` must exist: the command line starts from it)."""
+
+    def __post_init__(self):
+        if "small" not in self.presets:
+            raise ValueError(f"ModelSpec {self.name!r}: the presets need a 'small' entry.")
+        for name, preset in self.presets.items():
+            if type(preset) is not self.config:
+                raise TypeError(
+                    f"ModelSpec {self.name!r}: preset {name!r} is a {type(preset).__name__}, "
+                    f"not a {self.config.__name__}."
+                )
+
+    def preset(self, name: str) -> Any:
+        """The named config."""
+        try:
+            return self.presets[name]
+        except KeyError:
+            raise ValueError(
+                f"Unknown {self.title} preset {name!r}; choose one of {sorted(self.presets)}."
+            ) from None
 
 
-MODELS: dict[str, ModelSpec] = {
-    spec.name: spec
-    for spec in (
-        ModelSpec("convs5", "ConvS5", ConvS5Config, ConvS5VideoModel, CONVS5_PRESETS),
-        ModelSpec("convlstm", "ConvLSTM", ConvLSTMConfig, ConvLSTMVideoModel, CONVLSTM_PRESETS),
-        ModelSpec(
-            "transformer",
-            "Transformer",
-            TransformerConfig,
-            TransformerVideoModel,
-            TRANSFORMER_PRESETS,
-        ),
-    )
-}
+MODELS: dict[str, ModelSpec] = {}
+"""Every registered family, by name (filled as the families' modules are imported)."""
+
+
+def register_model(spec: ModelSpec) -> ModelSpec:
+    """Make a family known to `make_model`, `model_spec`, training and evaluation
+    (called once, at the bottom of the family's own file)."""
+    for other in MODELS.values():
+        if other.name == spec.name or other.config is spec.config:
+            raise ValueError(
+                f"register_model: {spec.name!r} ({spec.config.__name__}) clashes with the "
+                f"registered {other.name!r} ({other.config.__name__})."
+            )
+    MODELS[spec.name] = spec
+    return spec
 
 
 def model_spec(config_or_name: Any) -> ModelSpec:
-    """The `ModelSpec` of a model name (`"convs5"`, …) or of a model config instance."""
+    """The `ModelSpec` of a model name (`"convs5"`, …), of a config instance, or of a
+    config class."""
     if isinstance(config_or_name, str):
         try:
             return MODELS[config_or_name]
@@ -59,16 +79,25 @@ def model_spec(config_or_name: Any) -> ModelSpec:
             raise ValueError(
                 f"unknown model {config_or_name!r}; choose one of {sorted(MODELS)}."
             ) from None
+    cls = config_or_name if isinstance(config_or_name, type) else type(config_or_name)
     for spec in MODELS.values():
-        if type(config_or_name) is spec.config:
+        if cls is spec.config:
             return spec
     raise TypeError(
-        f"expected a model config ({', '.join(s.config.__name__ for s in MODELS.values())}); "
-        f"got {type(config_or_name).__name__}."
+        f"expected the config of a registered model "
+        f"({', '.join(s.config.__name__ for s in MODELS.values())}); got {cls.__name__}."
     )
 
 
-def make_model(config: ModelConfig, *, key: PRNGKeyArray) -> AbstractVideoPredictor:
-    """Build the video predictor that `config` describes (its class follows the
-    config's type)."""
-    return model_spec(config).module(config, key=key)
+def preset_of(config_class: type, name: str) -> Any:
+    """The preset `name` of the family whose config class is `config_class`."""
+    return model_spec(config_class).preset(name)
+
+
+def make_model(config: Any, *, key: PRNGKeyArray) -> tuple[AbstractVideoModel, eqx.nn.State | None]:
+    """Build the model `config` describes (its class follows the config's type) with
+    its initial state: `(model, state)`, `state` None for a model without any."""
+    spec = model_spec(config)
+    build = typing.cast(Callable[..., AbstractVideoModel], spec.module)
+    model, state = eqx.nn.make_with_state(build)(config, key=key)
+    return model, (state if jax.tree_util.tree_leaves(state) else None)

@@ -19,14 +19,34 @@ import typing
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float, Int, PRNGKeyArray, Scalar
+from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, Scalar
 
 from ..kernels.attention import AttentionImpl, AttentionMask
-from ..nn._attention import MultiheadAttention
+from ..nn._activations import gelu
+from ..nn._dense import Dense
+from ..nn._embeddings import sinusoidal_positions
 from ..nn._norm import LayerNorm
 from ..nn._resnet import ResNetDecoder, ResNetEncoder
-from ._abstract import AbstractVideoPredictor
-from ._codec import check_frames, check_teacher_forcing, no_actions, released_loss, rollout_actions
+from ..nn._transformer import KVCache, TransformerBlock
+from ._abstract import (
+    AbstractVideoModel,
+    GroupSettings,
+    KeyOrKeys,
+    LossTerms,
+    VideoBatch,
+    mean_over_videos,
+)
+from ._frames import (
+    check_context,
+    check_encoder,
+    check_loss_weight,
+    check_positive,
+    check_teacher_forcing,
+    no_actions,
+    released_loss,
+    rollout_actions,
+)
+from ._registry import ModelSpec, preset_of, register_model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,19 +99,9 @@ class TransformerConfig:
 
     def __post_init__(self):
         name = "TransformerConfig"
-        if not self.encoder_depths or min(self.encoder_depths) < 1:
-            raise ValueError(
-                f"{name}: `encoder_depths` must be positive channel counts, got "
-                f"{self.encoder_depths}."
-            )
-        down = 2 ** (len(self.encoder_depths) - 1)
-        if self.frame_size < 1 or self.frame_size % down:
-            raise ValueError(
-                f"{name}: `frame_size` ({self.frame_size}) must be divisible by the "
-                f"encoder's downsampling 2**(len(encoder_depths)-1) = {down}; use a frame "
-                f"size that is a multiple of {down} or fewer encoder stages."
-            )
-        for field in (
+        check_positive(
+            self,
+            "frame_size",
             "channels",
             "d_model",
             "patch_size",
@@ -101,10 +111,9 @@ class TransformerConfig:
             "mlp_dim",
             "action_dim",
             "action_embed_dim",
-        ):
-            value = getattr(self, field)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: `{field}` must be an int ≥ 1, got {value!r}.")
+        )
+        check_encoder(self)
+        down = 2 ** (len(self.encoder_depths) - 1)
         latent = self.frame_size // down
         if latent % self.patch_size:
             raise ValueError(
@@ -122,8 +131,7 @@ class TransformerConfig:
             )
         if not isinstance(self.max_frames, int) or self.max_frames < 2:
             raise ValueError(f"{name}: `max_frames` must be an int ≥ 2, got {self.max_frames!r}.")
-        if not 0.0 <= self.loss_weight <= 1.0:
-            raise ValueError(f"{name}: `loss_weight` must be in [0, 1], got {self.loss_weight}.")
+        check_loss_weight(self)
         impls = typing.get_args(AttentionImpl)
         if self.attention_impl not in impls:
             raise ValueError(
@@ -145,17 +153,12 @@ class TransformerConfig:
         """Tokens per frame: `grid_size²`."""
         return self.grid_size**2
 
-    @staticmethod
-    def preset(name: str) -> "TransformerConfig":
+    @classmethod
+    def preset(cls, name: str) -> "TransformerConfig":
         """A named configuration: `"mnist-300"`, `"mnist-600"` (the paper's, 240.1M and
         163.5M parameters) or `"small"` (runs on a CPU; the encoder of
         `ConvS5Config.preset("small")`)."""
-        try:
-            return TRANSFORMER_PRESETS[name]
-        except KeyError:
-            raise ValueError(
-                f"Unknown Transformer preset {name!r}; choose one of {sorted(TRANSFORMER_PRESETS)}."
-            ) from None
+        return preset_of(cls, name)
 
 
 TRANSFORMER_PRESETS: dict[str, TransformerConfig] = {
@@ -182,104 +185,18 @@ TRANSFORMER_PRESETS: dict[str, TransformerConfig] = {
 
 
 # ----------------------------------------------------------------------------
-# Pieces.
-# ----------------------------------------------------------------------------
-
-
-def sinusoidal_positions(positions: Int[Array, " n"], dim: int) -> Float[Array, "n {dim}"]:
-    """`[sin(p·ω), cos(p·ω)]` with `ω_i = 10000^(-2i/dim)`, `i < dim/2` (the released
-    `SinusoidalPositionBiases`: sines then cosines, not interleaved)."""
-    freqs = 1.0 / 10000 ** (jnp.arange(0, dim, 2, dtype=jnp.float32) / dim)
-    angles = positions.astype(jnp.float32)[:, None] * freqs[None, :]
-    return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
-
-
-def gelu_sigmoid(x: Float[Array, "*shape"]) -> Float[Array, "*shape"]:
-    """`x · σ(1.702 x)`: the sigmoid approximation of GELU the released MLP uses."""
-    return x * jax.nn.sigmoid(1.702 * x)
-
-
-class Dense(eqx.Module):
-    """`x @ W + b` on the last axis (LeCun-normal weights, zero bias, as Flax's `Dense`)."""
-
-    weight: Float[Array, "c_in c_out"]
-    bias: Float[Array, " c_out"]
-
-    def __init__(self, in_features: int, out_features: int, *, key: PRNGKeyArray):
-        self.weight = jax.nn.initializers.lecun_normal()(
-            key, (in_features, out_features), jnp.float32
-        )
-        self.bias = jnp.zeros((out_features,), jnp.float32)
-
-    def __call__(self, x: Float[Array, "*batch c_in"]) -> Float[Array, "*batch c_out"]:
-        return x @ self.weight.astype(x.dtype) + self.bias.astype(x.dtype)
-
-
-KVCache = tuple[Float[Array, "cache_len heads head_dim"], Float[Array, "cache_len heads head_dim"]]
-
-
-class TransformerBlock(eqx.Module):
-    """Pre-LN block: `x + Attn(LN(x))`, then `x + MLP(LN(x))` with
-    `MLP = Dense → GELU (x·σ(1.702x)) → Dense`; biases on every projection."""
-
-    norm1: LayerNorm
-    attention: MultiheadAttention
-    norm2: LayerNorm
-    mlp_in: Dense
-    mlp_out: Dense
-
-    def __init__(
-        self, width: int, n_heads: int, mlp_dim: int, impl: AttentionImpl, *, key: PRNGKeyArray
-    ):
-        ka, k1, k2 = jax.random.split(key, 3)
-        self.norm1 = LayerNorm(width)
-        self.attention = MultiheadAttention(width, n_heads, use_bias=True, impl=impl, key=ka)
-        self.norm2 = LayerNorm(width)
-        self.mlp_in = Dense(width, mlp_dim, key=k1)
-        self.mlp_out = Dense(mlp_dim, width, key=k2)
-
-    def _mlp(self, x):
-        return x + self.mlp_out(gelu_sigmoid(self.mlp_in(self.norm2(x))))
-
-    def __call__(
-        self, x: Float[Array, "length width"], tokens_per_frame: int
-    ) -> Float[Array, "length width"]:
-        """The whole sequence at once, frame-block-causal."""
-        mask = AttentionMask(causal=True, tokens_per_frame=tokens_per_frame)
-        return self._mlp(x + self.attention(self.norm1(x), mask=mask))
-
-    def cached(
-        self,
-        x: Float[Array, "length width"],
-        cache: KVCache,
-        offset: int | Int[Array, ""],
-        tokens_per_frame: int,
-    ) -> tuple[Float[Array, "length width"], KVCache]:
-        """The tokens at positions `offset … offset + length - 1`: write their keys and
-        values into the cache at `offset`, attend over the cache (later, unwritten
-        entries are hidden by the frame-block-causal mask)."""
-        h = self.norm1(x)
-        q = self.attention.queries(h)
-        k, v = self.attention.keys_values(h)
-        k_cache = jax.lax.dynamic_update_slice(cache[0], k.astype(cache[0].dtype), (offset, 0, 0))
-        v_cache = jax.lax.dynamic_update_slice(cache[1], v.astype(cache[1].dtype), (offset, 0, 0))
-        mask = AttentionMask(causal=True, tokens_per_frame=tokens_per_frame, q_offset=offset)
-        y = x + self.attention.attend(q, k_cache, v_cache, mask=mask)
-        return self._mlp(y), (k_cache, v_cache)
-
-
-# ----------------------------------------------------------------------------
 # The model.
 # ----------------------------------------------------------------------------
 
 
-class TransformerVideoModel(AbstractVideoPredictor):
+class TransformerVideoModel(AbstractVideoModel):
     """The Transformer baseline of the ConvS5 paper (deterministic; teacher forcing).
 
     **Layers** (as released): ResNet encoder; action embedding tiled over the
     latent grid and concatenated; patchifying convolution (kernel = stride =
     `patch_size`, no bias) to `tokens_per_frame` tokens of `width`; input dense;
-    `n_layers` pre-LN blocks (`TransformerBlock`); output dense → GELU →
+    `n_layers` pre-LN blocks (`eqvid.nn.TransformerBlock`, MLP activation
+    `x · σ(1.702 x)`); output dense → GELU (tanh approximation) →
     LayerNorm; transposed convolution (kernel = stride, no bias) to the
     `d_model`-channel latent grid; ResNet decoder; `tanh`.
 
@@ -329,7 +246,14 @@ class TransformerVideoModel(AbstractVideoPredictor):
         self.start_token = 0.02 * jax.random.normal(ks, (c.tokens_per_frame, c.width), jnp.float32)
         self.embed = Dense(c.width, c.width, key=ki)
         self.blocks = tuple(
-            TransformerBlock(c.width, c.n_heads, c.mlp_dim, c.attention_impl, key=k)
+            TransformerBlock(
+                c.width,
+                c.n_heads,
+                c.mlp_dim,
+                activation="gelu_sigmoid",
+                impl=c.attention_impl,
+                key=k,
+            )
             for k in jax.random.split(kb, c.n_layers)
         )
         self.head = Dense(c.width, c.width, key=kh)
@@ -364,7 +288,7 @@ class TransformerVideoModel(AbstractVideoPredictor):
     def _readout(self, h):
         """Transformer outputs `(..., F, width)` → frames `(..., H, W, C)` (output dense,
         GELU, LayerNorm, transposed conv, decoder, tanh)."""
-        h = self.head_norm(jax.nn.gelu(self.head(h)))
+        h = self.head_norm(gelu(self.head(h), approximate=True))
         g, p, d = self.config.grid_size, self.config.patch_size, self.config.d_model
         lead = h.shape[:-2]
         z = jnp.einsum("...nw,ijwd->...nijd", h, self.unpatch_weight.astype(h.dtype))
@@ -376,9 +300,10 @@ class TransformerVideoModel(AbstractVideoPredictor):
         """Slots `(S, F, width)` (embedded, no positions) → outputs `(S, F, width)`."""
         s, f, w = slots.shape
         x = slots.reshape(s * f, w) + self._positions(0, s)
+        mask = AttentionMask.frame_causal(f)
 
         def run(block, x):
-            return block(x, f)
+            return block(x, mask=mask)
 
         if self.config.remat:
             run = eqx.filter_checkpoint(run)
@@ -390,19 +315,18 @@ class TransformerVideoModel(AbstractVideoPredictor):
         """Slots `(S, F, width)` at `first_slot …` through the cached path."""
         s, f, w = slots.shape
         x = slots.reshape(s * f, w) + self._positions(first_slot, s)
+        mask = AttentionMask.frame_causal(f)
         new = []
         for block, cache in zip(self.blocks, caches):
-            x, cache = block.cached(x, cache, first_slot * f, f)
+            x, cache = block.cached(x, cache, first_slot * f, mask=mask)
             new.append(cache)
         return x.reshape(s, f, w), tuple(new)
 
     def init_cache(self, n_slots: int) -> tuple[KVCache, ...]:
         """Zero key/value caches for `n_slots` slots (frames): per layer two arrays
         `(n_slots · tokens_per_frame, heads, head_dim)`."""
-        c = self.config
-        shape = (n_slots * c.tokens_per_frame, c.n_heads, c.width // c.n_heads)
         return tuple(
-            (jnp.zeros(shape, jnp.float32), jnp.zeros(shape, jnp.float32)) for _ in self.blocks
+            block.init_cache(n_slots * self.config.tokens_per_frame) for block in self.blocks
         )
 
     # -- public API --------------------------------------------------------------
@@ -418,7 +342,6 @@ class TransformerVideoModel(AbstractVideoPredictor):
         The input for frame `t` pairs it with the action taken towards frame `t + 1`
         (`actions[t + 1]`), as in the released code.
         """
-        self._check_frames(frames, "frames")
         check_teacher_forcing(self, frames)
         n = frames.shape[0]
         if n > self.config.max_frames:
@@ -433,27 +356,36 @@ class TransformerVideoModel(AbstractVideoPredictor):
 
     def loss(
         self,
-        frames: Float[Array, "time height width channels"],
-        actions: Int[Array, " time"] | None = None,
+        batch: VideoBatch,
+        state: eqx.nn.State | None = None,
         *,
-        key: PRNGKeyArray | None = None,
-    ) -> Scalar:
-        """`w · mean Σ_{W,C}(ŷ-y)² + (1-w) · mean Σ_{W,C}|ŷ-y|` over frames 1…T-1 (the
-        released objective, `w = config.loss_weight`); deterministic: `key` is accepted
-        for the common interface and unused."""
-        return released_loss(self(frames, actions), frames[1:], self.config.loss_weight)
+        key: KeyOrKeys | None = None,
+        step: Int[ArrayLike, ""] = 0,
+    ) -> tuple[Scalar, LossTerms, eqx.nn.State | None]:
+        """`w · mean Σ_{W,C}(ŷ-y)² + (1-w) · mean Σ_{W,C}|ŷ-y|` over frames 1…T-1 of
+        every video (the released objective, `w = config.loss_weight`), averaged over
+        the batch, with its terms `squared_error` and `absolute_error`. Deterministic
+        (no dropout): `key` and `step` are unused; no model state."""
+        del key, step
+
+        def one(video, actions, key):
+            del key
+            return released_loss(self(video, actions), video[1:], self.config.loss_weight)
+
+        loss, terms = mean_over_videos(one, batch, None)
+        return loss, terms, state
 
     def generate(
         self,
         context: Float[Array, "context height width channels"],
         num_frames: int,
         *,
-        key: PRNGKeyArray | None = None,
+        key: PRNGKeyArray,
         actions: Int[Array, " total"] | None = None,
         cache: bool = True,
     ) -> Float[Array, "{num_frames} height width channels"]:
-        """Predict `num_frames` frames after `context` (deterministic: `key` is
-        accepted for the common interface and unused).
+        """Predict `num_frames` frames after `context` (deterministic: the same for
+        every `key`).
 
         Needs `len(context) + num_frames ≤ config.max_frames`; that many slots are
         used (`[start, context…, generated frames but the last]`).
@@ -470,7 +402,7 @@ class TransformerVideoModel(AbstractVideoPredictor):
         Both give the frames that teacher forcing on the generated video predicts.
         """
         del key
-        self._check_frames(context, "context")
+        check_context(self, context)
         n_ctx = context.shape[0]
         actions = rollout_actions(actions, n_ctx, num_frames)
         total = n_ctx + num_frames
@@ -490,7 +422,7 @@ class TransformerVideoModel(AbstractVideoPredictor):
             h, caches = self._transformer_cached(prefix, self.init_cache(total), 0)
             first = self._readout(h[-1])
 
-            def body(carry, step):
+            def cached_step(carry, step):
                 caches, frame = carry
                 slot, action = step
                 tokens = self._frame_tokens(frame[None], action[None])
@@ -498,13 +430,13 @@ class TransformerVideoModel(AbstractVideoPredictor):
                 frame = self._readout(h[0])
                 return (caches, frame), frame
 
-            _, rest = jax.lax.scan(body, (caches, first), steps)
+            _, rest = jax.lax.scan(cached_step, (caches, first), steps)
         else:
             pad = jnp.zeros((total - prefix.shape[0],) + prefix.shape[1:], prefix.dtype)
             slots = jnp.concatenate([prefix, pad])
             first = self._readout(self._transformer(slots)[n_ctx])
 
-            def body(carry, step):
+            def full_step(carry, step):
                 slots, frame = carry
                 slot, action = step
                 tokens = self._frame_tokens(frame[None], action[None])
@@ -513,10 +445,21 @@ class TransformerVideoModel(AbstractVideoPredictor):
                 frame = self._readout(jax.lax.dynamic_index_in_dim(h, slot, keepdims=False))
                 return (slots, frame), frame
 
-            _, rest = jax.lax.scan(body, (slots, first), steps)
+            _, rest = jax.lax.scan(full_step, (slots, first), steps)
         return jnp.concatenate([first[None], rest], axis=0)
 
-    def _check_frames(self, frames, name):
-        check_frames(self, frames, name)
-        if frames.shape[0] < 1:
-            raise ValueError(f"TransformerVideoModel: `{name}` needs at least 1 frame, got 0.")
+    def optimizer_groups(self) -> dict[str, GroupSettings]:
+        """One group: every parameter learns at the run's rate."""
+        return {}
+
+    def with_state(self, state: eqx.nn.State | None) -> "TransformerVideoModel":
+        """No model state: the model itself."""
+        del state
+        return self
+
+
+register_model(
+    ModelSpec(
+        "transformer", "Transformer", TransformerConfig, TransformerVideoModel, TRANSFORMER_PRESETS
+    )
+)

@@ -1,0 +1,251 @@
+"""The recurrent frame predictor, written once: per-frame ResNet encoder → a stack of
+sequence layers (`eqvid.nn.AbstractSequenceLayer`: ConvS5, ConvLSTM, …) → ResNet
+decoder, as in the "novq" models of the ConvS5 paper (Smith et al., NeurIPS 2023).
+
+A family is its config (a `RecurrentConfig` with the layer's own fields) and a final
+class that declares the fields and builds its layers; everything else (teacher
+forcing, the released loss, O(1)-per-frame stepping, generation, validation) lives
+here.
+"""
+
+import dataclasses
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, Scalar
+
+from ..nn._conv import Conv2d
+from ..nn._resnet import ResNetDecoder, ResNetEncoder
+from ..nn._sequence import AbstractSequenceLayer
+from ._abstract import AbstractVideoModel, KeyOrKeys, LossTerms, VideoBatch, mean_over_videos
+from ._frames import (
+    check_context,
+    check_encoder,
+    check_frames,
+    check_loss_weight,
+    check_positive,
+    check_teacher_forcing,
+    no_actions,
+    released_loss,
+    rollout_actions,
+)
+from ._registry import preset_of
+
+
+@dataclasses.dataclass(frozen=True)
+class RecurrentConfig:
+    """The fields every recurrent frame predictor shares (its layer's config adds its
+    own). Validated on construction."""
+
+    frame_size: int = 64
+    """Height and width of the frames."""
+    channels: int = 1
+    """Colour channels of the frames (1 for Moving MNIST)."""
+    encoder_depths: tuple[int, ...] = (64, 128, 256)
+    """Channels per encoder stage; each stage after the first halves the resolution."""
+    d_model: int = 256
+    """Channels `U` of the sequence-layer stack."""
+    n_layers: int = 8
+    """Number of sequence layers."""
+    kernel_size: int = 3
+    """Kernel size of the layers' convolutions (odd: SAME padding)."""
+    action_dim: int = 1
+    """Number of distinct actions (embedding table has one more row: no action)."""
+    action_embed_dim: int = 1
+    """Width of the action embedding, tiled over the latent grid."""
+    loss_weight: float = 0.5
+    """Loss = w · Σ_{W,C}(ŷ-y)² + (1-w) · Σ_{W,C}|ŷ-y|, averaged over time and rows."""
+    remat: bool = False
+    """Recompute each layer's activations in the backward pass instead of storing them
+    (less memory for long videos, about one more forward pass of compute)."""
+
+    def __post_init__(self):
+        check_positive(
+            self, "frame_size", "channels", "d_model", "n_layers", "action_dim", "action_embed_dim"
+        )
+        check_encoder(self)
+        if self.kernel_size < 1 or self.kernel_size % 2 == 0:
+            raise ValueError(
+                f"{type(self).__name__}: `kernel_size` must be a positive odd integer (SAME "
+                f"padding), got {self.kernel_size}."
+            )
+        check_loss_weight(self)
+
+    @property
+    def latent_size(self) -> int:
+        """Height and width of the encoder's latent grid."""
+        return self.frame_size // 2 ** (len(self.encoder_depths) - 1)
+
+    @classmethod
+    def preset(cls, name: str) -> "RecurrentConfig":
+        """A named configuration of this family (`"small"`, and the papers' presets
+        `"mnist-300"`, `"mnist-600"`)."""
+        return preset_of(cls, name)
+
+
+def make_codec(
+    config: RecurrentConfig, key: PRNGKeyArray
+) -> tuple[ResNetEncoder, Float[Array, "actions embed"], Conv2d, ResNetDecoder, PRNGKeyArray]:
+    """`(encoder, action_embedding, project, decoder, layer_key)` for `config`; the
+    layers are built from `layer_key` (keys split as the released models were)."""
+    c = config
+    ke, ka, kp, kl, kd = jax.random.split(key, 5)
+    encoder = ResNetEncoder(c.channels, c.encoder_depths, key=ke)
+    action_embedding = jax.random.normal(ka, (c.action_dim + 1, c.action_embed_dim), jnp.float32)
+    project = Conv2d(c.encoder_depths[-1] + c.action_embed_dim, c.d_model, 1, key=kp)
+    decoder = ResNetDecoder(c.d_model, c.encoder_depths, c.channels, key=kd)
+    return encoder, action_embedding, project, decoder, kl
+
+
+class AbstractRecurrentVideoModel(AbstractVideoModel):
+    """A deterministic frame predictor over a stack of sequence layers, trained with
+    teacher forcing.
+
+    `model(frames)` predicts frames `1…T-1` from `0…T-2` in one pass (each layer in
+    parallel over time where it can); `model.generate(context, n, key=key)` runs the
+    context through the layers and rolls out `n` frames with each layer's O(1) `step`
+    inside `lax.scan`, feeding each prediction back as the next input.
+
+    The input for step `t` pairs frame `t` with the action taken towards frame
+    `t + 1` (`actions[t + 1]`), as in the released code.
+    """
+
+    encoder: eqx.AbstractVar[ResNetEncoder]
+    action_embedding: eqx.AbstractVar[Float[Array, "actions embed"]]
+    project: eqx.AbstractVar[Conv2d]
+    layers: eqx.AbstractVar[tuple[AbstractSequenceLayer, ...]]
+    decoder: eqx.AbstractVar[ResNetDecoder]
+    config: eqx.AbstractVar[RecurrentConfig]
+
+    # -- pieces ------------------------------------------------------------------
+
+    def init_state(self) -> tuple[Any, ...]:
+        """The zero state of every layer."""
+        s = self.config.latent_size
+        return tuple(layer.init_state(s, s) for layer in self.layers)
+
+    def _embed(
+        self, frames: Float[Array, "*time height width channels"], actions: Int[Array, "*time"]
+    ) -> Float[Array, "*time h_latent w_latent d_model"]:
+        """Encode frames, append the tiled action embedding (`-1` = no action), project
+        to `d_model` channels."""
+        z = self.encoder(frames)
+        a = self.action_embedding[actions + 1].astype(z.dtype)
+        a = jnp.broadcast_to(a[..., None, None, :], z.shape[:-1] + a.shape[-1:])
+        return self.project(jnp.concatenate([z, a], axis=-1))
+
+    def _decode(
+        self, h: Float[Array, "*time h_latent w_latent d_model"]
+    ) -> Float[Array, "*time height width channels"]:
+        """Frames in `[-1, 1]`: `tanh(decoder(h))`."""
+        return jnp.tanh(self.decoder(h))
+
+    def _sequence(self, h, states, key=None):
+        """All layers over a whole video: `(outputs, last states)`."""
+
+        def run(layer, h, state, key):
+            return layer(h, state, key=key)
+
+        if self.config.remat:
+            run = eqx.filter_checkpoint(run)
+        n = len(self.layers)
+        keys = [None] * n if key is None else list(jax.random.split(key, n))
+        last = []
+        for layer, state, k in zip(self.layers, states, keys):
+            h, x = run(layer, h, state, k)
+            last.append(x)
+        return h, tuple(last)
+
+    # -- public API --------------------------------------------------------------
+
+    def __call__(
+        self,
+        frames: Float[Array, "time height width channels"],
+        actions: Int[Array, " time"] | None = None,
+        *,
+        key: PRNGKeyArray | None = None,
+    ) -> Float[Array, "time-1 height width channels"]:
+        """Teacher-forced predictions of frames `1…T-1` given frames `0…T-2`. With a
+        `key` the layers apply their training randomness (dropout); without, they are
+        deterministic."""
+        check_teacher_forcing(self, frames)
+        if actions is None:
+            actions = no_actions(frames.shape[0])
+        h = self._embed(frames[:-1], actions[1:])
+        h, _ = self._sequence(h, self.init_state(), key)
+        return self._decode(h)
+
+    def loss(
+        self,
+        batch: VideoBatch,
+        state: eqx.nn.State | None = None,
+        *,
+        key: KeyOrKeys | None = None,
+        step: Int[ArrayLike, ""] = 0,
+    ) -> tuple[Scalar, LossTerms, eqx.nn.State | None]:
+        """The released objective over frames `1…T-1` of every video (teacher forcing),
+        averaged over the batch, with its terms `squared_error` and `absolute_error`;
+        `key` drives dropout (`None`: deterministic). No model state."""
+        del step
+
+        def one(video, actions, key):
+            return released_loss(self(video, actions, key=key), video[1:], self.config.loss_weight)
+
+        loss, terms = mean_over_videos(one, batch, key)
+        return loss, terms, state
+
+    def step(
+        self,
+        states: tuple[Any, ...],
+        frame: Float[Array, "height width channels"],
+        action: Int[Array, ""] | None = None,
+    ) -> tuple[tuple[Any, ...], Float[Array, "height width channels"]]:
+        """One frame in, the next frame's prediction out, in O(1): `(states, frame,
+        action) → (new_states, prediction)`; `action` is the one taken towards the next
+        frame."""
+        check_frames(self, frame[None], "frame")
+        if action is None:
+            action = jnp.asarray(-1, jnp.int32)
+        h = self._embed(frame, action)
+        new = []
+        for layer, state in zip(self.layers, states):
+            state, h = layer.step(state, h)
+            new.append(state)
+        return tuple(new), self._decode(h)
+
+    def generate(
+        self,
+        context: Float[Array, "context height width channels"],
+        num_frames: int,
+        *,
+        key: PRNGKeyArray,
+        actions: Int[Array, " total"] | None = None,
+    ) -> Float[Array, "{num_frames} height width channels"]:
+        """Predict `num_frames` frames after `context` (deterministic: the same for
+        every `key`).
+
+        The context goes through the layers in parallel; their last states seed the
+        recurrent rollout, one `step` per frame inside `lax.scan`.
+        """
+        del key
+        check_context(self, context)
+        n_ctx = context.shape[0]
+        actions = rollout_actions(actions, n_ctx, num_frames)
+        h = self._embed(context, actions[1 : n_ctx + 1])
+        h, states = self._sequence(h, self.init_state())
+        first = self._decode(h[-1])
+
+        def body(carry, action):
+            states, frame = carry
+            states, frame = self.step(states, frame, action)
+            return (states, frame), frame
+
+        _, rest = jax.lax.scan(body, (states, first), actions[n_ctx + 1 :])
+        return jnp.concatenate([first[None], rest], axis=0)
+
+    def with_state(self, state: eqx.nn.State | None) -> "AbstractRecurrentVideoModel":
+        """No model state: the model itself."""
+        del state
+        return self
