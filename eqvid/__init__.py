@@ -3,6 +3,7 @@
 ```python
 import jax, eqvid
 model = eqvid.ConvS5VideoModel(eqvid.ConvS5Config.preset("small"), key=jax.random.key(0))
+# or, for any registered family, with its state: eqvid.make_model(config, key=key)
 ```
 
 Data pipelines live in `eqvid.data` and training in `eqvid.train`; they are not
@@ -27,15 +28,23 @@ if _os.environ.get("EQVID_TYPECHECK", "1") != "0":
 
 
 from . import kernels as kernels
+from . import nn as nn
 from .kernels import AttentionMask as AttentionMask
 from .models import CONVS5_PRESETS as CONVS5_PRESETS
-from .models import AbstractVideoPredictor as AbstractVideoPredictor
+from .models import AbstractRecurrentVideoModel as AbstractRecurrentVideoModel
+from .models import AbstractVideoModel as AbstractVideoModel
 from .models import ConvLSTMConfig as ConvLSTMConfig
 from .models import ConvLSTMVideoModel as ConvLSTMVideoModel
 from .models import ConvS5Config as ConvS5Config
 from .models import ConvS5VideoModel as ConvS5VideoModel
+from .models import GroupSettings as GroupSettings
+from .models import ModelSpec as ModelSpec
 from .models import TransformerConfig as TransformerConfig
 from .models import TransformerVideoModel as TransformerVideoModel
+from .models import VideoBatch as VideoBatch
+from .models import make_model as make_model
+from .models import register_model as register_model
+from .models import rollout as rollout
 from .nn import Conv2d as Conv2d
 from .nn import ConvLSTM as ConvLSTM
 from .nn import ConvLSTMCell as ConvLSTMCell
@@ -49,5 +58,6 @@ from .nn import ResNetEncoder as ResNetEncoder
 from .nn import ResNetOutput as ResNetOutput
 from .nn import discretize_zoh as discretize_zoh
 from .nn import hippo_block_init as hippo_block_init
+from .nn import role as role
 
 __version__ = "0.1.0"

@@ -14,7 +14,8 @@ from eqvid.evaluate import EvalConfig, evaluate, load_trained_run
 from eqvid.evaluate.__main__ import main as cli_main
 from eqvid.metrics import LPIPS, load_samples_npz
 from eqvid.metrics._lpips import lpips_weight_shapes
-from eqvid.train import MeshConfig, OptimizerConfig, RunConfig, TrainConfig, rollout, train
+from eqvid.models import rollout
+from eqvid.train import MeshConfig, OptimizerConfig, RunConfig, TrainConfig, train
 
 TINY = eqvid.ConvS5Config(
     frame_size=32,

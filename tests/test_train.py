@@ -6,18 +6,22 @@ import importlib.util
 import json
 import pathlib
 import shutil
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import kill_group, run_python
 
 import eqvid
 import eqvid.data
 import eqvid.train
 from eqvid.data._config import MovingMNISTConfig
-from eqvid.models import AbstractVideoPredictor
-from eqvid.train import MeshConfig, OptimizerConfig, RunConfig, TrainConfig, rollout_mse, train
+from eqvid.evaluate._rollout_report import rollout_mse
+from eqvid.models import AbstractVideoModel, GroupSettings
+from eqvid.train import MeshConfig, OptimizerConfig, RunConfig, TrainConfig, train
+from eqvid.train._cli import build_parser, config_from_argv
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -30,7 +34,7 @@ ONE_DEVICE = MeshConfig(devices=1)
 
 
 def tiny_config(run_dir, mesh=ONE_DEVICE, **run):
-    defaults = dict(
+    defaults: dict[str, Any] = dict(
         run_dir=str(run_dir),
         steps=4,
         batch_size=2,
@@ -58,7 +62,12 @@ def test_train_writes_everything_and_resumes_exactly(tmp_path):
     assert len(result.losses) == 4 and np.all(np.isfinite(result.losses))
     # What a person looks at.
     rows = (run_dir / "metrics.csv").read_text().strip().splitlines()
-    assert rows[0].startswith("step,loss,lr") and len(rows) == 5
+    assert (
+        rows[0] == ("step,loss,absolute_error,squared_error,lr,grad_norm,frames_per_s,elapsed_s")
+        and len(rows) == 5
+    )
+    assert [m["loss"] for m in result.metrics] == result.losses
+    assert set(result.metrics[0]) == {"loss", "absolute_error", "squared_error", "grad_norm"}
     assert (run_dir / "samples" / "step_000004.png").stat().st_size > 0
     assert (run_dir / "samples" / "step_000004.gif").stat().st_size > 0
     report = json.loads((run_dir / "eval.json").read_text())
@@ -124,14 +133,8 @@ def test_train_builds_the_model_its_config_names(tmp_path):
         dataclasses.replace(config, model=dataclasses.replace(lstm, channels=3))
 
 
-def test_dropout_draws_from_the_key_and_resume_restores_the_random_stream(tmp_path):
+def test_resume_restores_the_random_stream_of_dropout(tmp_path):
     dropout = dataclasses.replace(TINY_MODEL, dropout=0.3)
-    model = eqvid.ConvS5VideoModel(dropout, key=jax.random.key(0))
-    video = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (4, 32, 32, 1)), jnp.float32)
-    k1, k2 = jax.random.split(jax.random.key(1))
-    assert float(model.loss(video, key=k1)) != float(model.loss(video, key=k2))
-    assert float(model.loss(video)) == float(model.loss(video))  # no key: no dropout
-
     run_dir = tmp_path / "run"
     straight = train(dataclasses.replace(tiny_config(run_dir, eval_sequences=0), model=dropout))
     shutil.rmtree(run_dir / "checkpoints" / "4")
@@ -148,12 +151,15 @@ def test_dropout_draws_from_the_key_and_resume_restores_the_random_stream(tmp_pa
 def test_checkpoint_restores_the_saved_key_not_the_template(tmp_path):
     from eqvid.train._checkpoint import Checkpointer
 
-    params, opt_state = {"w": jnp.arange(3.0)}, {"m": jnp.zeros(3)}
+    trees = {"params": {"w": jnp.arange(3.0)}, "opt_state": {"m": jnp.zeros(3)}}
     saved = jax.random.key(7)
     ckpt = Checkpointer(tmp_path)
-    ckpt.save(1, params, opt_state, rng=saved)
+    ckpt.save(1, trees, rng=saved)
     ckpt.wait()
-    _, _, key = ckpt.restore(1, params, opt_state, rng_like=jax.random.key(0))
+    assert ckpt.items(1) >= {"params", "opt_state", "rng", "metadata"}
+    key = ckpt.restore(1, trees, rng_like=jax.random.key(0))["rng"]
+    with pytest.raises(ValueError, match=r"has no ema \(it holds"):
+        ckpt.restore(1, {"ema": trees["params"]})
     ckpt.close()
     np.testing.assert_array_equal(jax.random.key_data(key), jax.random.key_data(saved))
 
@@ -164,10 +170,10 @@ import jax.numpy as jnp
 from eqvid.train._checkpoint import Checkpointer
 ckpt = Checkpointer(sys.argv[1])
 small = {"w": jnp.full((4,), 1.0)}
-ckpt.save(1, small, small)
+ckpt.save(1, {"params": small})
 ckpt.wait()
 big = {"w": jnp.full((32, 1024, 1024), 2.0)}  # 128 MiB: still being written below
-ckpt.save(2, big, big)
+ckpt.save(2, {"params": big})
 # Die once step 2's temporary directory exists, i.e. with step 2 surely in flight.
 while not any(p.startswith("2.") for p in os.listdir(sys.argv[1])):
     pass
@@ -176,15 +182,13 @@ os._exit(0)
 
 
 def test_a_checkpoint_cut_off_while_written_is_never_restored(tmp_path):
-    import subprocess
-    import sys
+    import os
 
     from eqvid.train._checkpoint import Checkpointer
 
-    subprocess.run(
-        [sys.executable, "-c", _DIE_WHILE_SAVING, str(tmp_path)],
-        check=True,
-        env={**__import__("os").environ, "JAX_PLATFORMS": "cpu"},
+    run_python(
+        ["-c", _DIE_WHILE_SAVING, str(tmp_path)],
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
         timeout=120,
     )
     left = sorted(p.name for p in tmp_path.iterdir())
@@ -192,7 +196,7 @@ def test_a_checkpoint_cut_off_while_written_is_never_restored(tmp_path):
     ckpt = Checkpointer(tmp_path)
     latest = ckpt.latest_step()
     assert latest == 1, left
-    params, _ = ckpt.restore(latest, {"w": jnp.zeros(4)}, {"w": jnp.zeros(4)})
+    params = ckpt.restore(latest, {"params": {"w": jnp.zeros(4)}})["params"]
     ckpt.close()
     np.testing.assert_array_equal(params["w"], np.ones(4))
 
@@ -226,15 +230,20 @@ def test_a_killed_run_resumes_to_the_parameters_of_a_straight_run(tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        start_new_session=True,
     )
-    deadline = time.monotonic() + 180
-    committed = []
-    while time.monotonic() < deadline and process.poll() is None and not committed:
-        if (run_dir / "checkpoints").is_dir():
-            committed = [p for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit()]
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    output, _ = process.communicate(timeout=60)
+    try:
+        deadline = time.monotonic() + 180
+        committed = []
+        while time.monotonic() < deadline and process.poll() is None and not committed:
+            if (run_dir / "checkpoints").is_dir():
+                committed = [p for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit()]
+            time.sleep(0.02)
+        process.send_signal(signal.SIGKILL)
+        output, _ = process.communicate(timeout=60)
+    finally:
+        if process.returncode is None:
+            kill_group(process)
     assert process.returncode == -signal.SIGKILL, output  # killed, not finished
     rows = (run_dir / "metrics.csv").read_text().splitlines()[1:]
     assert 3 <= int(rows[-1].split(",")[0]) < steps  # died mid-run
@@ -271,45 +280,55 @@ def eqvid_params(model):
     return eqx.filter(model, eqx.is_inexact_array)
 
 
-class CopyLast(AbstractVideoPredictor):
+class CopyLast(AbstractVideoModel):
     """A predictor that repeats the last context frame (its rollout error must
     equal the copy-last baseline)."""
 
-    def __call__(self, frames, actions=None):
-        return frames[:-1]
+    config: None = None
 
-    def loss(self, frames, actions=None):
-        return jnp.zeros(())
+    def loss(self, batch, state=None, *, key=None, step=0):
+        return jnp.zeros(()), {}, state
 
     def generate(self, context, num_frames, *, key, actions=None):
         return jnp.repeat(context[-1:], num_frames, axis=0)
+
+    def optimizer_groups(self) -> dict[str, GroupSettings]:
+        return {}
+
+    def with_state(self, state):
+        return self
 
 
 def test_rollout_report_baselines():
     rng = np.random.default_rng(0)
     videos = rng.uniform(-1, 1, size=(5, 6, 8, 8, 1)).astype(np.float32)
-    report = rollout_mse(CopyLast(), videos, context=3, horizon=3, chunk=2)
+    report = rollout_mse(CopyLast(), videos, context=3, horizon=3, chunk=2, key=jax.random.key(0))
     np.testing.assert_allclose(report.model, report.copy_last, rtol=1e-6)
     want_empty = np.mean(((videos[:, 3:] + 1) / 2) ** 2, axis=(0, 2, 3, 4))
     np.testing.assert_allclose(report.empty, want_empty, rtol=1e-6)
     assert not report.beats_baselines()
     with pytest.raises(ValueError, match="context \\+ horizon = 7"):
-        rollout_mse(CopyLast(), videos, context=3, horizon=4)
+        rollout_mse(CopyLast(), videos, context=3, horizon=4, key=jax.random.key(0))
 
 
 def load_example():
     spec = importlib.util.spec_from_file_location(
         "train_mmnist", REPO / "examples" / "train_mmnist.py"
     )
+    assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
+def example_config(argv):
+    return config_from_argv(argv, load_example().DEFAULTS)
+
+
 def test_example_cli_help_and_overrides(capsys):
     example = load_example()
     with pytest.raises(SystemExit) as exit_:
-        example.build_parser().parse_args(["--help"])
+        build_parser("convs5", "moving_mnist", example.DEFAULTS).parse_args(["--help"])
     assert exit_.value.code == 0
     text = capsys.readouterr().out
     for option in (
@@ -324,7 +343,7 @@ def test_example_cli_help_and_overrides(capsys):
         "--run-dir",
     ):
         assert option in text
-    config = example.config_from_argv(
+    config = example_config(
         [
             "--preset",
             "mnist-600",
@@ -342,22 +361,29 @@ def test_example_cli_help_and_overrides(capsys):
     )
     assert config.model.d_model == 128 and config.model.encoder_depths == (8, 16)
     assert config.model.frame_size == 32 == config.data.frame_size
+    assert isinstance(config.data, MovingMNISTConfig)
     assert config.optimizer.lr == 5e-4 and config.run.resume and config.data.mnist_path is None
-    default = example.config_from_argv([])
+    default = example_config([])
     assert default.model == dataclasses.replace(eqvid.ConvS5Config.preset("small"))
-    with pytest.raises(SystemExit):
-        example.config_from_argv(["--preset", "nope"])
-    # Any model trains through the same command; its options follow --model.
-    lstm = example.config_from_argv(
-        ["--model", "convlstm", "--preset", "mnist-600", "--n-layers", "3"]
+    assert (default.run.steps, default.run.run_dir, default.data.seq_len) == (
+        150,
+        "runs/convs5-mmnist",
+        20,
     )
+    # `python -m eqvid.train` is the same command with the library's defaults.
+    library = config_from_argv(["--steps", "7"])
+    assert library.run.steps == 7 and library.run.batch_size == RunConfig().batch_size
+    with pytest.raises(SystemExit):
+        example_config(["--preset", "nope"])
+    # Any model trains through the same command; its options follow --model.
+    lstm = example_config(["--model", "convlstm", "--preset", "mnist-600", "--n-layers", "3"])
     assert isinstance(lstm.model, eqvid.ConvLSTMConfig) and lstm.model.n_layers == 3
     assert lstm.model.d_model == 128 and lstm.run.run_dir == "runs/convlstm-mmnist"
     with pytest.raises(SystemExit) as exit_:
-        example.config_from_argv(["--model", "transformer", "--help"])
+        example_config(["--model", "transformer", "--help"])
     assert exit_.value.code == 0 and "--n-heads" in capsys.readouterr().out
     with pytest.raises(SystemExit):  # a ConvS5 option is not a ConvLSTM option
-        example.config_from_argv(["--model", "convlstm", "--ssm-size", "8"])
+        example_config(["--model", "convlstm", "--ssm-size", "8"])
 
 
 def test_missing_mnist_file_names_the_path(tmp_path):
@@ -368,26 +394,6 @@ def test_missing_mnist_file_names_the_path(tmp_path):
     )
     with pytest.raises(FileNotFoundError, match="nowhere"):
         train(config)
-
-
-def test_ssm_parameters_get_their_own_group_without_weight_decay(getkey):
-    import equinox as eqx
-
-    from eqvid.train._optimizer import ssm_labels
-
-    model = eqvid.ConvS5VideoModel(TINY_MODEL, key=getkey())
-    labels = ssm_labels(model)
-    layer = labels.layers[0]
-    assert (layer.lambda_re, layer.lambda_im, layer.log_step, layer.B) == ("ssm",) * 4
-    assert layer.C == "default" and labels.encoder.stem.weight == "default"
-    # With zero gradients only weight decay moves parameters: SSM ones must stay put.
-    config = OptimizerConfig(lr=1e-2, warmup_steps=0, weight_decay=0.5, grad_clip=0.0)
-    opt = eqvid.train.make_optimizer(config, model, total_steps=10)
-    params = eqx.filter(model, eqx.is_inexact_array)
-    updates, _ = opt.update(jax.tree.map(jnp.zeros_like, params), opt.init(params), params)
-    assert float(jnp.abs(updates.layers[0].B).max()) == 0.0
-    assert float(jnp.abs(updates.layers[0].lambda_re).max()) == 0.0
-    assert float(jnp.abs(updates.layers[0].C).max()) > 0.0
 
 
 def test_sigterm_saves_the_step_in_flight_and_exits_cleanly(tmp_path):
@@ -437,16 +443,25 @@ def test_sigterm_saves_the_step_in_flight_and_exits_cleanly(tmp_path):
     ]
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        start_new_session=True,
     )
     metrics = run_dir / "metrics.csv"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and process.poll() is None:
-        if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:  # header + 2 steps
-            break
-        time.sleep(0.2)
-    process.send_signal(signal.SIGTERM)
-    output, _ = process.communicate(timeout=120)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and process.poll() is None:
+            if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:  # header + 2
+                break
+            time.sleep(0.2)
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=120)
+    finally:
+        if process.returncode is None:
+            kill_group(process)
     assert process.returncode == 0, output
     assert "SIGTERM received" in output and "--resume" in output
     steps = sorted(int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit())
@@ -465,8 +480,7 @@ def test_example_trains_any_dataset_by_a_flag(tmp_path):
         video=rng.integers(0, 256, (6, 40, 48, 3), dtype=np.uint8),
         actions=rng.integers(0, 6, 6),
     )
-    example = load_example()
-    config = example.config_from_argv(
+    config = example_config(
         [
             "--dataset",
             "teco",
@@ -484,6 +498,4 @@ def test_example_trains_any_dataset_by_a_flag(tmp_path):
     assert (config.model.frame_size, config.model.channels, config.model.action_dim) == (32, 3, 6)
     assert config.run.run_dir == "runs/convs5-teco"
     with pytest.raises(SystemExit, match="48|40"):  # non-square frames need --frame-size
-        example.config_from_argv(
-            ["--dataset", "teco", "--root", str(tmp_path / "dmlab"), "--seq-len", "4"]
-        )
+        example_config(["--dataset", "teco", "--root", str(tmp_path / "dmlab"), "--seq-len", "4"])

@@ -13,8 +13,8 @@ def build_parser() -> argparse.ArgumentParser:
     table = "\n".join(f"  {name:<20} {p.description}" for name, p in PROTOCOLS.items())
     parser = argparse.ArgumentParser(
         prog="python -m eqvid.evaluate",
-        description=package_doc.split("\n\n")[0],
-        epilog=package_doc.split("\n\n", 1)[1] + "\nprotocols:\n" + table + "\n\n"
+        description=(package_doc or "").partition("\n\n")[0],
+        epilog=(package_doc or "").partition("\n\n")[2] + "\nprotocols:\n" + table + "\n\n"
         "LPIPS and FVD need the converted pretrained weights: see "
         "`python -m eqvid.metrics.convert_weights --help`;\n`--metrics psnr ssim` runs without them.",
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -45,6 +45,9 @@ class EvalConfig:
     sample files that record none."""
     step: int | None = None
     """Checkpoint step to load (default: the latest)."""
+    ema: bool = True
+    """Generate with the moving average of the parameters when the run kept one
+    (--ema-decay in training); --no-ema uses the raw parameters."""
     context: int | None = None
     """Override the protocol's number of context frames. Scoring files: their context
     when they record it (TECO's do not: give it here, or name a --protocol)."""
@@ -183,20 +186,22 @@ def _networks(config: EvalConfig, metrics, lpips, i3d):
         if callable(i3d) and not isinstance(i3d, I3D):
             features_fn = i3d  # a custom video → features function
         else:
-            net = i3d if i3d is not None else I3D.load(config.i3d_weights or None)
+            i3d_net = i3d if i3d is not None else I3D.load(config.i3d_weights or None)
 
-            def features_fn(videos):
-                return np.asarray(i3d_features(net, videos, batch_size=config.i3d_batch_size))
+            def i3d_logits(videos):
+                return np.asarray(i3d_features(i3d_net, videos, batch_size=config.i3d_batch_size))
+
+            features_fn = i3d_logits
 
     return lpips_fn, features_fn
 
 
 def _generate(config, settings, out_dir, on_batch) -> str:
     from ..data import evaluation_videos
-    from ..train import rollout
+    from ..models import rollout
     from ._trained_run import data_config_from_run, load_trained_run
 
-    run = load_trained_run(config.run_dir, config.step)
+    run = load_trained_run(config.run_dir, config.step, ema=config.ema)
     model = run.model
     ctx, horizon = settings.context, settings.horizon
     key = jax.random.key(config.seed)

@@ -1,14 +1,13 @@
-"""Autoregressive rollout error on held-out videos, next to two trivial baselines."""
+"""The rollout report: autoregressive rollout error on held-out videos, next to two
+trivial baselines (what `train` writes as eval.md / eval.json at the end of a run)."""
 
 import dataclasses
 
-import equinox as eqx
 import jax
-import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float, Int
+from jaxtyping import Float, Int, PRNGKeyArray
 
-from ..models import AbstractVideoPredictor
+from ..models import AbstractVideoModel, rollout
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,36 +73,8 @@ class RolloutReport:
         return "\n".join(lines)
 
 
-@eqx.filter_jit
-def _rollout(
-    model: AbstractVideoPredictor, context: Array, horizon: int, key: Array, actions: Array | None
-) -> Array:
-    keys = jax.random.split(key, context.shape[0])
-    if actions is None:
-        return jax.vmap(lambda c, k: model.generate(c, horizon, key=k))(context, keys)
-    return jax.vmap(lambda c, k, a: model.generate(c, horizon, key=k, actions=a))(
-        context, keys, actions
-    )
-
-
-def rollout(
-    model: AbstractVideoPredictor,
-    context: Float[Array, "batch context height width channels"]
-    | Float[np.ndarray, "batch context height width channels"],
-    horizon: int,
-    *,
-    key: Array | None = None,
-    actions: Int[Array, "batch total"] | Int[np.ndarray, "batch total"] | None = None,
-) -> Float[Array, "batch horizon height width channels"]:
-    """`model.generate` over a batch, jitted (the horizon is static). `actions`, if
-    given, cover context and generated frames (`context + horizon` per video)."""
-    key = jax.random.key(0) if key is None else key
-    actions = None if actions is None else jnp.asarray(actions, jnp.int32)
-    return _rollout(model, jnp.asarray(context), horizon, key, actions)
-
-
 def rollout_mse(
-    model: AbstractVideoPredictor,
+    model: AbstractVideoModel,
     videos: Float[np.ndarray, "batch time height width channels"],
     *,
     context: int,
@@ -111,11 +82,13 @@ def rollout_mse(
     chunk: int = 32,
     model_name: str = "model",
     actions: Int[np.ndarray, "batch time"] | None = None,
+    key: PRNGKeyArray,
 ) -> RolloutReport:
     """Roll `model` out from the first `context` frames of each video for `horizon`
     frames and compare with the truth, against copying the last context frame and
     predicting an empty frame (all -1). Videos need `context + horizon` frames;
-    `actions` `(batch, time)`, if given, condition the rollout."""
+    `actions` `(batch, time)`, if given, condition the rollout; chunk `i` of videos
+    is generated with `jax.random.fold_in(key, i)`."""
     videos = np.asarray(videos, np.float32)
     if videos.shape[1] < context + horizon:
         raise ValueError(
@@ -130,6 +103,7 @@ def rollout_mse(
                     model,
                     videos[i : i + chunk, :context],
                     horizon,
+                    key=jax.random.fold_in(key, i // chunk),
                     actions=None
                     if actions is None
                     else actions[i : i + chunk, : context + horizon],

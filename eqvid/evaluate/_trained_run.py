@@ -9,7 +9,7 @@ from typing import Any
 import equinox as eqx
 import jax
 
-from ..models import MODELS, AbstractVideoPredictor, make_model
+from ..models import MODELS, AbstractVideoModel, make_model, model_spec
 
 
 def config_from_dict(cls: type, values: dict[str, Any]) -> Any:
@@ -37,23 +37,25 @@ def data_config_from_run(config: dict[str, Any]) -> Any:
     )
 
 
-def model_config_from_dict(values: dict[str, Any]) -> Any:
-    """The model config a run's `config.json` describes; its fields say which model."""
-    keys = set(values)
-    for spec in MODELS.values():
-        if keys == {f.name for f in dataclasses.fields(spec.config) if f.init}:
-            return config_from_dict(spec.config, values)
-    raise ValueError(
-        f"the model in config.json matches none of {sorted(MODELS)} (fields: {sorted(keys)}); "
-        "was it written by another version of eqvid?"
-    )
+def model_config_from_run(config: dict[str, Any]) -> Any:
+    """The model config of a run's `config.json`, rebuilt by the family name it records
+    (`model_name`)."""
+    name = config.get("model_name")
+    if name is None:
+        raise ValueError(
+            "config.json records no `model_name`: it was written by an eqvid older than the "
+            f'model registry; add "model_name": one of {sorted(MODELS)} to it.'
+        )
+    return config_from_dict(model_spec(name).config, config["model"])
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainedRun:
     """A trained model with what it was trained on."""
 
-    model: AbstractVideoPredictor
+    model: AbstractVideoModel
+    """The model to sample from: the moving average of its parameters when the run kept
+    one, its state folded in."""
     step: int
     """The checkpoint step the parameters come from."""
     config: dict[str, Any]
@@ -61,42 +63,57 @@ class TrainedRun:
     run_dir: pathlib.Path
 
 
-def load_trained_run(run_dir: str | pathlib.Path, step: int | None = None) -> TrainedRun:
+def load_trained_run(
+    run_dir: str | pathlib.Path, step: int | None = None, *, ema: bool = True
+) -> TrainedRun:
     """The model of the training run in `run_dir` with the parameters of checkpoint
-    `step` (the latest if None).
+    `step` (the latest if None): the moving average of the parameters when the run
+    kept one (unless `ema=False`), its frozen parts as saved when the run started, its
+    state folded in.
 
     **Raises** `FileNotFoundError` naming what is missing (the folder, its
     `config.json`, any checkpoint, the requested step) and `ValueError` if the
     checkpoint does not fit the configured model.
     """
-    from ..train._checkpoint import Checkpointer
+    from ..train._checkpoint import Checkpointer, restore_frozen
+    from ..train._step import ParameterPlan
 
     run_dir = pathlib.Path(run_dir)
     config_path = run_dir / "config.json"
     if not config_path.is_file():
         raise FileNotFoundError(
             f"{config_path} does not exist: `run_dir` must be a folder written by "
-            "eqvid.train.train / examples/train_mmnist.py (it holds config.json and checkpoints/)."
+            "eqvid.train.train / python -m eqvid.train (it holds config.json and checkpoints/)."
         )
     config = json.loads(config_path.read_text())
-    model_config = model_config_from_dict(config["model"])
+    model_config = model_config_from_run(config)
     directory = run_dir / "checkpoints"
     if not directory.is_dir():
         raise FileNotFoundError(f"{directory} does not exist: the run saved no checkpoint yet.")
     ckpt = Checkpointer(directory)
     try:
-        steps = ckpt.manager.all_steps()
+        steps = ckpt.all_steps()
         if not steps:
             raise FileNotFoundError(f"{directory} holds no finished checkpoint.")
         if step is None:
             step = max(steps)
         elif step not in steps:
             raise FileNotFoundError(
-                f"{directory} has no checkpoint at step {step}; it has steps {sorted(steps)}."
+                f"{directory} has no checkpoint at step {step}; it has steps {steps}."
             )
-        model = make_model(model_config, key=jax.random.key(0))
-        params, static = eqx.partition(model, eqx.is_inexact_array)
-        params = ckpt.restore_params(step, params)
+        model, state = make_model(model_config, key=jax.random.key(0))
+        plan = ParameterPlan(model)
+        params, rest = plan.partition(model)
+        stored = ckpt.items(step)
+        which = "ema" if ema and "ema" in stored else "params"
+        templates = {which: params}
+        if state is not None:
+            templates["model_state"] = state
+        restored = ckpt.restore(step, templates)
     finally:
         ckpt.close()
-    return TrainedRun(model=eqx.combine(params, static), step=step, config=config, run_dir=run_dir)
+    frozen = eqx.filter(rest, eqx.is_array)
+    if jax.tree_util.tree_leaves(frozen):
+        rest = eqx.combine(restore_frozen(run_dir / "frozen", frozen), rest)
+    model = eqx.combine(restored[which], rest).with_state(restored.get("model_state"))
+    return TrainedRun(model=model, step=step, config=config, run_dir=run_dir)

@@ -1,4 +1,5 @@
-"""Orbax checkpoints of parameters, optimiser state, the data iterator and the RNG.
+"""Orbax checkpoints of a run's trees (parameters, optimiser state, model state,
+moving average), the data iterator and the RNG; frozen parameters saved once.
 
 Equinox modules hold functions and static fields that Orbax cannot store, so
 only array leaves are saved, as a flat dict keyed by their pytree path
@@ -40,12 +41,15 @@ def _abstract(tree: PyTree) -> dict[str, Any]:
 
 
 class Checkpointer:
-    """Save and restore `(params, opt_state, data iterator)` under `directory/<step>/`.
+    """Save and restore a run's trees (parameters, optimiser state, model state, moving
+    average, …), the data iterator and the RNG under `directory/<step>/`.
 
     Saves are asynchronous (`save` returns while the step is written in the
     background; `wait()` / `close()` finish it) and atomic per step (Orbax commits a
     step directory only once it is complete), so an interrupted run resumes from its
-    last finished checkpoint. Only the last `keep` steps stay on disk.
+    last finished checkpoint. Only the last `keep` steps stay on disk. Each tree is
+    stored as a flat dict of its arrays keyed by pytree path, restorable against a
+    freshly built template of any sharding.
     """
 
     def __init__(self, directory: str | pathlib.Path, *, keep: int = 2):
@@ -64,25 +68,38 @@ class Checkpointer:
         """The last completed step, or `None` if there is no checkpoint."""
         return self.manager.latest_step()
 
+    def all_steps(self) -> list[int]:
+        """Every completed step, ascending."""
+        return sorted(self.manager.all_steps())
+
+    def items(self, step: int) -> set[str]:
+        """The names of the items stored at `step` (`params`, `opt_state`, `ema`, …)."""
+        folder = self.directory / str(step)
+        return {p.name for p in folder.iterdir() if p.is_dir()} if folder.is_dir() else set()
+
     def save(
         self,
         step: int,
-        params: PyTree,
-        opt_state: PyTree,
+        trees: dict[str, PyTree],
         data_iterator: Any = None,
         metadata: dict[str, Any] | None = None,
         *,
         rng: Any = None,
     ) -> None:
-        """Write checkpoint `step` (asynchronously; `wait()` or `close()` to finish).
-        `rng` is the run's JAX key (its key data is stored)."""
+        """Write checkpoint `step` (asynchronously; `wait()` or `close()` to finish):
+        each of `trees` (`None` entries skipped) as an item of that name, the data
+        iterator's position, `metadata` (JSON) and `rng`, the run's JAX key."""
         metadata = dict(metadata or {})
-        metadata["parameter_shapes"] = {k: list(v.shape) for k, v in _flatten(params).items()}
-        items = dict(
-            params=ocp.args.StandardSave(_flatten(params)),
-            opt_state=ocp.args.StandardSave(_flatten(opt_state)),
-            metadata=ocp.args.JsonSave(json.loads(json.dumps(metadata or {}, default=str))),
-        )
+        if "params" in trees:
+            metadata["parameter_shapes"] = {
+                k: list(v.shape) for k, v in _flatten(trees["params"]).items()
+            }
+        items: dict[str, Any] = {
+            name: ocp.args.StandardSave(_flatten(tree))
+            for name, tree in trees.items()
+            if tree is not None
+        }
+        items["metadata"] = ocp.args.JsonSave(json.loads(json.dumps(metadata, default=str)))
         if rng is not None:
             # A host NumPy array: the same on every process, written once.
             items["rng"] = ocp.args.StandardSave({"key_data": np.asarray(jax.random.key_data(rng))})
@@ -95,23 +112,30 @@ class Checkpointer:
     def restore(
         self,
         step: int,
-        params_like: PyTree,
-        opt_state_like: PyTree,
+        templates: dict[str, PyTree],
         data_iterator: Any = None,
         *,
         rng_like: Any = None,
-    ) -> tuple[PyTree, ...]:
-        """Read checkpoint `step` into trees shaped like the given templates; the data
-        iterator (if given) is moved to its saved position in place. A checkpoint of
-        a model with other parameter shapes is refused with the differences named.
-
-        Returns `(params, opt_state)`, or `(params, opt_state, rng)` when `rng_like`
-        (a key of the run's key type) is given: the key saved with the step."""
-        self._check_shapes(step, params_like)
-        items = dict(
-            params=ocp.args.StandardRestore(_abstract(params_like)),
-            opt_state=ocp.args.StandardRestore(_abstract(opt_state_like)),
-        )
+    ) -> dict[str, Any]:
+        """Read checkpoint `step`: each of `templates` (`None` entries skipped) into a
+        tree shaped and sharded like its template, the data iterator (if given) moved
+        to its saved position in place, and, with `rng_like` (a key of the run's key
+        type), the saved key as `"rng"`. A checkpoint of a model with other parameter
+        shapes is refused with the differences named; a missing item is named."""
+        if "params" in templates:
+            self._check_shapes(step, templates["params"])
+        stored = self.items(step)
+        wanted = {name: tree for name, tree in templates.items() if tree is not None}
+        missing = sorted(set(wanted) - stored)
+        if missing:
+            raise ValueError(
+                f"checkpoint step {step} in {self.directory} has no {', '.join(missing)} "
+                f"(it holds {', '.join(sorted(stored))}); it was written by a run with other "
+                "settings (e.g. without --ema-decay)."
+            )
+        items: dict[str, Any] = {
+            name: ocp.args.StandardRestore(_abstract(tree)) for name, tree in wanted.items()
+        }
         if rng_like is not None:
             items["rng"] = ocp.args.StandardRestore(
                 {"key_data": np.asarray(jax.random.key_data(rng_like))}
@@ -121,25 +145,14 @@ class Checkpointer:
 
             items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
         out = self.manager.restore(step, args=ocp.args.Composite(**items))
-        trees = (
-            _unflatten(out["params"], params_like),
-            _unflatten(out["opt_state"], opt_state_like),
-        )
-        if rng_like is None:
-            return trees
-        impl = jax.random.key_impl(rng_like)
-        data = jax.numpy.asarray(out["rng"]["key_data"])
-        return trees + (jax.random.wrap_key_data(data, impl=impl),)
-
-    def restore_params(self, step: int, params_like: PyTree) -> PyTree:
-        """Read only the parameters of checkpoint `step` (for evaluation), into a tree
-        shaped like `params_like`; refused, with the differences named, if they do not
-        match."""
-        self._check_shapes(step, params_like)
-        out = self.manager.restore(
-            step, args=ocp.args.Composite(params=ocp.args.StandardRestore(_abstract(params_like)))
-        )
-        return _unflatten(out["params"], params_like)
+        result: dict[str, Any] = {
+            name: _unflatten(out[name], tree) for name, tree in wanted.items()
+        }
+        if rng_like is not None:
+            impl = jax.random.key_impl(rng_like)
+            data = jax.numpy.asarray(out["rng"]["key_data"])
+            result["rng"] = jax.random.wrap_key_data(data, impl=impl)
+        return result
 
     def _check_shapes(self, step: int, params_like: PyTree) -> None:
         saved = self.manager.restore(
@@ -173,3 +186,29 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def save_frozen(directory: str | pathlib.Path, frozen: PyTree) -> None:
+    """Write a model's frozen arrays once per run (they never change, so checkpoints
+    leave them out)."""
+    directory = pathlib.Path(directory).absolute()
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(directory, _flatten(frozen), force=True)
+    checkpointer.wait_until_finished()
+    checkpointer.close()
+
+
+def restore_frozen(directory: str | pathlib.Path, template: PyTree) -> PyTree:
+    """Read the frozen arrays `save_frozen` wrote, into a tree like `template`."""
+    directory = pathlib.Path(directory).absolute()
+    if not directory.is_dir():
+        raise FileNotFoundError(
+            f"{directory} does not exist: the run's frozen parameters (saved once when it "
+            "started) are missing."
+        )
+    checkpointer = ocp.StandardCheckpointer()
+    try:
+        flat = checkpointer.restore(directory, _abstract(template))
+    finally:
+        checkpointer.close()
+    return _unflatten(flat, template)

@@ -1,11 +1,11 @@
 """Optimiser and run configuration for `eqvid.train.train`."""
 
 import dataclasses
-from typing import Literal
+from typing import Any, Literal
 
 from ..data._config import MovingMNISTConfig
 from ..data._file_config import ArrayRecordConfig, FrameFolderConfig, TecoConfig, VideoFolderConfig
-from ..models import ConvS5Config, ModelConfig
+from ..models import ConvS5Config, model_spec
 from ._distributed import DistributedConfig
 from ._mesh import MeshConfig
 
@@ -20,10 +20,8 @@ class OptimizerConfig:
     """AdamW with linear warm-up, cosine decay and global-norm clipping."""
 
     lr: float = 2e-3
-    """Peak learning rate."""
-    ssm_lr_scale: float = 1.0
-    """Learning rate of the SSM parameters (Λ, log Δ, B) relative to `lr`; they get no
-    weight decay (as S5 does)."""
+    """Peak learning rate (parameter groups scale it: see the model's options, e.g.
+    --ssm-lr-scale)."""
     warmup_steps: int = 100
     """Linear warm-up steps from 0 to `lr`."""
     end_lr_scale: float = 0.05
@@ -36,6 +34,23 @@ class OptimizerConfig:
     """Adam β2."""
     grad_clip: float = 1.0
     """Clip gradients to this global norm (0 disables)."""
+    ema_decay: float = 0.0
+    """Keep an exponential moving average of the parameters with this decay per step
+    (e.g. 0.999, as diffusion models sample from it; 0 disables). Saved in checkpoints;
+    samples and evaluation use it when present."""
+
+    def __post_init__(self):
+        if not self.lr > 0:
+            raise ValueError(f"OptimizerConfig: `lr` must be > 0, got {self.lr}.")
+        for name in ("b1", "b2", "ema_decay"):
+            value = getattr(self, name)
+            if not 0 <= value < 1:
+                raise ValueError(f"OptimizerConfig: `{name}` must be in [0, 1), got {value}.")
+        for name in ("warmup_steps", "weight_decay", "grad_clip", "end_lr_scale"):
+            if getattr(self, name) < 0:
+                raise ValueError(
+                    f"OptimizerConfig: `{name}` must be ≥ 0, got {getattr(self, name)}."
+                )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,15 +90,20 @@ class RunConfig:
     (same update, less activation memory)."""
     compute_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Dtype the model computes in; parameters, gradients and optimiser state stay
-    float32 (state-space parameters are never cast)."""
+    float32 (parameters whose role says keep-float32, such as the state-space ones,
+    are never cast)."""
+    tensorboard: bool = True
+    """Write TensorBoard event files (every loss term, learning rate, gradient norm,
+    throughput and the sample strips) under run_dir/tensorboard."""
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Everything a training run needs."""
 
-    model: ModelConfig = dataclasses.field(default_factory=lambda: ConvS5Config.preset("small"))
-    """The model to train; its config type picks the model (`eqvid.models.MODELS`)."""
+    model: Any = dataclasses.field(default_factory=lambda: ConvS5Config.preset("small"))
+    """The model to train: the config of a registered family; its type picks the model
+    (`eqvid.models.MODELS`)."""
     data: DatasetConfig = dataclasses.field(default_factory=MovingMNISTConfig)
     """The data; its config type picks the dataset (`eqvid.data.DATASETS`)."""
     optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
@@ -92,6 +112,7 @@ class TrainConfig:
     distributed: DistributedConfig = dataclasses.field(default_factory=DistributedConfig)
 
     def __post_init__(self):
+        model_spec(self.model)  # a registered family's config, or a clear error
         r = self.run
         for name in ("steps", "batch_size", "log_every", "accumulate", "keep_checkpoints"):
             if getattr(r, name) < 1:
@@ -108,10 +129,11 @@ class TrainConfig:
                 f"TrainConfig: the model's channels ({self.model.channels}) must equal the "
                 "data's channels (1)."
             )
-        if getattr(self.data, "value_range", "signed") != "signed":
+        value_range = getattr(self.data, "value_range", "signed")
+        if value_range != "signed":
             raise ValueError(
                 "TrainConfig: the models take frames in [-1, 1]: the data's value_range must be "
-                f"'signed', got {self.data.value_range!r}."
+                f"'signed', got {value_range!r}."
             )
         for name in ("checkpoint_every", "sample_every", "num_workers", "eval_sequences"):
             if getattr(r, name) < 0:

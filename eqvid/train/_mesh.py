@@ -6,10 +6,11 @@ MLP hidden units of the transformer models). Rules, by array:
 
 - batches `(batch, …)`: the batch axis over `data × fsdp`;
 - parameters and optimiser state (the same rule, so Adam's moments sit with their
-  parameter): attention projections over `model` along their heads axis, MLP
-  weights along their hidden axis; then, if the array has at least
-  `min_fsdp_size` elements, its largest dimension divisible by the `fsdp` size
-  (not already used) over `fsdp`; everything else replicated.
+  parameter): the dimension their role names for the `model` axis (declared by the
+  layer with `eqvid.nn.role(axes=..., model_axis=...)`: attention heads, MLP hidden
+  units), if it divides; then, if the array has at least `min_fsdp_size` elements,
+  its largest dimension divisible by the `fsdp` size (not already used) over
+  `fsdp`; everything else replicated.
 """
 
 import dataclasses
@@ -21,21 +22,6 @@ from jaxtyping import PyTree
 
 AXES = ("data", "fsdp", "model")
 BATCH_AXES = ("data", "fsdp")
-
-# Model-parallel rules by field name (the last named path entries of a leaf):
-# which dimension of the array goes over the `model` axis.
-_MODEL_DIM = {
-    ("query_weight",): 1,
-    ("key_weight",): 1,
-    ("value_weight",): 1,
-    ("output_weight",): 0,
-    ("query_bias",): 0,
-    ("key_bias",): 0,
-    ("value_bias",): 0,
-    ("mlp_in", "weight"): 1,
-    ("mlp_in", "bias"): 0,
-    ("mlp_out", "weight"): 0,
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,7 +62,7 @@ class MeshConfig:
                 f"MeshConfig: {names} is a mesh of {known} devices, but there are "
                 f"{device_count}; make the product {device_count} (or set one size to -1)."
             )
-        return tuple(sizes)
+        return sizes[0], sizes[1], sizes[2]
 
 
 def make_mesh(config: MeshConfig = MeshConfig(), devices=None) -> Mesh:
@@ -113,25 +99,20 @@ def check_batch(batch_size: int, mesh: Mesh, name: str = "batch_size") -> None:
         )
 
 
-def _names(path) -> tuple[str, ...]:
-    out = []
-    for entry in path:
-        name = getattr(entry, "name", None) or getattr(entry, "key", None)
-        if isinstance(name, str):
-            out.append(name)
-    return tuple(out)
-
-
-def leaf_spec(path, shape: tuple[int, ...], mesh: Mesh, min_fsdp_size: int) -> PartitionSpec:
-    """The partition spec of one parameter (or optimiser-state) array."""
+def leaf_spec(
+    shape: tuple[int, ...], mesh: Mesh, min_fsdp_size: int, model_dim: int | None = None
+) -> PartitionSpec:
+    """The partition spec of one parameter (or optimiser-state) array of `shape`, whose
+    role puts dimension `model_dim` (if any) on the `model` axis."""
     spec: list = [None] * len(shape)
-    names = _names(path)
     model = mesh.shape["model"]
-    if model > 1:
-        for suffix, dim in _MODEL_DIM.items():
-            if names[-len(suffix) :] == suffix and dim < len(shape) and shape[dim] % model == 0:
-                spec[dim] = "model"
-                break
+    if (
+        model > 1
+        and model_dim is not None
+        and model_dim < len(shape)
+        and shape[model_dim] % model == 0
+    ):
+        spec[model_dim] = "model"
     fsdp = mesh.shape["fsdp"]
     if fsdp > 1 and math.prod(shape) >= min_fsdp_size:
         free = [d for d in range(len(shape)) if spec[d] is None and shape[d] % fsdp == 0]
@@ -140,13 +121,29 @@ def leaf_spec(path, shape: tuple[int, ...], mesh: Mesh, min_fsdp_size: int) -> P
     return PartitionSpec(*spec)
 
 
-def tree_shardings(tree: PyTree, mesh: Mesh, min_fsdp_size: int = 2**14) -> PyTree:
-    """A `NamedSharding` for every array leaf of `tree` (parameters, a model, or
-    optimiser state), `None` for other leaves."""
+def tree_shardings(
+    tree: PyTree,
+    mesh: Mesh,
+    min_fsdp_size: int = 2**14,
+    model_dims: dict[str, int | None] | None = None,
+) -> PyTree:
+    """A `NamedSharding` for every array leaf of `tree`, `None` for other leaves.
+
+    `model_dims` maps parameter paths (`jax.tree_util.keystr`, e.g. `".blocks[0].mlp_in.weight"`)
+    to the dimension their role puts on the `model` axis; a leaf of `tree` whose path
+    ends with such a path (a parameter, or its Adam moment inside an optimiser state)
+    follows that rule. Other leaves get the `fsdp` rule alone."""
+    model_dims = model_dims or {}
 
     def one(path, leaf):
         if not hasattr(leaf, "shape") or not hasattr(leaf, "dtype"):
             return None
-        return NamedSharding(mesh, leaf_spec(path, tuple(leaf.shape), mesh, min_fsdp_size))
+        model_dim = None
+        for start in range(len(path)):  # the longest path suffix that names a parameter
+            key = jax.tree_util.keystr(tuple(path[start:]))
+            if key in model_dims:
+                model_dim = model_dims[key]
+                break
+        return NamedSharding(mesh, leaf_spec(tuple(leaf.shape), mesh, min_fsdp_size, model_dim))
 
     return jax.tree_util.tree_map_with_path(one, tree)

@@ -1,31 +1,20 @@
-"""AdamW with a warm-up/cosine schedule, clipping, and an SSM parameter group."""
+"""AdamW with a warm-up/cosine schedule and clipping, one optimiser group per role.
 
-import equinox as eqx
+The groups, the weight-decay mask and the frozen parameters all come from the roles
+the layers declare (`eqvid.nn.role`); the settings of each group from the model's
+`optimizer_groups()`. Nothing here knows a field name.
+"""
+
+from typing import Any, NamedTuple
+
 import jax
+import jax.numpy as jnp
 import optax
 from jaxtyping import PyTree
 
-from ..nn._convs5 import ConvS5
+from ..models import AbstractVideoModel, GroupSettings
+from ..nn._roles import ParamRole
 from ._config import OptimizerConfig
-
-SSM_FIELDS = frozenset({"lambda_re", "lambda_im", "log_step", "B"})
-
-
-def ssm_labels(model: eqx.Module) -> PyTree[str]:
-    """Label each array leaf `"ssm"` (a ConvS5 layer's Λ, log Δ or B) or `"default"`."""
-    params = eqx.filter(model, eqx.is_inexact_array)
-    labels = jax.tree.map(lambda _: "default", params)
-
-    def mark(layer):
-        if isinstance(layer, ConvS5):
-            return eqx.tree_at(
-                lambda m: [getattr(m, f) for f in sorted(SSM_FIELDS)],
-                layer,
-                ["ssm"] * len(SSM_FIELDS),
-            )
-        return layer
-
-    return jax.tree.map(mark, labels, is_leaf=lambda x: isinstance(x, ConvS5))
 
 
 def learning_rate_schedule(config: OptimizerConfig, total_steps: int) -> optax.Schedule:
@@ -40,29 +29,74 @@ def learning_rate_schedule(config: OptimizerConfig, total_steps: int) -> optax.S
     )
 
 
+class _StartState(NamedTuple):
+    inner: Any
+    updates: jax.Array
+    """Updates seen so far (skipped ones included)."""
+
+
+def start_at(inner: optax.GradientTransformation, start_step: int) -> optax.GradientTransformation:
+    """`inner`, but only from training step `start_step` (1-based) on: before it the
+    updates are zero and `inner`'s state does not advance."""
+
+    def init(params):
+        return _StartState(inner.init(params), jnp.zeros((), jnp.int32))
+
+    def update(updates, state, params=None):
+        def run(_):
+            return inner.update(updates, state.inner, params)
+
+        def skip(_):
+            return jax.tree.map(jnp.zeros_like, updates), state.inner
+
+        new_updates, new_inner = jax.lax.cond(state.updates + 1 >= start_step, run, skip, None)
+        return new_updates, _StartState(new_inner, state.updates + 1)
+
+    return optax.GradientTransformation(init, update)
+
+
 def make_optimizer(
-    config: OptimizerConfig, model: eqx.Module, total_steps: int
+    config: OptimizerConfig,
+    model: AbstractVideoModel,
+    roles: PyTree[ParamRole],
+    total_steps: int,
 ) -> optax.GradientTransformation:
-    """The optimiser for `model`: clipping, then AdamW per parameter group."""
+    """The optimiser of `model`'s trainable parameters: global-norm clipping, then AdamW
+    per group.
+
+    `roles` holds the resolved role of each trainable parameter, in the tree of those
+    parameters (as `train` partitions them); each parameter joins the group its role
+    names (weight decay where its role allows it), and each group uses the
+    `GroupSettings` that `model.optimizer_groups()` gives it (defaults otherwise)."""
     schedule = learning_rate_schedule(config, total_steps)
+    declared = model.optimizer_groups()
+    is_role = lambda x: isinstance(x, ParamRole)
+    # One optax partition per (group, weight decay or not).
+    labels = jax.tree.map(
+        lambda r: r.group if r.weight_decay else f"{r.group} (no weight decay)",
+        roles,
+        is_leaf=is_role,
+    )
+    partitions = {
+        (r.group if r.weight_decay else f"{r.group} (no weight decay)"): (r.group, r.weight_decay)
+        for r in jax.tree.leaves(roles, is_leaf=is_role)
+    }
 
-    def adamw(scale: float, weight_decay: float):
-        return optax.adamw(
-            lambda step: scale * schedule(step),
-            b1=config.b1,
-            b2=config.b2,
-            weight_decay=weight_decay,
+    def group_optimizer(group: str, weight_decay: bool) -> optax.GradientTransformation:
+        s = declared.get(group, GroupSettings())
+        opt = optax.adamw(
+            lambda step: s.lr_scale * schedule(step),
+            b1=config.b1 if s.b1 is None else s.b1,
+            b2=config.b2 if s.b2 is None else s.b2,
+            weight_decay=config.weight_decay if weight_decay else 0.0,
         )
+        return start_at(opt, s.start_step) if s.start_step > 1 else opt
 
-    labels = ssm_labels(model)
-    groups = optax.multi_transform(
-        {
-            "default": adamw(1.0, config.weight_decay),
-            "ssm": adamw(config.ssm_lr_scale, 0.0),
-        },
-        # A function, because optax would call the labels if given the (callable) module.
+    transform = optax.multi_transform(
+        {label: group_optimizer(*partitions[label]) for label in sorted(partitions)},
+        # A function: optax would call the labels if given a callable pytree.
         lambda _: labels,
     )
     if config.grad_clip > 0:
-        return optax.chain(optax.clip_by_global_norm(config.grad_clip), groups)
-    return groups
+        return optax.chain(optax.clip_by_global_norm(config.grad_clip), transform)
+    return transform

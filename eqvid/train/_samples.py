@@ -102,7 +102,7 @@ def save_prediction_gif(
         grid = np.concatenate([x for tile in tiles for x in (tile, sep)][:-1], axis=0)
         frames.append(
             Image.fromarray(grid).resize(
-                (grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST
+                (grid.shape[1] * scale, grid.shape[0] * scale), Image.Resampling.NEAREST
             )
         )
     path = pathlib.Path(path)

@@ -1,0 +1,125 @@
+"""What a training run writes while it goes: the metrics log (CSV and TensorBoard) and
+the sample pictures. Each is a small object the loop calls; only the main process
+writes files."""
+
+import csv
+import os
+import pathlib
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from ._samples import save_prediction_gif, save_prediction_strip
+
+FIXED_COLUMNS = ("lr", "grad_norm", "frames_per_s", "elapsed_s")
+
+
+class MetricsLog:
+    """`metrics.csv` (one row per logged step: step, loss, every loss term, learning
+    rate, gradient norm, frames/s, elapsed seconds) and TensorBoard event files under
+    `tensorboard/` with the same scalars and the sample strips as images.
+
+    On resume from step `start`, rows logged after `start` (about to be redone) are
+    dropped and TensorBoard is told to purge events after `start`.
+    """
+
+    def __init__(self, run_dir: pathlib.Path, *, start: int, main: bool, tensorboard: bool):
+        self.path = run_dir / "metrics.csv"
+        self.main = main
+        self.header: list[str] | None = None
+        kept: list[list[str]] = []
+        if main and start > 0 and self.path.exists():
+            with open(self.path, newline="") as f:
+                rows = list(csv.reader(f))
+            if rows:
+                self.header = rows[0]
+                kept = [row for row in rows[1:] if row and int(row[0]) <= start]
+        self.file = open(self.path if main else os.devnull, "w", newline="")  # noqa: SIM115
+        self.writer = csv.writer(self.file)
+        if self.header is not None:
+            self.writer.writerows([self.header, *kept])
+            self.file.flush()
+        self.tensorboard = None
+        if main and tensorboard:
+            from tensorboardX import SummaryWriter
+
+            self.tensorboard = SummaryWriter(
+                str(run_dir / "tensorboard"), purge_step=start + 1 if start > 0 else None
+            )
+
+    def write(self, step: int, metrics: dict[str, float], **extra: float) -> None:
+        """Log `metrics` (loss, terms, gradient norm) and `extra` (lr, frames/s,
+        elapsed seconds) at `step`."""
+        values = {**metrics, **extra}
+        if self.header is None:
+            terms = sorted(k for k in values if k not in ("loss", *FIXED_COLUMNS))
+            self.header = ["step", "loss", *terms, *(c for c in FIXED_COLUMNS if c in values)]
+            self.writer.writerow(self.header)
+        row = [str(step)]
+        for name in self.header[1:]:
+            value = values.get(name)
+            row.append("" if value is None else _format(name, value))
+        self.writer.writerow(row)
+        self.file.flush()
+        if self.tensorboard is not None:
+            for name, value in values.items():
+                group = "train" if name in ("loss", *metrics) else "run"
+                self.tensorboard.add_scalar(f"{group}/{name}", value, step)
+            self.tensorboard.flush()
+
+    def image(self, tag: str, path: pathlib.Path, step: int) -> None:
+        """Put the picture at `path` into TensorBoard under `tag`."""
+        if self.tensorboard is not None:
+            picture = np.asarray(Image.open(path).convert("RGB"))
+            self.tensorboard.add_image(tag, picture, step, dataformats="HWC")
+            self.tensorboard.flush()
+
+    def close(self) -> None:
+        self.file.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+
+
+def _format(name: str, value: float) -> str:
+    if name == "lr":
+        return f"{value:.3e}"
+    if name in ("frames_per_s", "elapsed_s"):
+        return f"{value:.1f}"
+    if name == "grad_norm":
+        return f"{value:.4f}"
+    return f"{value:.6f}"
+
+
+class SampleWriter:
+    """Sample pictures of held-out videos: `samples/step_XXXXXX.png` (context |
+    prediction | ground truth strips) and `.gif` (model next to truth), and the strip
+    in TensorBoard."""
+
+    def __init__(
+        self,
+        run_dir: pathlib.Path,
+        videos: np.ndarray,
+        actions: np.ndarray | None,
+        context: int,
+        *,
+        main: bool,
+        log: MetricsLog,
+    ):
+        self.folder = run_dir / "samples"
+        self.videos = videos
+        self.actions = actions
+        self.context = context
+        self.main = main
+        self.log = log
+
+    def __call__(self, generate: Any, step: int) -> None:
+        """`generate(context, horizon, actions)` gives the model's frames."""
+        horizon = self.videos.shape[1] - self.context
+        pred = np.asarray(generate(self.videos[:, : self.context], horizon, self.actions))
+        if not self.main:  # every process computes (the model spans them all); one writes
+            return
+        args = (self.videos[:, : self.context], pred, self.videos[:, self.context :])
+        strip = save_prediction_strip(self.folder / f"step_{step:06d}.png", *args)
+        save_prediction_gif(self.folder / f"step_{step:06d}.gif", *args)
+        self.log.image("samples", strip, step)
