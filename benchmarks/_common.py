@@ -1,10 +1,12 @@
 """Shared helpers for the benchmark scripts: timing, environment, result files."""
 
 import dataclasses
+import os
 import pathlib
 import platform
 import shlex
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -12,6 +14,8 @@ from collections.abc import Callable
 import jax
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+REPO = pathlib.Path(__file__).resolve().parents[1]
+UNKNOWN = "unknown"
 
 
 def time_call(fn: Callable[[], object], *, repeats: int, warmup: int = 1) -> float:
@@ -26,16 +30,76 @@ def time_call(fn: Callable[[], object], *, repeats: int, warmup: int = 1) -> flo
     return statistics.median(times)
 
 
-def environment() -> str:
-    """Device, jax version, Python and the command that produced a result."""
+def _git(*args: str) -> str:
+    """The stdout of `git <args>` run in this repository (raises when git is missing,
+    fails or this is not a checkout). `GIT_OPTIONAL_LOCKS=0`: `git status` must not
+    refresh (write) the index, which other processes may be using."""
+    env = dict(os.environ, GIT_OPTIONAL_LOCKS="0", LC_ALL="C")
+    done = subprocess.run(
+        ["git", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=30, check=True
+    )
+    return done.stdout
+
+
+def git_state() -> tuple[str, str]:
+    """`(commit, dirty)` of the checkout these scripts run from: the full hash of
+    HEAD, and `"yes"` when tracked files have uncommitted changes (staged or not;
+    untracked files do not count), `"no"` when they have none. Both are `"unknown"`
+    when git is not installed, fails, or this is not a git checkout."""
+    try:
+        commit = _git("rev-parse", "--verify", "HEAD").strip()
+        changes = _git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return UNKNOWN, UNKNOWN
+    if not commit:
+        return UNKNOWN, UNKNOWN
+    return commit, "yes" if changes.strip() else "no"
+
+
+def jaxlib_version() -> str:
+    try:
+        import jaxlib
+
+        return str(getattr(jaxlib, "__version__", UNKNOWN))
+    except ImportError:
+        return UNKNOWN
+
+
+def command_line() -> str:
+    """The command that is running, as one shell line (`python script args`)."""
+    return "python " + " ".join(shlex.quote(a) for a in sys.argv)
+
+
+def environment_record() -> dict[str, object]:
+    """What produced a result, as a dict for JSON files: device, backend, jax and
+    jaxlib versions, Python, host, git commit and dirty flag, command."""
     dev = jax.devices()[0]
-    kind = getattr(dev, "device_kind", dev.platform)
-    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    commit, dirty = git_state()
+    return dict(
+        device=getattr(dev, "device_kind", dev.platform),
+        backend=jax.default_backend(),
+        device_count=jax.device_count(),
+        jax=jax.__version__,
+        jaxlib=jaxlib_version(),
+        python=platform.python_version(),
+        host=f"{platform.machine()}, {os.cpu_count()} CPU cores",
+        git_commit=commit,
+        git_dirty=dirty,
+        command=command_line(),
+    )
+
+
+def environment() -> str:
+    """Device, jax version, Python, git commit (and whether tracked files had
+    uncommitted changes) and the command that produced a result, as markdown lines."""
+    env = environment_record()
     return (
-        f"- device: {kind} ({jax.default_backend()}, {jax.device_count()} device(s)); "
-        f"host: {platform.machine()}, {__import__('os').cpu_count()} CPU cores\n"
-        f"- jax {jax.__version__}, Python {platform.python_version()}\n"
-        f"- command: `{command}`\n"
+        f"- device: {env['device']} ({env['backend']}, {env['device_count']} device(s)); "
+        f"host: {env['host']}\n"
+        f"- jax {env['jax']}, jaxlib {env['jaxlib']}, Python {env['python']}\n"
+        f"- git commit: {env['git_commit']}, dirty: {env['git_dirty']} "
+        "(uncommitted changes to tracked files)\n"
+        f"- command: `{env['command']}`\n"
     )
 
 
@@ -81,6 +145,18 @@ class Timing:
     @property
     def ok(self) -> bool:
         return self.seconds is not None
+
+    @property
+    def time(self) -> float:
+        """The median seconds (for a measurement that is `ok`)."""
+        if self.seconds is None:
+            raise ValueError(f"no time: the measurement failed ({self.error})")
+        return self.seconds
+
+    @property
+    def memory(self) -> int:
+        """The temporary bytes (-1: unknown) of a measurement that is `ok`."""
+        return -1 if self.temp is None else self.temp
 
 
 def short_reason(error: BaseException) -> str:

@@ -78,15 +78,16 @@ def rollout_timing(mode, preset, context_len, horizon, batch, repeats) -> Timing
 
     def rollout(params, context):
         model = eqx.combine(params, static)
-        return jax.vmap(lambda c: model.generate(c, horizon, **kwargs))(context)
+        keys = jax.random.split(jax.random.key(2), context.shape[0])
+        return jax.vmap(lambda c, k: model.generate(c, horizon, key=k, **kwargs))(context, keys)
 
     return measure(rollout, (params, context), repeats)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n", 1)[1],
+        description=(__doc__ or "").partition("\n\n")[0],
+        epilog=(__doc__ or "").partition("\n\n")[2],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_config_arguments(parser, "bench", GenerationBenchConfig)
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for mode in config.modes:
             t = rollout_timing(mode, model_preset, context_len, horizon, batch, config.repeats)
             timings[mode, horizon] = t
-            fps = batch * horizon / t.seconds if t.ok else None
+            fps = batch * horizon / t.time if t.ok else None
             records.append(
                 dict(
                     mode=mode,
@@ -122,7 +123,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             print(
                 f"{mode} {context_len}→{horizon}: "
                 + (
-                    f"{t.seconds:.3f} s, {fps:.1f} frames/s, temp {t.temp / 2**20:.1f} MiB"
+                    f"{t.time:.3f} s, {batch * horizon / t.time:.1f} frames/s, "
+                    f"temp {t.memory / 2**20:.1f} MiB"
                     if t.ok
                     else t.error
                 ),
@@ -136,19 +138,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
             t = timings[mode, horizon]
             row = [f"{context_len}→{horizon}", mode]
             if t.ok:
-                known = t.temp is not None and t.temp >= 0
+                known = t.memory >= 0
                 row += [
-                    f"{t.seconds:.3f}",
-                    f"{batch * horizon / t.seconds:.1f}",
-                    f"{t.temp / 2**20:.1f}" if known else "–",
-                    f"{t.temp / (batch * horizon) / 2**10:.0f}" if known else "–",
+                    f"{t.time:.3f}",
+                    f"{batch * horizon / t.time:.1f}",
+                    f"{t.memory / 2**20:.1f}" if known else "–",
+                    f"{t.memory / (batch * horizon) / 2**10:.0f}" if known else "–",
                 ]
             else:
                 row += [t.error, "–", "–", "–"]
             for other in others:
                 mine, theirs = timings.get(("convs5", horizon)), timings[other, horizon]
                 ok = mode == "convs5" and mine is not None and mine.ok and theirs.ok
-                row.append(f"{theirs.seconds / mine.seconds:.1f}×" if ok else "–")
+                row.append(f"{theirs.time / mine.time:.1f}×" if ok and mine is not None else "–")
             rows.append(row)
     table = markdown_table(
         ["context→generated", "mode", "seconds", "frames/s", "temp MiB", "temp KiB / frame"]

@@ -37,7 +37,7 @@ import data_speed
 import generation_speed
 import scan_speed
 import train_throughput
-from _common import RESULTS, environment
+from _common import RESULTS, environment, environment_record
 
 from eqvid._cli import add_config_arguments, config_from_args
 
@@ -199,14 +199,16 @@ def _table_of(markdown: str) -> str:
         if not line.startswith("- device:")
         and not line.startswith("- jax ")
         and not line.startswith("- command:")
+        and not line.startswith("- git commit:")
     ]
     return "\n".join(body).strip()
 
 
 def main(argv: list[str] | None = None) -> pathlib.Path:
+    description, _, epilog = (__doc__ or "").partition("\n\n")
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n", 1)[1],
+        description=description,
+        epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_config_arguments(parser, "suite", RunAllConfig)
@@ -226,7 +228,10 @@ def main(argv: list[str] | None = None) -> pathlib.Path:
     sections, raw = [], {}
     for bench in config.only:
         script = SCRIPTS[bench]
-        name = pathlib.Path(script.__file__).stem + suffix
+        if script.__file__ is None:  # imported from a file above, so it has one
+            raise RuntimeError(f"run_all: the {bench} benchmark module has no file.")
+        script_file = pathlib.Path(script.__file__)
+        name = script_file.stem + suffix
         shown_out = os.path.relpath(out) if out.is_absolute() else str(out)
         args = benchmark_args(bench, config.preset, config.smoke) + [
             "--out-dir",
@@ -234,14 +239,14 @@ def main(argv: list[str] | None = None) -> pathlib.Path:
             "--name",
             name,
         ]
-        command = f"python benchmarks/{pathlib.Path(script.__file__).name} {shlex.join(args)}"
+        command = f"python benchmarks/{script_file.name} {shlex.join(args)}"
         print(f"\n=== {command}", flush=True)
         start = time.perf_counter()
         with open(out / "logs" / f"{name}.log", "w") as log:
             log.write(f"$ {command}\n{environment()}\n")
             argv_before, sys.argv = (
                 sys.argv,
-                [f"benchmarks/{pathlib.Path(script.__file__).name}"] + args,
+                [f"benchmarks/{script_file.name}"] + args,
             )
             try:  # so each result file records its own command
                 with contextlib.redirect_stdout(_Tee(sys.stdout, log)):
@@ -264,9 +269,7 @@ def main(argv: list[str] | None = None) -> pathlib.Path:
     (out / "run_all.json").write_text(
         json.dumps(
             dict(
-                device=jax.devices()[0].device_kind,
-                backend=jax.default_backend(),
-                jax=jax.__version__,
+                **environment_record(),
                 preset=config.preset,
                 benchmarks=raw,
             ),

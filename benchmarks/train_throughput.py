@@ -1,7 +1,8 @@
 """How fast do ConvS5, ConvLSTM and the Transformer train? One Adam step, side by side.
 
-Times a full training step (teacher-forced loss on a batch of videos, gradients,
-Adam update; parameters and optimiser state donated) for each model at the same
+Times eqvid's own training step (`eqvid.train.make_train_step` on the one-device
+mesh: teacher-forced loss on a batch of videos, gradients, Adam update; parameters
+and optimiser state donated — what `train()` runs) for each model at the same
 preset width over a range of sequence lengths, and reports the step time,
 frames/s (batch × length per step), the compiled step's temporary memory, and
 the ratios ConvS5/ConvLSTM and ConvS5/Transformer in frames/s from the same run.
@@ -24,16 +25,14 @@ import sys
 import time
 from typing import Literal
 
-import equinox as eqx
 import jax
-import jax.numpy as jnp
-import optax
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import Timing, markdown_table, publish, short_reason, temp_bytes
-from _models import MODEL_PRESETS, MODELS, build, parameter_count
+from _models import MODEL_PRESETS, MODELS, config_for, library_step, parameter_count
 
 from eqvid._cli import add_config_arguments, config_from_args
+from eqvid.models import VideoBatch
 
 LENGTHS = {"cpu": (8, 16, 32), "paper": (16, 32, 64, 128, 300, 600)}
 BATCH = {"cpu": 2, "paper": 8}
@@ -65,35 +64,25 @@ class TrainBenchConfig:
 
 
 def time_steps(name, preset, length, batch, repeats) -> tuple[Timing, int]:
-    """Compile one training step, run `repeats` of them (after one warm-up), and
-    return the median step time with the step's temporary memory."""
-    key = jax.random.key(length)
-    params, static, config = build(name, preset, length, key)
+    """Compile eqvid's train step (`eqvid.train.make_train_step` on the one-device
+    mesh, Adam, parameters and optimiser state donated: what `train()` runs), run
+    `repeats` steps (after one warm-up), and return the median step time with the
+    step's temporary memory."""
+    config = config_for(name, preset, length)
     shape = (batch, length, config.frame_size, config.frame_size, config.channels)
     videos = jax.random.uniform(jax.random.key(1), shape, minval=-1.0, maxval=1.0)
-    optimizer = optax.adam(1e-4)
-    opt_state = optimizer.init(params)
-
-    def step(params, opt_state, videos):
-        def loss_fn(p):
-            model = eqx.combine(p, static)
-            return jnp.mean(jax.vmap(model.loss)(videos))
-
-        loss, grads = jax.value_and_grad(loss_fn)(params)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    count = parameter_count(params)
+    data = VideoBatch(videos)
+    step, train_state, rest = library_step(name, preset, data, jax.random.key(length))
+    count = parameter_count(train_state.params)
     try:
-        compiled = jax.jit(step, donate_argnums=(0, 1)).lower(params, opt_state, videos).compile()
-        temp = temp_bytes(compiled)
-        params, opt_state, loss = compiled(params, opt_state, videos)  # warm-up
-        jax.block_until_ready(loss)
+        temp = temp_bytes(step.lower(train_state, rest, data, None, 1).compile())
+        train_state, metrics = step(train_state, rest, data, None, 1)  # warm-up
+        jax.block_until_ready(metrics["loss"])
         times = []
-        for _ in range(repeats):
+        for i in range(repeats):
             start = time.perf_counter()
-            params, opt_state, loss = compiled(params, opt_state, videos)
-            jax.block_until_ready(loss)
+            train_state, metrics = step(train_state, rest, data, None, i + 2)
+            jax.block_until_ready(metrics["loss"])
             times.append(time.perf_counter() - start)
     except Exception as error:
         return Timing(error=short_reason(error)), count
@@ -102,8 +91,8 @@ def time_steps(name, preset, length, batch, repeats) -> tuple[Timing, int]:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n", 1)[1],
+        description=(__doc__ or "").partition("\n\n")[0],
+        epilog=(__doc__ or "").partition("\n\n")[2],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_config_arguments(parser, "bench", TrainBenchConfig)
@@ -122,7 +111,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for name in config.models:
             timing, count = time_steps(name, model_preset, length, batch, config.repeats)
             timings[name, length], counts[name] = timing, count
-            fps = batch * length / timing.seconds if timing.ok else None
+            fps = batch * length / timing.time if timing.ok else None
             records.append(
                 dict(
                     model=name,
@@ -138,8 +127,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             print(
                 f"{name} T={length}: "
                 + (
-                    f"{timing.seconds * 1e3:.1f} ms/step, {fps:.0f} frames/s, "
-                    f"temp {timing.temp / 2**20:.0f} MiB"
+                    f"{timing.time * 1e3:.1f} ms/step, {batch * length / timing.time:.0f} "
+                    f"frames/s, temp {timing.memory / 2**20:.0f} MiB"
                     if timing.ok
                     else timing.error
                 ),

@@ -1,13 +1,22 @@
 """The benchmark scripts run end to end (tiny sizes; their numbers are not checked)."""
 
 import importlib.util
+import json
+import os
 import pathlib
+import subprocess
+import sys
+import time
+
+import pytest
+from helpers import run_python
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def load(name):
     spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -148,5 +157,188 @@ def test_sharding_overhead_table(tmp_path):
             "overhead",
         ]
     )
-    assert records[0]["plain_s"] > 0 and records[0]["sharded_s"] > 0
+    assert records[0]["minimal_s"] > 0 and records[0]["eqvid_s"] > 0
     assert "| convs5 |" in (tmp_path / "overhead.md").read_text()
+
+
+# ----------------------------------------------------------------------------
+# _common: what every result file records.
+# ----------------------------------------------------------------------------
+
+
+def git_output(*args):
+    env = dict(os.environ, GIT_OPTIONAL_LOCKS="0")
+    return subprocess.run(
+        ["git", *args], cwd=REPO, env=env, capture_output=True, text=True, check=True
+    ).stdout
+
+
+def test_environment_records_git_commit_and_dirty_flag():
+    common = load("_common")
+    try:
+        head = git_output("rev-parse", "HEAD").strip()
+        before = "yes" if git_output("status", "--porcelain", "--untracked-files=no") else "no"
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("not a git checkout")
+    text = common.environment()
+    after = "yes" if git_output("status", "--porcelain", "--untracked-files=no") else "no"
+    assert f"- git commit: {head}, dirty: " in text, text
+    record = common.environment_record()
+    assert record["git_commit"] == head and record["git_dirty"] in ("yes", "no")
+    if before == after:  # (other processes may edit the tree meanwhile)
+        assert f"dirty: {before} (uncommitted changes to tracked files)" in text
+    for line in ("- device: ", "- jax ", "- command: `python "):
+        assert line in text
+
+
+def test_environment_says_unknown_without_git(tmp_path, monkeypatch):
+    common = load("_common")
+    monkeypatch.setattr(common, "REPO", tmp_path)  # not a checkout
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
+    assert common.git_state() == ("unknown", "unknown")
+    monkeypatch.setattr(common, "REPO", REPO)
+    monkeypatch.setenv("PATH", str(tmp_path))  # no git program
+    assert common.git_state() == ("unknown", "unknown")
+    assert "- git commit: unknown, dirty: unknown" in common.environment()
+
+
+# ----------------------------------------------------------------------------
+# gpu_check.py: the prepared GPU session, kept from rotting on the CPU.
+# ----------------------------------------------------------------------------
+
+
+def test_gpu_check_cpu_runs_every_section(tmp_path):
+    """`--cpu`: every section at tiny sizes, each in its own process; the summary, the
+    raw logs and every sub-benchmark's result file exist and every section passed."""
+    gpu_check = load("gpu_check")
+    out = tmp_path / "gpu"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    args = ["benchmarks/gpu_check.py", "--cpu", "--out-dir", str(out), "--budget", "600"]
+    done = run_python(args, timeout=700, cwd=str(REPO), env=env, check=False)
+    summary = json.loads((out / "summary.json").read_text())
+    statuses = {s["name"]: s["status"] for s in summary["sections"]}
+    assert statuses == dict.fromkeys(gpu_check.SECTION_NAMES, "pass"), (
+        (out / "summary.md").read_text()[:6000] + "\n…\n" + done.stdout[-4000:]
+    )
+    assert done.returncode == 0 and summary["exit_status"] == 0 and summary["finished"]
+    text = (out / "summary.md").read_text()
+    assert text.startswith("# eqvid GPU check (cpu)")
+    for line in ("- device: cpu", "- driver: ", "- jax ", "- git commit: ", "- command: `python"):
+        assert line in text, line
+    assert "`python benchmarks/gpu_check.py --cpu --out-dir" in text
+    assert summary["git_commit"] and summary["git_dirty"] in ("yes", "no", "unknown")
+    for name in gpu_check.SECTION_NAMES:
+        log = (out / "raw" / f"{name}.log").read_text()
+        assert log.startswith("$ ") and "exit status 0 after" in log, name
+        assert f"## {name}: pass" in text
+    for extra in ("git.txt", "nvidia-smi.txt", "kernel_tests.xml"):
+        assert (out / "raw" / extra).is_file(), extra
+    assert "GPU_CHECK_ENV " in (out / "raw" / "environment.log").read_text()
+    for result in ("scan_speed", "attention_speed", "train_throughput", "generation_speed"):
+        assert "git commit: " in (out / f"{result}.md").read_text(), result
+    compare = json.loads((out / "kernel_compare.json").read_text())
+    assert len(compare["records"]) >= 4 * 3 and all(r["ok"] for r in compare["records"])
+    assert {r["compiled"] for r in compare["records"]} == {"interpreted"}
+
+
+def lower_for_cuda(fn, *args):
+    """Lower `fn` for an H100 from this CPU machine (as tests/test_attention.py does)."""
+    import jax
+    from jax.sharding import AbstractDevice, AbstractMesh, AxisType, use_abstract_mesh
+
+    device = AbstractDevice(device_kind="NVIDIA H100 80GB HBM3", num_cores=132, platform="gpu")
+    mesh = AbstractMesh((1,), ("x",), (AxisType.Auto,), abstract_device=device)
+    with use_abstract_mesh(mesh):
+        return jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
+
+
+def test_gpu_check_comparisons_lower_for_cuda():
+    """Every kernel comparison of the full GPU run (a superset of --quick's) traces and
+    lowers to Triton calls at its real sizes: forward and gradient kernels."""
+    gpu_check = load("gpu_check")
+    quick = {(c.label, c.dtype) for c in gpu_check.compare_cases("quick")}
+    cases = gpu_check.compare_cases("full")
+    assert quick <= {(c.label, c.dtype) for c in cases}
+    failures = []
+    for case in cases:
+        try:
+            text = lower_for_cuda(lambda *a, case=case: case.run("pallas", *a), *case.structs())
+        except Exception as error:
+            failures.append(f"{case.label} {case.dtype}: {type(error).__name__}: {error}"[:400])
+            continue
+        calls = text.count("xla.gpu.triton")
+        wanted = 3 if isinstance(case, gpu_check.AttentionCase) else 2  # fwd, dQ, dK/dV
+        if calls < wanted:
+            failures.append(f"{case.label} {case.dtype}: {calls} Triton calls")
+    assert not failures, "\n".join(failures)
+
+
+def test_gpu_check_kills_a_section_at_its_limit(tmp_path):
+    """A section that hangs is killed with its whole process group at its limit."""
+    gpu_check = load("gpu_check")
+    code = (
+        "import subprocess, sys, time\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
+        "print('grandchild', child.pid, flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    log = tmp_path / "hang.log"
+    start = time.monotonic()
+    run = gpu_check.run_child(
+        [sys.executable, "-c", code], log_path=log, limit=3, env=dict(os.environ), label="hang"
+    )
+    assert run.timed_out and run.returncode is None and time.monotonic() - start < 30
+    text = log.read_text()
+    assert text.startswith("$ ") and "killed at the time limit after" in text
+    pid = int(next(line for line in run.tail if line.startswith("grandchild")).split()[1])
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # gone, or a zombie waiting for its reaper
+        try:
+            state = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            break
+        if state in ("Z", "X"):
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"grandchild {pid} still running")
+
+
+def test_gpu_check_reads_the_benchmark_tables():
+    """The summary's headlines come from the sub-benchmarks' markdown tables."""
+    gpu_check = load("gpu_check")
+    scan = (
+        "# t\n\n- mnist-300: copy bandwidth 3900 GB/s on 600 MiB\n\n"
+        "| size | T×B×HW×P | impl | fwd ms | fwd GB/s | of copy BW | fwd+bwd ms | "
+        "fwd+bwd speed-up vs xla | vs sequential | fwd temp / output |\n"
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+        "| mnist-300 | 300×8×16²×128 | xla | 2.0 | 600 | 15% | 9.0 | 1.00× | 3.0× | 2.0 |\n"
+        "| mnist-300 | 300×8×16²×128 | pallas-split | 0.4 | 3100 | 79% | 1.5 | 6.00× | 18× | 0 |\n"
+    )
+    lines = gpu_check.scan_headline(scan)
+    assert lines[0] == (
+        "mnist-300 pallas-split: forward 3100 GB/s = 79% of copy bandwidth; "
+        "fwd+bwd 1.5 ms, 6.00× vs xla"
+    )
+    assert lines[-1] == "mnist-300: copy bandwidth 3900 GB/s"
+    generation = (
+        "| context→generated | mode | seconds | frames/s | temp MiB | temp KiB / frame | "
+        "ConvS5 vs transformer-cache |\n|---:|---:|---:|---:|---:|---:|---:|\n"
+        "| 100→800 | convs5 | 1.0 | 6400 | 10 | 1 | 2.5× |\n"
+        "| 100→800 | transformer-cache | 2.5 | 2560 | OOM | – | – |\n"
+    )
+    assert gpu_check.generation_headline(generation)[0] == (
+        "100→800 convs5: 1.0 s, 6400 frames/s; ConvS5 vs transformer-cache 2.5×"
+    )
+    assert gpu_check.failed_rows(gpu_check.markdown_tables(generation)) == (1, 0)
+    progress = (
+        "[gw0] [ 25%] PASSED tests/test_a.py::test_w\n"
+        "[gw1] [ 50%] FAILED tests/test_a.py::test_x[1-2]\n"
+        "tests/test_b.py::test_y PASSED                [ 75%]\n"
+    )
+    summary = "FAILED tests/test_a.py::test_x[1-2] - boom\n=== 1 failed, 2 passed in 2.00s ===\n"
+    assert gpu_check.pytest_headline(progress + summary) == [
+        "1 failed, 2 passed in 2.00s",
+        "1 failed: tests/test_a.py::test_x[1-2]",
+    ]
+    assert gpu_check.pytest_headline(progress)[0].endswith("so far 1 failed, 2 passed")
