@@ -1,5 +1,5 @@
-"""What several test files need: stable seeds, and child processes that never outlive
-their test."""
+"""What several test files need: stable seeds, child processes that never outlive
+their test, and the command-line flags of a tiny training run."""
 
 import contextlib
 import os
@@ -10,6 +10,14 @@ import zlib
 from collections.abc import Sequence
 
 import numpy as np
+
+TINY_RUN_ARGS = (
+    *("--seq-len", "3", "--frame-size", "32", "--train-sequences", "32"),
+    *("--encoder-depths", "4", "8", "--d-model", "8", "--ssm-size", "8", "--n-layers", "1"),
+    *("--sample-every", "0", "--log-every", "1"),
+)
+"""Flags of `examples/train_mmnist.py` / `python -m eqvid.train` for a ConvS5 run that
+trains in seconds (32×32 frames, 3 per video, one 8-channel layer)."""
 
 
 def seed_of(*parts: object) -> int:

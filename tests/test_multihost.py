@@ -9,39 +9,13 @@ import subprocess
 import sys
 
 import numpy as np
-from helpers import kill_group
+from helpers import TINY_RUN_ARGS, kill_group
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY = [
-    "--steps",
-    "3",
-    "--batch-size",
-    "4",
-    "--seq-len",
-    "3",
-    "--frame-size",
-    "32",
-    "--encoder-depths",
-    "4",
-    "8",
-    "--d-model",
-    "8",
-    "--ssm-size",
-    "8",
-    "--n-layers",
-    "1",
-    "--train-sequences",
-    "32",
-    "--checkpoint-every",
-    "0",
-    "--sample-every",
-    "0",
-    "--eval-sequences",
-    "0",
-    "--log-every",
-    "1",
-    "--dropout",
-    "0.2",
+    *TINY_RUN_ARGS,
+    *("--steps", "3", "--batch-size", "4", "--checkpoint-every", "0", "--eval-sequences", "0"),
+    *("--dropout", "0.2"),
 ]
 
 

@@ -254,3 +254,38 @@ def test_checkpoints_from_before_the_registry_load_and_generate_the_same(name):
     expected = np.load(FIXTURES / name / "expected_generate.npz")
     got = run.model.generate(jnp.asarray(expected["context"]), 2, key=jax.random.key(0))
     np.testing.assert_array_equal(np.asarray(got), expected["generated"])
+
+
+def test_a_convs5_run_from_before_the_registry_resumes(tmp_path):
+    """Its optimiser state (groups "default" and "ssm") has today's layout: training
+    goes on from step 2 with its parameters, optimiser state, data position and key."""
+    import shutil
+
+    from eqvid.data import MovingMNISTConfig
+    from eqvid.train import MeshConfig, OptimizerConfig, RunConfig, TrainConfig, train
+
+    run_dir = tmp_path / "convs5"
+    shutil.copytree(FIXTURES / "convs5", run_dir)
+    model = eqvid.ConvS5Config(
+        frame_size=32, encoder_depths=(4, 8), d_model=8, ssm_size=8, n_layers=1
+    )
+    result = train(
+        TrainConfig(
+            model=model,
+            data=MovingMNISTConfig(frame_size=32, seq_len=4, num_digits=1),
+            optimizer=OptimizerConfig(lr=1e-3, warmup_steps=1),
+            run=RunConfig(
+                run_dir=str(run_dir),
+                steps=4,
+                batch_size=2,
+                log_every=1,
+                sample_every=0,
+                checkpoint_every=2,
+                eval_sequences=0,
+                progress=False,
+                resume=True,
+            ),
+            mesh=MeshConfig(devices=1),
+        )
+    )
+    assert result.step == 4 and len(result.losses) == 2 and np.all(np.isfinite(result.losses))

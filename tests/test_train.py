@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import kill_group, run_python
+from helpers import TINY_RUN_ARGS, kill_group, run_python
 
 import eqvid
 import eqvid.data
@@ -411,33 +411,10 @@ def test_sigterm_saves_the_step_in_flight_and_exits_cleanly(tmp_path):
         str(REPO / "examples" / "train_mmnist.py"),
         "--run-dir",
         str(run_dir),
-        "--steps",
-        "100000",
-        "--batch-size",
-        "1",
-        "--seq-len",
-        "3",
-        "--frame-size",
-        "32",
-        "--encoder-depths",
-        "4",
-        "8",
-        "--d-model",
-        "8",
-        "--ssm-size",
-        "8",
-        "--n-layers",
-        "1",
+        *TINY_RUN_ARGS,
+        *("--steps", "100000", "--batch-size", "1", "--train-sequences", "16"),
         # A checkpoint every step: the signal always lands on a step already saved.
-        "--train-sequences",
-        "16",
-        "--checkpoint-every",
-        "1",
-        "--sample-every",
-        "0",
-        "--log-every",
-        "1",
-        "--no-progress",
+        *("--checkpoint-every", "1", "--no-progress"),
         "--mesh-devices",
         "1",
     ]

@@ -1,8 +1,14 @@
-"""Checks and conventions shared by the frame-predicting families: frame shapes,
-actions, and the released ConvS5 objective."""
+"""What the frame-predicting families on the ResNet frame codec share (ConvS5,
+ConvLSTM, the Transformer baseline): their common config fields, checks of frames
+and actions, and the released ConvS5 objective."""
+
+import dataclasses
+from typing import TypeVar
 
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int, Scalar
+
+from ._registry import preset_of
 
 
 def check_frames(model, frames, name: str) -> None:
@@ -103,3 +109,45 @@ def check_encoder(config) -> None:
             f"encoder's downsampling 2**(len(encoder_depths)-1) = {down}; use a frame "
             f"size that is a multiple of {down} or fewer encoder stages."
         )
+
+
+_Config = TypeVar("_Config", bound="FramePredictorConfig")
+
+
+@dataclasses.dataclass(frozen=True)
+class FramePredictorConfig:
+    """The fields every frame predictor on the ResNet codec shares; a family's config
+    adds its own. Validated on construction."""
+
+    frame_size: int = 64
+    """Height and width of the frames."""
+    channels: int = 1
+    """Colour channels of the frames (1 for Moving MNIST)."""
+    encoder_depths: tuple[int, ...] = (64, 128, 256)
+    """Channels per encoder (and mirrored decoder) stage; each stage after the first
+    halves the resolution."""
+    action_dim: int = 1
+    """Number of distinct actions (embedding table has one more row: no action)."""
+    action_embed_dim: int = 1
+    """Width of the action embedding, tiled over the latent grid."""
+    loss_weight: float = 0.5
+    """Loss = w · Σ_{W,C}(ŷ-y)² + (1-w) · Σ_{W,C}|ŷ-y|, averaged over time and rows."""
+    remat: bool = False
+    """Recompute each layer's activations in the backward pass instead of storing them
+    (less memory for long videos, about one more forward pass of compute)."""
+
+    def __post_init__(self):
+        check_positive(self, "frame_size", "channels", "action_dim", "action_embed_dim")
+        check_encoder(self)
+        check_loss_weight(self)
+
+    @property
+    def latent_size(self) -> int:
+        """Height and width of the encoder's latent grid."""
+        return self.frame_size // 2 ** (len(self.encoder_depths) - 1)
+
+    @classmethod
+    def preset(cls: type[_Config], name: str) -> _Config:
+        """A named configuration of this family (`"small"`, and the papers' presets
+        `"mnist-300"`, `"mnist-600"`)."""
+        return preset_of(cls, name)

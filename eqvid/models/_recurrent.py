@@ -21,68 +21,37 @@ from ..nn._resnet import ResNetDecoder, ResNetEncoder
 from ..nn._sequence import AbstractSequenceLayer
 from ._abstract import AbstractVideoModel, KeyOrKeys, LossTerms, VideoBatch, mean_over_videos
 from ._frames import (
+    FramePredictorConfig,
     check_context,
-    check_encoder,
     check_frames,
-    check_loss_weight,
     check_positive,
     check_teacher_forcing,
     no_actions,
     released_loss,
     rollout_actions,
 )
-from ._registry import preset_of
 
 
 @dataclasses.dataclass(frozen=True)
-class RecurrentConfig:
+class RecurrentConfig(FramePredictorConfig):
     """The fields every recurrent frame predictor shares (its layer's config adds its
     own). Validated on construction."""
 
-    frame_size: int = 64
-    """Height and width of the frames."""
-    channels: int = 1
-    """Colour channels of the frames (1 for Moving MNIST)."""
-    encoder_depths: tuple[int, ...] = (64, 128, 256)
-    """Channels per encoder stage; each stage after the first halves the resolution."""
     d_model: int = 256
     """Channels `U` of the sequence-layer stack."""
     n_layers: int = 8
     """Number of sequence layers."""
     kernel_size: int = 3
     """Kernel size of the layers' convolutions (odd: SAME padding)."""
-    action_dim: int = 1
-    """Number of distinct actions (embedding table has one more row: no action)."""
-    action_embed_dim: int = 1
-    """Width of the action embedding, tiled over the latent grid."""
-    loss_weight: float = 0.5
-    """Loss = w · Σ_{W,C}(ŷ-y)² + (1-w) · Σ_{W,C}|ŷ-y|, averaged over time and rows."""
-    remat: bool = False
-    """Recompute each layer's activations in the backward pass instead of storing them
-    (less memory for long videos, about one more forward pass of compute)."""
 
     def __post_init__(self):
-        check_positive(
-            self, "frame_size", "channels", "d_model", "n_layers", "action_dim", "action_embed_dim"
-        )
-        check_encoder(self)
+        super().__post_init__()
+        check_positive(self, "d_model", "n_layers")
         if self.kernel_size < 1 or self.kernel_size % 2 == 0:
             raise ValueError(
                 f"{type(self).__name__}: `kernel_size` must be a positive odd integer (SAME "
                 f"padding), got {self.kernel_size}."
             )
-        check_loss_weight(self)
-
-    @property
-    def latent_size(self) -> int:
-        """Height and width of the encoder's latent grid."""
-        return self.frame_size // 2 ** (len(self.encoder_depths) - 1)
-
-    @classmethod
-    def preset(cls, name: str) -> "RecurrentConfig":
-        """A named configuration of this family (`"small"`, and the papers' presets
-        `"mnist-300"`, `"mnist-600"`)."""
-        return preset_of(cls, name)
 
 
 def make_codec(

@@ -37,34 +37,28 @@ from ._abstract import (
     mean_over_videos,
 )
 from ._frames import (
+    FramePredictorConfig,
     check_context,
-    check_encoder,
-    check_loss_weight,
     check_positive,
     check_teacher_forcing,
     no_actions,
     released_loss,
     rollout_actions,
 )
-from ._registry import ModelSpec, preset_of, register_model
+from ._registry import ModelSpec, register_model
 
 
 @dataclasses.dataclass(frozen=True)
-class TransformerConfig:
-    """Architecture of a `TransformerVideoModel`. Presets: `TransformerConfig.preset(name)`.
+class TransformerConfig(FramePredictorConfig):
+    """Architecture of a `TransformerVideoModel` (the shared fields of
+    `FramePredictorConfig` plus the transformer's). Presets:
+    `TransformerConfig.preset(name)`.
 
     Frames are encoded to a `latent_size × latent_size` grid, cut into
     `(latent_size // patch_size)²` tokens per frame (`tokens_per_frame`), and the
     transformer runs over `width`-dimensional tokens.
     """
 
-    frame_size: int = 64
-    """Height and width of the frames."""
-    channels: int = 1
-    """Colour channels of the frames (1 for Moving MNIST)."""
-    encoder_depths: tuple[int, ...] = (64, 128, 256)
-    """Channels per encoder (and mirrored decoder) stage; each stage after the first
-    halves the resolution."""
     d_model: int = 256
     """Channels of the latent grid the transposed convolution produces and the
     decoder reads (the released `embedding_dim`). The encoder's output (plus the
@@ -85,36 +79,14 @@ class TransformerConfig:
     max_frames: int = 1500
     """Longest video (context plus generated frames) the model is run on; bounds the
     KV cache. Positions are computed, so this is no learned table."""
-    action_dim: int = 1
-    """Number of distinct actions (embedding table has one more row: no action)."""
-    action_embed_dim: int = 1
-    """Width of the action embedding, tiled over the latent grid."""
-    loss_weight: float = 0.5
-    """Loss = w · Σ_{W,C}(ŷ-y)² + (1-w) · Σ_{W,C}|ŷ-y|, averaged over time and rows."""
-    remat: bool = False
-    """Recompute each layer's activations in the backward pass instead of storing them
-    (less memory for long videos, about one more forward pass of compute)."""
     attention_impl: AttentionImpl = "auto"
     """`eqvid.kernels.attention` implementation: "auto", "pallas", "xla" or "cudnn"."""
 
     def __post_init__(self):
+        super().__post_init__()
         name = "TransformerConfig"
-        check_positive(
-            self,
-            "frame_size",
-            "channels",
-            "d_model",
-            "patch_size",
-            "width",
-            "n_layers",
-            "n_heads",
-            "mlp_dim",
-            "action_dim",
-            "action_embed_dim",
-        )
-        check_encoder(self)
-        down = 2 ** (len(self.encoder_depths) - 1)
-        latent = self.frame_size // down
+        check_positive(self, "d_model", "patch_size", "width", "n_layers", "n_heads", "mlp_dim")
+        latent = self.latent_size
         if latent % self.patch_size:
             raise ValueError(
                 f"{name}: `patch_size` ({self.patch_size}) must divide the latent size "
@@ -131,17 +103,11 @@ class TransformerConfig:
             )
         if not isinstance(self.max_frames, int) or self.max_frames < 2:
             raise ValueError(f"{name}: `max_frames` must be an int ≥ 2, got {self.max_frames!r}.")
-        check_loss_weight(self)
         impls = typing.get_args(AttentionImpl)
         if self.attention_impl not in impls:
             raise ValueError(
                 f"{name}: `attention_impl` must be one of {impls}, got {self.attention_impl!r}."
             )
-
-    @property
-    def latent_size(self) -> int:
-        """Height and width of the encoder's latent grid."""
-        return self.frame_size // 2 ** (len(self.encoder_depths) - 1)
 
     @property
     def grid_size(self) -> int:
@@ -152,13 +118,6 @@ class TransformerConfig:
     def tokens_per_frame(self) -> int:
         """Tokens per frame: `grid_size²`."""
         return self.grid_size**2
-
-    @classmethod
-    def preset(cls, name: str) -> "TransformerConfig":
-        """A named configuration: `"mnist-300"`, `"mnist-600"` (the paper's, 240.1M and
-        163.5M parameters) or `"small"` (runs on a CPU; the encoder of
-        `ConvS5Config.preset("small")`)."""
-        return preset_of(cls, name)
 
 
 TRANSFORMER_PRESETS: dict[str, TransformerConfig] = {

@@ -133,6 +133,8 @@ class Checkpointer:
                 f"(it holds {', '.join(sorted(stored))}); it was written by a run with other "
                 "settings (e.g. without --ema-decay)."
             )
+        for name, tree in wanted.items():
+            self._check_keys(step, name, tree)
         items: dict[str, Any] = {
             name: ocp.args.StandardRestore(_abstract(tree)) for name, tree in wanted.items()
         }
@@ -153,6 +155,40 @@ class Checkpointer:
             data = jax.numpy.asarray(out["rng"]["key_data"])
             result["rng"] = jax.random.wrap_key_data(data, impl=impl)
         return result
+
+    def _stored_keys(self, step: int, item: str) -> set[str] | None:
+        """The array paths stored in item `item` of step `step` (None if unreadable)."""
+        from absl import logging as absl_logging
+
+        verbosity = absl_logging.get_verbosity()
+        absl_logging.set_verbosity(absl_logging.ERROR)  # "metadata file does not exist"
+        try:
+            with ocp.StandardCheckpointer() as reader:
+                tree = reader.metadata(self.directory / str(step) / item).item_metadata
+            return set(tree.keys()) if tree is not None else None
+        except Exception:
+            return None
+        finally:
+            absl_logging.set_verbosity(verbosity)
+
+    def _check_keys(self, step: int, item: str, template: PyTree) -> None:
+        """Refuse, in one message, an item whose stored entries differ from the ones
+        this run has (another optimiser layout, model state, or eqvid version)."""
+        stored = self._stored_keys(step, item)
+        if stored is None:
+            return
+        here = set(_flatten(template))
+        only_there, only_here = sorted(stored - here), sorted(here - stored)
+        if only_there or only_here:
+            examples = [f"{k} (only in the checkpoint)" for k in only_there[:2]]
+            examples += [f"{k} (only in this run)" for k in only_here[:2]]
+            raise ValueError(
+                f"checkpoint step {step} in {self.directory}: its {item} does not match this "
+                f"run's ({len(only_there)} entries only there, {len(only_here)} only here; e.g. "
+                f"{'; '.join(examples)}). It was written with other settings (optimiser groups, "
+                "--ema-decay, the model) or by an older eqvid; resume with the settings of that "
+                "run (its config.json) or start a new --run-dir."
+            )
 
     def _check_shapes(self, step: int, params_like: PyTree) -> None:
         saved = self.manager.restore(

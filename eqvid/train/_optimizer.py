@@ -71,16 +71,24 @@ def make_optimizer(
     schedule = learning_rate_schedule(config, total_steps)
     declared = model.optimizer_groups()
     is_role = lambda x: isinstance(x, ParamRole)
-    # One optax partition per (group, weight decay or not).
-    labels = jax.tree.map(
-        lambda r: r.group if r.weight_decay else f"{r.group} (no weight decay)",
-        roles,
-        is_leaf=is_role,
-    )
-    partitions = {
-        (r.group if r.weight_decay else f"{r.group} (no weight decay)"): (r.group, r.weight_decay)
-        for r in jax.tree.leaves(roles, is_leaf=is_role)
+    all_roles = jax.tree.leaves(roles, is_leaf=is_role)
+    # One optax partition per group; a group whose parameters differ in weight decay
+    # is split in two (the part without gets a " (no weight decay)" label).
+    mixed = {
+        g
+        for g in {r.group for r in all_roles}
+        if len({r.weight_decay for r in all_roles if r.group == g}) > 1
     }
+
+    def label(r: ParamRole) -> str:
+        return (
+            f"{r.group} (no weight decay)"
+            if r.group in mixed and not r.weight_decay
+            else str(r.group)
+        )
+
+    labels = jax.tree.map(label, roles, is_leaf=is_role)
+    partitions = {label(r): (str(r.group), bool(r.weight_decay)) for r in all_roles}
 
     def group_optimizer(group: str, weight_decay: bool) -> optax.GradientTransformation:
         s = declared.get(group, GroupSettings())
