@@ -49,6 +49,8 @@ DEFAULTS = CommandDefaults(
     run=EXAMPLE_RUN,
     optimizer=EXAMPLE_OPTIMIZER,
     moving_mnist=EXAMPLE_DATA,
+    run_dir="runs/{model}-{dataset}",  # runs/convs5-mmnist, runs/convlstm-mmnist, runs/convs5-teco
+    dataset_abbreviations=(("moving_mnist", "mmnist"),),
 )
 
 

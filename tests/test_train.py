@@ -5,6 +5,7 @@ import dataclasses
 import importlib.util
 import json
 import pathlib
+import re
 import shutil
 from typing import Any
 
@@ -30,7 +31,7 @@ TINY_MODEL = eqvid.ConvS5Config(
 )
 
 
-ONE_DEVICE = MeshConfig(devices=1)
+ONE_DEVICE = MeshConfig(devices=1, backend="cpu")  # as the subprocesses, also on a GPU host
 
 
 def tiny_config(run_dir, mesh=ONE_DEVICE, **run):
@@ -91,12 +92,12 @@ def test_train_writes_everything_and_resumes_exactly(tmp_path):
         np.testing.assert_array_equal(x, y)
 
 
-@pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (simulated) devices")
 def test_resume_on_another_mesh_continues_the_run(tmp_path):
     """Checkpoint on an 8-way data-parallel mesh, resume on a 4 × 2 data × fsdp mesh
-    (parameters split over fsdp): the same run as without the interruption."""
-    eight = MeshConfig(devices=8, min_fsdp_size=64)
-    four_by_two = MeshConfig(data=4, fsdp=2, devices=8, min_fsdp_size=64)
+    (parameters split over fsdp): the same run as without the interruption. (The 8
+    simulated CPU devices, also on a machine with fewer accelerators.)"""
+    eight = MeshConfig(devices=8, min_fsdp_size=64, backend="cpu")
+    four_by_two = MeshConfig(data=4, fsdp=2, devices=8, min_fsdp_size=64, backend="cpu")
     quick = dict(batch_size=8, eval_sequences=0)
     run_dir = tmp_path / "run"
     straight = train(tiny_config(run_dir, mesh=eight, **quick))
@@ -117,10 +118,32 @@ def test_resume_with_another_model_is_refused_with_the_shapes(tmp_path):
         tiny_config(tmp_path, steps=4, resume=True, eval_sequences=0),
         model=dataclasses.replace(TINY_MODEL, d_model=12),
     )
+    written = (tmp_path / "config.json").read_text()
     with pytest.raises(
         ValueError, match=r"other parameters: .* has shape \(.*\) there but .* here.*config.json"
     ):
         train(wider)
+    assert (tmp_path / "config.json").read_text() == written  # the run's config is kept
+
+
+def test_metrics_log_adds_a_column_a_resumed_run_logs_for_the_first_time(tmp_path):
+    """A run written by an eqvid that logged no loss terms, resumed by this one: the
+    term columns are added, earlier rows left blank there, rows after the resumed step
+    dropped."""
+    from eqvid.train._hooks import MetricsLog
+
+    (tmp_path / "metrics.csv").write_text(
+        "step,loss,lr,grad_norm,frames_per_s,elapsed_s\n"
+        "1,2.0,1e-3,1.0,10.0,1.0\n2,1.5,1e-3,1.0,10.0,2.0\n3,1.2,1e-3,1.0,10.0,3.0\n"
+    )
+    log = MetricsLog(tmp_path, start=2, main=True, tensorboard=False)
+    log.write(3, {"loss": 1.25, "recon": 0.5, "grad_norm": 0.9}, lr=1e-3)
+    log.write(4, {"loss": 1.0, "recon": 0.4, "grad_norm": 0.8}, lr=1e-3)
+    log.close()
+    rows = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert rows[0] == "step,loss,recon,lr,grad_norm,frames_per_s,elapsed_s"
+    assert [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3", "4"]
+    assert rows[1].split(",")[2] == "" and rows[3].split(",")[2] == "0.500000"
 
 
 def test_train_builds_the_model_its_config_names(tmp_path):
@@ -223,7 +246,7 @@ def test_a_killed_run_resumes_to_the_parameters_of_a_straight_run(tmp_path):
 
     steps, run_dir = 24, tmp_path / "killed"
     # As many CPU devices as this process (conftest), so XLA splits its threads alike.
-    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(jax.device_count()))
+    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(len(jax.devices("cpu"))))
     process = subprocess.Popen(
         [sys.executable, "-c", _TRAIN_UNTIL_KILLED, str(run_dir), str(REPO / "tests"), str(steps)],
         env=env,
@@ -373,6 +396,12 @@ def test_example_cli_help_and_overrides(capsys):
     # `python -m eqvid.train` is the same command with the library's defaults.
     library = config_from_argv(["--steps", "7"])
     assert library.run.steps == 7 and library.run.batch_size == RunConfig().batch_size
+    assert library.run.run_dir == "runs/convs5-moving-mnist"  # not the example's folder
+    # --help shows the chosen preset's values.
+    with pytest.raises(SystemExit):
+        build_parser("convs5", "moving_mnist", example.DEFAULTS, "mnist-600").parse_args(["--help"])
+    shown = re.search(r"--d-model D_MODEL\s+[^(]*\(default:\s+(\d+)\)", capsys.readouterr().out)
+    assert shown is not None and shown.group(1) == "128"
     with pytest.raises(SystemExit):
         example_config(["--preset", "nope"])
     # Any model trains through the same command; its options follow --model.

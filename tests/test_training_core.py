@@ -217,6 +217,94 @@ def test_roles_decide_groups_decay_precision_sharding_and_freezing():
     assert shardings.gain.scale.spec == P(None)  # no axes declared: not on `model`
 
 
+class Stack(eqx.Module):
+    """A sub-module whose layer declares its own group and weight decay."""
+
+    inner: Gain
+
+
+class Outer(eqx.Module):
+    disc: Stack = eqx.field(metadata=role(group="critic", objective="critic_loss"))
+    plain: Stack
+
+
+def test_what_a_part_is_for_is_decided_outside_what_a_parameter_is_inside():
+    """`Gain.scale` declares group "gain" and no weight decay; inside a field declared
+    as the critic it trains with the critic (group, objective) and still never decays."""
+    gains = [Gain(1, 4, key=jax.random.key(i)) for i in range(2)]
+    roles = eqvid.nn.parameter_roles(Outer(disc=Stack(gains[0]), plain=Stack(gains[1])))
+    inside, alone = roles.disc.inner.scale, roles.plain.inner.scale
+    assert (inside.group, inside.objective, inside.weight_decay) == ("critic", "critic_loss", False)
+    assert (alone.group, alone.objective, alone.weight_decay) == ("gain", "loss", False)
+    assert roles.disc.inner.mix.model_dim() == 1 and roles.disc.inner.mix.group == "critic"
+
+
+def test_each_objective_is_clipped_on_its_own():
+    """A huge critic gradient does not shrink the generator's update: clipping is per
+    objective (with one objective it is optax.clip_by_global_norm exactly)."""
+    from eqvid.train._optimizer import clip_by_objective
+
+    grads = {"g": jnp.asarray([0.3, 0.4]), "d": jnp.asarray([300.0, 400.0])}
+    objectives = {"g": "loss", "d": "critic_loss"}
+    clipped: Any
+    clipped, _ = clip_by_objective(1.0, objectives).update(grads, optax.EmptyState())
+    np.testing.assert_array_equal(clipped["g"], grads["g"])  # norm 0.5 < 1: untouched
+    np.testing.assert_allclose(clipped["d"], [0.6, 0.8], rtol=1e-6)
+    together = {"g": "loss", "d": "loss"}
+    want: Any
+    got: Any
+    want, _ = optax.clip_by_global_norm(1.0).update(grads, optax.EmptyState())
+    got, _ = clip_by_objective(1.0, together).update(grads, optax.EmptyState())
+    for k in grads:
+        np.testing.assert_array_equal(got[k], want[k])
+
+
+def test_a_late_group_joins_the_runs_learning_rate_schedule():
+    """A group starting at step 5 makes its first update with the schedule's value at
+    step 5 (not the warm-up's start): with SGD-like sign updates on a flat loss, the
+    first step's size is the learning rate."""
+    from eqvid.train._optimizer import learning_rate_schedule
+
+    model, _ = toy(critic_start=5)
+    plan = ParameterPlan(model)
+    params, _ = plan.partition(model)
+    config = OptimizerConfig(lr=1e-2, warmup_steps=8, weight_decay=0.0, grad_clip=0.0)
+    opt = make_optimizer(config, model, plan.trainable_roles(params), total_steps=20)
+    state = opt.init(params)
+    grads = jax.tree.map(jnp.ones_like, params)
+    sizes = []
+    with jax.numpy_dtype_promotion("standard"):
+        for _ in range(5):
+            updates, state = opt.update(grads, state, params)
+            sizes.append(float(jnp.abs(path_values(updates)[".critic.weight"])))
+    schedule = learning_rate_schedule(config, 20)
+    assert sizes[:4] == [0.0] * 4
+    # Adam's first step with a constant gradient moves by the learning rate itself.
+    np.testing.assert_allclose(
+        sizes[4], 0.5 * float(np.asarray(schedule(4))), rtol=1e-4
+    )  # lr_scale 0.5
+
+
+def test_loss_terms_may_not_take_the_logs_own_names():
+    model, state = toy()
+    plan = ParameterPlan(model)
+    mesh = make_mesh(devices=ONE_CPU)
+    optimizer = optax.sgd(0.1)
+    train_state, rest = init_train_state(model, state, optimizer, plan, mesh)
+
+    original = ToyModel.loss
+
+    def bad_loss(self, batch, state=None, *, key=None, step=0):
+        loss, terms, state = original(self, batch, state, key=key, step=step)
+        return loss, {**terms, "lr": loss}, state
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ToyModel, "loss", bad_loss)
+        step = make_train_step(optimizer, plan, mesh)
+        with pytest.raises(ValueError, match=r"terms named \['lr'\].*rename them"):
+            step(train_state, rest, videos(), None, 1)
+
+
 def test_each_objective_trains_its_own_parameters():
     """With plain SGD (lr 1), the update of each parameter is minus the gradient of its
     own objective: the generator's of the loss, the critic's of its term only."""
@@ -247,7 +335,7 @@ def test_each_objective_trains_its_own_parameters():
     # The loss also depends on the critic (the adversarial term), but the critic
     # ignores that gradient.
     assert float(jnp.abs(g_loss[".critic.weight"])) > 1e-4
-    assert set(metrics) == {"loss", "recon", "critic_loss", "grad_norm"}
+    assert set(metrics) == {"loss", "recon", "critic_loss", "grad_norm", "grad_norm_critic_loss"}
     assert after_state.model_state is not None
     assert int(after_state.model_state.get(model.calls)) == 1
 
@@ -289,10 +377,11 @@ def test_moving_average_follows_the_parameters():
     train_state, rest = init_train_state(model, state, optimizer, plan, mesh, ema=True)
     step = make_train_step(optimizer, plan, mesh, ema_decay=0.75)
     ema = path_values(train_state.params)
-    for i in range(1, 4):
+    for i in range(1, 25):
         train_state, _ = step(train_state, rest, videos(seed=i), None, i)
         params = path_values(train_state.params)
-        ema = {k: v + 0.25 * (params[k] - v) for k, v in ema.items()}
+        decay = min(0.75, (1 + i) / (10 + i))  # warmed up: 2/11, 3/12, …, then 0.75
+        ema = {k: v + (1 - decay) * (params[k] - v) for k, v in ema.items()}
         got = path_values(train_state.ema)
         for k in ema:
             np.testing.assert_allclose(got[k], ema[k], rtol=1e-6, atol=1e-7)
@@ -435,9 +524,12 @@ def test_a_family_defined_outside_the_library_trains_resumes_and_evaluates(tmp_p
     # Every term in metrics.csv and TensorBoard (with lr, gradient norm, throughput and
     # the sample strips).
     header = (run_dir / "metrics.csv").read_text().splitlines()[0]
-    assert header == "step,loss,critic_loss,recon,lr,grad_norm,frames_per_s,elapsed_s"
+    assert header == (
+        "step,loss,critic_loss,grad_norm_critic_loss,recon,lr,grad_norm,frames_per_s,elapsed_s"
+    )
     scalars, images = read_events(run_dir / "tensorboard")
     assert {"train/loss", "train/recon", "train/critic_loss", "train/grad_norm"} <= scalars
+    assert "train/grad_norm_critic_loss" in scalars
     assert {"run/lr", "run/frames_per_s", "run/elapsed_s"} <= scalars
     assert images == {"samples"}
 

@@ -18,7 +18,11 @@ class VQGAN(eqx.Module):
 ```
 
 A role declared on a field holding a sub-module (or a tuple of them) applies to every
-array inside it; a role declared deeper overrides it attribute by attribute. Training
+array inside it. Where declarations meet, what a part *is for* is decided from the
+outside (`group`, `objective`, `frozen`, `model_axis`: a discriminator built from
+ConvS5 layers trains as the discriminator, in its group), and what a parameter *is*
+from the inside (`weight_decay`, `keep_float32`, `axes`: Λ never decays, wherever
+the layer sits). Training
 (`eqvid.train`) reads the resolved roles to build the optimiser groups, the
 weight-decay mask, the mixed-precision cast, the `model` mesh axis and the parts that
 are frozen or trained on their own objective: renaming a field never changes them.
@@ -60,6 +64,18 @@ class ParamRole:
     """Which named axis (see `axes`) is split over the mesh's `model` axis (attention
     heads, MLP hidden units); unset: none."""
 
+    def within(self, outer: "ParamRole") -> "ParamRole":
+        """This (inner) role inside `outer`: `group`, `objective`, `frozen` and
+        `model_axis` from `outer` where it sets them, the other attributes from this
+        role where it sets them; each falls back to the other side when unset."""
+
+        def pick(name: str):
+            mine, theirs = getattr(self, name), getattr(outer, name)
+            first, second = (theirs, mine) if name in OUTER_DECIDES else (mine, theirs)
+            return second if first is None else first
+
+        return ParamRole(**{f.name: pick(f.name) for f in dataclasses.fields(self)})
+
     def over(self, outer: "ParamRole") -> "ParamRole":
         """This role with the attributes it leaves unset taken from `outer`."""
         return ParamRole(
@@ -81,6 +97,9 @@ class ParamRole:
             return None
         return self.axes.index(self.model_axis)
 
+
+OUTER_DECIDES = frozenset({"group", "objective", "frozen", "model_axis"})
+"""Role attributes that the outermost declaration decides (see the module docstring)."""
 
 DEFAULT_ROLE = ParamRole(
     group="default",
@@ -122,14 +141,14 @@ def _field_role(node: Any, name: str) -> ParamRole | None:
 
 def _role_at(root: Any, path: tuple) -> ParamRole:
     """The resolved role of the leaf at `path` (a `jax.tree_util` key path) in `root`:
-    declarations met on the way down, inner ones overriding outer ones."""
+    the declarations met on the way down, combined by `ParamRole.within`."""
     current = ParamRole()
     node = root
     for entry in path:
         if isinstance(entry, jax.tree_util.GetAttrKey):
             declared = _field_role(node, entry.name)
             if declared is not None:
-                current = declared.over(current)
+                current = declared.within(current)
             node = getattr(node, entry.name)
         elif isinstance(entry, jax.tree_util.SequenceKey) and node is not None:
             node = node[entry.idx]

@@ -122,8 +122,9 @@ class Checkpointer:
         to its saved position in place, and, with `rng_like` (a key of the run's key
         type), the saved key as `"rng"`. A checkpoint of a model with other parameter
         shapes is refused with the differences named; a missing item is named."""
-        if "params" in templates:
-            self._check_shapes(step, templates["params"])
+        for name in ("params", "ema"):  # both have the parameters' shapes
+            if templates.get(name) is not None:
+                self._check_shapes(step, templates[name])
         stored = self.items(step)
         wanted = {name: tree for name, tree in templates.items() if tree is not None}
         missing = sorted(set(wanted) - stored)

@@ -29,6 +29,10 @@ class CommandDefaults:
     """The dataset when --dataset is not given."""
     preset: str = "small"
     """The model preset when --preset is not given."""
+    run_dir: str = "runs/{model}-{dataset}"
+    """The run folder when --run-dir is not given, from the model and dataset names."""
+    dataset_abbreviations: tuple[tuple[str, str], ...] = ()
+    """Shorter dataset names for `run_dir` (`(("moving_mnist", "mmnist"),)`)."""
     run: RunConfig = dataclasses.field(default_factory=RunConfig)
     optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
     moving_mnist: MovingMNISTConfig = dataclasses.field(default_factory=MovingMNISTConfig)
@@ -39,21 +43,38 @@ def _data_defaults(dataset: str, defaults: CommandDefaults) -> Any:
     return defaults.moving_mnist if dataset == "moving_mnist" else dataset_config_class(dataset)()
 
 
-def _choices(argv: list[str] | None, defaults: CommandDefaults) -> tuple[str, str]:
-    """The `--model` and `--dataset` given in `argv` (the other options depend on them)."""
+def _choices(argv: list[str] | None, defaults: CommandDefaults) -> tuple[str, str, str]:
+    """The `--model`, `--dataset` and `--preset` given in `argv` (the other options and
+    their defaults depend on them)."""
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--model", default=defaults.model, choices=sorted(MODELS))
     pre.add_argument("--dataset", default=defaults.dataset, choices=list(DATASETS))
+    pre.add_argument("--preset", default=defaults.preset)
     known, _ = pre.parse_known_args(argv)
-    return known.model, known.dataset
+    return known.model, known.dataset, known.preset
+
+
+def _run_defaults(model: str, dataset: str, defaults: CommandDefaults) -> RunConfig:
+    """The run settings a command starts from, with its run folder for this model and
+    dataset."""
+    short = dict(defaults.dataset_abbreviations).get(dataset, dataset.replace("_", "-"))
+    return dataclasses.replace(
+        defaults.run, run_dir=defaults.run_dir.format(model=model, dataset=short)
+    )
 
 
 def build_parser(
-    model: str, dataset: str, defaults: CommandDefaults = CommandDefaults()
+    model: str,
+    dataset: str,
+    defaults: CommandDefaults = CommandDefaults(),
+    preset: str | None = None,
 ) -> argparse.ArgumentParser:
-    """The parser for `model` on `dataset`: every field of the model, dataset,
-    optimiser, run, mesh and distributed configs as an option."""
+    """The parser for `model` on `dataset`: every field of the model (its defaults
+    from `preset`), dataset, optimiser, run, mesh and distributed configs as an
+    option."""
     spec = model_spec(model)
+    if preset is None or preset not in spec.presets:
+        preset = defaults.preset if defaults.preset in spec.presets else "small"
     parser = argparse.ArgumentParser(
         prog=defaults.prog,
         description=defaults.description,
@@ -84,9 +105,9 @@ def build_parser(
     # The frame size and channels of the model follow the data.
     add_config_arguments(
         parser,
-        f"model ({spec.title})",
+        f"model ({spec.title}, preset {preset})",
         spec.config,
-        spec.preset(defaults.preset if defaults.preset in spec.presets else "small"),
+        spec.preset(preset),
         exclude=("frame_size", "channels"),
     )
     add_config_arguments(
@@ -96,7 +117,7 @@ def build_parser(
         _data_defaults(dataset, defaults),
     )
     add_config_arguments(parser, "optimizer", OptimizerConfig, defaults.optimizer)
-    add_config_arguments(parser, "run", RunConfig, defaults.run)
+    add_config_arguments(parser, "run", RunConfig, _run_defaults(model, dataset, defaults))
     add_config_arguments(parser, "mesh", MeshConfig, prefix="mesh_")
     add_config_arguments(parser, "distributed", DistributedConfig)
     return parser
@@ -106,11 +127,13 @@ def config_from_argv(
     argv: list[str] | None = None, defaults: CommandDefaults = CommandDefaults()
 ) -> TrainConfig:
     """The `TrainConfig` a command line describes."""
-    model_name, dataset = _choices(argv, defaults)
+    model_name, dataset, preset = _choices(argv, defaults)
     spec = model_spec(model_name)
-    args = build_parser(model_name, dataset, defaults).parse_args(argv)
+    args = build_parser(model_name, dataset, defaults, preset).parse_args(argv)
     data = config_from_args(args, f"data ({dataset})", _data_defaults(dataset, defaults))
-    model = config_from_args(args, f"model ({spec.title})", spec.preset(args.preset))
+    model = config_from_args(
+        args, f"model ({spec.title}, preset {args.preset})", spec.preset(args.preset)
+    )
     if isinstance(data, MovingMNISTConfig):
         model = dataclasses.replace(model, frame_size=data.frame_size, channels=1)
     else:  # the size and channels of the stored frames (after --frame-size)
@@ -121,13 +144,7 @@ def config_from_argv(
                 "take square frames: pass --frame-size N to crop and resize."
             )
         model = dataclasses.replace(model, frame_size=frames.height, channels=frames.channels)
-    run = config_from_args(args, "run", defaults.run)
-    if "run.run_dir" not in vars(args) and (model_name, dataset) != (
-        defaults.model,
-        defaults.dataset,
-    ):
-        suffix = "mmnist" if dataset == "moving_mnist" else dataset.replace("_", "-")
-        run = dataclasses.replace(run, run_dir=f"runs/{model_name}-{suffix}")
+    run = config_from_args(args, "run", _run_defaults(model_name, dataset, defaults))
     return TrainConfig(
         model=model,
         data=data,

@@ -21,25 +21,23 @@ class MetricsLog:
     `tensorboard/` with the same scalars and the sample strips as images.
 
     On resume from step `start`, rows logged after `start` (about to be redone) are
-    dropped and TensorBoard is told to purge events after `start`.
+    dropped and TensorBoard is told to purge events after `start`. A value the file
+    has no column for yet (a run resumed by a newer eqvid that logs more terms) adds
+    the column: the file is rewritten with it, earlier rows left blank there.
     """
 
     def __init__(self, run_dir: pathlib.Path, *, start: int, main: bool, tensorboard: bool):
         self.path = run_dir / "metrics.csv"
         self.main = main
         self.header: list[str] | None = None
-        kept: list[list[str]] = []
+        self.rows: list[dict[str, str]] = []
         if main and start > 0 and self.path.exists():
             with open(self.path, newline="") as f:
-                rows = list(csv.reader(f))
-            if rows:
-                self.header = rows[0]
-                kept = [row for row in rows[1:] if row and int(row[0]) <= start]
+                reader = csv.DictReader(f)
+                self.header = list(reader.fieldnames or []) or None
+                self.rows = [row for row in reader if row.get("step") and int(row["step"]) <= start]
         self.file = open(self.path if main else os.devnull, "w", newline="")  # noqa: SIM115
-        self.writer = csv.writer(self.file)
-        if self.header is not None:
-            self.writer.writerows([self.header, *kept])
-            self.file.flush()
+        self._rewrite()
         self.tensorboard = None
         if main and tensorboard:
             from tensorboardX import SummaryWriter
@@ -48,23 +46,38 @@ class MetricsLog:
                 str(run_dir / "tensorboard"), purge_step=start + 1 if start > 0 else None
             )
 
+    def _rewrite(self) -> None:
+        """The whole file again: header and every row (on a new column)."""
+        if not self.main:  # other processes write nothing
+            return
+        self.file.seek(0)
+        self.file.truncate()
+        if self.header is not None:
+            writer = csv.DictWriter(self.file, self.header, restval="")
+            writer.writeheader()
+            writer.writerows(self.rows)
+        self.file.flush()
+
     def write(self, step: int, metrics: dict[str, float], **extra: float) -> None:
-        """Log `metrics` (loss, terms, gradient norm) and `extra` (lr, frames/s,
+        """Log `metrics` (loss, terms, gradient norms) and `extra` (lr, frames/s,
         elapsed seconds) at `step`."""
         values = {**metrics, **extra}
-        if self.header is None:
-            terms = sorted(k for k in values if k not in ("loss", *FIXED_COLUMNS))
-            self.header = ["step", "loss", *terms, *(c for c in FIXED_COLUMNS if c in values)]
-            self.writer.writerow(self.header)
-        row = [str(step)]
-        for name in self.header[1:]:
-            value = values.get(name)
-            row.append("" if value is None else _format(name, value))
-        self.writer.writerow(row)
-        self.file.flush()
+        row = {"step": str(step)} | {name: _format(name, v) for name, v in values.items()}
+        self.rows.append(row)
+        new = [k for k in values if self.header is None or k not in self.header]
+        if self.header is None or new:
+            known = [] if self.header is None else [c for c in self.header if c != "step"]
+            names = set(known) | set(values)
+            terms = sorted(k for k in names if k != "loss" and k not in FIXED_COLUMNS)
+            fixed = [c for c in FIXED_COLUMNS if c in names]
+            self.header = ["step", *(["loss"] if "loss" in names else []), *terms, *fixed]
+            self._rewrite()
+        elif self.main:
+            csv.DictWriter(self.file, self.header, restval="").writerow(row)
+            self.file.flush()
         if self.tensorboard is not None:
             for name, value in values.items():
-                group = "train" if name in ("loss", *metrics) else "run"
+                group = "train" if name in metrics else "run"
                 self.tensorboard.add_scalar(f"{group}/{name}", value, step)
             self.tensorboard.flush()
 
@@ -86,7 +99,7 @@ def _format(name: str, value: float) -> str:
         return f"{value:.3e}"
     if name in ("frames_per_s", "elapsed_s"):
         return f"{value:.1f}"
-    if name == "grad_norm":
+    if name.startswith("grad_norm"):
         return f"{value:.4f}"
     return f"{value:.6f}"
 

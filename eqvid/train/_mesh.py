@@ -40,6 +40,9 @@ class MeshConfig:
     """Parameters with fewer elements stay replicated on the fsdp axis."""
     devices: int = 0
     """Use the first this many devices (0: all devices of all processes)."""
+    backend: str = ""
+    """Devices of this JAX backend ("cpu", "gpu", …; empty: JAX's default), e.g. a
+    mesh of CPU devices on a GPU machine."""
 
     def sizes(self, device_count: int) -> tuple[int, int, int]:
         """The three axis sizes for `device_count` devices (the -1 filled in)."""
@@ -67,14 +70,16 @@ class MeshConfig:
 
 def make_mesh(config: MeshConfig = MeshConfig(), devices=None) -> Mesh:
     """A `("data", "fsdp", "model")` mesh over `devices` (default: the first
-    `config.devices`, or all devices of all processes), axes of type Auto
-    (shardings propagate through `jax.jit`)."""
+    `config.devices`, or all devices of all processes, of `config.backend`), axes of
+    type Auto (shardings propagate through `jax.jit`)."""
     if devices is None:
-        devices = jax.devices()
+        devices = jax.devices(config.backend or None)
         if config.devices:
             if config.devices > len(devices):
+                where = f" on backend {config.backend!r}" if config.backend else ""
                 raise ValueError(
-                    f"MeshConfig: devices={config.devices}, but only {len(devices)} are available."
+                    f"MeshConfig: devices={config.devices}, but only {len(devices)} are "
+                    f"available{where}."
                 )
             devices = devices[: config.devices]
     devices = list(devices)

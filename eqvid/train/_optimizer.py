@@ -55,19 +55,53 @@ def start_at(inner: optax.GradientTransformation, start_step: int) -> optax.Grad
     return optax.GradientTransformation(init, update)
 
 
+def clip_by_objective(max_norm: float, objectives: PyTree[str]) -> optax.GradientTransformation:
+    """Global-norm clipping done separately for the parameters of each objective
+    (`objectives`: a tree of objective names like the updates): a discriminator's
+    gradients never scale the generator's. With one objective this is
+    `optax.clip_by_global_norm`."""
+
+    def init(params):
+        del params
+        return optax.EmptyState()
+
+    def update(updates, state, params=None):
+        del params
+        names = sorted(set(jax.tree.leaves(objectives)))
+        clipped = updates
+        for name in names:
+            mine = jax.tree.map(
+                lambda g, o, name=name: g if o == name else None, updates, objectives
+            )
+            norm = optax.global_norm(mine)
+
+            def clip(g, o, name=name, norm=norm):
+                if o != name:
+                    return g
+                # optax.clip_by_global_norm's arithmetic, so one objective matches it exactly.
+                return jnp.where(norm < max_norm, g, (g / norm.astype(g.dtype)) * max_norm)
+
+            clipped = jax.tree.map(clip, clipped, objectives)
+        return clipped, state
+
+    return optax.GradientTransformation(init, update)
+
+
 def make_optimizer(
     config: OptimizerConfig,
     model: AbstractVideoModel,
     roles: PyTree[ParamRole],
     total_steps: int,
 ) -> optax.GradientTransformation:
-    """The optimiser of `model`'s trainable parameters: global-norm clipping, then AdamW
-    per group.
+    """The optimiser of `model`'s trainable parameters: global-norm clipping per
+    objective, then AdamW per group.
 
     `roles` holds the resolved role of each trainable parameter, in the tree of those
     parameters (as `train` partitions them); each parameter joins the group its role
     names (weight decay where its role allows it), and each group uses the
-    `GroupSettings` that `model.optimizer_groups()` gives it (defaults otherwise)."""
+    `GroupSettings` that `model.optimizer_groups()` gives it (defaults otherwise). A
+    group that starts late follows the run's schedule from where the run is (its
+    warm-up is not restarted), while its Adam moments start fresh."""
     schedule = learning_rate_schedule(config, total_steps)
     declared = model.optimizer_groups()
     is_role = lambda x: isinstance(x, ParamRole)
@@ -92,8 +126,9 @@ def make_optimizer(
 
     def group_optimizer(group: str, weight_decay: bool) -> optax.GradientTransformation:
         s = declared.get(group, GroupSettings())
+        offset = s.start_step - 1  # its first update is the run's step `start_step`
         opt = optax.adamw(
-            lambda step: s.lr_scale * schedule(step),
+            lambda count: s.lr_scale * schedule(count + offset),
             b1=config.b1 if s.b1 is None else s.b1,
             b2=config.b2 if s.b2 is None else s.b2,
             weight_decay=config.weight_decay if weight_decay else 0.0,
@@ -106,5 +141,6 @@ def make_optimizer(
         lambda _: labels,
     )
     if config.grad_clip > 0:
-        return optax.chain(optax.clip_by_global_norm(config.grad_clip), transform)
+        objectives = jax.tree.map(lambda r: str(r.objective), roles, is_leaf=is_role)
+        return optax.chain(clip_by_objective(config.grad_clip, objectives), transform)
     return transform

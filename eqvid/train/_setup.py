@@ -113,6 +113,7 @@ def setup(config: TrainConfig) -> TrainingRun:
         )
     run_dir = pathlib.Path(rc.run_dir)
     checkpointer = Checkpointer(run_dir / "checkpoints", keep=rc.keep_checkpoints)
+    data_iter = None
     try:
         latest = checkpointer.latest_step()
         if latest is not None and not rc.resume:
@@ -136,73 +137,78 @@ def setup(config: TrainConfig) -> TrainingRun:
             mesh,
             f"the micro-batch size (--batch-size {rc.batch_size} / --accumulate {rc.accumulate})",
         )
-    except BaseException:
-        checkpointer.close()
-        raise
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if main:
-        (run_dir / "config.json").write_text(json.dumps(config_dict(config), indent=2))
-        if rc.progress:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if main and rc.progress:
             print(
                 f"eqvid: {processes} process(es), {len(mesh.devices.flat)} device(s) in the mesh "
                 f"{dict(mesh.shape)}",
                 flush=True,
             )
-    dataset = make_dataset(
-        # Each process reads its own share of every global batch.
-        config.data,
-        batch_size=rc.batch_size // processes,
-        seed=rc.seed,
-        num_workers=rc.num_workers,
-    )
-    data_iter = iter(dataset)
+        dataset = make_dataset(
+            # Each process reads its own share of every global batch.
+            config.data,
+            batch_size=rc.batch_size // processes,
+            seed=rc.seed,
+            num_workers=rc.num_workers,
+        )
+        data_iter = iter(dataset)
 
-    init_key, train_key = jax.random.split(jax.random.key(rc.seed))
-    model, model_state = make_model(config.model, key=init_key)
-    plan = ParameterPlan(model)
-    params, _ = plan.partition(model)
-    optimizer = make_optimizer(config.optimizer, model, plan.trainable_roles(params), rc.steps)
-    ema = config.optimizer.ema_decay > 0
-    mfs = config.mesh.min_fsdp_size
-    train_state, rest = init_train_state(
-        model, model_state, optimizer, plan, mesh, ema=ema, min_fsdp_size=mfs
-    )
-    frozen_dir = run_dir / "frozen"
-    frozen = eqx.filter(rest, eqx.is_array)
-    start = 0
-    if latest is not None:
-        restored = checkpointer.restore(
-            latest,
-            {
-                "params": train_state.params,
-                "opt_state": train_state.opt_state,
-                "model_state": train_state.model_state,
-                "ema": train_state.ema,
-            },
-            data_iter,
-            rng_like=train_key,
+        init_key, train_key = jax.random.split(jax.random.key(rc.seed))
+        model, model_state = make_model(config.model, key=init_key)
+        plan = ParameterPlan(model)
+        params, _ = plan.partition(model)
+        optimizer = make_optimizer(config.optimizer, model, plan.trainable_roles(params), rc.steps)
+        ema = config.optimizer.ema_decay > 0
+        mfs = config.mesh.min_fsdp_size
+        train_state, rest = init_train_state(
+            model, model_state, optimizer, plan, mesh, ema=ema, min_fsdp_size=mfs
         )
-        train_state = TrainState(
-            params=restored["params"],
-            opt_state=restored["opt_state"],
-            model_state=restored.get("model_state"),
-            ema=restored.get("ema"),
+        frozen_dir = run_dir / "frozen"
+        frozen = eqx.filter(rest, eqx.is_array)
+        start = 0
+        if latest is not None:
+            restored = checkpointer.restore(
+                latest,
+                {
+                    "params": train_state.params,
+                    "opt_state": train_state.opt_state,
+                    "model_state": train_state.model_state,
+                    "ema": train_state.ema,
+                },
+                data_iter,
+                rng_like=train_key,
+            )
+            train_state = TrainState(
+                params=restored["params"],
+                opt_state=restored["opt_state"],
+                model_state=restored.get("model_state"),
+                ema=restored.get("ema"),
+            )
+            train_key = restored["rng"]
+            if jax.tree_util.tree_leaves(frozen):
+                rest = eqx.combine(restore_frozen(frozen_dir, frozen), rest)
+            start = latest
+        elif jax.tree_util.tree_leaves(frozen):
+            save_frozen(frozen_dir, frozen)
+        # Only now that the run is known to be valid (a refused resume leaves the
+        # run's config.json as it was).
+        if main:
+            (run_dir / "config.json").write_text(json.dumps(config_dict(config), indent=2))
+        step_fn = make_train_step(
+            optimizer,
+            plan,
+            mesh,
+            accumulate=rc.accumulate,
+            compute_dtype=rc.compute_dtype,
+            ema_decay=config.optimizer.ema_decay,
+            min_fsdp_size=mfs,
         )
-        train_key = restored["rng"]
-        if jax.tree_util.tree_leaves(frozen):
-            rest = eqx.combine(restore_frozen(frozen_dir, frozen), rest)
-        start = latest
-    elif jax.tree_util.tree_leaves(frozen):
-        save_frozen(frozen_dir, frozen)
-    step_fn = make_train_step(
-        optimizer,
-        plan,
-        mesh,
-        accumulate=rc.accumulate,
-        compute_dtype=rc.compute_dtype,
-        ema_decay=config.optimizer.ema_decay,
-        min_fsdp_size=mfs,
-    )
+    except BaseException:  # nothing of a refused or failed start keeps running
+        checkpointer.close()
+        close = getattr(data_iter, "close", None)
+        if close is not None:
+            close()
+        raise
     return TrainingRun(
         config=config,
         run_dir=run_dir,

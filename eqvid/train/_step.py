@@ -22,6 +22,9 @@ from ._mesh import BATCH_AXES, batch_sharding, check_batch, tree_shardings
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
+RESERVED_METRICS = frozenset({"loss", "lr", "frames_per_s", "elapsed_s"})
+"""Metric names the training log writes itself; a loss term may not take one."""
+
 
 class TrainState(eqx.Module):
     """Everything a training step updates: the trainable parameters (a model-shaped
@@ -156,13 +159,18 @@ def make_train_step(
     - `accumulate = k`: the batch is cut into `k` micro-batches (video `i` goes to
       micro-batch `i mod k`, so each is spread over every device), their gradients
       summed in a `lax.scan` (the model state threaded through) and averaged: the
-      same update as the whole batch at once, with about `1/k` of the memory.
+      same parameter update as the whole batch at once, with about `1/k` of the
+      memory (model state that keeps statistics, e.g. EMA codebooks, is updated
+      once per micro-batch).
     - `compute_dtype`: `"bfloat16"` / `"float16"` run the model with its real
       floating-point arrays and the videos cast to it, except the parameters whose
       role keeps them float32; master weights, gradients and optimiser state stay
       float32.
     - `ema_decay`: with a train state that has `ema`, the average moves by
-      `ema ← ema + (1 - ema_decay)·(params - ema)` after each update.
+      `ema ← ema + (1 - d)·(params - ema)` after the update of step `t`, with
+      `d = min(ema_decay, (1 + t) / (10 + t))` (TensorFlow's warm-up).
+    - `metrics["grad_norm"]` is the norm of the loss's gradients (before clipping);
+      parameters on another objective add `grad_norm_<objective>`.
     """
     if accumulate < 1:
         raise ValueError(f"accumulate must be ≥ 1, got {accumulate}.")
@@ -189,6 +197,15 @@ def make_train_step(
             )
             loss = loss.astype(jnp.float32)
             terms = {k: v.astype(jnp.float32) for k, v in terms.items()}
+            reserved = sorted(set(terms) & RESERVED_METRICS) + [
+                k for k in sorted(terms) if k.startswith("grad_norm")
+            ]
+            if reserved:
+                raise ValueError(
+                    f"{type(model).__name__}.loss returned terms named {reserved}, names the "
+                    f"training log uses for itself ({sorted(RESERVED_METRICS)}, grad_norm*); "
+                    "rename them."
+                )
             missing = [o for o in objectives if o != "loss" and o not in terms]
             if missing:
                 raise ValueError(
@@ -272,8 +289,20 @@ def make_train_step(
         params = constrain(optax.apply_updates(params, updates))
         ema = train_state.ema
         if ema is not None:
-            ema = constrain(jax.tree.map(lambda e, p: e + (1 - ema_decay) * (p - e), ema, params))
-        metrics = {"loss": loss, **terms, "grad_norm": optax.global_norm(grads)}
+            # Warmed up as TensorFlow's ExponentialMovingAverage(num_updates=step): early
+            # averages do not hold on to the initial weights.
+            t = step.astype(jnp.float32)
+            decay = jnp.minimum(ema_decay, (1.0 + t) / (10.0 + t))
+            ema = constrain(jax.tree.map(lambda e, p: e + (1 - decay) * (p - e), ema, params))
+        metrics = {"loss": loss, **terms}
+        for objective in objectives:
+            name = "grad_norm" if objective == "loss" else f"grad_norm_{objective}"
+            metrics[name] = optax.global_norm(
+                jax.tree_util.tree_map_with_path(
+                    lambda path, g, o=objective: g if plan.role_of(path).objective == o else None,
+                    grads,
+                )
+            )
         return TrainState(params, constrain(opt_state), model_state, ema), metrics
 
     return TrainStep(sharded_step)
