@@ -44,11 +44,19 @@ def _git(*args: str) -> str:
 def git_state() -> tuple[str, str]:
     """`(commit, dirty)` of the checkout these scripts run from: the full hash of
     HEAD, and `"yes"` when tracked files have uncommitted changes (staged or not;
-    untracked files do not count), `"no"` when they have none. Both are `"unknown"`
-    when git is not installed, fails, or this is not a git checkout."""
+    untracked files and the result files under benchmarks/results/, which a suite
+    run rewrites as it goes, do not count), `"no"` when they have none. Both are
+    `"unknown"` when git is not installed, fails, or this is not a git checkout."""
     try:
         commit = _git("rev-parse", "--verify", "HEAD").strip()
-        changes = _git("status", "--porcelain", "--untracked-files=no")
+        changes = _git(
+            "status",
+            "--porcelain",
+            "--untracked-files=no",
+            "--",
+            ".",
+            ":(exclude)benchmarks/results",
+        )
     except (OSError, subprocess.SubprocessError):
         return UNKNOWN, UNKNOWN
     if not commit:
