@@ -105,8 +105,8 @@ def environment() -> str:
         f"- device: {env['device']} ({env['backend']}, {env['device_count']} device(s)); "
         f"host: {env['host']}\n"
         f"- jax {env['jax']}, jaxlib {env['jaxlib']}, Python {env['python']}\n"
-        f"- git commit: {env['git_commit']}, dirty: {env['git_dirty']} "
-        "(uncommitted changes to tracked files)\n"
+        f"- git commit: {env['git_commit']}, uncommitted changes to tracked files: "
+        f"{env['git_dirty']}\n"
         f"- command: `{env['command']}`\n"
     )
 

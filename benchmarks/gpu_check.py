@@ -692,7 +692,7 @@ class Check:
         status = capture(["git", "status", "--porcelain", "--untracked-files=no"])
         lines = [
             f"commit: {self.commit}",
-            f"dirty: {self.dirty} (uncommitted changes to tracked files)",
+            f"uncommitted changes to tracked files: {self.dirty}",
             "",
             "$ git status --porcelain --untracked-files=no",
             status,
@@ -769,8 +769,8 @@ class Check:
             f"- driver: {self.driver()}",
             f"- jax {e.get('jax', UNKNOWN)}, jaxlib {e.get('jaxlib', UNKNOWN)}, "
             f"Python {e.get('python', UNKNOWN)}",
-            f"- git commit: {self.commit}, dirty: {self.dirty} (uncommitted changes to "
-            "tracked files" + ("; diff in raw/git_diff.patch" if self.dirty == "yes" else "") + ")",
+            f"- git commit: {self.commit}, uncommitted changes to tracked files: {self.dirty}"
+            + (" (diff in raw/git_diff.patch)" if self.dirty == "yes" else ""),
             f"- command: `{self.command}` (from the repository root)",
             f"- mode: {self.mode}; time budget {self.budget:.0f} s; started "
             f"{self.started_at:%Y-%m-%d %H:%M:%S} UTC; "

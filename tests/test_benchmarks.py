@@ -177,16 +177,38 @@ def test_environment_records_git_commit_and_dirty_flag():
     common = load("_common")
     try:
         head = git_output("rev-parse", "HEAD").strip()
-        before = "yes" if git_output("status", "--porcelain", "--untracked-files=no") else "no"
+        before = (
+            "yes"
+            if git_output(
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                ".",
+                ":(exclude)benchmarks/results",
+            )
+            else "no"
+        )
     except (OSError, subprocess.CalledProcessError):
         pytest.skip("not a git checkout")
     text = common.environment()
-    after = "yes" if git_output("status", "--porcelain", "--untracked-files=no") else "no"
-    assert f"- git commit: {head}, dirty: " in text, text
+    after = (
+        "yes"
+        if git_output(
+            "status",
+            "--porcelain",
+            "--untracked-files=no",
+            "--",
+            ".",
+            ":(exclude)benchmarks/results",
+        )
+        else "no"
+    )
+    assert f"- git commit: {head}, uncommitted changes to tracked files: " in text, text
     record = common.environment_record()
     assert record["git_commit"] == head and record["git_dirty"] in ("yes", "no")
     if before == after:  # (other processes may edit the tree meanwhile)
-        assert f"dirty: {before} (uncommitted changes to tracked files)" in text
+        assert f"uncommitted changes to tracked files: {before}\n" in text
     for line in ("- device: ", "- jax ", "- command: `python "):
         assert line in text
 
@@ -199,7 +221,9 @@ def test_environment_says_unknown_without_git(tmp_path, monkeypatch):
     monkeypatch.setattr(common, "REPO", REPO)
     monkeypatch.setenv("PATH", str(tmp_path))  # no git program
     assert common.git_state() == ("unknown", "unknown")
-    assert "- git commit: unknown, dirty: unknown" in common.environment()
+    assert "- git commit: unknown, uncommitted changes to tracked files: unknown" in (
+        common.environment()
+    )
 
 
 # ----------------------------------------------------------------------------
