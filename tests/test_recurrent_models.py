@@ -246,14 +246,16 @@ def test_bad_inputs_name_the_argument_in_both_families(name, getkey):
 @pytest.mark.parametrize("name", FAMILIES)
 def test_checkpoints_from_before_the_registry_load_and_generate_the_same(name):
     """A run written by eqvid 1104e7c (separate ConvS5/ConvLSTM model classes) loads
-    into today's model and generates exactly what it generated then."""
+    into today's model and generates what it generated then (bit for bit on jax
+    0.10.2, the version that wrote it; to float32 rounding on others)."""
     from eqvid.evaluate import load_trained_run
 
     run = load_trained_run(FIXTURES / name)
     assert run.step == 2
     expected = np.load(FIXTURES / name / "expected_generate.npz")
     got = run.model.generate(jnp.asarray(expected["context"]), 2, key=jax.random.key(0))
-    np.testing.assert_array_equal(np.asarray(got), expected["generated"])
+    # Exact on the jax that wrote the file (0.10.2); other XLA versions round differently.
+    np.testing.assert_allclose(np.asarray(got), expected["generated"], rtol=1e-5, atol=1e-5)
 
 
 def test_a_convs5_run_from_before_the_registry_resumes(tmp_path):
