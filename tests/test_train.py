@@ -119,10 +119,16 @@ def test_resume_with_another_model_is_refused_with_the_shapes(tmp_path):
         model=dataclasses.replace(TINY_MODEL, d_model=12),
     )
     written = (tmp_path / "config.json").read_text()
+    with pytest.raises(ValueError, match=r"--resume: .*d-model 8 → 12.*--resume-with-changes"):
+        train(wider)
+    # Allowed to change, the model still cannot take the other model's parameters.
+    anyway = dataclasses.replace(
+        wider, run=dataclasses.replace(wider.run, resume_with_changes=True)
+    )
     with pytest.raises(
         ValueError, match=r"other parameters: .* has shape \(.*\) there but .* here.*config.json"
     ):
-        train(wider)
+        train(anyway)
     assert (tmp_path / "config.json").read_text() == written  # the run's config is kept
 
 

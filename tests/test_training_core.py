@@ -52,6 +52,8 @@ class ToyConfig:
     adversarial_weight: float = 0.1
     noise: float = 0.1
     """Noise of the generated frames (a stochastic model)."""
+    diverge_at: int = 0
+    """From this step on the loss is NaN (0: never), to test what training does then."""
 
 
 class Gain(eqx.Module):
@@ -113,6 +115,8 @@ class ToyModel(AbstractVideoModel):
         assert state is not None
         state = state.set(self.calls, state.get(self.calls) + 1)
         loss = recon + self.config.adversarial_weight * active * adversarial
+        if self.config.diverge_at:
+            loss = jnp.where(jnp.asarray(step) >= self.config.diverge_at, jnp.nan, loss)
         return loss, {"recon": recon, "critic_loss": critic_loss}, state
 
     def generate(

@@ -4,6 +4,7 @@ import dataclasses
 import json
 import pathlib
 import typing
+from collections.abc import Callable
 from typing import Any
 
 import equinox as eqx
@@ -64,18 +65,27 @@ class TrainedRun:
 
 
 def load_trained_run(
-    run_dir: str | pathlib.Path, step: int | None = None, *, ema: bool = True
+    run_dir: str | pathlib.Path,
+    step: int | None = None,
+    *,
+    ema: bool = True,
+    report: Callable[[str], object] = print,
 ) -> TrainedRun:
     """The model of the training run in `run_dir` with the parameters of checkpoint
     `step` (the latest if None): the moving average of the parameters when the run
     kept one (unless `ema=False`), its frozen parts as saved when the run started, its
     state folded in.
 
+    Without `step`, a latest checkpoint that is corrupt (an item missing, unreadable
+    or not what was written) is reported in one line (`report`) and the newest intact
+    one is used.
+
     **Raises** `FileNotFoundError` naming what is missing (the folder, its
-    `config.json`, any checkpoint, the requested step) and `ValueError` if the
-    checkpoint does not fit the configured model.
+    `config.json`, any checkpoint, the requested step), `CorruptCheckpointError` if the
+    requested step (or, without `step`, every step) is corrupt, and `ValueError` if
+    the checkpoint does not fit the configured model or config.json is unreadable.
     """
-    from ..train._checkpoint import Checkpointer, restore_frozen
+    from ..train._checkpoint import Checkpointer, CorruptCheckpointError, restore_frozen
     from ..train._step import ParameterPlan
 
     run_dir = pathlib.Path(run_dir)
@@ -85,7 +95,10 @@ def load_trained_run(
             f"{config_path} does not exist: `run_dir` must be a folder written by "
             "eqvid.train.train / python -m eqvid.train (it holds config.json and checkpoints/)."
         )
-    config = json.loads(config_path.read_text())
+    try:
+        config = json.loads(config_path.read_text())
+    except ValueError as error:
+        raise ValueError(f"{config_path} is not valid JSON ({error}).") from None
     model_config = model_config_from_run(config)
     directory = run_dir / "checkpoints"
     if not directory.is_dir():
@@ -95,21 +108,35 @@ def load_trained_run(
         steps = ckpt.all_steps()
         if not steps:
             raise FileNotFoundError(f"{directory} holds no finished checkpoint.")
-        if step is None:
-            step = max(steps)
-        elif step not in steps:
+        if step is not None and step not in steps:
             raise FileNotFoundError(
                 f"{directory} has no checkpoint at step {step}; it has steps {steps}."
             )
         model, state = make_model(model_config, key=jax.random.key(0))
         plan = ParameterPlan(model)
         params, rest = plan.partition(model)
-        stored = ckpt.items(step)
-        which = "ema" if ema and "ema" in stored else "params"
-        templates = {which: params}
-        if state is not None:
-            templates["model_state"] = state
-        restored = ckpt.restore(step, templates)
+        candidates = [step] if step is not None else sorted(steps, reverse=True)
+        problems = []
+        for i, candidate in enumerate(candidates):
+            which = "ema" if ema and "ema" in ckpt.items(candidate) else "params"
+            templates = {which: params}
+            if state is not None:
+                templates["model_state"] = state
+            try:
+                restored = ckpt.restore(candidate, templates)
+            except CorruptCheckpointError as error:
+                if step is not None:
+                    raise
+                problems.append(str(error))
+                later = candidates[i + 1 :]
+                report(
+                    f"eqvid: {error}; " + (f"using step {later[0]}." if later else "no older step.")
+                )
+                continue
+            step = candidate
+            break
+        else:
+            raise CorruptCheckpointError(directory, steps[-1], "every step", "; ".join(problems))
     finally:
         ckpt.close()
     frozen = eqx.filter(rest, eqx.is_array)

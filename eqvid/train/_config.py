@@ -74,7 +74,12 @@ class RunConfig:
     keep_checkpoints: int = 2
     """Number of most recent checkpoints kept on disk (older ones are deleted)."""
     resume: bool = False
-    """Continue from the latest checkpoint in `run_dir` (same data order and state)."""
+    """Continue from the latest intact checkpoint in `run_dir` (same data order and
+    state). Settings that change the run's trajectory (model, data, optimiser, batch
+    size, seed, steps, compute dtype, workers) must be the run's own."""
+    resume_with_changes: bool = False
+    """Resume even though such settings differ from the run's (they are listed, and
+    recorded in config.json under `changes_on_resume`); implies --resume."""
     num_workers: int = 0
     """Grain worker processes for data generation (0: in the training process)."""
     eval_sequences: int = 128
@@ -134,6 +139,11 @@ class TrainConfig:
             raise ValueError(
                 "TrainConfig: the models take frames in [-1, 1]: the data's value_range must be "
                 f"'signed', got {value_range!r}."
+            )
+        if r.batch_size % r.accumulate:
+            raise ValueError(
+                f"RunConfig: `batch_size` ({r.batch_size}) must be divisible by `accumulate` "
+                f"({r.accumulate}) (micro-batches of equal size)."
             )
         for name in ("checkpoint_every", "sample_every", "num_workers", "eval_sequences"):
             if getattr(r, name) < 0:

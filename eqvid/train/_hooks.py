@@ -3,13 +3,14 @@ the sample pictures. Each is a small object the loop calls; only the main proces
 writes files."""
 
 import csv
-import os
+import io
 import pathlib
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from ._files import write_atomic
 from ._samples import save_prediction_gif, save_prediction_strip
 
 FIXED_COLUMNS = ("lr", "grad_norm", "frames_per_s", "elapsed_s")
@@ -31,13 +32,16 @@ class MetricsLog:
         self.main = main
         self.header: list[str] | None = None
         self.rows: list[dict[str, str]] = []
+        self.file = None
         if main and start > 0 and self.path.exists():
             with open(self.path, newline="") as f:
                 reader = csv.DictReader(f)
                 self.header = list(reader.fieldnames or []) or None
-                self.rows = [row for row in reader if row.get("step") and int(row["step"]) <= start]
-        self.file = open(self.path if main else os.devnull, "w", newline="")  # noqa: SIM115
-        self._rewrite()
+                # (a row cut short by a kill has no step, or not a number)
+                numbered = [(_step(row), row) for row in reader]
+                self.rows = [row for n, row in numbered if n is not None and n <= start]
+        if main:
+            self._rewrite()
         self.tensorboard = None
         if main and tensorboard:
             from tensorboardX import SummaryWriter
@@ -47,16 +51,17 @@ class MetricsLog:
             )
 
     def _rewrite(self) -> None:
-        """The whole file again: header and every row (on a new column)."""
-        if not self.main:  # other processes write nothing
-            return
-        self.file.seek(0)
-        self.file.truncate()
+        """The whole file again (header and every row), atomically: a kill leaves the
+        old file or the new one, never a truncated one. Later rows are appended."""
+        if self.file is not None:
+            self.file.close()
+        text = io.StringIO()
         if self.header is not None:
-            writer = csv.DictWriter(self.file, self.header, restval="")
+            writer = csv.DictWriter(text, self.header, restval="")
             writer.writeheader()
             writer.writerows(self.rows)
-        self.file.flush()
+        write_atomic(self.path, text.getvalue())
+        self.file = open(self.path, "a", newline="")  # noqa: SIM115
 
     def write(self, step: int, metrics: dict[str, float], **extra: float) -> None:
         """Log `metrics` (loss, terms, gradient norms) and `extra` (lr, frames/s,
@@ -65,14 +70,14 @@ class MetricsLog:
         row = {"step": str(step)} | {name: _format(name, v) for name, v in values.items()}
         self.rows.append(row)
         new = [k for k in values if self.header is None or k not in self.header]
-        if self.header is None or new:
+        if self.main and (self.header is None or new):
             known = [] if self.header is None else [c for c in self.header if c != "step"]
             names = set(known) | set(values)
             terms = sorted(k for k in names if k != "loss" and k not in FIXED_COLUMNS)
             fixed = [c for c in FIXED_COLUMNS if c in names]
             self.header = ["step", *(["loss"] if "loss" in names else []), *terms, *fixed]
             self._rewrite()
-        elif self.main:
+        elif self.file is not None and self.header is not None:
             csv.DictWriter(self.file, self.header, restval="").writerow(row)
             self.file.flush()
         if self.tensorboard is not None:
@@ -89,9 +94,17 @@ class MetricsLog:
             self.tensorboard.flush()
 
     def close(self) -> None:
-        self.file.close()
+        if self.file is not None:
+            self.file.close()
         if self.tensorboard is not None:
             self.tensorboard.close()
+
+
+def _step(row: dict) -> int | None:
+    try:
+        return int(row.get("step") or "")
+    except ValueError:
+        return None
 
 
 def _format(name: str, value: float) -> str:

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from ..evaluate._rollout_report import RolloutReport, rollout_mse
 from ..models import AbstractVideoModel, model_spec, rollout
 from ._config import TrainConfig
+from ._files import write_atomic
 from ._hooks import MetricsLog, SampleWriter
 from ._setup import TrainingRun, setup
 from ._signals import GracefulStop
@@ -89,8 +90,8 @@ def _final_report(run: TrainingRun, model: AbstractVideoModel):
         key=_side_keys(run)[1],
     )
     if run.main:
-        (run.run_dir / "eval.json").write_text(json.dumps(report.as_dict(), indent=2))
-        (run.run_dir / "eval.md").write_text(report.markdown() + "\n")
+        write_atomic(run.run_dir / "eval.json", json.dumps(report.as_dict(), indent=2))
+        write_atomic(run.run_dir / "eval.md", report.markdown() + "\n")
     return report
 
 
@@ -134,14 +135,31 @@ def train(config: TrainConfig) -> TrainResult:
                 step,
             )
 
-        def save(step: int) -> None:
-            if saved[0] != step:
-                run.save(step)
-                saved[0] = step
+        def diverged(step: int, what: str) -> FloatingPointError:
+            good = (
+                f"the last good checkpoint is step {saved[0]} in {run.run_dir / 'checkpoints'}"
+                if saved[0] > 0
+                else "no checkpoint was saved"
+            )
+            return FloatingPointError(
+                f"training diverged: {what} at step {step}; nothing was saved from it, and "
+                f"{good}. Lower --lr or raise --warmup-steps, then --resume (or start anew)."
+            )
+
+        def save(step: int, loss) -> None:
+            """Checkpoint `step`, unless its loss or state is not finite (then stop: a
+            non-finite state must never replace a good checkpoint)."""
+            if saved[0] == step:
+                return
+            if not run.finite(loss):
+                raise diverged(step, "the loss or the parameters became non-finite")
+            run.save(step)
+            saved[0] = step
 
         frames_per_step = rc.batch_size * config.data.seq_len
         t_start = time.perf_counter()
         t_last, steps_since = t_start, 0
+        metrics: dict[str, jax.Array] = {}
         stop.__enter__()
         for step in range(run.start + 1, rc.steps + 1):
             batch = run.put_batch(next(run.data_iter))
@@ -165,13 +183,10 @@ def train(config: TrainConfig) -> TrainResult:
                 )
                 bar.set_postfix(loss=f"{values['loss']:.4f}", fps=f"{fps:.0f}")
                 if not np.isfinite(values["loss"]):
-                    raise FloatingPointError(
-                        f"training loss became {values['loss']} at step {step}; lower --lr or "
-                        "raise --warmup-steps."
-                    )
+                    raise diverged(step, f"the loss became {values['loss']}")
             paused = False
             if rc.checkpoint_every and step % rc.checkpoint_every == 0 and step != rc.steps:
-                save(step)
+                save(step, metrics["loss"])
                 paused = True
             if rc.sample_every and step % rc.sample_every == 0 and step != rc.steps:
                 export_samples(step)
@@ -182,10 +197,10 @@ def train(config: TrainConfig) -> TrainResult:
             if stop.requested and step < rc.steps:
                 # Pre-empted: the step in flight is done; commit it and leave.
                 bar.write(f"eqvid: {stop.signal_name} received; saving step {step} and stopping")
-                save(step)  # (no-op when this step's checkpoint was just written)
+                save(step, metrics["loss"])  # (no-op when this step's was just written)
                 break
         if run.start < rc.steps and last == rc.steps:
-            save(rc.steps)
+            save(rc.steps, metrics["loss"])
             export_samples(rc.steps)
     finally:
         stop.__exit__()

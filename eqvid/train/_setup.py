@@ -9,16 +9,52 @@ from typing import Any
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
 from ..models import AbstractVideoModel, make_model, model_spec
-from ._checkpoint import Checkpointer, restore_frozen, save_frozen
+from ._checkpoint import Checkpointer, CorruptCheckpointError, restore_frozen, save_frozen
 from ._config import TrainConfig
 from ._distributed import initialize_distributed
+from ._files import write_atomic
 from ._mesh import batch_sharding, check_batch, make_mesh
 from ._optimizer import learning_rate_schedule, make_optimizer
+from ._resume import describe, trajectory_changes
 from ._step import ParameterPlan, TrainState, init_train_state, make_train_step
+
+
+@jax.jit
+def _all_finite(arrays: list) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in arrays]))
+
+
+def _stored_config(run_dir: pathlib.Path, checkpointer: Checkpointer, step: int) -> dict | None:
+    """The run's own config: its config.json, else the one saved with the checkpoint."""
+    try:
+        return json.loads((run_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        pass
+    try:
+        return checkpointer.metadata(step).get("config")
+    except CorruptCheckpointError:
+        return None
+
+
+def _changes_since(
+    run_dir: pathlib.Path, checkpointer: Checkpointer, step: int, config: TrainConfig
+) -> dict[str, list[Any]]:
+    stored = _stored_config(run_dir, checkpointer, step)
+    if stored is None:  # nothing to compare with (a run from before configs were kept)
+        return {}
+    return trajectory_changes(stored, config_dict(config))
+
+
+def _previous_changes(run_dir: pathlib.Path) -> list:
+    try:
+        return list(json.loads((run_dir / "config.json").read_text()).get("changes_on_resume", []))
+    except (OSError, ValueError, AttributeError):
+        return []
 
 
 def config_dict(config: TrainConfig) -> dict[str, Any]:
@@ -61,6 +97,16 @@ class TrainingRun:
         ts = self.train_state
         params = ts.ema if ema and ts.ema is not None else ts.params
         return eqx.combine(params, self.rest).with_state(ts.model_state)
+
+    def finite(self, loss: Any) -> bool:
+        """Whether `loss` and every floating-point array of the train state (parameters,
+        moving average, model state, optimiser state) are finite."""
+        arrays = [
+            x
+            for x in jax.tree.leaves((loss, self.train_state))
+            if eqx.is_array(x) and jnp.issubdtype(x.dtype, jnp.inexact)
+        ]
+        return bool(_all_finite(arrays))
 
     def save(self, step: int) -> None:
         """Write checkpoint `step` (asynchronously)."""
@@ -112,15 +158,34 @@ def setup(config: TrainConfig) -> TrainingRun:
             f"number of processes ({processes})."
         )
     run_dir = pathlib.Path(rc.run_dir)
+    resume = rc.resume or rc.resume_with_changes
+    for folder in (run_dir, run_dir / "checkpoints"):
+        if folder.exists() and not folder.is_dir():
+            raise NotADirectoryError(
+                f"{folder} is a file, not a folder: --run-dir must name a folder of its own "
+                "(move the file away or choose another --run-dir)."
+            )
     checkpointer = Checkpointer(run_dir / "checkpoints", keep=rc.keep_checkpoints)
     data_iter = None
     try:
         latest = checkpointer.latest_step()
-        if latest is not None and not rc.resume:
+        changes: dict[str, list[Any]] = {}
+        if latest is not None and not resume:
             raise FileExistsError(
                 f"{run_dir} already holds checkpoints (latest step {latest}); pass --resume "
                 "to continue that run or choose another --run-dir."
             )
+        if latest is not None:
+            changes = _changes_since(run_dir, checkpointer, latest, config)
+            if changes and not rc.resume_with_changes:
+                raise ValueError(
+                    f"--resume: these settings differ from the run in {run_dir} and would "
+                    f"change its course: {describe(changes)}. Resume with the run's settings "
+                    "(its config.json), or pass --resume-with-changes to continue with the "
+                    "new ones (they are recorded in config.json)."
+                )
+        elif resume and main:
+            print(f"eqvid: --resume: {run_dir} holds no checkpoint; starting a new run.")
         spec = frame_spec(config.data)  # the frames the data yields; the model must take them
         m = config.model
         if (spec.height, spec.width, spec.channels) != (m.frame_size, m.frame_size, m.channels):
@@ -167,8 +232,7 @@ def setup(config: TrainConfig) -> TrainingRun:
         frozen = eqx.filter(rest, eqx.is_array)
         start = 0
         if latest is not None:
-            restored = checkpointer.restore(
-                latest,
+            latest, restored = checkpointer.restore_latest(
                 {
                     "params": train_state.params,
                     "opt_state": train_state.opt_state,
@@ -177,6 +241,8 @@ def setup(config: TrainConfig) -> TrainingRun:
                 },
                 data_iter,
                 rng_like=train_key,
+                report=print if main else (lambda _: None),
+                set_aside=True,
             )
             train_state = TrainState(
                 params=restored["params"],
@@ -193,7 +259,12 @@ def setup(config: TrainConfig) -> TrainingRun:
         # Only now that the run is known to be valid (a refused resume leaves the
         # run's config.json as it was).
         if main:
-            (run_dir / "config.json").write_text(json.dumps(config_dict(config), indent=2))
+            record = config_dict(config)
+            if latest is not None:
+                record["changes_on_resume"] = _previous_changes(run_dir)
+                if changes:
+                    record["changes_on_resume"].append({"step": latest, "changes": changes})
+            write_atomic(run_dir / "config.json", json.dumps(record, indent=2))
         step_fn = make_train_step(
             optimizer,
             plan,
