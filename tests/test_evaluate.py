@@ -159,7 +159,7 @@ def test_evaluate_a_run_writes_samples_metrics_and_plot(run_dir, data, tmp_path)
 
 
 def test_evaluate_errors_name_what_is_wrong(run_dir, tmp_path, monkeypatch):
-    with pytest.raises(ValueError, match="exactly one of `run_dir`"):
+    with pytest.raises(ValueError, match="exactly one of --run-dir"):
         evaluate(EvalConfig())
     with pytest.raises(FileNotFoundError, match="config.json"):
         evaluate(EvalConfig(run_dir=str(tmp_path / "nothing"), metrics=("psnr",)))
@@ -167,7 +167,7 @@ def test_evaluate_errors_name_what_is_wrong(run_dir, tmp_path, monkeypatch):
         load_trained_run(run_dir, step=7)
     with pytest.raises(ValueError, match="unknown protocol 'nope'"):
         evaluate(EvalConfig(run_dir=str(run_dir), protocol="nope"))
-    with pytest.raises(ValueError, match=r"`metrics`: unknown \['mse'\]"):
+    with pytest.raises(ValueError, match=r"--metrics: unknown \['mse'\]"):
         evaluate(EvalConfig(run_dir=str(run_dir), metrics=("mse",)))
     monkeypatch.setenv("EQVID_WEIGHTS", str(tmp_path / "weights"))
     with pytest.raises(FileNotFoundError, match="lpips_alexnet.npz"):

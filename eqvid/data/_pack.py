@@ -4,6 +4,7 @@ layout)."""
 import dataclasses
 import glob
 import os
+import shutil
 import warnings
 from typing import Literal
 
@@ -61,12 +62,13 @@ def pack_array_record(
       `uncompressed`).
     - `overwrite`: replace shards already in `folder` (otherwise an error).
 
-    **Returns** a `PackSummary`. The index is written last, so an interrupted run
-    leaves no readable half-dataset.
+    **Returns** a `PackSummary`. Shards and index are written to `<folder>.partial`
+    and moved into `folder` once complete: a run that fails (a bad file, a full disk,
+    Ctrl-C) removes what it wrote and leaves `folder` as it was, the data it was to
+    overwrite included.
     """
     from array_record.python.array_record_module import ArrayRecordWriter
 
-    os.makedirs(folder, exist_ok=True)
     old = glob.glob(os.path.join(folder, "frames-*.array_record")) + glob.glob(
         os.path.join(folder, INDEX_FILE)
     )
@@ -74,10 +76,51 @@ def pack_array_record(
         raise FileExistsError(
             f"pack_array_record: {folder!r} already holds packed data; pass overwrite=True (--overwrite)."
         )
-    for path in old:
-        os.remove(path)
-    options = f"group_size:1,{compression}"
-    shard_limit = int(shard_mb * 2**20)
+    # Written aside, then moved in: a failed or interrupted run leaves neither shards
+    # nor a half-written index behind, and keeps the data it was to overwrite.
+    partial = os.path.normpath(folder) + ".partial"
+    shutil.rmtree(partial, ignore_errors=True)  # left by a killed run
+    os.makedirs(partial)
+    try:
+        shards, index, total, skipped = _write_shards(
+            source,
+            partial,
+            ArrayRecordWriter,
+            frame_size=frame_size,
+            interpolation=interpolation,
+            on_bad_file=on_bad_file,
+            shard_limit=int(shard_mb * 2**20),
+            options=f"group_size:1,{compression}",
+            progress_name=os.path.basename(os.path.normpath(folder)),
+            progress=progress,
+        )
+        os.makedirs(folder, exist_ok=True)
+        for path in sorted(old, key=lambda path: not path.endswith(INDEX_FILE)):
+            os.remove(path)  # the index first: never an index naming missing shards
+        for name in shards:
+            os.replace(os.path.join(partial, name), os.path.join(folder, name))
+        os.replace(os.path.join(partial, INDEX_FILE), os.path.join(folder, INDEX_FILE))
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    size = sum(os.path.getsize(os.path.join(folder, s)) for s in shards)
+    return PackSummary(folder, len(index["offsets"]), total, len(shards), size, tuple(skipped))
+
+
+def _write_shards(
+    source: VideoFiles,
+    folder: str,
+    writer_class,
+    *,
+    frame_size: int | None,
+    interpolation: str,
+    on_bad_file: str,
+    shard_limit: int,
+    options: str,
+    progress_name: str,
+    progress: bool,
+) -> tuple[list[str], dict, int, list[str]]:
+    """Write the shards and then the index into `folder`; returns the shard names, the
+    index, the number of frames and the bad files skipped."""
     shards: list[str] = []
     shard_records: list[int] = []
     offsets, lengths, shapes, names, actions = [], [], [], [], []
@@ -85,7 +128,7 @@ def pack_array_record(
     writer, in_shard, records_in_shard, total = None, 0, 0, 0
     bar = tqdm(
         range(len(source)),
-        desc=f"pack {os.path.basename(os.path.normpath(folder))}",
+        desc=f"pack {progress_name}",
         unit="video",
         disable=not progress,
         dynamic_ncols=True,
@@ -101,7 +144,7 @@ def pack_array_record(
                 warnings.warn(
                     f"skipped bad file {e} ({len(skipped)} skipped so far)",
                     BadVideoWarning,
-                    stacklevel=2,
+                    stacklevel=3,
                 )
                 continue
             video = resize_crop(
@@ -112,7 +155,7 @@ def pack_array_record(
                     writer.close()
                     shard_records.append(records_in_shard)
                 shards.append(f"frames-{len(shards):05d}.array_record")
-                writer = ArrayRecordWriter(os.path.join(folder, shards[-1]), options)
+                writer = writer_class(os.path.join(folder, shards[-1]), options)
                 in_shard, records_in_shard = 0, 0
             offsets.append(total)
             lengths.append(len(video))
@@ -144,5 +187,4 @@ def pack_array_record(
     if source.has_actions:
         index["actions"] = np.concatenate(actions).astype(np.int32)
     np.savez(os.path.join(folder, INDEX_FILE), allow_pickle=False, **index)  # plain arrays only
-    size = sum(os.path.getsize(os.path.join(folder, s)) for s in shards)
-    return PackSummary(folder, len(offsets), total, len(shards), size, tuple(skipped))
+    return shards, index, total, skipped

@@ -32,7 +32,9 @@ FRAME_METRICS = ("psnr", "ssim", "lpips")
 
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
-    """What to evaluate, under which protocol, and where the results go."""
+    """What to evaluate, under which protocol, and where the results go.
+
+    Each field is the command line's `--field-name` option; errors use that spelling."""
 
     run_dir: str = ""
     """A training run (its config.json and checkpoints/) to load and generate from."""
@@ -152,16 +154,17 @@ def _settings(config: EvalConfig) -> EvalProtocol:
     if config.metrics:
         bad = sorted(set(config.metrics) - set(METRICS))
         if bad:
-            raise ValueError(f"`metrics`: unknown {bad}; choose from {list(METRICS)}.")
+            raise ValueError(f"--metrics: unknown {bad}; choose from {list(METRICS)}.")
         changes["metrics"] = tuple(config.metrics)
     settings = dataclasses.replace(base, **changes)
     for name in ("horizon", "num_videos", "chunk"):
         if getattr(settings, name) < 1:
-            raise ValueError(f"`{name}` must be ≥ 1, got {getattr(settings, name)}.")
+            flag = "--" + name.replace("_", "-")
+            raise ValueError(f"{flag} must be ≥ 1, got {getattr(settings, name)}.")
     if settings.context < 1:
-        raise ValueError(f"`context` must be ≥ 1, got {settings.context}.")
+        raise ValueError(f"--context must be ≥ 1, got {settings.context}.")
     if config.batch_size < 1:
-        raise ValueError(f"`batch_size` must be ≥ 1, got {config.batch_size}.")
+        raise ValueError(f"--batch-size must be ≥ 1, got {config.batch_size}.")
     if config.run_dir:  # before any generation: will the videos fill the chunks?
         _chunk_bounds(
             settings.num_videos,
@@ -169,6 +172,7 @@ def _settings(config: EvalConfig) -> EvalProtocol:
             config.remainder,
             "evaluate",
             min_chunk=2 if "fvd" in settings.metrics else 1,
+            flags=True,
         )
     return settings
 
@@ -300,9 +304,9 @@ def evaluate(
     """
     if bool(config.run_dir) == bool(config.samples):
         raise ValueError(
-            "give exactly one of `run_dir` (generate, then score) and `samples` "
-            f"(score existing files); got run_dir={config.run_dir!r}, "
-            f"samples={config.samples!r}."
+            "give exactly one of --run-dir (a training run: generate, then score) and "
+            f"--samples (score existing files); got --run-dir {config.run_dir!r}, "
+            f"--samples {config.samples!r}."
         )
     settings = _settings(config)
     metrics = settings.metrics
@@ -318,6 +322,14 @@ def evaluate(
     context = settings.context
     if config.samples:
         samples, context = _load_files(config, settings)
+        _chunk_bounds(  # before any scoring: will the videos fill the chunks?
+            len(samples.real),
+            settings.chunk,
+            config.remainder,
+            "evaluate",
+            min_chunk=2 if "fvd" in metrics else 1,
+            flags=True,
+        )
     frame_values: dict[str, list[np.ndarray]] = {m: [] for m in FRAME_METRICS if m in metrics}
     features: dict[str, list[np.ndarray]] = {"real": [], "fake": []}
     scored = [0]

@@ -7,6 +7,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from ._shapes import check_channels
+
 
 class LayerNorm(eqx.Module):
     """Layer normalisation over the last (channel) axis, with learned scale and bias."""
@@ -21,6 +23,7 @@ class LayerNorm(eqx.Module):
         self.eps = eps
 
     def __call__(self, x: Float[Array, "*batch channels"]) -> Float[Array, "*batch channels"]:
+        check_channels("LayerNorm", x, self.weight.shape[0])
         mean = jnp.mean(x, axis=-1, keepdims=True)
         var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
         y = (x - mean) * jax.lax.rsqrt(var + self.eps)
@@ -56,6 +59,7 @@ class GroupNorm(eqx.Module):
     def __call__(
         self, x: Float[Array, "*batch height width channels"]
     ) -> Float[Array, "*batch height width channels"]:
+        check_channels("GroupNorm", x, self.weight.shape[0], image=True)
         *lead, h, w, c = x.shape
         g = x.reshape(*lead, h, w, self.groups, c // self.groups)
         axes = (-4, -3, -1)

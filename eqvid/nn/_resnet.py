@@ -14,6 +14,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from ._conv import Conv2d
 from ._norm import GroupNorm, LayerNorm
 from ._sampling import avg_pool_2x, upsample_nearest_2x
+from ._shapes import check_channels
 
 
 class ResNetBlock(eqx.Module):
@@ -45,6 +46,7 @@ class ResNetBlock(eqx.Module):
     def __call__(
         self, x: Float[Array, "*batch height width c_in"]
     ) -> Float[Array, "*batch height width c_out"]:
+        check_channels("ResNetBlock", x, self.conv1.weight.shape[2], image=True)
         skip = x if self.skip is None else self.skip(x)
         h = self.conv1(jax.nn.elu(self.norm1(x)))
         h = self.conv2(jax.nn.elu(self.norm2(h)))
@@ -70,6 +72,7 @@ class ResNetEncoder(eqx.Module):
     def __call__(
         self, x: Float[Array, "*batch height width c_in"]
     ) -> Float[Array, "*batch h_latent w_latent c_out"]:
+        check_channels("ResNetEncoder", x, self.stem.weight.shape[2], image=True)
         x = self.blocks[0](self.stem(x))
         for block in self.blocks[1:]:
             x = block(avg_pool_2x(x))
@@ -108,6 +111,7 @@ class ResNetDecoder(eqx.Module):
     def __call__(
         self, x: Float[Array, "*batch h_latent w_latent c_in"]
     ) -> Float[Array, "*batch height width c_out"]:
+        check_channels("ResNetDecoder", x, self.stem.weight.shape[2], image=True)
         x = self.stem(x)
         for block in self.blocks[:-1]:
             x = upsample_nearest_2x(block(x))
