@@ -70,6 +70,14 @@ class AttentionMask:
     - `q_offset`: the position of the first query: a Python `int` (static), or
       an integer array of shape `()` or `(batch,)` (traced; e.g. the step of a
       decoding loop).
+
+    `attention` refuses lengths outside `[0, q_len]` / `[0, kv_len]` and an offset
+    that places a real query row outside the keys (`q_offset < 0` or `q_offset +
+    q_lengths > kv_len`, `q_len` standing in for absent `q_lengths`) whenever the
+    offset matters (a causal or windowed mask, or an offset other than the static
+    default 0): known values with a `ValueError`; traced ones make the result NaN
+    (raising from inside a compiled program would need a host callback: a device
+    sync on every call, and an abort on a multi-device mesh).
     """
 
     causal: bool = False
@@ -167,7 +175,22 @@ def _is_concrete(x) -> bool:
     return not isinstance(x, Tracer)
 
 
-def _check_mask(mask: AttentionMask, batch: int, q_len: int, kv_len: int):
+def _check_mask(
+    mask: AttentionMask, batch: int, q_len: int, kv_len: int
+) -> list[tuple[Array, str]]:
+    """Check `mask` against the shapes. Known values (Python ints, NumPy arrays, JAX
+    arrays outside `jit`) raise a `ValueError` here; for traced ones (under `jit`,
+    `vmap`, `scan`) the returned `(bad, message)` pairs are checked when the computation
+    runs (`_nan_if_bad`).
+
+    - `q_lengths` must lie in `[0, q_len]`, `kv_lengths` in `[0, kv_len]`;
+    - `q_offset` must place every real query row inside the keys: `0 ≤ q_offset` and
+      `q_offset + rows ≤ kv_len`, `rows` being `q_lengths` (or `q_len`), checked
+      whenever the offset matters: a causal or windowed mask, or an offset other than
+      the static default 0 (a bidirectional mask with `q_offset = 0`, e.g.
+      cross-attention to a shorter context, places no query anywhere).
+    """
+    traced: list[tuple[Array, str]] = []
     for name, limit, axis in (("q_lengths", q_len, "q_len"), ("kv_lengths", kv_len, "kv_len")):
         value = getattr(mask, name)
         if value is None:
@@ -184,12 +207,68 @@ def _check_mask(mask: AttentionMask, batch: int, q_len: int, kv_len: int):
                     f"attention: `mask.{name}` must lie in [0, {axis}={limit}], got values "
                     f"from {v.min()} to {v.max()}."
                 )
+        else:
+            v = jnp.asarray(value)
+            traced.append(
+                (
+                    jnp.any((v < 0) | (v > limit)),
+                    f"attention: `mask.{name}` must lie in [0, {axis}={limit}]; a traced value "
+                    "(checked at run time) lies outside it.",
+                )
+            )
     offset = mask.q_offset
-    if not isinstance(offset, (int, np.integer)) and jnp.shape(offset) not in ((), (batch,)):
+    static_offset = isinstance(offset, (int, np.integer))
+    if not static_offset and jnp.shape(offset) not in ((), (batch,)):
         raise ValueError(
             f"attention: `mask.q_offset` must be an int or have shape () or (batch,)=({batch},), "
             f"got shape {jnp.shape(offset)}."
         )
+    positional = mask.causal or mask.window is not None
+    if not positional and static_offset and offset == 0:
+        return traced
+    if static_offset and 0 <= offset <= kv_len - q_len:
+        return traced  # every row, padded or not, lies inside the keys
+    rows = q_len if mask.q_lengths is None else mask.q_lengths
+    rows_name = f"q_len={q_len}" if mask.q_lengths is None else "mask.q_lengths"
+    rule = (
+        f"attention: `mask.q_offset` must place the queries inside the keys, "
+        f"0 <= q_offset and q_offset + {rows_name} <= kv_len={kv_len}"
+    )
+    if _is_concrete(offset) and _is_concrete(rows):
+        off = np.broadcast_to(np.asarray(offset), (batch,)).astype(np.int64)
+        n = np.broadcast_to(np.asarray(rows), (batch,)).astype(np.int64)
+        bad = (off < 0) | (off + n > kv_len)
+        if bad.any():
+            b = int(np.argmax(bad))
+            where = (
+                f": positions {off[b]} to {off[b] + n[b] - 1}, keys 0 to {kv_len - 1}"
+                if n[b] > 0
+                else ""
+            )
+            raise ValueError(
+                f"{rule}; got q_offset={off[b]} with {n[b]} query rows (batch element {b}){where}."
+            )
+    else:
+        off, n = jnp.asarray(offset), jnp.asarray(rows)
+        traced.append(
+            (
+                jnp.any((off < 0) | (off + n > kv_len)),
+                f"{rule}; a traced value (checked at run time) does not.",
+            )
+        )
+    return traced
+
+
+def _nan_if_bad(out: Array, checks: list[tuple[Array, str]]) -> Array:
+    """`out`, or NaN everywhere when a run-time check of `_check_mask` fails. Traced
+    values cannot raise without a host callback in the program (a device sync on
+    every call, and an abort instead of an error on a multi-device mesh), so a bad
+    traced length or offset makes the result NaN, never plausible numbers; `where`
+    fuses into the output, at no measurable cost."""
+    if not checks:
+        return out
+    bad = jnp.any(jnp.stack([b for b, _ in checks]))
+    return jnp.where(bad, jnp.asarray(jnp.nan, out.dtype), out)
 
 
 def row_ranges(
@@ -834,6 +913,10 @@ def attention(
     **Returns:** `(batch, q_len, heads, head_dim)` in the dtype of `q`. Query rows
     that see no key (padding, or an empty window) are zeros, with zero gradients.
 
+    **Raises:** `ValueError`/`TypeError` for inconsistent shapes or dtypes, and for
+    mask lengths or a query offset outside the sequences (see `AttentionMask`). The
+    same values, traced (under `jit`), make the whole result NaN.
+
     Differentiable in `q`, `k` and `v` with every implementation; the kernel has
     its own backward kernels (dQ and dK/dV) with the same block skipping.
     """
@@ -841,11 +924,11 @@ def attention(
     batch, q_len, _, dim = q.shape
     kv_len = k.shape[1]
     mask = AttentionMask() if mask is None else mask
-    _check_mask(mask, batch, q_len, kv_len)
+    checks = _check_mask(mask, batch, q_len, kv_len)
     scale = 1.0 / math.sqrt(dim) if scale is None else float(scale)
     resolved = _resolve(impl, q.dtype)
     if resolved == "pallas":
-        return _pallas(q, k, v, mask, scale)
+        return _nan_if_bad(_pallas(q, k, v, mask, scale), checks)
     if resolved == "cudnn":
         reason = _cudnn_supports(mask, q_len, kv_len)
         if reason is not None:
@@ -853,6 +936,6 @@ def attention(
                 f"attention(impl='cudnn'): cuDNN has no native form for {reason}; use "
                 "impl='pallas' (block-skipping kernel) or impl='xla'."
             )
-        return _cudnn(q, k, v, mask, scale)
+        return _nan_if_bad(_cudnn(q, k, v, mask, scale), checks)
     lo, hi = row_ranges(mask, batch, q_len, kv_len)
-    return _reference(q, k, v, lo, hi, scale)
+    return _nan_if_bad(_reference(q, k, v, lo, hi, scale), checks)

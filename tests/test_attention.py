@@ -2,6 +2,7 @@
 Pallas kernel (interpret mode) against the reference for every mask kind and their
 combinations, gradients, bf16, block skipping, CUDA lowering, and bad input."""
 
+import dataclasses
 from typing import Any, cast
 
 import jax
@@ -381,3 +382,59 @@ def test_mask_is_a_pytree_with_static_structure():
     assert len(leaves) == 1  # only the lengths are traced; a Python-int offset is static
     again = jax.tree_util.tree_unflatten(tree, leaves)
     assert again.window == 2 and again.tokens_per_frame == 4 and again.q_offset == 0
+
+
+@pytest.mark.parametrize("impl", ["xla", "pallas"])
+def test_q_offset_outside_the_keys_is_refused(impl):
+    """A query offset placing real query rows before key 0 or past the last key used to
+    give numbers (rows past the keys saw every key); both the reference and the kernel
+    (interpreted here) refuse it, and accept offsets up to `kv_len - rows`."""
+    q, k, v = draw(np.random.default_rng(9), 2, 4, 16, 1, 1, 16)
+    run = lambda mask: attention(q, k, v, mask=mask, impl=impl)
+    causal = AttentionMask(causal=True, tokens_per_frame=2)
+    rule = r"`mask.q_offset` must place the queries inside the keys"
+    with pytest.raises(ValueError, match=rule + r".*got q_offset=13 with 4 query rows"):
+        run(dataclasses.replace(causal, q_offset=13))
+    with pytest.raises(ValueError, match=rule + r".*got q_offset=-2 with 4 query rows"):
+        run(dataclasses.replace(causal, q_offset=np.array([0, -2])))
+    windowed = AttentionMask(tokens_per_frame=2, window=2, q_offset=14)
+    with pytest.raises(ValueError, match=rule):
+        run(windowed)
+    # Within the keys: the last position, and padded query rows past the keys.
+    assert run(dataclasses.replace(causal, q_offset=12)).shape == q.shape
+    padded = causal.with_lengths(q_lengths=np.array([4, 2]))
+    assert run(dataclasses.replace(padded, q_offset=np.array([12, 14]))).shape == q.shape
+    # Without positions (bidirectional, offset 0) more queries than keys is cross-attention.
+    long_q = jnp.concatenate([q, q, q, q, q], axis=1)
+    assert attention(long_q, k, v, impl=impl).shape == long_q.shape
+
+
+@pytest.mark.parametrize("impl", ["xla", "pallas"])
+def test_traced_lengths_and_offset_outside_the_sequences_give_nan(impl):
+    """Under jit the lengths and the offset are traced: negative lengths, lengths past
+    the sequence and an offset outside the keys used to return numbers; now the result
+    is NaN (raising would need a host callback), and valid values still run."""
+    q, k, v = draw(np.random.default_rng(10), 2, 4, 16, 1, 1, 16)
+
+    def mask_of(offset, q_lengths, kv_lengths):
+        return AttentionMask(
+            causal=True, q_offset=offset, q_lengths=q_lengths, kv_lengths=kv_lengths
+        )
+
+    @jax.jit
+    def run(offset, q_lengths, kv_lengths):
+        return attention(q, k, v, mask=mask_of(offset, q_lengths, kv_lengths), impl=impl)
+
+    ok = (jnp.array([12, 0]), jnp.array([4, 4]), jnp.array([16, 5]))
+    want = attention(q, k, v, mask=mask_of(*(np.asarray(a) for a in ok)), impl="xla")
+    np.testing.assert_allclose(np.asarray(run(*ok)), np.asarray(want), rtol=1e-5, atol=1e-6)
+    offset, q_lengths, kv_lengths = ok
+    bad = [
+        (offset, q_lengths, jnp.array([-1, 5])),  # kv_lengths below 0
+        (offset, q_lengths, jnp.array([17, 5])),  # kv_lengths past kv_len
+        (offset, jnp.array([4, -3]), kv_lengths),  # q_lengths below 0
+        (jnp.array([13, 0]), q_lengths, kv_lengths),  # queries past the last key
+        (jnp.array([0, -1]), q_lengths, kv_lengths),  # queries before key 0
+    ]
+    for args in bad:
+        assert np.isnan(np.asarray(run(*args))).all(), args

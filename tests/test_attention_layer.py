@@ -92,6 +92,25 @@ def test_kv_cache_blocks_equal_call(getkey):
         )
 
 
+def test_cache_offset_past_the_keys_is_refused(getkey):
+    """A decode step whose offset runs past the projected keys used to return numbers
+    (the rows past the keys saw every key); now it raises for a Python int, and a
+    traced offset (a decoding loop under jit) gives NaN."""
+    mha = MultiheadAttention(16, num_heads=2, key=getkey())
+    x = jax.random.normal(getkey(), (1, 12, 16))
+    k, v = mha.keys_values(x)
+    q = mha.queries(x[:, :3])
+    with pytest.raises(ValueError, match=r"`mask.q_offset` must place the queries inside"):
+        mha.attend(q, k, v, mask=AttentionMask(causal=True, tokens_per_frame=3, q_offset=12))
+
+    @jax.jit
+    def step(t):
+        return mha.attend(q, k, v, mask=AttentionMask(causal=True, tokens_per_frame=3, q_offset=t))
+
+    assert step(jnp.int32(9)).shape == (1, 3, 16)
+    assert np.isnan(np.asarray(step(jnp.int32(12)))).all()
+
+
 def test_process_heads_is_applied(getkey):
     mha = MultiheadAttention(16, num_heads=2, use_bias=True, key=getkey())
     x = jax.random.normal(getkey(), (4, 16))

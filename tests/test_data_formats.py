@@ -159,6 +159,30 @@ def test_teco_bad_files_name_the_file(tmp_path):
             src.read_window(names.index(name), 4, 1, None)
 
 
+def test_teco_actions_outside_the_ids_are_bad_files_and_never_packed(tmp_path):
+    """Actions read from a file are integers ≥ -1 that fit int32 (-1: no action; the
+    data does not know the model's `action_dim`: the model checks the upper bound)."""
+    train = tmp_path / "train"
+    train.mkdir()
+    np.savez(train / "below.npz", video=tagged_video(0, 3), actions=np.array([0, -5, 1]))
+    np.savez(train / "float.npz", video=tagged_video(1, 3), actions=np.array([0.0, 1.5, 1.0]))
+    np.savez(train / "huge.npz", video=tagged_video(2, 3), actions=np.array([0, 2**40, 1]))
+    src = TecoVideos(str(tmp_path), "train")
+    expected = {
+        "below.npz": r"below\.npz: actions must be ≥ -1 .*\[-5, 1\]",
+        "float.npz": r"float\.npz: actions must be a 1-D integer array.*float64",
+        "huge.npz": r"huge\.npz: actions must be ≥ -1 \(-1: no action\) and fit int32",
+    }
+    names = [os.path.basename(p) for p in src.files]
+    for name, pattern in expected.items():
+        with pytest.raises(BadVideoError, match=pattern):
+            src[names.index(name)]
+        with pytest.raises(BadVideoError, match=pattern):
+            src.read_window(names.index(name), 2, 1, None)
+    with pytest.raises(BadVideoError, match=r"below\.npz: actions must be ≥ -1"):
+        pack_array_record(src, str(tmp_path / "packed"), progress=False)
+
+
 def test_empty_or_missing_split(tmp_path):
     with pytest.raises(FileNotFoundError, match="train"):
         TecoVideos(str(tmp_path), "train")

@@ -284,6 +284,50 @@ def test_every_file_bad_is_an_error(tmp_path):
         next(iter(make_dataset(config, batch_size=1)))
 
 
+class ActionSource:
+    """A random-access source of 2 videos of 3 frames with the given actions."""
+
+    def __init__(self, actions):
+        self.actions = [np.asarray(a) for a in actions]
+
+    def __len__(self):
+        return len(self.actions)
+
+    def __getitem__(self, i):
+        return {"video": tagged(int(i), 3), "actions": self.actions[i]}
+
+
+def test_actions_of_a_source_are_checked_and_batched_as_int32():
+    """A random-access source's actions used to pass through unchecked (floats, -7, int64
+    as they came); now they are integers ≥ -1, one per frame, batched as int32 (the
+    model checks the upper bound, its `action_dim`)."""
+
+    def batches(actions):
+        return list(make_dataset(ActionSource(actions), batch_size=2, shuffle=False, num_epochs=1))
+
+    (good,) = batches([np.array([-1, 0, 5]), np.array([2**31 - 1, 1, 0])])
+    assert good["actions"].dtype == np.int32
+    np.testing.assert_array_equal(good["actions"], [[-1, 0, 5], [2**31 - 1, 1, 0]])
+    with pytest.raises(
+        ValueError, match=r"`actions` must be ≥ -1.*got -7 in video 1 of the batch, frame 2"
+    ):
+        batches([np.array([0, 1, 2]), np.array([0, 1, -7])])
+    with pytest.raises(ValueError, match=r"fit int32; got 2147483648 in video 0"):
+        batches([np.array([0, 2**31, 2]), np.array([0, 1, 2])])
+    with pytest.raises(ValueError, match=r"`actions` must be integers.*\(2, 3\); got float64"):
+        batches([np.array([0.0, 1, 2]), np.array([0.0, 1, 2])])
+    with pytest.raises(ValueError, match=r"one per frame.*\(2, 3\); got int64 of shape \(2, 2\)"):
+        batches([np.array([0, 1]), np.array([0, 1])])
+
+
+def test_out_of_range_actions_in_a_file_are_a_bad_file(tmp_path):
+    (tmp_path / "train").mkdir()
+    np.savez(tmp_path / "train" / "0.npz", video=tagged(0, 4), actions=np.array([0, 1, -2, 0]))
+    config = TecoConfig(root=str(tmp_path), seq_len=2)
+    with pytest.raises(BadVideoError, match=r"0\.npz: actions must be ≥ -1.*\[-2, 1\]"):
+        next(iter(make_dataset(config, batch_size=1)))
+
+
 def test_resize_random_crop_and_other_formats(teco, tmp_path):
     config = dataclasses.replace(teco, frame_size=4, crop="random", interpolation="area")
     batch = take(make_dataset(config, batch_size=2, seed=0), 1)[0]

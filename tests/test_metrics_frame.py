@@ -161,3 +161,58 @@ def test_psnr_against_numpy_formula(image_pairs):
         psnr(x, y[..., :1], data_range=1.0)
     with pytest.raises(ValueError, match="data_range"):
         psnr(x, y, data_range=-1.0)
+
+
+def test_values_must_fit_data_range(image_pairs):
+    """Values the data_range cannot hold used to give numbers (0..255 values with
+    data_range=1 gave a PSNR ~48 dB too low); now they raise, naming what was found.
+    PSNR is shift-invariant (its values must span at most data_range: [-1, 1] with
+    data_range=2 is fine), SSIM is not (values in [0, data_range])."""
+    x, y = (v[0] for v in image_pairs)  # float32 in [0, 1]
+    x255, y255 = x * 255, y * 255
+    with pytest.raises(
+        ValueError, match=r"psnr: .*span at most data_range=1 .*`a` holds values from 0 to 255"
+    ):
+        psnr(x255, y255, data_range=1.0)
+    with pytest.raises(ValueError, match=r"span at most data_range=1 .*`a` holds values from -1"):
+        psnr(2 * x - 1, 2 * y - 1, data_range=1.0)
+    np.testing.assert_allclose(
+        psnr(2 * x - 1, 2 * y - 1, data_range=2.0), psnr(x, y, data_range=1.0), rtol=1e-5
+    )
+    with pytest.raises(
+        ValueError, match=r"ssim: the values of `b` must lie in \[0, data_range\] = \[0, 1\]"
+    ):
+        ssim(x, y255, data_range=1.0)
+    with pytest.raises(ValueError, match=r"ssim: the values of `a` and `b` .*shift-invariant"):
+        ssim(2 * x - 1, 2 * y - 1, data_range=2.0)
+    u8 = np.round(x255).astype(np.uint8)
+    with pytest.raises(ValueError, match=r"ssim: .*\[0, 1\]; `a` holds values from 0 to 255"):
+        ssim(u8, u8, data_range=1.0)
+    # Round-off above the range is tolerated (VALUE_TOLERANCE of data_range).
+    assert np.isfinite(ssim(np.minimum(x * 1.0000005, 1.0000005), y, data_range=1.0)).all()
+
+
+def test_integer_and_float_images_are_not_compared():
+    """A uint8 image against a float one used to be compared as numbers (0..255 against
+    0..1); now it asks for one scale."""
+    a = np.full((12, 12, 1), 200, np.uint8)
+    b = np.full((12, 12, 1), 200 / 255, np.float32)
+    for metric, name in ((psnr, "psnr"), (ssim, "ssim")):
+        with pytest.raises(
+            ValueError, match=rf"{name}: `a` and `b` must be on the same scale, got `a` uint8"
+        ):
+            metric(a, b, data_range=255)
+        with pytest.raises(ValueError, match=r"got `a` float32 and `b` uint8"):
+            metric(b, a, data_range=1.0)
+
+
+def test_values_that_do_not_fit_give_nan_under_jit(image_pairs):
+    """Traced values cannot raise (no host callback in the program): values outside
+    the range give NaN scores, never numbers."""
+    x, y = (jnp.asarray(v[0]) for v in image_pairs)
+    jit_psnr = jax.jit(lambda a, b: psnr(a, b, data_range=1.0))
+    jit_ssim = jax.jit(lambda a, b: ssim(a, b, data_range=1.0))
+    np.testing.assert_allclose(jit_psnr(x, y), psnr(x, y, data_range=1.0), rtol=1e-6)
+    np.testing.assert_allclose(jit_ssim(x, y), ssim(x, y, data_range=1.0), atol=1e-6)
+    assert np.isnan(np.asarray(jit_psnr(x * 255, y * 255))).all()
+    assert np.isnan(np.asarray(jit_ssim(x - 0.5, y))).all()

@@ -195,19 +195,20 @@ def test_chunked_fvd():
 def test_samples_npz_round_trip(tmp_path, videos):
     real, fake = videos
     folder = tmp_path / "samples_2"
-    # Written out of order, read in index order (data_2 before data_10).
-    save_samples_npz(folder / "data_10.npz", real[3:], fake[3:], context=2)
-    save_samples_npz(folder / "data_2.npz", real[:3], fake[:3], context=2)
-    assert sorted(p.name for p in folder.iterdir()) == [
-        "data_10.npz",
-        "data_2.npz",
-    ]  # no temp files left
+    # Eleven files of one video each, written out of order, read in index order
+    # (data_2 before data_10).
+    order = np.arange(11) % len(real)
+    for i in reversed(range(11)):
+        j = order[i : i + 1]
+        save_samples_npz(folder / f"data_{i}.npz", real[j], fake[j], context=2)
+    names = [f"data_{i}.npz" for i in range(11)]
+    assert sorted(p.name for p in folder.iterdir()) == sorted(names)  # no temp files left
     loaded = load_samples_npz(folder)
-    assert loaded.context == 2 and [p.name for p in loaded.files] == ["data_2.npz", "data_10.npz"]
-    np.testing.assert_array_equal(loaded.real, real)
-    np.testing.assert_array_equal(loaded.fake[:, 2:], fake[:, 2:])
+    assert loaded.context == 2 and [p.name for p in loaded.files] == names
+    np.testing.assert_array_equal(loaded.real, real[order])
+    np.testing.assert_array_equal(loaded.fake[:, 2:], fake[order, 2:])
     np.testing.assert_array_equal(
-        loaded.fake[:, :2], real[:, :2]
+        loaded.fake[:, :2], real[order, :2]
     )  # context replaced by real frames
 
     # Float videos with an explicit range are rounded to uint8.
@@ -261,3 +262,34 @@ def test_samples_npz_errors_name_the_file(tmp_path, videos):
         save_samples_npz(tmp_path / "x.np", real, fake, context=1)
     with pytest.raises(ValueError, match="value_range='uint8' needs dtype uint8"):
         save_samples_npz(tmp_path / "y.npz", real / 255.0, fake / 255.0, context=1)
+
+
+def test_samples_folder_with_missing_files_is_refused(tmp_path, videos):
+    """A hole in the data_<i>.npz numbering used to be read silently (fewer videos
+    evaluated); now the error names the missing files."""
+    real, fake = videos
+    folder = tmp_path / "gap"
+    for i in (0, 1, 3, 6):
+        save_samples_npz(folder / f"data_{i}.npz", real[:1], fake[:1], context=1)
+    with pytest.raises(
+        ValueError,
+        match=r"up to data_6.npz but 3 file\(s\) are missing: data_2.npz, data_4.npz, "
+        r"data_5.npz\.",
+    ):
+        load_samples_npz(folder)
+    (folder / "data_0.npz").unlink()  # the numbering starts at 0
+    with pytest.raises(ValueError, match=r"missing: data_0.npz, data_2.npz"):
+        load_samples_npz(folder)
+    many = tmp_path / "many"
+    save_samples_npz(many / "data_30.npz", real[:1], fake[:1], context=1)
+    with pytest.raises(
+        ValueError,
+        match=r"30 file\(s\) are missing: data_0.npz, .*data_9.npz "
+        r"\(and 20 more\)",
+    ):
+        load_samples_npz(many)
+    twice = tmp_path / "twice"
+    save_samples_npz(twice / "data_0.npz", real[:1], fake[:1], context=1)
+    save_samples_npz(twice / "data_00.npz", real[:1], fake[:1], context=1)
+    with pytest.raises(ValueError, match=r"data_0.npz and data_00.npz .* both claim index 0"):
+        load_samples_npz(twice)

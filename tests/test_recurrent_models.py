@@ -227,6 +227,12 @@ def test_bad_inputs_name_the_argument_in_both_families(name, getkey):
         model(jnp.zeros((4, 16, 16)))  # missing channel axis
     with pytest.raises(ValueError, match=r"`frames` needs at least 2 frames.*got 1"):
         model.loss(VideoBatch(jnp.zeros((1, 1, 16, 16, 1))))
+    with pytest.raises(ValueError, match=rf"{title}: `frames` needs at least 2 frames.*got 0"):
+        model(jnp.zeros((0, 16, 16, 1)))  # an empty time axis
+    with pytest.raises(ValueError, match=r"`frames` needs at least 2 frames.*got 0"):
+        jax.jit(lambda m, b: m.loss(b)[0])(model, VideoBatch(jnp.zeros((2, 0, 16, 16, 1))))
+    with pytest.raises(ValueError, match=rf"{title}: `batch` needs at least 1 video, got 0"):
+        model.loss(VideoBatch(jnp.zeros((0, 4, 16, 16, 1))))  # was a NaN loss
     with pytest.raises(ValueError, match=rf"{title}: `context`"):
         model.generate(jnp.zeros((4, 16, 16, 3)), 2, key=key)
     with pytest.raises(ValueError, match=rf"{title}: `context` needs at least 1 frame"):
@@ -241,6 +247,43 @@ def test_bad_inputs_name_the_argument_in_both_families(name, getkey):
         model.generate(jnp.zeros((4, 16, 16, 1)), 2)  # pyright: ignore[reportCallIssue]  # the key is required
     with pytest.raises(TypeCheckError, match="actions"):
         VideoBatch(jnp.zeros((2, 4, 16, 16, 1)), jnp.zeros((2, 3), jnp.int32))
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_action_ids_outside_the_table_are_rejected_not_clamped(name, getkey):
+    """Ids outside [-1, action_dim) used to be clamped by the embedding lookup without a
+    word. Known ids raise a ValueError naming the argument, the id and the range (and
+    `check_batch`, which training runs on every batch before it reaches the devices);
+    traced ids (jit, vmap, scan) give NaN, never a clamped action's numbers."""
+    model = build(name, getkey())  # action_dim = 3
+    title, key = type(model).__name__, getkey()
+    video = random_video(getkey(), t=4)
+    allowed = r"must lie in \[-1, action_dim\) = \[-1, 3\) \(-1: no action\)"
+    with pytest.raises(ValueError, match=rf"{title}: `actions` {allowed}.*got 3 at index 2"):
+        model(video, jnp.array([-1, 0, 3, 1], jnp.int32))
+    with pytest.raises(ValueError, match=rf"`actions` {allowed}.*got -2 at index 1"):
+        model(video, jnp.array([0, -2, 1, 1], jnp.int32))
+    bad_batch = VideoBatch(video[None], jnp.array([[0, 1, 2, 7]], jnp.int32))
+    with pytest.raises(ValueError, match=rf"`batch.actions` {allowed}.*got 7 at index \(0, 3\)"):
+        model.loss(bad_batch)
+    with pytest.raises(ValueError, match=rf"`batch.actions` {allowed}.*got 7 at index \(0, 3\)"):
+        model.check_batch(np.asarray(bad_batch.video), np.asarray(bad_batch.actions))
+    with pytest.raises(ValueError, match=rf"`actions` {allowed}.*got 5 at index 5"):
+        model.generate(video, 2, key=key, actions=jnp.array([0, 0, 0, 0, 0, 5], jnp.int32))
+    with pytest.raises(ValueError, match=rf"`action` {allowed}; got 3\."):
+        model.step(model.init_state(), video[0], jnp.asarray(3, jnp.int32))
+
+    loss = eqx.filter_jit(lambda m, b: m.loss(b)[0])
+    generate = eqx.filter_jit(lambda m, c, a: m.generate(c, 2, key=key, actions=a))
+    step = eqx.filter_jit(lambda m, f, a: m.step(m.init_state(), f, a)[1])
+    ok = jnp.array([-1, 0, 2, 1], jnp.int32)  # both ends of the range are fine
+    assert np.isfinite(float(loss(model, VideoBatch(video[None], ok[None]))))
+    assert np.isnan(float(loss(model, bad_batch)))
+    assert generate(model, video, jnp.concatenate([ok, ok[:2]])).shape == (2, 16, 16, 1)
+    generated = generate(model, video, jnp.array([0, 0, 0, 0, -3, 0], jnp.int32))
+    assert np.isnan(np.asarray(generated)).all()
+    assert step(model, video[0], jnp.asarray(2, jnp.int32)).shape == (16, 16, 1)
+    assert np.isnan(np.asarray(step(model, video[0], jnp.asarray(3, jnp.int32)))).all()
 
 
 @pytest.mark.parametrize("name", FAMILIES)

@@ -278,3 +278,99 @@ def test_configs_are_checked_when_made(make, match):
 def test_resume_of_a_missing_run_says_it_starts_a_new_one(tmp_path, capsys):
     train(config(tmp_path / "new", steps=1, resume=True))
     assert "holds no checkpoint; starting a new run" in capsys.readouterr().out
+
+
+# -- 12. evaluation speaks in flags; the converter leaves nothing half-written ------
+
+
+@pytest.mark.parametrize(
+    "settings, match",
+    [
+        (dict(), r"exactly one of --run-dir .* and --samples"),
+        (dict(samples="s.npz", batch_size=0), r"--batch-size must be ≥ 1, got 0"),
+        (dict(samples="s.npz", num_videos=0), r"--num-videos must be ≥ 1, got 0"),
+        (dict(samples="s.npz", metrics=("psnr", "fid")), r"--metrics: unknown \['fid'\]"),
+    ],
+)
+def test_evaluation_errors_name_the_command_line_flags(settings, match):
+    from eqvid.evaluate import EvalConfig, evaluate
+
+    with pytest.raises(ValueError, match=match):
+        evaluate(EvalConfig(**settings))
+
+
+def test_evaluation_hints_spell_the_flags(tmp_path):
+    """Videos that do not fill the protocol's chunks: the hint names `--chunk` and
+    `--remainder` as typed on the command line, also when scoring sample files."""
+    from eqvid.evaluate import EvalConfig, evaluate
+    from eqvid.metrics import save_samples_npz
+
+    videos = np.random.default_rng(0).integers(0, 256, (6, 4, 8, 8, 3), np.uint8)
+    fake = videos.copy()
+    fake[:, 2:] = 255 - fake[:, 2:]
+    save_samples_npz(tmp_path / "s" / "data_0.npz", videos, fake, context=2)
+    base: dict[str, Any] = dict(samples=str(tmp_path / "s"), metrics=("psnr",), progress=False)
+    with pytest.raises(ValueError, match=r"one chunk needs 8 videos, got 6\. Pass --chunk 6"):
+        evaluate(EvalConfig(**base, chunk=8))
+    with pytest.raises(ValueError, match=r"Pass --remainder drop .* --remainder keep"):
+        evaluate(EvalConfig(**base, chunk=4))
+
+
+def test_a_failed_conversion_leaves_no_partial_output(tmp_path):
+    """A bad file stops `python -m eqvid.data.convert`: the shards already written are
+    removed, and data it was to `--overwrite` is kept."""
+    from eqvid.data import ArrayRecordVideos, BadVideoError, convert
+
+    root = tmp_path / "teco"
+    (root / "train").mkdir(parents=True)
+    video = np.random.default_rng(0).integers(0, 256, (4, 8, 8, 3), np.uint8)
+    np.savez(root / "train" / "0_good.npz", video=video)
+    np.savez(root / "train" / "1_good.npz", video=video[::-1])
+    argv = ["teco", "--root", str(root), "--out", str(tmp_path / "out")]
+    argv += ["--splits", "train", "--no-actions", "--no-progress"]
+    convert.main(argv)  # a good dataset, to be overwritten below
+    (root / "train" / "2_bad.npz").write_bytes(b"not a zip file")
+    np.savez(root / "train" / "1_good.npz", video=video)
+
+    with pytest.raises(BadVideoError, match=r"2_bad\.npz"):
+        convert.main([*argv[:2], str(root), "--out", str(tmp_path / "fresh"), *argv[5:]])
+    assert not (tmp_path / "fresh" / "train").exists()
+    assert not list(tmp_path.rglob("*.partial"))
+
+    with pytest.raises(BadVideoError, match=r"2_bad\.npz"):
+        convert.main([*argv, "--overwrite"])
+    kept = ArrayRecordVideos(str(tmp_path / "out"), "train", actions=False)
+    assert len(kept) == 2
+    np.testing.assert_array_equal(kept[1]["video"], video[::-1])  # the old data, whole
+    assert not list(tmp_path.rglob("*.partial"))
+
+
+# -- 11. a wrong channel count is named by the layer that gets it --------------------
+
+
+@pytest.mark.parametrize(
+    "make, x, match",
+    [
+        (lambda k: eqvid.nn.LayerNorm(4), (3,), r"LayerNorm: `x` must have shape \(\*batch, 4\)"),
+        (
+            lambda k: eqvid.nn.GroupNorm(8),
+            (4, 4, 3),
+            r"GroupNorm: `x` must have shape \(\*batch, height, width, 8\)",
+        ),
+        (
+            lambda k: eqvid.nn.ResNetEncoder(3, (4, 8), key=k),
+            (16, 16, 1),
+            r"ResNetEncoder: `x` must have shape \(\*batch, height, width, 3\).*got \(16, 16, 1\)",
+        ),
+        (
+            lambda k: eqvid.nn.ResNetDecoder(8, (8, 4), 3, key=k),
+            (4, 4, 2),
+            r"ResNetDecoder: `x` must have shape \(\*batch, height, width, 8\)",
+        ),
+    ],
+    ids=["LayerNorm", "GroupNorm", "ResNetEncoder", "ResNetDecoder"],
+)
+def test_layers_name_a_wrong_channel_count(make, x, match):
+    layer = make(jax.random.key(0))
+    with pytest.raises(ValueError, match=match):
+        layer(jax.numpy.zeros(x))

@@ -321,6 +321,9 @@ class CopyLast(AbstractVideoModel):
     def generate(self, context, num_frames, *, key, actions=None):
         return jnp.repeat(context[-1:], num_frames, axis=0)
 
+    def check_batch(self, video, actions):
+        pass  # nothing to check
+
     def optimizer_groups(self) -> dict[str, GroupSettings]:
         return {}
 

@@ -134,6 +134,9 @@ class ToyModel(AbstractVideoModel):
         _, frames = jax.lax.scan(body, context[-1], jax.random.split(key, num_frames))
         return frames
 
+    def check_batch(self, video, actions):
+        pass  # nothing to check
+
     def optimizer_groups(self) -> dict[str, GroupSettings]:
         return {"critic": GroupSettings(lr_scale=0.5, start_step=self.config.critic_start)}
 
@@ -440,6 +443,9 @@ class SSMProbe(AbstractVideoModel):
 
     def generate(self, context, num_frames, *, key, actions=None):
         raise NotImplementedError  # not needed by this test
+
+    def check_batch(self, video, actions):
+        pass  # nothing to check
 
     def optimizer_groups(self) -> dict[str, GroupSettings]:
         return {}

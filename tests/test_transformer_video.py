@@ -248,6 +248,14 @@ def test_bad_input_names_the_argument_and_numbers(model):
         model(jnp.zeros((4, 16, 16)))  # missing channel axis
     with pytest.raises(ValueError, match=r"`frames` needs at least 2 frames.*got 1"):
         model(jnp.zeros((1, 16, 16, 1)))
+    with pytest.raises(ValueError, match=r"`frames` needs at least 2 frames.*got 0"):
+        model(jnp.zeros((0, 16, 16, 1)))  # an empty time axis
+    with pytest.raises(ValueError, match=r"`frames` needs at least 2 frames.*got 0"):
+        jax.jit(lambda m, b: m.loss(b)[0])(model, VideoBatch(jnp.zeros((2, 0, 16, 16, 1))))
+    with pytest.raises(ValueError, match=r"`frames` has 13 frames.*max_frames = 12"):
+        model.loss(VideoBatch(jnp.zeros((1, 13, 16, 16, 1))))
+    with pytest.raises(ValueError, match=r"`batch` needs at least 1 video, got 0"):
+        model.loss(VideoBatch(jnp.zeros((0, 4, 16, 16, 1))))  # was a NaN loss
     with pytest.raises(ValueError, match=r"`frames` has 13 frames.*max_frames = 12"):
         model(jnp.zeros((13, 16, 16, 1)))
     with pytest.raises(ValueError, match=r"`context` needs at least 1 frame"):
@@ -264,3 +272,35 @@ def test_bad_input_names_the_argument_and_numbers(model):
         model.generate(jnp.zeros((4, 16, 16, 1)), 0, key=KEY)
     with pytest.raises(ValueError, match=r"`actions`.*\(6,\)"):
         model.generate(jnp.zeros((4, 16, 16, 1)), 2, key=KEY, actions=jnp.zeros((4,), jnp.int32))
+
+
+def test_action_ids_outside_the_table_are_rejected_not_clamped(model):
+    """Ids outside [-1, action_dim) used to be clamped by the embedding lookup without a
+    word. Known ids raise a ValueError naming the argument, the id and the range (also
+    from `check_batch`, which training runs on every batch on the host); traced ids
+    (jit, vmap) give NaN, never a clamped action's numbers."""
+    video = random_video(jax.random.key(1), t=4)
+    allowed = r"must lie in \[-1, action_dim\) = \[-1, 1\) \(-1: no action\)"
+    with pytest.raises(ValueError, match=rf"TransformerVideoModel: `actions` {allowed}.*got 1"):
+        model(video, jnp.array([-1, 0, 1, 0], jnp.int32))
+    bad_batch = VideoBatch(video[None], jnp.array([[0, -2, 0, 0]], jnp.int32))
+    with pytest.raises(ValueError, match=rf"`batch.actions` {allowed}.*got -2 at index \(0, 1\)"):
+        model.loss(bad_batch)
+    with pytest.raises(ValueError, match=rf"`batch.actions` {allowed}.*got -2 at index \(0, 1\)"):
+        model.check_batch(np.asarray(bad_batch.video), np.asarray(bad_batch.actions))
+    with pytest.raises(ValueError, match=rf"`actions` {allowed}.*got 4 at index 0"):
+        model.generate(video, 2, key=KEY, actions=jnp.array([4, 0, 0, 0, 0, 0], jnp.int32))
+
+    loss = eqx.filter_jit(lambda m, b: m.loss(b)[0])
+    ok = jnp.array([-1, 0, 0, -1], jnp.int32)
+    assert np.isfinite(float(loss(model, VideoBatch(video[None], ok[None]))))
+    assert np.isnan(float(loss(model, bad_batch)))
+
+    @eqx.filter_jit
+    def generate(m, a, cache):  # a Python bool `cache`: static under filter_jit
+        return m.generate(video, 2, key=KEY, actions=a, cache=cache)
+
+    for cache in (True, False):
+        assert generate(model, jnp.zeros((6,), jnp.int32), cache).shape == (2, 16, 16, 1)
+        bad = generate(model, jnp.array([0, 0, 0, 0, 0, 1], jnp.int32), cache)
+        assert np.isnan(np.asarray(bad)[-1]).all()  # the frame after the bad action

@@ -33,9 +33,34 @@ __all__ = ["make_dataset"]
 _SCALE = np.float32(1.0 / 127.5)
 
 
+_INT32 = np.iinfo(np.int32)
+
+
+@hot_path
+def _checked_actions(actions: Any, video_shape: tuple[int, ...]) -> np.ndarray:
+    """A source's batched `actions` as int32 `(batch, time)`: integers, one per frame of
+    `video`, each ≥ -1 (-1: no action; the model checks the upper bound, its
+    `action_dim`, which the data does not know)."""
+    actions = np.asarray(actions)
+    if not np.issubdtype(actions.dtype, np.integer) or actions.shape != video_shape[:2]:
+        raise ValueError(
+            f"make_dataset: the source's `actions` must be integers, one per frame: "
+            f"(batch, time) = {video_shape[:2]}; got {actions.dtype} of shape {actions.shape}."
+        )
+    if actions.size and (actions.min() < -1 or actions.max() > _INT32.max):
+        bad = np.flatnonzero((actions < -1) | (actions > _INT32.max))[0]
+        raise ValueError(
+            f"make_dataset: the source's `actions` must be ≥ -1 (-1: no action) and fit "
+            f"int32; got {actions.flat[bad]} in video {bad // actions.shape[1]} of the "
+            f"batch, frame {bad % actions.shape[1]}."
+        )
+    return actions.astype(np.int32)
+
+
 @hot_path
 def _to_float(batch: Mapping[str, Any]) -> dict[str, Any]:
-    """Map the batch's uint8 `video` to float32 in `[-1, 1]`; other keys pass through."""
+    """Map the batch's uint8 `video` to float32 in `[-1, 1]` and its `actions` (if any)
+    to checked int32 (`_checked_actions`); other keys pass through."""
     out = dict(batch)
     video = np.asarray(batch["video"])
     if video.dtype != np.uint8:
@@ -43,6 +68,8 @@ def _to_float(batch: Mapping[str, Any]) -> dict[str, Any]:
             f"make_dataset: expected `video` of dtype uint8 from the source; got {video.dtype}."
         )
     out["video"] = video.astype(np.float32) * _SCALE - np.float32(1.0)
+    if "actions" in batch:
+        out["actions"] = _checked_actions(batch["actions"], video.shape)
     return out
 
 
@@ -158,7 +185,9 @@ def make_dataset(
       `FrameFolderConfig`, `VideoFolderConfig`, `ArrayRecordConfig`), or a
       random-access source (`len(source)`, `source[i]`) whose items are dicts with a
       `uint8` `"video"` `(time, height, width, channels)` of one length, e.g.
-      `MovingMNIST` (batched as they are, scaled to `[-1, 1]`).
+      `MovingMNIST` (batched as they are, scaled to `[-1, 1]`), and optionally
+      integer `"actions"` `(time,)`, each ≥ -1 (batched as int32; other values raise
+      `ValueError`).
     - `batch_size`: examples per batch *per JAX process*.
     - `split`: `"train"` or `"test"` (configs only).
     - `seed`: seed of the shuffle (reshuffled each epoch), of the window starts and

@@ -16,6 +16,7 @@ ConvS5 reuses):
 """
 
 import dataclasses
+import itertools
 import os
 import pathlib
 import re
@@ -364,8 +365,14 @@ class MeanStd:
 
 
 def _chunk_bounds(
-    n: int, chunk: int, remainder: str, fn: str, min_chunk: int = 1
+    n: int, chunk: int, remainder: str, fn: str, min_chunk: int = 1, *, flags: bool = False
 ) -> list[tuple[int, int]]:
+    """The `(start, stop)` of each chunk of `n` videos. Errors suggest keyword
+    arguments (`chunk=4`), or with `flags` the command line's options (`--chunk 4`)."""
+
+    def option(name: str, value) -> str:
+        return f"--{name} {value}" if flags else f"{name}={value!r}"
+
     if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < min_chunk:
         raise ValueError(f"{fn}: `chunk` must be an int >= {min_chunk}, got {chunk!r}.")
     if remainder not in ("error", "keep", "drop"):
@@ -373,22 +380,23 @@ def _chunk_bounds(
     full, rest = divmod(n, chunk)
     if full == 0 and remainder != "keep":
         raise ValueError(
-            f"{fn}: one chunk needs {chunk} videos, got {n}. Pass chunk={n} to compute it over "
-            f"the {n} videos anyway; the number is not comparable with {chunk}-video chunks."
+            f"{fn}: one chunk needs {chunk} videos, got {n}. Pass {option('chunk', n)} to "
+            f"compute it over the {n} videos anyway; the number is not comparable with "
+            f"{chunk}-video chunks."
         )
     if rest and remainder == "error":
         raise ValueError(
             f"{fn}: {n} videos do not split into chunks of {chunk} ({full} chunk(s) and {rest} "
-            f"left over). Pass remainder='drop' to leave the last {rest} out, remainder='keep' to "
-            "count them as one smaller chunk (as TECO's scripts do), or a chunk size dividing "
-            f"{n}."
+            f"left over). Pass {option('remainder', 'drop')} to leave the last {rest} out, "
+            f"{option('remainder', 'keep')} to count them as one smaller chunk (as TECO's "
+            f"scripts do), or a chunk size dividing {n}."
         )
     bounds = [(i * chunk, (i + 1) * chunk) for i in range(full)]
     if rest and remainder == "keep":
         if rest < min_chunk:
             raise ValueError(
                 f"{fn}: the last chunk would hold {rest} video(s), fewer than {min_chunk}; "
-                "pass remainder='drop' or another chunk size."
+                f"pass {option('remainder', 'drop')} or another chunk size."
             )
         bounds.append((full * chunk, n))
     return bounds
@@ -585,7 +593,30 @@ def _sample_files(path: pathlib.Path) -> list[pathlib.Path]:
         indexed.append((int(m.group(1)), f))
     if not indexed:
         raise ValueError(f"load_samples_npz: {str(path)!r} holds no data_<i>.npz sample files.")
-    return [f for _, f in sorted(indexed)]
+    indexed.sort()
+    seen: dict[int, pathlib.Path] = {}
+    for i, f in indexed:
+        if i in seen:
+            raise ValueError(
+                f"load_samples_npz: {seen[i].name} and {f.name} in {str(path)!r} both claim "
+                f"index {i}; name the files data_0.npz, data_1.npz, ... without leading zeros."
+            )
+        seen[i] = f
+    # Files are numbered 0, 1, 2, ... (as eqvid.evaluate writes them); a hole means
+    # samples are missing, and reading the rest would silently evaluate fewer videos.
+    last = indexed[-1][0]
+    n_missing = last + 1 - len(seen)
+    if n_missing:
+        first = [
+            f"data_{i}.npz" for i in itertools.islice((i for i in range(last) if i not in seen), 10)
+        ]
+        shown = ", ".join(first) + (f" (and {n_missing - 10} more)" if n_missing > 10 else "")
+        raise ValueError(
+            f"load_samples_npz: {str(path)!r} holds data_<i>.npz up to {indexed[-1][1].name} "
+            f"but {n_missing} file(s) are missing: {shown}. Restore them, or renumber "
+            "the files you mean to evaluate data_0.npz, data_1.npz, ... without gaps."
+        )
+    return [f for _, f in indexed]
 
 
 def _read_sample_file(f: pathlib.Path, context: int | None):
@@ -640,7 +671,8 @@ def load_samples_npz(
     context: int | None = None,
 ) -> Samples:
     """Read one sample file, or a folder of `data_<i>.npz` files (TECO's naming, read in
-    the order of `i` and concatenated along the videos).
+    the order of `i` and concatenated along the videos; `i` runs over `0, 1, 2, …`
+    without holes).
 
     Every file is validated: readable `npz`, keys `real` and `fake`, both uint8
     `(videos, time, height, width, channels)` of one shape, the same frame shape and
@@ -660,8 +692,10 @@ def load_samples_npz(
     **Raises:**
 
     `FileNotFoundError` for a missing path; `ValueError` naming the file for a
-    corrupted, truncated or inconsistent file, or naming the folder when it holds no
-    sample files.
+    corrupted, truncated or inconsistent file, naming the folder when it holds no
+    sample files, and naming the missing files when the numbering `0, 1, 2, …` has
+    holes (e.g. `data_0`, `data_1`, `data_3`: `data_2.npz` is missing) or two files
+    claim one index (`data_1`, `data_01`).
     """
     files = _sample_files(pathlib.Path(path))
     reals, fakes = [], []

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Real
 
-from ._psnr import check_data_range, check_image_pair, compute_dtype
+from ._psnr import check_data_range, check_image_pair, check_values_fit, compute_dtype, with_check
 
 SSIMForm = Literal["tf", "skimage"]
 
@@ -90,7 +90,8 @@ def ssim(
 
     - `a`, `b`: images of the same shape `(..., height, width, channels)`, height and
       width at least `filter_size`.
-    - `data_range`: the width of the value range (`255` for uint8, `1.0` for `[0, 1]`).
+    - `data_range`: the width of the value range (`255` for uint8, `1.0` for `[0, 1]`);
+      the values must lie in `[0, data_range]`.
     - `form`: `"tf"` or `"skimage"` (see above).
     - `filter_size`, `filter_sigma`, `k1`, `k2`: SSIM parameters (the defaults are the
       papers' and both libraries'; scikit-image ties the size to σ as
@@ -103,7 +104,11 @@ def ssim(
     **Raises:**
 
     `ValueError` for mismatched shapes, images smaller than the filter, an unknown
-    `form` or a non-positive `data_range`.
+    `form`, a non-positive `data_range`, an integer array paired with a float one
+    (convert both to one scale first), or values outside `[0, data_range]` (up to
+    `VALUE_TOLERANCE` of `data_range`; e.g. 0..255 values with `data_range=1.0`, or
+    `[-1, 1]` images). Under `jit` such values give NaN (a compiled program cannot
+    raise without a host callback).
     """
     if form not in ("tf", "skimage"):
         raise ValueError(f"ssim: `form` must be 'tf' or 'skimage', got {form!r}.")
@@ -116,8 +121,10 @@ def ssim(
 
     dtype = compute_dtype(a)
     *lead, h, w, c = a.shape
-    x = jnp.asarray(a, dtype).reshape(-1, h, w, c) / jnp.asarray(data_range, dtype)
-    y = jnp.asarray(b, dtype).reshape(-1, h, w, c) / jnp.asarray(data_range, dtype)
+    a, b = jnp.asarray(a, dtype), jnp.asarray(b, dtype)
+    check = check_values_fit(a, b, data_range, fn="ssim", from_zero=True)
+    x = a.reshape(-1, h, w, c) / jnp.asarray(data_range, dtype)
+    y = b.reshape(-1, h, w, c) / jnp.asarray(data_range, dtype)
     window = gaussian_window(filter_size, filter_sigma)
     rows = jnp.asarray(_valid_filter_matrix(h, window), dtype)
     cols = jnp.asarray(_valid_filter_matrix(w, window), dtype)
@@ -148,4 +155,4 @@ def ssim(
             (ux * ux + uy * uy + c1) * (vx + vy + c2)
         )
     per_channel = jnp.mean(ssim_map, axis=(1, 2))
-    return jnp.mean(per_channel, axis=-1).reshape(lead)
+    return with_check(jnp.mean(per_channel, axis=-1).reshape(lead), check)

@@ -7,6 +7,7 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int, Key, PRNGKeyArray, Scalar
 
 
@@ -119,6 +120,21 @@ class AbstractVideoModel(eqx.Module):
     ) -> Float[Array, "{num_frames} height width channels"]:
         """Continue `context` by `num_frames` frames. `actions`, if given, covers
         context and generated frames (`len(context) + num_frames`)."""
+
+    @abc.abstractmethod
+    def check_batch(
+        self,
+        video: Float[np.ndarray, "batch time height width channels"],
+        actions: Int[np.ndarray, "batch time"] | None,
+    ) -> None:
+        """Check a batch of known values (NumPy, as `VideoBatch` holds them on the
+        devices) before training on it; raise a
+        `ValueError` naming what is wrong (an action id outside the table, an empty
+        batch). Training calls it on each process's share of every batch before the
+        batch goes to the devices: inside the compiled step, traced values cannot
+        raise without a host callback (a device sync every step, and an abort rather
+        than an error on a multi-device mesh). A family with nothing to check
+        returns `None`."""
 
     @abc.abstractmethod
     def optimizer_groups(self) -> dict[str, GroupSettings]:

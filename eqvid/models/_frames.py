@@ -6,7 +6,9 @@ import dataclasses
 from typing import TypeVar
 
 import jax.numpy as jnp
-from jaxtyping import Array, Float, Int, Scalar
+import numpy as np
+from jax.core import Tracer
+from jaxtyping import Array, ArrayLike, Float, Int, Scalar
 
 from ._registry import preset_of
 
@@ -40,26 +42,104 @@ def check_teacher_forcing(model, frames) -> None:
         )
 
 
+def check_actions(
+    model, actions: Int[ArrayLike, "*time"], name: str = "actions"
+) -> Int[Array, "*time"]:
+    """Action ids must be signed integers in `[-1, action_dim)` (`-1`: no action).
+
+    Known values (NumPy arrays, JAX arrays outside `jit`/`vmap`) raise a `ValueError`
+    naming `name`, the first bad id, its index and the allowed range; a non-integer
+    dtype raises either way. Traced ids (under `jit`, `vmap`, `scan`) cannot raise
+    without a host callback in the program, which costs every step a device sync
+    (+2–12 % measured on CPU) and aborts a multi-device program instead of raising
+    (Equinox issue 1232): there an id outside the range embeds as NaN
+    (`embed_actions`), so the prediction and the loss are NaN, never a clamped
+    action's numbers. Training checks each batch on the host first
+    (`AbstractVideoModel.check_batch`).
+    """
+    title = type(model).__name__
+    n = model.config.action_dim
+    allowed = f"[-1, action_dim) = [-1, {n}) (-1: no action)"
+    dtype = jnp.result_type(actions)
+    if not jnp.issubdtype(dtype, jnp.signedinteger):
+        raise ValueError(
+            f"{title}: `{name}` must be signed integer action ids in {allowed}, got dtype {dtype}."
+        )
+    if isinstance(actions, Tracer):
+        return actions  # out-of-range ids embed as NaN (`embed_actions`)
+    values = np.asarray(actions)
+    bad = np.flatnonzero((values < -1) | (values >= n))
+    if bad.size:
+        got = f"got {values.flat[bad[0]]}"
+        if values.ndim:
+            index = tuple(int(i) for i in np.unravel_index(bad[0], values.shape))
+            got += (
+                f" at index {index[0] if len(index) == 1 else index} ({bad.size} of "
+                f"{values.size} ids outside)"
+            )
+        raise ValueError(f"{title}: `{name}` must lie in {allowed}; {got}.")
+    return jnp.asarray(actions)
+
+
+def embed_actions(
+    table: Float[Array, "actions_plus_one embed"], actions: Int[Array, "*time"]
+) -> Float[Array, "*time embed"]:
+    """Row `action + 1` of `table` (row 0: no action, `-1`); an id outside
+    `[-1, len(table) - 1)` gives a NaN row, never a clamped neighbour's."""
+    rows = actions + 1
+    rows = jnp.where(rows < 0, table.shape[0], rows)  # negative would wrap around
+    return table.at[rows].get(mode="fill", fill_value=jnp.nan)
+
+
+def check_video_batch(model, video, actions) -> Int[Array, "batch time"] | None:
+    """A loss needs at least one video (the mean of none is NaN); `actions`, if given,
+    are checked as `check_actions` does (named `batch.actions`). Returns the checked
+    actions (or `None`)."""
+    if video.shape[0] < 1:
+        raise ValueError(
+            f"{type(model).__name__}: `batch` needs at least 1 video, got 0 "
+            f"(video shape {tuple(video.shape)})."
+        )
+    if actions is None:
+        return None
+    return check_actions(model, actions, "batch.actions")
+
+
 def no_actions(length: int) -> Int[Array, " time"]:
     """`length` "no action" entries (`-1`)."""
     return jnp.full((length,), -1, jnp.int32)
 
 
+def frame_actions(
+    model, actions: Int[Array, " time"] | None, num_frames: int
+) -> Int[Array, " time"]:
+    """The actions of `num_frames` frames (teacher forcing): one per frame, checked as
+    `check_actions` does; all "no action" if absent."""
+    if actions is None:
+        return no_actions(num_frames)
+    if actions.shape != (num_frames,):
+        raise ValueError(
+            f"{type(model).__name__}: `actions` must have one entry per frame, shape "
+            f"({num_frames},); got {actions.shape}."
+        )
+    return check_actions(model, actions)
+
+
 def rollout_actions(
-    actions: Int[Array, " total"] | None, n_context: int, num_frames: int
+    model, actions: Int[Array, " total"] | None, n_context: int, num_frames: int
 ) -> Int[Array, " total"]:
-    """Check `num_frames ≥ 1` and that `actions` covers context and generated frames
-    (all "no action" if absent)."""
+    """Check `num_frames ≥ 1` and that `actions` covers context and generated frames,
+    checked as `check_actions` does; all "no action" if absent."""
     if num_frames < 1:
         raise ValueError(f"generate: `num_frames` must be ≥ 1, got {num_frames}.")
     if actions is None:
         return no_actions(n_context + num_frames)
-    if actions.shape[0] != n_context + num_frames:
+    if actions.shape != (n_context + num_frames,):
         raise ValueError(
             f"generate: `actions` must cover context and generated frames, shape "
             f"({n_context + num_frames},); got {actions.shape}."
         )
-    return actions
+    return check_actions(model, actions)
 
 
 def released_loss(

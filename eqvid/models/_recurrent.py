@@ -14,6 +14,7 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, Scalar
 
 from ..nn._conv import Conv2d
@@ -22,10 +23,14 @@ from ..nn._sequence import AbstractSequenceLayer
 from ._abstract import AbstractVideoModel, KeyOrKeys, LossTerms, VideoBatch, mean_over_videos
 from ._frames import (
     FramePredictorConfig,
+    check_actions,
     check_context,
     check_frames,
     check_positive,
     check_teacher_forcing,
+    check_video_batch,
+    embed_actions,
+    frame_actions,
     no_actions,
     released_loss,
     rollout_actions,
@@ -101,7 +106,7 @@ class AbstractRecurrentVideoModel(AbstractVideoModel):
         """Encode frames, append the tiled action embedding (`-1` = no action), project
         to `d_model` channels."""
         z = self.encoder(frames)
-        a = self.action_embedding[actions + 1].astype(z.dtype)
+        a = embed_actions(self.action_embedding, actions).astype(z.dtype)
         a = jnp.broadcast_to(a[..., None, None, :], z.shape[:-1] + a.shape[-1:])
         return self.project(jnp.concatenate([z, a], axis=-1))
 
@@ -140,11 +145,22 @@ class AbstractRecurrentVideoModel(AbstractVideoModel):
         `key` the layers apply their training randomness (dropout); without, they are
         deterministic."""
         check_teacher_forcing(self, frames)
-        if actions is None:
-            actions = no_actions(frames.shape[0])
+        return self._teacher_forced(frames, frame_actions(self, actions, frames.shape[0]), key)
+
+    def _teacher_forced(self, frames, actions, key):
+        """`__call__` on frames and actions already checked."""
         h = self._embed(frames[:-1], actions[1:])
         h, _ = self._sequence(h, self.init_state(), key)
         return self._decode(h)
+
+    def check_batch(
+        self,
+        video: Float[np.ndarray, "batch time height width channels"],
+        actions: Int[np.ndarray, "batch time"] | None,
+    ) -> None:
+        """A batch of known values: at least one video, action ids in `[-1,
+        action_dim)` (see `AbstractVideoModel.check_batch`)."""
+        check_video_batch(self, video, actions)
 
     def loss(
         self,
@@ -158,11 +174,16 @@ class AbstractRecurrentVideoModel(AbstractVideoModel):
         averaged over the batch, with its terms `squared_error` and `absolute_error`;
         `key` drives dropout (`None`: deterministic). No model state."""
         del step
+        actions = check_video_batch(self, batch.video, batch.actions)
 
         def one(video, actions, key):
-            return released_loss(self(video, actions, key=key), video[1:], self.config.loss_weight)
+            check_teacher_forcing(self, video)
+            if actions is None:
+                actions = no_actions(video.shape[0])
+            predictions = self._teacher_forced(video, actions, key)
+            return released_loss(predictions, video[1:], self.config.loss_weight)
 
-        loss, terms = mean_over_videos(one, batch, key)
+        loss, terms = mean_over_videos(one, VideoBatch(batch.video, actions), key)
         return loss, terms, state
 
     def step(
@@ -177,6 +198,12 @@ class AbstractRecurrentVideoModel(AbstractVideoModel):
         check_frames(self, frame[None], "frame")
         if action is None:
             action = jnp.asarray(-1, jnp.int32)
+        else:
+            action = check_actions(self, action, "action")
+        return self._step(states, frame, action)
+
+    def _step(self, states, frame, action):
+        """`step` on a frame and an action already checked."""
         h = self._embed(frame, action)
         new = []
         for layer, state in zip(self.layers, states):
@@ -201,14 +228,14 @@ class AbstractRecurrentVideoModel(AbstractVideoModel):
         del key
         check_context(self, context)
         n_ctx = context.shape[0]
-        actions = rollout_actions(actions, n_ctx, num_frames)
+        actions = rollout_actions(self, actions, n_ctx, num_frames)
         h = self._embed(context, actions[1 : n_ctx + 1])
         h, states = self._sequence(h, self.init_state())
         first = self._decode(h[-1])
 
         def body(carry, action):
             states, frame = carry
-            states, frame = self.step(states, frame, action)
+            states, frame = self._step(states, frame, action)  # actions checked above
             return (states, frame), frame
 
         _, rest = jax.lax.scan(body, (states, first), actions[n_ctx + 1 :])

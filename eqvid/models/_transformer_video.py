@@ -19,6 +19,7 @@ import typing
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, Scalar
 
 from ..kernels.attention import AttentionImpl, AttentionMask
@@ -41,6 +42,9 @@ from ._frames import (
     check_context,
     check_positive,
     check_teacher_forcing,
+    check_video_batch,
+    embed_actions,
+    frame_actions,
     no_actions,
     released_loss,
     rollout_actions,
@@ -227,7 +231,7 @@ class TransformerVideoModel(AbstractVideoModel):
         """Frames `(T, H, W, C)` and their actions `(T,)` → embedded tokens `(T, F, width)`
         (encoder, tiled action embedding, patchifying conv, input dense)."""
         z = self.encoder(frames)
-        a = self.action_embedding[actions + 1]
+        a = embed_actions(self.action_embedding, actions)
         a = jnp.broadcast_to(a[..., None, None, :], z.shape[:-1] + a.shape[-1:])
         z = jnp.concatenate([z, a], axis=-1)
         g, p = self.config.grid_size, self.config.patch_size
@@ -301,6 +305,11 @@ class TransformerVideoModel(AbstractVideoModel):
         The input for frame `t` pairs it with the action taken towards frame `t + 1`
         (`actions[t + 1]`), as in the released code.
         """
+        self._check_frames(frames)
+        return self._teacher_forced(frames, frame_actions(self, actions, frames.shape[0]))
+
+    def _check_frames(self, frames):
+        """Teacher forcing needs 2 to `config.max_frames` frames of the model's size."""
         check_teacher_forcing(self, frames)
         n = frames.shape[0]
         if n > self.config.max_frames:
@@ -308,10 +317,20 @@ class TransformerVideoModel(AbstractVideoModel):
                 f"TransformerVideoModel: `frames` has {n} frames, more than "
                 f"config.max_frames = {self.config.max_frames}."
             )
-        if actions is None:
-            actions = no_actions(n)
+
+    def _teacher_forced(self, frames, actions):
+        """`__call__` on frames and actions already checked."""
         slots = jnp.concatenate([self._start(), self._frame_tokens(frames[:-1], actions[1:])])
         return self._readout(self._transformer(slots)[1:])
+
+    def check_batch(
+        self,
+        video: Float[np.ndarray, "batch time height width channels"],
+        actions: Int[np.ndarray, "batch time"] | None,
+    ) -> None:
+        """A batch of known values: at least one video, action ids in `[-1,
+        action_dim)` (see `AbstractVideoModel.check_batch`)."""
+        check_video_batch(self, video, actions)
 
     def loss(
         self,
@@ -326,12 +345,17 @@ class TransformerVideoModel(AbstractVideoModel):
         the batch, with its terms `squared_error` and `absolute_error`. Deterministic
         (no dropout): `key` and `step` are unused; no model state."""
         del key, step
+        actions = check_video_batch(self, batch.video, batch.actions)
 
         def one(video, actions, key):
             del key
-            return released_loss(self(video, actions), video[1:], self.config.loss_weight)
+            self._check_frames(video)
+            if actions is None:
+                actions = no_actions(video.shape[0])
+            predictions = self._teacher_forced(video, actions)
+            return released_loss(predictions, video[1:], self.config.loss_weight)
 
-        loss, terms = mean_over_videos(one, batch, None)
+        loss, terms = mean_over_videos(one, VideoBatch(batch.video, actions), None)
         return loss, terms, state
 
     def generate(
@@ -363,7 +387,7 @@ class TransformerVideoModel(AbstractVideoModel):
         del key
         check_context(self, context)
         n_ctx = context.shape[0]
-        actions = rollout_actions(actions, n_ctx, num_frames)
+        actions = rollout_actions(self, actions, n_ctx, num_frames)
         total = n_ctx + num_frames
         if total > self.config.max_frames:
             raise ValueError(

@@ -166,7 +166,13 @@ class MultiheadAttention(eqx.Module):
         *,
         mask: AttentionMask | None = None,
     ) -> Float[Array, "*batch q_len out_dim"]:
-        """Attention over projected heads, then the output projection."""
+        """Attention over projected heads, then the output projection.
+
+        `mask`'s lengths and query offset must fit the sequences (`q_offset` places
+        the queries among the keys: a cache's keys start at position 0); see
+        `eqvid.kernels.AttentionMask`. Known values raise a `ValueError`; traced ones
+        (a decoding loop under `jit`) that do not fit make the output NaN.
+        """
         lead = q.shape[:-3]
         flat = lambda a: a.reshape((-1,) + a.shape[-3:])
         o = attention(flat(q), flat(k), flat(v), mask=mask, impl=self.impl)

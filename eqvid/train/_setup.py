@@ -125,9 +125,12 @@ class TrainingRun:
         )
 
     def put_batch(self, batch: dict[str, np.ndarray]):
-        """This process's share of a global batch → global arrays on the mesh."""
+        """This process's share of a global batch → global arrays on the mesh, once the
+        model has checked its known values (`AbstractVideoModel.check_batch`: inside
+        the compiled step they could not raise)."""
         from ..models import VideoBatch
 
+        self.rest.check_batch(batch["video"], batch.get("actions"))
         sharding = batch_sharding(self.mesh)
         video = jax.make_array_from_process_local_data(sharding, batch["video"])
         actions = batch.get("actions")
