@@ -1,6 +1,8 @@
 """Shared helpers for the benchmark scripts: timing, environment, result files."""
 
+import argparse
 import dataclasses
+import datetime
 import os
 import pathlib
 import platform
@@ -14,6 +16,9 @@ from collections.abc import Callable
 import jax
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+"""The committed reference results: written only with `--update-reference`."""
+RUNS = RESULTS / "runs"
+"""Where a run writes by default: a new folder per run (ignored by git)."""
 REPO = pathlib.Path(__file__).resolve().parents[1]
 UNKNOWN = "unknown"
 
@@ -73,14 +78,113 @@ def jaxlib_version() -> str:
         return UNKNOWN
 
 
-def command_line() -> str:
-    """The command that is running, as one shell line (`python script args`)."""
-    return "python " + " ".join(shlex.quote(a) for a in sys.argv)
+def command_line(script: str = "", argv: list[str] | None = None) -> str:
+    """The command that is running, as one shell line with the Python executable as
+    `python`: `sys.argv`, or `script` (shown relative to the repository root) with
+    `argv` when a script's `main(argv)` is called from Python (run_all.py, tests)."""
+    if script and argv is not None:
+        path = pathlib.Path(script).resolve()
+        shown = path.relative_to(REPO) if path.is_relative_to(REPO) else path
+        words = [str(shown), *argv]
+    else:
+        words = sys.argv
+    return "python " + shlex.join(words)
 
 
-def environment_record() -> dict[str, object]:
+def load_average() -> float | None:
+    """The machine's 1-minute load average now (None where the OS has none)."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """How one benchmark run started: its command and the machine load then."""
+
+    command: str
+    load_start: float | None
+
+
+_IMPORTED = Run(command_line(), load_average())
+_current: Run | None = None
+
+
+def begin_run(
+    parser: argparse.ArgumentParser,
+    script: str,
+    argv: list[str] | None,
+    *,
+    out_dir: str,
+    update_reference: bool,
+) -> pathlib.Path:
+    """Start a benchmark run: note its command and the machine load now (for every
+    result file it writes) and return the folder its results go to (see
+    `results_folder`; a bad combination of options is a usage error)."""
+    global _current
+    _current = Run(command_line(script, argv), load_average())
+    try:
+        return results_folder(out_dir, update_reference)
+    except ValueError as error:
+        parser.error(str(error))
+
+
+def current_run() -> Run:
+    """The run begun last (`begin_run`), else this process since it imported this module."""
+    return _current or _IMPORTED
+
+
+def fresh_folder(tag: str = "") -> pathlib.Path:
+    """Create and return a new folder `benchmarks/results/runs/<UTC time>-<commit>[-tag]`
+    (a suffix `-2`, `-3`, … when that name is taken)."""
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    commit, _ = git_state()
+    name = "-".join(part for part in (stamp, commit[:7] if commit != UNKNOWN else "", tag) if part)
+    RUNS.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 1000):
+        folder = RUNS / (name if n == 1 else f"{name}-{n}")
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            continue
+        return folder
+    raise FileExistsError(f"no free folder name under {RUNS} for {name}")
+
+
+def results_folder(out_dir: str = "", update_reference: bool = False) -> pathlib.Path:
+    """Where a run's results go: `out_dir` when given; benchmarks/results/ itself (the
+    committed reference files) with `update_reference`; otherwise a new folder under
+    benchmarks/results/runs/ (`fresh_folder`), so a run never overwrites the references
+    by default."""
+    if out_dir and update_reference:
+        raise ValueError("give --out-dir or --update-reference, not both")
+    if out_dir:
+        return pathlib.Path(out_dir)
+    if update_reference:
+        return RESULTS
+    return fresh_folder()
+
+
+def load_line(start: object, end: object) -> str:
+    """`machine load (1-min average): 1.93 at start, 2.10 at end, on 2 CPUs`
+    (`unknown` for a load that is not a number)."""
+
+    def shown(load: object) -> str:
+        return f"{load:.2f}" if isinstance(load, int | float) else UNKNOWN
+
+    return (
+        f"machine load (1-min average): {shown(start)} at start, {shown(end)} at end, "
+        f"on {os.cpu_count() or UNKNOWN} CPUs"
+    )
+
+
+def environment_record(run: Run | None = None) -> dict[str, object]:
     """What produced a result, as a dict for JSON files: device, backend, jax and
-    jaxlib versions, Python, host, git commit and dirty flag, command."""
+    jaxlib versions, Python, host, git commit and dirty flag, the command and the
+    machine load (1-minute average) at the start of `run` (default: `current_run()`)
+    and now, with the number of CPUs."""
+    run = run or current_run()
     dev = jax.devices()[0]
     commit, dirty = git_state()
     return dict(
@@ -93,14 +197,18 @@ def environment_record() -> dict[str, object]:
         host=f"{platform.machine()}, {os.cpu_count()} CPU cores",
         git_commit=commit,
         git_dirty=dirty,
-        command=command_line(),
+        command=run.command,
+        load_start=run.load_start,
+        load_end=load_average(),
+        cpu_count=os.cpu_count(),
     )
 
 
-def environment() -> str:
+def environment(run: Run | None = None) -> str:
     """Device, jax version, Python, git commit (and whether tracked files had
-    uncommitted changes) and the command that produced a result, as markdown lines."""
-    env = environment_record()
+    uncommitted changes), the command that produced a result and the machine load
+    during `run` (default: `current_run()`), as markdown lines."""
+    env = environment_record(run)
     return (
         f"- device: {env['device']} ({env['backend']}, {env['device_count']} device(s)); "
         f"host: {env['host']}\n"
@@ -108,6 +216,7 @@ def environment() -> str:
         f"- git commit: {env['git_commit']}, uncommitted changes to tracked files: "
         f"{env['git_dirty']}\n"
         f"- command: `{env['command']}`\n"
+        f"- {load_line(env['load_start'], env['load_end'])}\n"
     )
 
 
@@ -121,8 +230,8 @@ def publish(
     name: str, title: str, body: str, *, custom_name: str = "", out_dir: str = ""
 ) -> pathlib.Path:
     """Write a benchmark's result file and print it: `<name>.md` on GPU,
-    `<name>_<backend>.md` elsewhere (unless `custom_name`), under `out_dir` or
-    benchmarks/results."""
+    `<name>_<backend>.md` elsewhere (unless `custom_name`), under `out_dir` (default:
+    a new folder under benchmarks/results/runs/)."""
     if not custom_name:
         gpu = jax.default_backend() == "gpu"
         custom_name = name if gpu else f"{name}_{jax.default_backend()}"
@@ -134,8 +243,9 @@ def publish(
 
 
 def write_result(name: str, title: str, body: str, out_dir: str = "") -> pathlib.Path:
-    """Write `<out_dir or benchmarks/results>/<name>.md` and return its path."""
-    folder = pathlib.Path(out_dir) if out_dir else RESULTS
+    """Write `<out_dir>/<name>.md` (default: a new folder under benchmarks/results/runs/)
+    and return its path."""
+    folder = results_folder(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.md"
     path.write_text(f"# {title}\n\n{environment()}\n{body}\n")

@@ -13,8 +13,9 @@ for every implementation, so TFLOP/s ratios are speed ratios), the kernel's spee
 over both references, the compiled program's temporary memory, and whether the
 kernel's targets are met in this run. An implementation that fails (cuDNN missing,
 out of memory) is recorded as such and the run goes on. Prints a markdown table and
-writes `benchmarks/results/attention_speed.md` on GPU (`attention_speed_<backend>.md`
-elsewhere).
+writes `attention_speed.md` on GPU (`attention_speed_<backend>.md` elsewhere) into a
+new folder under `benchmarks/results/runs/` (with `--update-reference`: into
+`benchmarks/results/`, replacing the committed reference).
 
     python benchmarks/attention_speed.py                     # sizes for this device
     python benchmarks/attention_speed.py --lengths 4096 --head-dims 128 --masks causal
@@ -32,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import Timing, markdown_table, measure, publish
+from _common import Timing, begin_run, markdown_table, measure, publish
 
 from eqvid._cli import add_config_arguments, config_from_args
 
@@ -87,7 +88,10 @@ class AttentionBenchConfig:
     """Result file name (default: attention_speed on GPU, attention_speed_<backend>
     elsewhere)."""
     out_dir: str = ""
-    """Folder for the result file (default: benchmarks/results)."""
+    """Folder for the result file (default: a new folder under benchmarks/results/runs/,
+    which git ignores)."""
+    update_reference: bool = False
+    """Write into benchmarks/results/ itself: replace the committed reference result."""
 
 
 def attention_mask(name: str, tokens_per_frame: int) -> AttentionMask:
@@ -203,6 +207,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if config.batch < 0 or config.heads < 0:
         parser.error("--batch and --heads must be ≥ 1 (0: the default)")
 
+    out = begin_run(
+        parser, __file__, argv, out_dir=config.out_dir, update_reference=config.update_reference
+    )
     # results[(mask, L, d)][impl] = (forward, fwd+bwd or None)
     results: dict[tuple[str, int, int], dict[str, tuple[Timing, Timing | None]]] = {}
     sizes: dict[tuple[str, int, int], tuple[int, int, int]] = {}  # batch, heads, visited pairs
@@ -431,9 +438,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             "interpret mode, for testing, and cuDNN fails): these numbers are a smoke "
             "run; run this script on a GPU for the comparison.\n"
         )
-    publish(
-        "attention_speed", "attention speed", body, custom_name=config.name, out_dir=config.out_dir
-    )
+    publish("attention_speed", "attention speed", body, custom_name=config.name, out_dir=str(out))
     return records
 
 

@@ -7,8 +7,9 @@ npz — then times `make_dataset(config, batch_size=..., num_workers=w)` (random
 windows of `seq_len` frames, shuffled, endless: the training path, including
 decoding, batching and the float conversion) for each format, frame size and
 number of worker processes. Reports frames/s (delivered window frames) and
-batches/s, and writes `benchmarks/results/data_speed_cpu.md` (`data_speed.md` on
-GPU hosts). The frames are smooth random textures, so compressed formats are
+batches/s, and writes `data_speed_cpu.md` (`data_speed.md` on GPU hosts) into a new
+folder under `benchmarks/results/runs/` (with `--update-reference`: into
+`benchmarks/results/`, replacing the committed reference). The frames are smooth random textures, so compressed formats are
 neither trivially small nor pure noise.
 
     python benchmarks/data_speed.py                       # 64 and 128 px, 0/1/2 workers (a few minutes)
@@ -28,7 +29,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import markdown_table, publish
+from _common import begin_run, markdown_table, publish
 
 from eqvid._cli import add_config_arguments, config_from_args
 from eqvid.data import (
@@ -73,7 +74,10 @@ class DataBenchConfig:
     name: str = ""
     """Result file name (default: data_speed on GPU hosts, data_speed_<backend> elsewhere)."""
     out_dir: str = ""
-    """Folder for the result file (default: benchmarks/results)."""
+    """Folder for the result file (default: a new folder under benchmarks/results/runs/,
+    which git ignores)."""
+    update_reference: bool = False
+    """Write into benchmarks/results/ itself: replace the committed reference result."""
 
 
 def synthetic_video(rng: np.random.Generator, frames: int, size: int) -> np.ndarray:
@@ -202,6 +206,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         config = dataclasses.replace(
             config, sizes=(16,), workers=(0,), videos=4, frames=8, seq_len=4, batch=2, seconds=0.0
         )
+    out = begin_run(
+        parser, __file__, argv, out_dir=config.out_dir, update_reference=config.update_reference
+    )
     records, rows = [], []
     load = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
@@ -275,9 +282,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         f"{table}\n\n## Targets\n\nReading + decoding + batching ≥ {TARGET_FPS:,} frames/s at 64×64 from "
         f"npz / ArrayRecord:\n\n{targets or '- (not measured in this run)'}\n"
     )
-    publish(
-        "data_speed", "data pipeline speed", body, custom_name=config.name, out_dir=config.out_dir
-    )
+    publish("data_speed", "data pipeline speed", body, custom_name=config.name, out_dir=str(out))
     return records
 
 

@@ -13,8 +13,9 @@ Reports the rollout time, generated frames/s (batch × horizon / time), the
 compiled rollout's temporary memory and that memory per generated frame, and
 ConvS5's speed relative to every other mode at each horizon, from the same run.
 A mode that fails (e.g. out of memory) is recorded and the run goes on. Prints a
-markdown table and writes `benchmarks/results/generation_speed.md` on GPU
-(`generation_speed_<backend>.md` elsewhere).
+markdown table and writes `generation_speed.md` on GPU (`generation_speed_<backend>.md`
+elsewhere) into a new folder under `benchmarks/results/runs/` (with
+`--update-reference`: into `benchmarks/results/`, replacing the committed reference).
 
     python benchmarks/generation_speed.py                   # small models, short rollouts
     python benchmarks/generation_speed.py --preset paper    # MNIST-300, 100 → 400/800/1200 (GPU)
@@ -31,7 +32,7 @@ import equinox as eqx
 import jax
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import Timing, markdown_table, measure, publish
+from _common import Timing, begin_run, markdown_table, measure, publish
 from _models import MODEL_PRESETS, build
 
 from eqvid._cli import add_config_arguments, config_from_args
@@ -66,7 +67,10 @@ class GenerationBenchConfig:
     """Result file name (default: generation_speed on GPU, generation_speed_<backend>
     elsewhere)."""
     out_dir: str = ""
-    """Folder for the result file (default: benchmarks/results)."""
+    """Folder for the result file (default: a new folder under benchmarks/results/runs/,
+    which git ignores)."""
+    update_reference: bool = False
+    """Write into benchmarks/results/ itself: replace the committed reference result."""
 
 
 def rollout_timing(mode, preset, context_len, horizon, batch, repeats) -> Timing:
@@ -102,6 +106,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     batch = config.batch or BATCH[config.preset]
     model_preset = config.model_preset or MODEL_PRESETS[config.preset]
 
+    out = begin_run(
+        parser, __file__, argv, out_dir=config.out_dir, update_reference=config.update_reference
+    )
     records, timings = [], {}
     for horizon in horizons:
         for mode in config.modes:
@@ -170,7 +177,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "generation speed",
         body,
         custom_name=config.name,
-        out_dir=config.out_dir,
+        out_dir=str(out),
     )
     return records
 

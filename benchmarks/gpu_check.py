@@ -6,13 +6,16 @@ from the repository root:
     python benchmarks/gpu_check.py --quick    # first: every section at small sizes, ≤ 3 minutes
     python benchmarks/gpu_check.py            # then: the full check, ≤ 8 minutes
 
-Everything goes to benchmarks/results/gpu/<quick|full>/ (or --out-dir): `summary.md`
-(device, driver, jax/jaxlib, git commit and dirty flag, the command, a pass/fail/time
-table of the sections, then every section's results), `summary.json` (the same for
-machines), every sub-benchmark's own result file, and `raw/` (each section's complete
-output with its exact command, nvidia-smi, jax.print_environment_info, git status and
-the uncommitted diff, the pytest JUnit XML). The summary is rewritten after every
-section, so a run cut short still leaves one. Commit that folder.
+Everything goes to a new folder benchmarks/results/runs/<UTC time>-<commit>-gpu-<quick|full>/
+(ignored by git; or --out-dir): `summary.md` (device, driver, jax/jaxlib, git commit
+and dirty flag, the command, the machine load, a pass/fail/time table of the
+sections, then every section's results), `summary.json` (the same for machines),
+every sub-benchmark's own result file, and `raw/` (each section's complete output with
+its exact command, nvidia-smi, jax.print_environment_info, git status and the
+uncommitted diff, the pytest JUnit XML). The summary is rewritten after every section,
+so a run cut short still leaves one. `--update-reference` writes
+benchmarks/results/gpu/<quick|full>/ instead, replacing the committed reference: commit
+that folder.
 
 Sections, in order; each runs in its own subprocess with its own time limit, and one
 that fails, crashes or runs out of time is recorded (error and output kept) before the
@@ -81,7 +84,16 @@ import typing
 from collections.abc import Callable, Sequence
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import REPO, RESULTS, UNKNOWN, git_state, markdown_table
+from _common import (
+    REPO,
+    RESULTS,
+    UNKNOWN,
+    fresh_folder,
+    git_state,
+    load_average,
+    load_line,
+    markdown_table,
+)
 
 SCRIPT = pathlib.Path(__file__).resolve()
 MODES = ("full", "quick", "cpu")
@@ -234,7 +246,7 @@ def result_body(markdown: str) -> str:
     keep = [
         line
         for line in markdown.splitlines()[1:]
-        if not re.match(r"- (device: |jax |git commit: |command: )", line)
+        if not re.match(r"- (device: |jax |git commit: |command: |machine load )", line)
     ]
     return "\n".join(keep).strip()
 
@@ -499,6 +511,7 @@ class Check:
         self.scale = budget / default_budget(mode, sections)
         self.started = time.monotonic()
         self.started_at = datetime.datetime.now(datetime.UTC)
+        self.load_start = load_average()
         self.commit, self.dirty = git_state()
         self.env_info: dict[str, object] = {}
         self.nvidia = ""
@@ -761,6 +774,7 @@ class Check:
             ["section", "kind", "checks", "status", "seconds", "limit s", "result"], rows
         )
         finished = all(o.status != "not run" for o in self.outcomes)
+        load_now = load_average()
         header = [
             f"# eqvid GPU check ({self.mode})",
             "",
@@ -772,6 +786,7 @@ class Check:
             f"- git commit: {self.commit}, uncommitted changes to tracked files: {self.dirty}"
             + (" (diff in raw/git_diff.patch)" if self.dirty == "yes" else ""),
             f"- command: `{self.command}` (from the repository root)",
+            f"- {load_line(self.load_start, load_now)}" + ("" if finished else " (so far)"),
             f"- mode: {self.mode}; time budget {self.budget:.0f} s; started "
             f"{self.started_at:%Y-%m-%d %H:%M:%S} UTC; "
             + (f"took {elapsed:.0f} s" if finished else f"{elapsed:.0f} s so far (still running)"),
@@ -815,6 +830,9 @@ class Check:
             command=self.command,
             git_commit=self.commit,
             git_dirty=self.dirty,
+            load_start=self.load_start,
+            load_end=load_now,
+            cpu_count=os.cpu_count(),
             environment=e,
             driver=self.driver(),
             budget_s=self.budget,
@@ -1314,8 +1332,14 @@ def parse_args(argv: list[str] | None):
     parser.add_argument(
         "--out-dir",
         default="",
-        help="folder for everything (default: benchmarks/results/gpu/full or "
-        "benchmarks/results/gpu/quick; with --cpu a new temporary folder)",
+        help="folder for everything (default: a new folder under benchmarks/results/runs/, "
+        "which git ignores; with --cpu a new temporary folder)",
+    )
+    parser.add_argument(
+        "--update-reference",
+        action="store_true",
+        help="write into benchmarks/results/gpu/full or benchmarks/results/gpu/quick, "
+        "replacing the committed reference results (not with --out-dir or --cpu)",
     )
     parser.add_argument(
         "--sections",
@@ -1354,14 +1378,18 @@ def main(argv: list[str] | None = None) -> int:
     mode = "cpu" if args.cpu else "quick" if args.quick else "full"
     # The environment always runs: it tells every result's device and versions.
     sections = [s for s in SECTIONS if s.name in {"environment", *args.sections}]
+    if args.update_reference and (args.out_dir or mode == "cpu"):
+        parser.error("--update-reference writes the GPU reference: not with --out-dir or --cpu")
+    if args.budget < 0:
+        parser.error("--budget must be positive")
     if args.out_dir:
         out = pathlib.Path(args.out_dir).resolve()
     elif mode == "cpu":
         out = pathlib.Path(tempfile.mkdtemp(prefix="eqvid-gpu-check-cpu-"))
-    else:
+    elif args.update_reference:
         out = RESULTS / "gpu" / mode
-    if args.budget < 0:
-        parser.error("--budget must be positive")
+    else:
+        out = fresh_folder(f"gpu-{mode}")
     budget = args.budget or default_budget(mode, sections)
     cache = "" if args.cache_dir.lower() in ("", "none", "off") else args.cache_dir
     if cache:

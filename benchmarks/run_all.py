@@ -1,9 +1,11 @@
-"""Run eqvid's whole benchmark suite and write `benchmarks/results/README.md`.
+"""Run eqvid's whole benchmark suite and write a `README.md` of all its results.
 
 Runs, in order, the scan kernel (`scan_speed.py`), the attention kernel
 (`attention_speed.py`), training throughput (`train_throughput.py`),
 generation speed (`generation_speed.py`) and the input pipeline
-(`data_speed.py`), each writing its own markdown file.
+(`data_speed.py`), each writing its own markdown file into one folder: a new
+folder under `benchmarks/results/runs/` (ignored by git), or `benchmarks/results/`
+itself with `--update-reference`, which replaces the committed reference results.
 Then writes `README.md` in the same folder: the device, jax version and the
 command of every benchmark, one table per benchmark, and PNG plots of time
 against sequence length (log scales). The full stdout of each benchmark is kept
@@ -13,6 +15,7 @@ in `logs/<benchmark>.log` beside the results, and the raw numbers in
     python benchmarks/run_all.py                    # CPU-sized defaults: a few minutes on 2 cores
     python benchmarks/run_all.py --preset paper     # the papers' sizes, for a GPU
     python benchmarks/run_all.py --only scan attention
+    python benchmarks/run_all.py --update-reference  # refresh the committed results
 
 Plots use matplotlib (a dependency of eqvid).
 """
@@ -37,10 +40,19 @@ import data_speed
 import generation_speed
 import scan_speed
 import train_throughput
-from _common import RESULTS, environment, environment_record
+from _common import RESULTS, begin_run, current_run, environment, environment_record
 
 from eqvid._cli import add_config_arguments, config_from_args
 
+REFERENCE_NOTE = (
+    "These are eqvid's committed reference results, refreshed only by "
+    "`python benchmarks/run_all.py --update-reference` (or a benchmark script run with "
+    "`--update-reference`). Without that flag every benchmark writes a new folder under "
+    "`benchmarks/results/runs/` (ignored by git) and leaves these files alone. Every "
+    "result file records the device, jax version, git commit and dirty flag, the exact "
+    "command, and the machine load (1-minute average) at the start and end of its run "
+    "with the number of CPUs: other work on the machine slows every number.\n\n"
+)
 BENCHMARKS = ("scan", "attention", "train", "generation", "data")
 SCRIPTS = {
     "scan": scan_speed,
@@ -71,7 +83,10 @@ class RunAllConfig:
     smoke: bool = False
     """Tiny sizes that only check the suite runs end to end (seconds; numbers meaningless)."""
     out_dir: str = ""
-    """Folder for all results (default: benchmarks/results)."""
+    """Folder for all results (default: a new folder under benchmarks/results/runs/,
+    which git ignores)."""
+    update_reference: bool = False
+    """Write into benchmarks/results/ itself: replace the committed reference results."""
 
 
 def benchmark_args(bench: str, preset: str, smoke: bool) -> list[str]:
@@ -200,6 +215,7 @@ def _table_of(markdown: str) -> str:
         and not line.startswith("- jax ")
         and not line.startswith("- command:")
         and not line.startswith("- git commit:")
+        and not line.startswith("- machine load")
     ]
     return "\n".join(body).strip()
 
@@ -220,8 +236,12 @@ def main(argv: list[str] | None = None) -> pathlib.Path:
         import matplotlib  # noqa: F401
     except ImportError:
         parser.error("plots need matplotlib: pip install matplotlib")
-    out = pathlib.Path(config.out_dir) if config.out_dir else RESULTS
+    out = begin_run(
+        parser, __file__, argv, out_dir=config.out_dir, update_reference=config.update_reference
+    )
+    suite = current_run()  # each benchmark begins its own run; the suite's is this one
     (out / "logs").mkdir(parents=True, exist_ok=True)
+    print(f"writing the results to {out}", flush=True)
     gpu = jax.default_backend() == "gpu"
     suffix = "" if gpu else f"_{jax.default_backend()}"
 
@@ -243,16 +263,10 @@ def main(argv: list[str] | None = None) -> pathlib.Path:
         print(f"\n=== {command}", flush=True)
         start = time.perf_counter()
         with open(out / "logs" / f"{name}.log", "w") as log:
-            log.write(f"$ {command}\n{environment()}\n")
-            argv_before, sys.argv = (
-                sys.argv,
-                [f"benchmarks/{script_file.name}"] + args,
-            )
-            try:  # so each result file records its own command
-                with contextlib.redirect_stdout(_Tee(sys.stdout, log)):
-                    records = script.main(args)
-            finally:
-                sys.argv = argv_before
+            log.write(f"$ {command}\n{environment(suite)}\n")
+            # Each result file records its own command (`main(args)` notes it).
+            with contextlib.redirect_stdout(_Tee(sys.stdout, log)):
+                records = script.main(args)
         elapsed = time.perf_counter() - start
         raw[bench] = dict(command=command, seconds=elapsed, records=records)
         figure = out / f"{name}.png"
@@ -269,7 +283,7 @@ def main(argv: list[str] | None = None) -> pathlib.Path:
     (out / "run_all.json").write_text(
         json.dumps(
             dict(
-                **environment_record(),
+                **environment_record(suite),
                 preset=config.preset,
                 benchmarks=raw,
             ),
@@ -280,9 +294,10 @@ def main(argv: list[str] | None = None) -> pathlib.Path:
     readme = out / "README.md"
     readme.write_text(
         "# eqvid benchmark results\n\n"
-        f"Written by `python benchmarks/run_all.py {shlex.join(argv if argv is not None else sys.argv[1:])}`.\n\n"
-        f"{environment()}\n"
-        "Every number comes from the run recorded here; ratios compare implementations "
+        f"Written by `{suite.command}`.\n\n"
+        f"{environment(suite)}\n"
+        + (REFERENCE_NOTE if out.resolve() == RESULTS else "")
+        + "Every number comes from the run recorded here; ratios compare implementations "
         "measured side by side in the same run. Each section gives the exact command, "
         "its own result file and the full log.\n\n" + "\n".join(sections)
     )

@@ -8,8 +8,9 @@ scan (`"xla"`) and `lax.scan` (`"sequential"`). For each it reports the median
 time, the effective bandwidth on the minimum bytes (read `b`, write `x`), that
 bandwidth as a share of this device's measured copy bandwidth (same run), the
 speed-up over both references, and the compiled program's temporary memory.
-Prints a markdown table and writes `benchmarks/results/scan_speed.md` on GPU
-(`scan_speed_<backend>.md` elsewhere).
+Prints a markdown table and writes `scan_speed.md` on GPU (`scan_speed_<backend>.md`
+elsewhere) into a new folder under `benchmarks/results/runs/` (with
+`--update-reference`: into `benchmarks/results/`, replacing the committed reference).
 
     python benchmarks/scan_speed.py                      # sizes for this device
     python benchmarks/scan_speed.py --sizes mnist-300 long --repeats 20
@@ -25,7 +26,7 @@ import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import markdown_table, publish, time_call
+from _common import begin_run, markdown_table, publish, time_call
 
 from eqvid._cli import add_config_arguments, config_from_args
 
@@ -68,7 +69,10 @@ class ScanBenchConfig:
     name: str = ""
     """Result file name (default: scan_speed on GPU, scan_speed_<backend> elsewhere)."""
     out_dir: str = ""
-    """Folder for the result file (default: benchmarks/results)."""
+    """Folder for the result file (default: a new folder under benchmarks/results/runs/,
+    which git ignores)."""
+    update_reference: bool = False
+    """Write into benchmarks/results/ itself: replace the committed reference result."""
 
 
 def copy_bandwidth(nbytes: int, repeats: int) -> float:
@@ -128,6 +132,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if impl not in IMPLS:
             parser.error(f"unknown implementation {impl!r}; choose from {', '.join(IMPLS)}")
 
+    out = begin_run(
+        parser, __file__, argv, out_dir=config.out_dir, update_reference=config.update_reference
+    )
     rows, notes, records = [], [], []
     for name in sizes:
         T, batch, hw, P = SIZES[name]
@@ -207,9 +214,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             "\nThe Pallas kernel is GPU-only (on CPU it runs in interpret mode, "
             "for testing); run this script on a GPU for its numbers.\n"
         )
-    publish(
-        "scan_speed", "linear_scan speed", body, custom_name=config.name, out_dir=config.out_dir
-    )
+    publish("scan_speed", "linear_scan speed", body, custom_name=config.name, out_dir=str(out))
     return records
 
 

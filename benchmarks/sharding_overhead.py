@@ -6,8 +6,9 @@ own step (`eqvid.train.make_train_step` on the one-device mesh: sharding
 constraints, parameter roles, the model-state and objective plumbing, donation),
 same model, batch and optimiser, alternating the two so drift hits both, and
 reports the ratio (target: eqvid's step costs ≤ 5% more). Prints a markdown
-table and writes `benchmarks/results/sharding_overhead.md` on GPU
-(`sharding_overhead_<backend>.md` elsewhere).
+table and writes `sharding_overhead.md` on GPU (`sharding_overhead_<backend>.md`
+elsewhere) into a new folder under `benchmarks/results/runs/` (with
+`--update-reference`: into `benchmarks/results/`, replacing the committed reference).
 
     python benchmarks/sharding_overhead.py
     python benchmarks/sharding_overhead.py --models convs5 transformer --length 32 --batch 8
@@ -27,7 +28,7 @@ import jax.numpy as jnp
 import optax
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import markdown_table, publish
+from _common import begin_run, markdown_table, publish
 from _models import MODEL_PRESETS, MODELS, config_for, library_step
 
 from eqvid._cli import add_config_arguments, config_from_args
@@ -70,7 +71,10 @@ class OverheadBenchConfig:
     """Result file name (default: sharding_overhead on GPU, sharding_overhead_<backend>
     elsewhere)."""
     out_dir: str = ""
-    """Folder for the result file (default: benchmarks/results)."""
+    """Folder for the result file (default: a new folder under benchmarks/results/runs/,
+    which git ignores)."""
+    update_reference: bool = False
+    """Write into benchmarks/results/ itself: replace the committed reference result."""
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -81,6 +85,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     )
     add_config_arguments(parser, "bench", OverheadBenchConfig)
     config = config_from_args(parser.parse_args(argv), "bench", OverheadBenchConfig())
+    out = begin_run(
+        parser, __file__, argv, out_dir=config.out_dir, update_reference=config.update_reference
+    )
     records, rows = [], []
     for name in config.models:
         model_config = config_for(name, MODEL_PRESETS[config.preset], config.length)
@@ -148,7 +155,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "sharding overhead on one device",
         body,
         custom_name=config.name,
-        out_dir=config.out_dir,
+        out_dir=str(out),
     )
     return records
 

@@ -9,8 +9,10 @@ the ratios ConvS5/ConvLSTM and ConvS5/Transformer in frames/s from the same run.
 ConvS5 runs its scan with `impl="auto"` (the Pallas kernel on GPU), the
 Transformer its attention with `impl="auto"`, ConvLSTM its `lax.scan` over time.
 A model that fails at a size (e.g. out of memory) is recorded and the run goes on.
-Prints a markdown table and writes `benchmarks/results/train_throughput.md` on GPU
-(`train_throughput_<backend>.md` elsewhere).
+Prints a markdown table and writes `train_throughput.md` on GPU
+(`train_throughput_<backend>.md` elsewhere) into a new folder under
+`benchmarks/results/runs/` (with `--update-reference`: into `benchmarks/results/`,
+replacing the committed reference).
 
     python benchmarks/train_throughput.py                    # small models, CPU lengths
     python benchmarks/train_throughput.py --preset paper     # MNIST-300 sizes, T up to 600 (GPU)
@@ -28,7 +30,7 @@ from typing import Literal
 import jax
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import Timing, markdown_table, publish, short_reason, temp_bytes
+from _common import Timing, begin_run, markdown_table, publish, short_reason, temp_bytes
 from _models import MODEL_PRESETS, MODELS, config_for, library_step, parameter_count
 
 from eqvid._cli import add_config_arguments, config_from_args
@@ -60,7 +62,10 @@ class TrainBenchConfig:
     """Result file name (default: train_throughput on GPU, train_throughput_<backend>
     elsewhere)."""
     out_dir: str = ""
-    """Folder for the result file (default: benchmarks/results)."""
+    """Folder for the result file (default: a new folder under benchmarks/results/runs/,
+    which git ignores)."""
+    update_reference: bool = False
+    """Write into benchmarks/results/ itself: replace the committed reference result."""
 
 
 def time_steps(name, preset, length, batch, repeats) -> tuple[Timing, int]:
@@ -106,6 +111,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     batch = config.batch or BATCH[config.preset]
     model_preset = config.model_preset or MODEL_PRESETS[config.preset]
 
+    out = begin_run(
+        parser, __file__, argv, out_dir=config.out_dir, update_reference=config.update_reference
+    )
     records, timings, counts = [], {}, {}
     for length in lengths:
         for name in config.models:
@@ -184,7 +192,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "training throughput",
         body,
         custom_name=config.name,
-        out_dir=config.out_dir,
+        out_dir=str(out),
     )
     return records
 

@@ -1,9 +1,12 @@
 """The benchmark scripts run end to end (tiny sizes; their numbers are not checked)."""
 
+import contextlib
 import importlib.util
 import json
 import os
 import pathlib
+import re
+import shlex
 import subprocess
 import sys
 import time
@@ -209,7 +212,7 @@ def test_environment_records_git_commit_and_dirty_flag():
     assert record["git_commit"] == head and record["git_dirty"] in ("yes", "no")
     if before == after:  # (other processes may edit the tree meanwhile)
         assert f"uncommitted changes to tracked files: {before}\n" in text
-    for line in ("- device: ", "- jax ", "- command: `python "):
+    for line in ("- device: ", "- jax ", "- command: `python ", "- machine load (1-min average): "):
         assert line in text
 
 
@@ -224,6 +227,128 @@ def test_environment_says_unknown_without_git(tmp_path, monkeypatch):
     assert "- git commit: unknown, uncommitted changes to tracked files: unknown" in (
         common.environment()
     )
+
+
+# ----------------------------------------------------------------------------
+# Where results go: a new folder per run; the committed references only on request.
+# ----------------------------------------------------------------------------
+
+LOAD_LINE = re.compile(
+    r"^- machine load \(1-min average\): \d+\.\d\d at start, \d+\.\d\d at end, "
+    r"on \d+ CPUs$",
+    re.MULTILINE,
+)
+
+
+def reference_files(results: pathlib.Path) -> dict[pathlib.Path, tuple[bytes, int]]:
+    """Bytes and modification time of every committed-result file a run could write
+    (benchmarks/results/ and its logs/, not runs/)."""
+    files = [p for folder in (results, results / "logs") for p in folder.glob("*")]
+    return {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in files if p.is_file()}
+
+
+@contextlib.contextmanager
+def guarded_references(results: pathlib.Path):
+    """Yield the reference files' state before the block; afterwards put back any the
+    block changed and remove any it created, so a regression cannot dirty the checkout
+    (the test compares the states itself)."""
+    before = reference_files(results)
+    try:
+        yield before
+    finally:
+        for path, (data, _) in before.items():
+            if not path.is_file() or path.read_bytes() != data:
+                path.write_bytes(data)
+        for path in set(reference_files(results)) - set(before):
+            path.unlink()
+
+
+def short_commit() -> str:
+    try:
+        return git_output("rev-parse", "--short=7", "HEAD").strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+
+
+def test_benchmark_writes_a_new_folder_not_the_reference(tmp_path, monkeypatch, capsys):
+    """With neither --out-dir nor --update-reference, a benchmark writes a new folder
+    `benchmarks/results/runs/<UTC time>-<commit>/` (ignored by git) and leaves the
+    committed reference file alone; its result records the exact command and the
+    machine load."""
+    scan_speed = load("scan_speed")
+    common = sys.modules["_common"]  # the module scan_speed writes through
+    assert common.RUNS == REPO / "benchmarks" / "results" / "runs"
+    if short_commit():
+        ignored = subprocess.run(
+            ["git", "check-ignore", "-q", "benchmarks/results/runs/x/scan_speed_cpu.md"],
+            cwd=REPO,
+            env=dict(os.environ, GIT_OPTIONAL_LOCKS="0"),
+        )
+        assert ignored.returncode == 0, "benchmarks/results/runs/ is not ignored by git"
+    monkeypatch.setattr(common, "RUNS", tmp_path / "runs")  # keeps the checkout clean
+    scan_speed.SIZES["test-tiny"] = (9, 1, 2, 3)
+    args = ["--sizes", "test-tiny", "--impls", "sequential", "--repeats", "1"]
+    with guarded_references(common.RESULTS) as before:
+        scan_speed.main(args)
+        after = reference_files(common.RESULTS)
+    assert after == before, "the run changed benchmarks/results/"
+    (folder,) = (tmp_path / "runs").iterdir()
+    assert re.fullmatch(
+        r"\d{8}T\d{6}Z" + (f"-{short_commit()}" if short_commit() else ""), (folder.name)
+    )
+    backend = scan_speed.jax.default_backend()
+    name = "scan_speed" if backend == "gpu" else f"scan_speed_{backend}"
+    assert [p.name for p in folder.iterdir()] == [f"{name}.md"]
+    text = (folder / f"{name}.md").read_text()
+    assert f"- command: `python benchmarks/scan_speed.py {shlex.join(args)}`\n" in text, text
+    assert LOAD_LINE.search(text), text
+    assert f"wrote {folder / name}.md" in capsys.readouterr().out
+
+
+def test_update_reference_writes_benchmarks_results(tmp_path, monkeypatch):
+    """`--update-reference` writes into benchmarks/results/ itself (here a stand-in);
+    with --out-dir as well it is a usage error."""
+    scan_speed = load("scan_speed")
+    common = sys.modules["_common"]
+    monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(common, "RUNS", tmp_path / "results" / "runs")
+    scan_speed.SIZES["test-tiny"] = (9, 1, 2, 3)
+    args = ["--sizes", "test-tiny", "--impls", "sequential", "--repeats", "1"]
+    scan_speed.main([*args, "--update-reference", "--name", "scan"])
+    assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["scan.md"]
+    assert LOAD_LINE.search((tmp_path / "results" / "scan.md").read_text())
+    with pytest.raises(SystemExit):
+        scan_speed.main([*args, "--update-reference", "--out-dir", str(tmp_path / "x")])
+    assert not (tmp_path / "x").exists()
+
+
+def test_run_all_writes_one_new_folder(tmp_path, monkeypatch):
+    """run_all.py without a folder: the whole suite lands in one new folder under
+    benchmarks/results/runs/, the committed results stay as they are, and its README
+    and run_all.json record the command and the machine load."""
+    run_all = load("run_all")
+    common = sys.modules["_common"]
+    monkeypatch.setattr(common, "RUNS", tmp_path / "runs")
+    with guarded_references(common.RESULTS) as before:
+        readme = run_all.main(["--smoke", "--only", "scan"])
+        after = reference_files(common.RESULTS)
+    assert after == before, "the suite changed benchmarks/results/"
+    (folder,) = (tmp_path / "runs").iterdir()
+    assert readme == folder / "README.md"
+    backend = run_all.jax.default_backend()
+    name = "scan_speed" if backend == "gpu" else f"scan_speed_{backend}"
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == sorted(["README.md", "logs", "run_all.json", f"{name}.md", f"{name}.png"])
+    assert [p.name for p in (folder / "logs").iterdir()] == [f"{name}.log"]
+    text = readme.read_text()
+    assert "- command: `python benchmarks/run_all.py --smoke --only scan`\n" in text
+    assert LOAD_LINE.search(text) and "committed reference results" not in text
+    scan = (folder / f"{name}.md").read_text()
+    assert LOAD_LINE.search(scan) and "- command: `python benchmarks/scan_speed.py " in scan
+    record = json.loads((folder / "run_all.json").read_text())
+    assert record["command"] == "python benchmarks/run_all.py --smoke --only scan"
+    assert isinstance(record["load_start"], float) and isinstance(record["load_end"], float)
+    assert record["cpu_count"] == os.cpu_count()
 
 
 # ----------------------------------------------------------------------------
