@@ -36,5 +36,6 @@ from ._sampling import Downsample as Downsample
 from ._sampling import Upsample as Upsample
 from ._sampling import avg_pool_2x as avg_pool_2x
 from ._sampling import upsample_nearest_2x as upsample_nearest_2x
+from ._sequence import AbstractSequenceLayer as AbstractSequenceLayer
 from ._transformer import KVCache as KVCache
 from ._transformer import TransformerBlock as TransformerBlock
