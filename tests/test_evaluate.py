@@ -12,7 +12,7 @@ import eqvid
 from eqvid.data import TecoConfig, evaluation_videos
 from eqvid.evaluate import EvalConfig, evaluate, load_trained_run
 from eqvid.evaluate.__main__ import main as cli_main
-from eqvid.metrics import LPIPS, load_samples_npz
+from eqvid.metrics import LPIPS, load_samples_npz, save_samples_npz
 from eqvid.metrics._lpips import lpips_weight_shapes
 from eqvid.models import rollout
 from eqvid.train import MeshConfig, OptimizerConfig, RunConfig, TrainConfig, train
@@ -89,6 +89,13 @@ def _psnr_reference(real, fake, context, chunk):
     return chunks.mean(), chunks.std()
 
 
+def _predicted(real, context, frames):
+    """`real`'s context frames followed by `frames` (broadcast to the horizon)."""
+    b, t = real.shape[:2]
+    after = np.broadcast_to(frames, (b, t - context, *real.shape[2:])).astype(np.uint8)
+    return np.concatenate([real[:, :context], after], axis=1)
+
+
 def test_evaluate_a_run_writes_samples_metrics_and_plot(run_dir, data, tmp_path):
     rng = np.random.default_rng(0)
     weights = {
@@ -136,12 +143,41 @@ def test_evaluate_a_run_writes_samples_metrics_and_plot(run_dir, data, tmp_path)
     assert len(report.per_frame["ssim"]) == 2 and report.num_videos == 4
     assert all(len(s.per_chunk) == 2 for s in report.scores.values())
 
+    # The baselines, from the same real videos, on the frame metrics (not FVD).
+    assert set(report.baselines) == {"copy_last", "mean_context", "empty"}
+    for baseline in report.baselines.values():
+        assert set(baseline) == {"psnr", "ssim", "lpips"}
+        assert all(len(s.per_chunk) == 2 for s in baseline.values())
+    copy_last = _predicted(samples.real, 3, samples.real[:, 2:3])
+    mean, std = _psnr_reference(samples.real, copy_last, 3, 2)
+    got = report.baselines["copy_last"]["psnr"]
+    np.testing.assert_allclose([got.mean, got.std], [mean, std], rtol=1e-5)
+    assert len(report.baseline_per_frame["empty"]["lpips"]) == 2
+
     written = json.loads((out / "metrics.json").read_text())
     assert written["scores"]["fvd"]["chunk_size"] == 2 and written["horizon"] == 2
+    assert written["baselines"]["copy_last"]["psnr"]["mean"] == got.mean
+    assert (
+        written["baseline_per_frame"]["empty"]["ssim"] == report.baseline_per_frame["empty"]["ssim"]
+    )
     table = (out / "metrics.md").read_text()
-    assert "| PSNR |" in table and "| FVD |" in table and "not comparable" in table
+    assert table.count("# Evaluation") == 1 and table.count(" → ") == 1  # settings said once
+    assert "| metric | model | copy last frame | mean context frame | empty frame |" in table
+    assert "| PSNR (dB) | " in table and " ± " in table and "2 chunks of 2 videos" in table
+    assert "| FVD (lower is better) | " in table and "| — | — | — |" in table
+    assert "not for the baselines" in table and "not comparable" in table
     assert (out / "per_frame.png").stat().st_size > 0
-    assert (out / "per_frame.csv").read_text().splitlines()[1].startswith("4,")
+    csv = (out / "per_frame.csv").read_text().splitlines()
+    assert csv[0].startswith("frame,predicted_frame,psnr,") and "lpips_empty" in csv[0]
+    assert csv[1].startswith("4,1,")
+    assert report.out_dir == str(out)
+    assert report.files == (
+        "metrics.json",
+        "metrics.md",
+        "per_frame.csv",
+        "per_frame.png",
+        "samples/",
+    )
 
     # Scoring the saved files again gives the same frame metrics.
     again = evaluate(
@@ -239,3 +275,81 @@ def test_cli_help_lists_the_protocols(capsys):
         "convert_weights",
     ):
         assert word in text
+
+
+def test_baselines_are_scored_beside_the_model(tmp_path):
+    """A model that copies the last context frame scores exactly as that baseline;
+    the empty (black) and mean-context baselines match PSNR computed by hand; the
+    report says plainly where a baseline beats the model; ± only over several chunks;
+    no FVD sentence without FVD."""
+    rng = np.random.default_rng(2)
+    real = rng.integers(0, 256, (4, 6, 16, 16, 1), dtype=np.uint8)
+    copies = tmp_path / "copies"
+    save_samples_npz(copies / "data_0.npz", real, _predicted(real, 3, real[:, 2:3]), context=3)
+
+    def scored(folder, chunk, out):
+        return evaluate(
+            EvalConfig(
+                samples=str(folder),
+                chunk=chunk,
+                metrics=("psnr", "ssim"),
+                out_dir=str(tmp_path / out),
+                progress=False,
+            )
+        )
+
+    report = scored(copies, 2, "two_chunks")
+    assert report.baselines["copy_last"] == report.scores  # the same numbers, exactly
+    assert report.baseline_per_frame["copy_last"] == report.per_frame
+    for name, black in (
+        ("empty", np.zeros((1, 1, 16, 16, 1), np.uint8)),
+        ("mean_context", np.round(real[:, :3].mean(axis=1, keepdims=True))),
+    ):
+        mean, std = _psnr_reference(real, _predicted(real, 3, black), 3, 2)
+        got = report.baselines[name]["psnr"]
+        np.testing.assert_allclose([got.mean, got.std], [mean, std], rtol=1e-5)
+    # The empty frame by hand: PSNR of black against frames in [0, 1] is -10 log10(E[x²]).
+    x = real[:, 3:].astype(np.float64) / 255
+    by_hand = np.mean(-10 * np.log10(np.mean(x**2, axis=(2, 3, 4))), axis=1)
+    np.testing.assert_allclose(
+        report.baselines["empty"]["psnr"].per_chunk,
+        [by_hand[:2].mean(), by_hand[2:].mean()],
+        rtol=1e-5,
+    )
+    table = report.markdown()
+    assert " ± " in table and "2 chunks of 2 videos" in table
+    # Noise is better predicted by its mean: on PSNR the model (= copy last) loses to
+    # it, and only to it, at every frame.
+    assert "- PSNR: the model is below mean context frame at every predicted frame.\n" in table
+
+    # A model that copies for two frames, then predicts the third almost exactly.
+    near = real ^ np.uint8(1)  # the lowest bit flipped: PSNR ≈ 48 dB
+    fake = _predicted(real, 3, real[:, 2:3])
+    fake[:, 5] = near[:, 5]
+    mixed = tmp_path / "mixed"
+    save_samples_npz(mixed / "data_0.npz", real, fake, context=3)
+    report = scored(mixed, 4, "one_chunk")
+    assert report.per_frame["psnr"][:2] == report.baseline_per_frame["copy_last"]["psnr"][:2]
+    table = (tmp_path / "one_chunk" / "metrics.md").read_text()
+    assert table.count("# Evaluation") == 1 and table.count(" → ") == 1
+    assert "±" not in table and "no spread" in table
+    assert "FVD" not in table
+    assert "below mean context frame at predicted frames 1–2." in table
+    psnr_row = next(line for line in table.splitlines() if line.startswith("| PSNR (dB) |"))
+    assert psnr_row.count("|") == 6  # metric, model and three baselines
+
+
+def test_cli_prints_the_report_once_and_where_it_wrote(tmp_path, capsys):
+    rng = np.random.default_rng(3)
+    real = rng.integers(0, 256, (2, 5, 16, 16, 1), dtype=np.uint8)
+    folder = tmp_path / "samples"
+    save_samples_npz(folder / "data_0.npz", real, _predicted(real, 2, real[:, 1:2]), context=2)
+    out = tmp_path / "out"
+    argv = ["--samples", str(folder), "--chunk", "2", "--metrics", "psnr", "ssim"]
+    assert cli_main([*argv, "--out-dir", str(out), "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert text.count("# Evaluation") == 1 and text.count(" → ") == 1
+    assert "| PSNR (dB) |" in text
+    assert text.strip().splitlines()[-1] == (
+        f"eqvid: wrote metrics.json, metrics.md, per_frame.csv, per_frame.png to {out}"
+    )

@@ -24,7 +24,8 @@ from ..metrics import (
     videos_to_uint8,
 )
 from ..metrics._protocol import _chunk_bounds
-from ._protocols import EvalProtocol, protocol
+from ._protocols import PROTOCOLS, EvalProtocol, protocol
+from ._rollout_report import BASELINES, baseline_predictions
 
 METRICS = ("psnr", "ssim", "lpips", "fvd")
 FRAME_METRICS = ("psnr", "ssim", "lpips")
@@ -82,9 +83,38 @@ class EvalConfig:
     """Show a progress bar."""
 
 
+LABELS = {
+    "psnr": "PSNR (dB)",
+    "ssim": "SSIM",
+    "lpips": "LPIPS (lower is better)",
+    "fvd": "FVD (lower is better)",
+}
+"""Each metric's name with its unit or direction, in tables and on plot axes."""
+_DIGITS = {"psnr": 2, "ssim": 4, "lpips": 4, "fvd": 2}
+_LOWER_IS_BETTER = ("lpips", "fvd")
+
+
+def _value(name: str, score: MeanStd, spread: bool) -> str:
+    digits = _DIGITS[name]
+    text = f"{score.mean:.{digits}f}"
+    return f"{text} ± {score.std:.{digits}f}" if spread else text
+
+
+def _frame_ranges(frames: list[int]) -> str:
+    """[1, 2, 3, 5] -> "1–3, 5"."""
+    parts, start = [], None
+    for i, f in enumerate(frames):
+        if start is None:
+            start = f
+        if i + 1 == len(frames) or frames[i + 1] != f + 1:
+            parts.append(str(f) if f == start else f"{start}–{f}")
+            start = None
+    return ", ".join(parts)
+
+
 @dataclasses.dataclass(frozen=True)
 class EvalReport:
-    """The metrics of one evaluation."""
+    """The metrics of one evaluation, the model's beside the baselines'."""
 
     protocol: str
     description: str
@@ -101,43 +131,162 @@ class EvalReport:
     """Each frame metric averaged over videos, per generated frame."""
     kvd: float | None = None
     """Kernel video distance over all videos (with FVD)."""
+    baselines: dict[str, dict[str, MeanStd]] = dataclasses.field(default_factory=dict)
+    """Each baseline (a key of `BASELINES`: copy last frame, mean context frame, empty
+    frame) → each frame metric, scored as the model is, from the same real videos."""
+    baseline_per_frame: dict[str, dict[str, list[float]]] = dataclasses.field(default_factory=dict)
+    """Each baseline → each frame metric averaged over videos, per generated frame."""
+    out_dir: str = ""
+    """The folder the files were written to."""
+    files: tuple[str, ...] = ()
+    """The files (and folders) written there."""
 
     def as_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["scores"] = {k: v.to_dict() for k, v in self.scores.items()}
+        out["baselines"] = {
+            b: {k: v.to_dict() for k, v in scores.items()} for b, scores in self.baselines.items()
+        }
+        out["files"] = list(self.files)
         return out
 
+    def chunks(self) -> int:
+        """The number of chunks the means (and stds) are taken over."""
+        return max((len(s.per_chunk) for s in self.scores.values()), default=0)
+
+    def losses(self) -> dict[str, dict[str, list[int]]]:
+        """Frame metric → baseline → the predicted frames (1 = the first after the
+        context) at which the model's curve is worse than the baseline's."""
+        out: dict[str, dict[str, list[int]]] = {}
+        for name, curve in self.per_frame.items():
+            model = np.asarray(curve, np.float64)
+            for b in BASELINES:
+                if name not in self.baseline_per_frame.get(b, {}):
+                    continue
+                base = np.asarray(self.baseline_per_frame[b][name], np.float64)
+                with np.errstate(invalid="ignore"):  # inf - inf: equal, not worse
+                    worse = model > base if name in _LOWER_IS_BETTER else model < base
+                frames = [int(i) + 1 for i in np.flatnonzero(worse)]
+                if frames:
+                    out.setdefault(name, {})[b] = frames
+        return out
+
+    def _settings_sentence(self) -> str:
+        base = PROTOCOLS.get(self.protocol)
+        if base is None:
+            changed = ["its settings"]
+        else:
+            changed = [
+                text
+                for same, text in (
+                    (self.context == base.context, f"context {base.context}"),
+                    (self.horizon == base.horizon, f"horizon {base.horizon}"),
+                    (self.num_videos == base.num_videos, f"{base.num_videos} videos"),
+                    (self.chunk == base.chunk, f"chunks of {base.chunk}"),
+                    (
+                        set(self.scores) == set(base.metrics),
+                        "metrics " + "/".join(m.upper() for m in base.metrics),
+                    ),
+                )
+                if not same
+            ]
+        if not changed:
+            return f"Protocol {self.protocol}: {self.description}. Source: {self.source}."
+        return (
+            f"{self.num_videos} videos from {self.source}: {self.context} context frames → "
+            f"{self.horizon} predicted frames. Settings differ from protocol "
+            f"{self.protocol}'s: {', '.join(changed)}."
+        )
+
     def markdown(self) -> str:
+        chunks = self.chunks()
+        spread = chunks > 1
+        baselines = [b for b in BASELINES if b in self.baselines]
+        header = ["metric", "model", *(BASELINES[b] for b in baselines)]
         lines = [
             f"# Evaluation: {self.protocol}",
             "",
-            f"{self.description}. Source: {self.source}. {self.num_videos} videos, "
-            f"{self.context} context → {self.horizon} generated frames; mean ± std over "
-            f"chunks of {self.chunk} videos.",
+            self._settings_sentence(),
             "",
-            "| metric | mean ± std | chunks | on |",
-            "|---|---:|---:|---|",
+            "| " + " | ".join(header) + " |",
+            "|---|" + "---:|" * (len(header) - 1),
         ]
-        on = {
-            "psnr": "generated frames, [0, 1]",
-            "ssim": "generated frames, [0, 1]",
-            "lpips": "generated frames, AlexNet",
-            "fvd": "whole videos, I3D logits",
-        }
         for name, score in self.scores.items():
-            lines.append(
-                f"| {name.upper()} | {score.mean:.4f} ± {score.std:.4f} | "
-                f"{len(score.per_chunk)} | {on[name]} |"
-            )
-        if self.kvd is not None:
-            lines.append(f"| KVD | {self.kvd:.4f} | 1 | whole videos, I3D logits |")
-        if self.chunk != PAPER_CHUNK:
-            lines += [
-                "",
-                f"Chunks of {self.chunk} videos, not the papers' {PAPER_CHUNK}: FVD is "
-                "not comparable with published numbers.",
+            cells = [LABELS[name], _value(name, score, spread)]
+            cells += [
+                _value(name, self.baselines[b][name], spread) if name in self.baselines[b] else "—"
+                for b in baselines
             ]
+            lines.append("| " + " | ".join(cells) + " |")
+        if self.kvd is not None:
+            cells = ["KVD (lower is better)", f"{self.kvd:.4f}", *("—" for _ in baselines)]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+        if spread:
+            lines.append(
+                f"Mean ± std over {chunks} chunks of {self.chunk} videos (std of the chunk "
+                "means, as TECO)."
+            )
+        else:
+            lines.append(f"One chunk ({self.num_videos} videos): no spread, so values stand alone.")
+        frame_names = [m for m in self.scores if m in FRAME_METRICS]
+        if frame_names:
+            lines.append(
+                f"{'/'.join(m.upper() for m in frame_names)}: the predicted frames only, mean "
+                "over frames, then videos."
+            )
+        if baselines:
+            lines.append(
+                "Baselines, from the same real videos and scored the same way: copy last "
+                "frame repeats the last context frame, mean context frame repeats the mean "
+                "of the context frames, empty frame is black (0)."
+            )
+        if "fvd" in self.scores:
+            lines.append(
+                "FVD and KVD: whole videos (context included), I3D logits; computed for the "
+                "model only, not for the baselines."
+            )
+            if self.chunk != PAPER_CHUNK:
+                lines.append(
+                    f"Chunks of {self.chunk} videos, not the papers' {PAPER_CHUNK}: FVD is "
+                    "not comparable with published numbers."
+                )
+        if baselines and self.per_frame:
+            losses = self.losses()
+            lines.append("")
+            if not losses:
+                lines.append(
+                    "No baseline is better than the model at any predicted frame "
+                    f"({', '.join(n.upper() for n in self.per_frame)}; mean over videos)."
+                )
+            else:
+                lines.append(
+                    "Where a baseline is better than the model (mean over videos; predicted "
+                    f"frame 1 is the first after the context, {self.horizon} the last):"
+                )
+                for name, worse in losses.items():
+                    word = "above (worse than)" if name in _LOWER_IS_BETTER else "below"
+                    parts = []
+                    for b, frames in worse.items():
+                        where = _frame_ranges(frames)
+                        if len(frames) == self.horizon:
+                            where = "every predicted frame"
+                        elif len(frames) == 1:
+                            where = f"predicted frame {where}"
+                        elif where.count(",") >= 6:  # scattered: count them
+                            where = (
+                                f"{len(frames)} of {self.horizon} predicted frames (the first: "
+                                f"{frames[0]}; per_frame.csv has them all)"
+                            )
+                        else:
+                            where = f"predicted frames {where}"
+                        parts.append(f"{word} {BASELINES[b]} at {where}")
+                    lines.append(f"- {name.upper()}: the model is " + "; ".join(parts) + ".")
         return "\n".join(lines)
+
+    def wrote(self) -> str:
+        """One line: which files were written where."""
+        return f"eqvid: wrote {', '.join(self.files)} to {self.out_dir}"
 
 
 def _protocol_name(config: EvalConfig) -> str:
@@ -286,8 +435,12 @@ def evaluate(
 ) -> EvalReport:
     """Evaluate a trained run (`config.run_dir`) or existing samples (`config.samples`)
     under `config.protocol` and write, to the output folder: `metrics.json`,
-    `metrics.md`, `per_frame.csv`, `per_frame.png` (each frame metric against the
-    horizon) and, when generating, `samples/data_<i>.npz`.
+    `metrics.md`, `per_frame.csv`, `per_frame.png` (each frame metric per predicted
+    frame) and, when generating, `samples/data_<i>.npz`.
+
+    The baselines of `BASELINES` (the last context frame copied, the mean context
+    frame, an empty black frame) are scored beside the model on the frame metrics,
+    from the same real videos, in the same batches and chunks; FVD is the model's only.
 
     Generation and scoring stream in batches of `config.batch_size` videos, so memory
     does not grow with the number of videos. Frame metrics cover generated frames only
@@ -330,23 +483,35 @@ def evaluate(
             min_chunk=2 if "fvd" in metrics else 1,
             flags=True,
         )
-    frame_values: dict[str, list[np.ndarray]] = {m: [] for m in FRAME_METRICS if m in metrics}
+    names = [m for m in FRAME_METRICS if m in metrics]
+    # The model ("model") and each baseline → frame metric → per-batch (videos, horizon).
+    frame_values: dict[str, dict[str, list[np.ndarray]]] = {
+        who: {m: [] for m in names} for who in ("model", *BASELINES)
+    }
     features: dict[str, list[np.ndarray]] = {"real": [], "fake": []}
     scored = [0]
 
     def on_batch(real: np.ndarray, fake: np.ndarray) -> None:
         scored[0] += len(real)
-        if frame_values:
-            values = frame_metrics(
-                real,
-                fake,
-                context=context,
-                value_range="uint8",
-                ssim_form=settings.ssim_form,
-                lpips_fn=lpips_fn,
-            )
-            for name in frame_values:
-                frame_values[name].append(values[name])
+        if names:
+            ctx = real[:, :context]
+            predicted = {"model": fake} | {
+                b: np.concatenate([ctx, frames], axis=1)
+                for b, frames in baseline_predictions(
+                    real, context=context, horizon=real.shape[1] - context, empty=0.0
+                ).items()
+            }
+            for who, videos in predicted.items():
+                values = frame_metrics(
+                    real,
+                    videos,
+                    context=context,
+                    value_range="uint8",
+                    ssim_form=settings.ssim_form,
+                    lpips_fn=lpips_fn,
+                )
+                for name in names:
+                    frame_values[who][name].append(values[name])
         if features_fn is not None:
             for name, videos in (("real", real), ("fake", fake)):
                 features[name].append(
@@ -358,12 +523,22 @@ def evaluate(
         source = _generate(config, settings, out_dir, on_batch)
     else:
         source = _score_files(config, samples, on_batch)
-    values = {k: np.concatenate(v) for k, v in frame_values.items()}
-    horizon = next(iter(values.values())).shape[1] if values else settings.horizon
+    values = {
+        who: {k: np.concatenate(v) for k, v in per_metric.items()}
+        for who, per_metric in frame_values.items()
+    }
+    horizon = values["model"][names[0]].shape[1] if names else settings.horizon
 
-    scores: dict[str, MeanStd] = {}
-    for name, v in values.items():
-        scores[name] = reduce_over_chunks(v, chunk=settings.chunk, remainder=config.remainder)
+    def reduced(per_metric: dict[str, np.ndarray]) -> dict[str, MeanStd]:
+        return {
+            k: reduce_over_chunks(v, chunk=settings.chunk, remainder=config.remainder)
+            for k, v in per_metric.items()
+        }
+
+    def curves(per_metric: dict[str, np.ndarray]) -> dict[str, list[float]]:
+        return {k: per_frame_curve(v).tolist() for k, v in per_metric.items()}
+
+    scores = reduced(values["model"])
     kvd_value = None
     if features_fn is not None:
         real_f, fake_f = np.concatenate(features["real"]), np.concatenate(features["fake"])
@@ -381,8 +556,17 @@ def evaluate(
         chunk=settings.chunk,
         source=source,
         scores=scores,
-        per_frame={k: per_frame_curve(v).tolist() for k, v in values.items()},
+        per_frame=curves(values["model"]),
         kvd=kvd_value,
+        baselines={b: reduced(values[b]) for b in BASELINES if names},
+        baseline_per_frame={b: curves(values[b]) for b in BASELINES if names},
+        out_dir=str(out_dir),
+        files=(
+            "metrics.json",
+            "metrics.md",
+            *(("per_frame.csv", "per_frame.png") if names else ()),
+            *(("samples/",) if config.run_dir and config.save_samples else ()),
+        ),
     )
     _write(report, out_dir, command=" ".join(sys.argv))
     return report
@@ -407,33 +591,60 @@ def _write(report: EvalReport, out_dir: pathlib.Path, command: str) -> None:
     (out_dir / "metrics.md").write_text(report.markdown() + f"\n\nCommand: `{command}`\n")
     if not report.per_frame:
         return
-    names = list(report.per_frame)
-    frames = np.arange(report.context + 1, report.context + report.horizon + 1)
-    rows = ["frame," + ",".join(names)]
+    # Columns: the model's metrics, then each baseline's as <metric>_<baseline>.
+    columns = {n: report.per_frame[n] for n in report.per_frame}
+    for b, curves in report.baseline_per_frame.items():
+        columns |= {f"{n}_{b}": curve for n, curve in curves.items()}
+    rows = ["frame,predicted_frame," + ",".join(columns)]
     rows += [
-        f"{f}," + ",".join(f"{report.per_frame[n][i]:.6f}" for n in names)
-        for i, f in enumerate(frames)
+        f"{report.context + i + 1},{i + 1}," + ",".join(f"{c[i]:.6f}" for c in columns.values())
+        for i in range(report.horizon)
     ]
     (out_dir / "per_frame.csv").write_text("\n".join(rows) + "\n")
-    _plot(report, frames, out_dir / "per_frame.png")
+    _plot(report, out_dir / "per_frame.png")
 
 
-def _plot(report: EvalReport, frames: np.ndarray, path: pathlib.Path) -> None:
+def _plot(report: EvalReport, path: pathlib.Path) -> None:
+    """Each frame metric against the predicted frame: the model and the baselines."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     names = list(report.per_frame)
-    fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 3.4), squeeze=False)
+    frames = np.arange(1, report.horizon + 1)
+    marker = "o" if report.horizon <= 30 else None
+    fig, axes = plt.subplots(1, len(names), figsize=(4.8 * len(names), 3.6), squeeze=False)
     for ax, name in zip(axes[0], names):
-        ax.plot(frames, report.per_frame[name], lw=1.5)
-        ax.set_xlabel("frame")
-        ax.set_ylabel(name.upper())
-        ax.set_title(f"{name.upper()} against the horizon")
+        ax.plot(
+            frames,
+            report.per_frame[name],
+            lw=2,
+            color="C0",
+            marker=marker,
+            ms=3,
+            label="model",
+            zorder=3,
+        )
+        for i, b in enumerate(BASELINES):
+            if name in report.baseline_per_frame.get(b, {}):
+                ax.plot(
+                    frames,
+                    report.baseline_per_frame[b][name],
+                    lw=1.2,
+                    ls="--",
+                    color=f"C{i + 1}",
+                    label=BASELINES[b],
+                )
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel(f"predicted frame (after {report.context} context frames)")
+        ax.set_ylabel(LABELS[name])
+        ax.set_title(f"{name.upper()} per predicted frame")
         ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     fig.suptitle(
-        f"{report.protocol}: {report.num_videos} videos, {report.context} context frames",
+        f"{report.protocol}: mean over {report.num_videos} videos",
         fontsize=10,
     )
     fig.tight_layout()

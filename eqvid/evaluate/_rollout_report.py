@@ -2,12 +2,54 @@
 trivial baselines (what `train` writes as eval.md / eval.json at the end of a run)."""
 
 import dataclasses
+from collections.abc import Sequence
 
 import jax
 import numpy as np
-from jaxtyping import Float, Int, PRNGKeyArray
+from jaxtyping import Float, Int, PRNGKeyArray, Shaped
 
 from ..models import AbstractVideoModel, rollout
+
+BASELINES: dict[str, str] = {
+    "copy_last": "copy last frame",
+    "mean_context": "mean context frame",
+    "empty": "empty frame",
+}
+"""Trivial predictors a model must beat, by key, with their names in tables: the last
+context frame repeated, the mean of the context frames repeated, and an empty (black)
+frame."""
+
+
+def baseline_predictions(
+    videos: Shaped[np.ndarray, "batch time height width channels"],
+    *,
+    context: int,
+    horizon: int,
+    empty: float,
+    names: Sequence[str] = tuple(BASELINES),
+) -> dict[str, np.ndarray]:
+    """The `horizon` frames each baseline predicts after the first `context` frames of
+    `videos` `(batch, time, height, width, channels)`, by key of `BASELINES`, in the
+    videos' dtype (integer videos: the mean frame rounded): `copy_last` repeats frame
+    `context - 1`, `mean_context` repeats the mean of the context frames, `empty` is
+    `empty` everywhere (the value of black: -1 in [-1, 1], 0 in uint8)."""
+    videos = np.asarray(videos)
+    shape = (videos.shape[0], horizon, *videos.shape[2:])
+    out: dict[str, np.ndarray] = {}
+    for name in names:
+        if name == "copy_last":
+            frame = videos[:, context - 1 : context]
+        elif name == "mean_context":
+            frame = videos[:, :context].mean(axis=1, keepdims=True)
+            if np.issubdtype(videos.dtype, np.integer):
+                frame = np.round(frame)
+            frame = frame.astype(videos.dtype)
+        elif name == "empty":
+            frame = np.full((1,) * videos.ndim, empty, videos.dtype)
+        else:
+            raise ValueError(f"unknown baseline {name!r}; choose from {list(BASELINES)}.")
+        out[name] = np.broadcast_to(frame, shape)
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,12 +158,15 @@ def rollout_mse(
     def mse(pred):
         return np.mean(np.square((pred - truth) / 2.0), axis=(0, 2, 3, 4))
 
+    baselines = baseline_predictions(
+        videos, context=context, horizon=horizon, empty=-1.0, names=("copy_last", "empty")
+    )
     return RolloutReport(
         context=context,
         horizon=horizon,
         num_videos=len(videos),
         model=mse(preds),
-        copy_last=mse(np.broadcast_to(videos[:, context - 1 : context], truth.shape)),
-        empty=mse(np.full_like(truth, -1.0)),
+        copy_last=mse(baselines["copy_last"]),
+        empty=mse(baselines["empty"]),
         model_name=model_name,
     )
