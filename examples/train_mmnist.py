@@ -13,9 +13,10 @@ predicting an empty frame.
     python examples/train_mmnist.py --resume               # continue a run
     python examples/train_mmnist.py --model convlstm --run-dir runs/convlstm  # a baseline
     python examples/train_mmnist.py --model transformer --help  # the Transformer's options
-    python examples/train_mmnist.py --dataset teco --root data/dmlab --seq-len 300 \
+    python examples/train_mmnist.py --dataset teco --root data/dmlab --seq-len 300 \\
         --action-dim 6 --preset mnist-300 --run-dir runs/dmlab   # TECO's DMLab files
     python examples/train_mmnist.py --mesh-fsdp 4 --compute-dtype bfloat16  # 4+ GPUs
+    python examples/train_mmnist.py --config runs/convs5-mmnist/config.json --resume  # its own
 
 Digits: real MNIST if `--mnist-path` points to the standard
 `train-images-idx3-ubyte(.gz)` file, otherwise scikit-learn's bundled

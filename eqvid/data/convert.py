@@ -14,11 +14,13 @@ plus `<out>/<split>/index.npz`. Train on the result with `--dataset array_record
 
 import argparse
 import dataclasses
+import inspect
 import os
 import sys
 import warnings
 
 from .._cli import add_config_arguments, config_from_args
+from .._cli import description as group_description
 from ._bad_video import BadVideoError, BadVideoWarning
 from ._datasets import DATASETS, open_source
 from ._pack import pack_array_record
@@ -64,8 +66,8 @@ def main(argv: list[str] | None = None) -> list:
         cls = DATASETS[name]
         sub = formats.add_parser(
             name,
-            help=(cls.__doc__ or "").strip().split("\n")[0],
-            description=(cls.__doc__ or "").strip(),
+            help=" ".join(group_description(cls).split()),
+            description=inspect.cleandoc(cls.__doc__ or ""),
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         add_config_arguments(sub, "dataset", cls, exclude=_WINDOW_FIELDS)
