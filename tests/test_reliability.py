@@ -15,35 +15,17 @@ from typing import Any
 import jax
 import numpy as np
 import pytest
+from test_train import TINY_MODEL, tiny_config
 from test_training_core import ToyConfig
 
 import eqvid
-from eqvid.data import MovingMNISTConfig
-from eqvid.train import MeshConfig, OptimizerConfig, RunConfig, TrainConfig, train
+from eqvid.train import OptimizerConfig, TrainConfig, train
 from eqvid.train._checkpoint import Checkpointer, CorruptCheckpointError
 
-TINY = eqvid.ConvS5Config(frame_size=32, encoder_depths=(4, 8), d_model=8, ssm_size=8, n_layers=1)
 
-
-def config(run_dir, model: Any = TINY, **run) -> TrainConfig:
-    options: dict = dict(
-        run_dir=str(run_dir),
-        steps=4,
-        batch_size=2,
-        log_every=1,
-        checkpoint_every=2,
-        sample_every=0,
-        eval_sequences=0,
-        progress=False,
-    )
-    options.update(run)
-    return TrainConfig(
-        model=model,
-        data=MovingMNISTConfig(frame_size=32, seq_len=4, train_sequences=32),
-        optimizer=OptimizerConfig(lr=1e-3, warmup_steps=1),
-        run=RunConfig(**options),
-        mesh=MeshConfig(devices=1, backend="cpu"),
-    )
+def config(run_dir, model: Any = TINY_MODEL, **run) -> TrainConfig:
+    """test_train's tiny run (no held-out report unless asked), with `model`."""
+    return dataclasses.replace(tiny_config(run_dir, **{"eval_sequences": 0, **run}), model=model)
 
 
 def steps_on_disk(run_dir) -> list[int]:
@@ -228,8 +210,8 @@ def test_resume_refuses_another_learning_rate_or_sequence_length(straight_run, t
     faster = dataclasses.replace(base, optimizer=dataclasses.replace(base.optimizer, lr=2e-3))
     with pytest.raises(ValueError, match=r"lr 0.001 → 0.002"):
         train(faster)
-    longer = dataclasses.replace(base, data=dataclasses.replace(base.data, seq_len=5))
-    with pytest.raises(ValueError, match=r"seq-len 4 → 5"):
+    longer = dataclasses.replace(base, data=dataclasses.replace(base.data, seq_len=6))
+    with pytest.raises(ValueError, match=r"seq-len 5 → 6"):
         train(longer)
     # Asked for, the change is made and recorded with the step it was made at.
     allowed = dataclasses.replace(
@@ -374,3 +356,20 @@ def test_layers_name_a_wrong_channel_count(make, x, match):
     layer = make(jax.random.key(0))
     with pytest.raises(ValueError, match=match):
         layer(jax.numpy.zeros(x))
+
+
+def test_training_checks_each_batch_on_the_host(tmp_path):
+    """Every batch goes through the model's `check_batch` before it reaches the
+    devices, where an out-of-range action id could not raise."""
+    from eqvid.train._setup import setup
+
+    run = setup(config(tmp_path / "run"))
+    try:
+        video = np.zeros((2, 5, 32, 32, 1), np.float32)
+        run.put_batch({"video": video, "actions": np.full((2, 5), -1, np.int32)})  # fine
+        bad = np.full((2, 5), -1, np.int32)
+        bad[1, 3] = TINY_MODEL.action_dim
+        with pytest.raises(ValueError, match=r"`batch.actions` must lie in \[-1, action_dim\)"):
+            run.put_batch({"video": video, "actions": bad})
+    finally:
+        run.close()
