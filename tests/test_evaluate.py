@@ -12,7 +12,7 @@ import eqvid
 from eqvid.data import TecoConfig, evaluation_videos
 from eqvid.evaluate import EvalConfig, evaluate, load_trained_run
 from eqvid.evaluate.__main__ import main as cli_main
-from eqvid.metrics import LPIPS, load_samples_npz, save_samples_npz
+from eqvid.metrics import LPIPS, load_samples_npz, psnr_ceiling, save_samples_npz
 from eqvid.metrics._lpips import lpips_weight_shapes
 from eqvid.models import rollout
 from eqvid.train import MeshConfig, OptimizerConfig, RunConfig, TrainConfig, train
@@ -224,7 +224,7 @@ def test_evaluate_errors_name_what_is_wrong(run_dir, tmp_path, monkeypatch):
 
 def test_scoring_files_takes_their_context_from_the_files_or_asks(tmp_path):
     """TECO's files do not record the context: it must be given (or a protocol named),
-    never guessed; a perfect prediction's infinite PSNR is written as valid JSON."""
+    never guessed; a perfect prediction's infinite PSNR counts as the finite ceiling."""
     rng = np.random.default_rng(1)
     real = rng.integers(0, 256, (4, 6, 16, 16, 1), dtype=np.uint8)
     fake = real.copy()
@@ -252,9 +252,16 @@ def test_scoring_files_takes_their_context_from_the_files_or_asks(tmp_path):
     r, f = real[:2, 4:].astype(np.float64) / 255, fake[:2, 4:].astype(np.float64) / 255
     per_video = np.mean(-10 * np.log10(np.mean((r - f) ** 2, axis=(2, 3, 4))), axis=1)
     np.testing.assert_allclose(four.scores["psnr"].per_chunk[0], per_video.mean(), rtol=1e-5)
-    assert four.scores["psnr"].per_chunk[1] == np.inf  # videos 2, 3 predicted exactly
+    # Videos 2, 3 are predicted exactly (PSNR +inf): they count as the ceiling, and the
+    # report says how many frames did.
+    cap = psnr_ceiling(16, 16, 1)
+    np.testing.assert_allclose(cap, 10 * np.log10(255**2 * 16 * 16))
+    np.testing.assert_allclose(four.scores["psnr"].per_chunk[1], cap, rtol=1e-6)
+    assert four.identical == {"model": 4, "copy_last": 0, "mean_context": 0, "empty": 0}
     written = json.loads((tmp_path / "out" / "metrics.json").read_text())
-    assert written["scores"]["psnr"]["mean"] == "inf"
+    assert np.isfinite(written["scores"]["psnr"]["mean"]) and written["identical"]["model"] == 4
+    text = (tmp_path / "out" / "metrics.md").read_text()
+    assert f"count as {cap:.2f} dB" in text and "the model: 4 of 8" in text
     # A named protocol lends its context (quick: 10 > 6 frames: an error saying so).
     with pytest.raises(ValueError, match="context"):
         scored(protocol="quick")

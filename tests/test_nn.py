@@ -12,6 +12,7 @@ import pytest
 from helpers import rng
 from jaxtyping import TypeCheckError
 
+import eqvid
 import eqvid.nn as nn
 from eqvid import AttentionMask
 
@@ -274,6 +275,58 @@ def test_upsample_is_nearest_then_conv(getkey):
 
     assert _resnet.avg_pool_2x is nn.avg_pool_2x
     assert _resnet.upsample_nearest_2x is nn.upsample_nearest_2x
+
+
+def test_space_to_depth_folds_pixel_blocks_and_depth_to_space_undoes_it(getkey):
+    x = jax.random.normal(getkey(), (2, 3, 8, 12, 5))
+    y = nn.space_to_depth(x, 4)
+    assert y.shape == (2, 3, 2, 3, 80)
+    # Channel (r * 4 + c) * 5 + k of block (i, j) is pixel (4 i + r, 4 j + c), channel k.
+    close(y[1, 2, 1, 2, (3 * 4 + 1) * 5 + 4], x[1, 2, 4 + 3, 8 + 1, 4])
+    close(nn.depth_to_space(y, 4), x)
+    assert nn.space_to_depth(x, 1) is x and nn.depth_to_space(x, 1) is x
+    with pytest.raises(ValueError, match=r"space_to_depth: height and width .* `patch` = 5"):
+        nn.space_to_depth(x, 5)
+    with pytest.raises(ValueError, match=r"depth_to_space: the channels of `x` .* patch² = 4"):
+        nn.depth_to_space(x, 2)
+
+
+def test_resnet_codec_with_pixel_patches(getkey):
+    k_enc, k_dec = getkey(), getkey()
+    enc = nn.ResNetEncoder(3, (8, 16), patch=4, key=k_enc)
+    dec = nn.ResNetDecoder(16, (8, 16), 3, patch=4, key=k_dec)
+    x = jax.random.normal(getkey(), (5, 32, 32, 3))
+    z = enc(x)
+    assert z.shape == (5, 4, 4, 16) and enc.stem.weight.shape[2] == 48
+    assert dec(z).shape == (5, 32, 32, 3) and dec.head.weight.shape[-1] == 48
+    # The patched encoder is the plain one on space_to_depth(x); the decoder unfolds.
+    plain_enc = nn.ResNetEncoder(48, (8, 16), key=k_enc)  # the same weights
+    plain_dec = nn.ResNetDecoder(16, (8, 16), 48, key=k_dec)
+    close(z, plain_enc(nn.space_to_depth(x, 4)), 1e-5)
+    close(dec(z), nn.depth_to_space(plain_dec(z), 4), 1e-5)
+    with pytest.raises(ValueError, match=r"ResNetEncoder: `x` must have shape .*3\)"):
+        enc(jnp.zeros((32, 32, 48)))
+    with pytest.raises(ValueError, match=r"ResNetDecoder: `patch` must be an int >= 1, got 0"):
+        nn.ResNetDecoder(16, (8, 16), 3, patch=0, key=getkey())
+
+
+def test_frame_predictors_take_a_pixel_patch(getkey):
+    config = eqvid.ConvS5Config(
+        frame_size=32, pixel_patch=4, encoder_depths=(8, 16), d_model=8, ssm_size=8, n_layers=1
+    )
+    assert config.latent_size == 4
+    model = eqvid.ConvS5VideoModel(config, key=getkey())
+    video = jax.random.uniform(getkey(), (6, 32, 32, 1), minval=-1, maxval=1)
+    assert model(video).shape == (5, 32, 32, 1)
+    assert eqvid.rollout(model, video[None, :3], 2, key=getkey()).shape == (1, 2, 32, 32, 1)
+    transformer = eqvid.TransformerConfig(
+        frame_size=32, pixel_patch=2, encoder_depths=(8, 16), patch_size=2, width=16, n_heads=2
+    )
+    assert transformer.latent_size == 8
+    with pytest.raises(ValueError, match=r"pixel_patch \* 2\*\*\(len\(encoder_depths\)-1\) = 12"):
+        eqvid.ConvLSTMConfig(frame_size=32, pixel_patch=3, encoder_depths=(8, 16, 32))
+    with pytest.raises(ValueError, match=r"`pixel_patch` must be an int ≥ 1, got 0"):
+        eqvid.ConvS5Config(pixel_patch=0)
 
 
 # ----------------------------------------------------------------------------

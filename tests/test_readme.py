@@ -1,5 +1,6 @@
-"""The README's Python snippets run as written: each ```python block, pasted alone into
-a fresh interpreter, in a folder that holds the files the README tells the user to
+"""The README's and the docs site's Python snippets run as written: each ```python block
+of README.md and docs/**/*.md (not the ```py outlines), pasted alone into a fresh
+interpreter, in a folder that holds the files the README tells the user to
 make (a small TECO dataset under `data/dmlab`, converted LPIPS / I3D weights with
 random values in `$EQVID_WEIGHTS`)."""
 
@@ -16,7 +17,10 @@ from eqvid.metrics._i3d import i3d_weight_shapes
 from eqvid.metrics._lpips import lpips_weight_shapes
 from eqvid.metrics._weights import I3D_WEIGHTS, LPIPS_WEIGHTS
 
-README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+REPO = pathlib.Path(__file__).resolve().parents[1]
+README = REPO / "README.md"
+PAGES = [README, *sorted((REPO / "docs").rglob("*.md"))]
+"""The Markdown files whose Python blocks must run."""
 
 FENCE = re.compile(r"^```python\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
 
@@ -30,32 +34,41 @@ TIMEOUT = 120
 
 @dataclasses.dataclass(frozen=True)
 class Block:
-    index: int  # 1-based, in README order
+    page: str  # the Markdown file, relative to the repository
+    index: int  # 1-based, in the page's order
     line: int  # the line of the opening fence
     code: str
 
     @property
     def id(self) -> str:
-        return f"block{self.index}-line{self.line}"
+        return f"{self.page}-block{self.index}-line{self.line}"
 
 
-def python_blocks(text: str) -> list[Block]:
+def python_blocks(text: str, page: str = "README.md") -> list[Block]:
     """Every ```python block of a Markdown text, with the line of its opening fence."""
     return [
-        Block(i, text.count("\n", 0, m.start()) + 1, m.group(1))
+        Block(page, i, text.count("\n", 0, m.start()) + 1, m.group(1))
         for i, m in enumerate(FENCE.finditer(text), 1)
     ]
 
 
-BLOCKS = python_blocks(README.read_text(encoding="utf-8"))
+BLOCKS = [
+    block
+    for page in PAGES
+    for block in python_blocks(page.read_text(encoding="utf-8"), str(page.relative_to(REPO)))
+]
 
 
-def test_the_readme_blocks_are_found():
-    assert len(BLOCKS) >= MIN_BLOCKS, [b.id for b in BLOCKS]
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(REPO)))
+def test_the_blocks_are_found(page):
+    text = page.read_text(encoding="utf-8")
+    blocks = python_blocks(text)
+    if page == README:
+        assert len(blocks) >= MIN_BLOCKS, [b.id for b in blocks]
     # The extraction takes whole blocks: no fence inside one, none left unmatched.
-    assert all("```" not in b.code for b in BLOCKS)
-    fences = re.findall(r"^```python[ \t]*$", README.read_text(encoding="utf-8"), re.MULTILINE)
-    assert len(fences) == len(BLOCKS)
+    assert all("```" not in b.code for b in blocks)
+    fences = re.findall(r"^```python[ \t]*$", text, re.MULTILINE)
+    assert len(fences) == len(blocks)
 
 
 def teco_video(seed: int, frames: int = 300, size: int = 16):
@@ -106,16 +119,16 @@ def dataset(tmp_path_factory) -> pathlib.Path:
 
 
 @pytest.mark.parametrize("block", BLOCKS, ids=[b.id for b in BLOCKS])
-def test_the_readme_block_runs_on_its_own(block, dataset, weights, tmp_path):
+def test_the_block_runs_on_its_own(block, dataset, weights, tmp_path):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "dmlab").symlink_to(dataset, target_is_directory=True)
-    script = tmp_path / f"{block.id}.py"
+    script = tmp_path / (re.sub(r"\W", "_", block.id) + ".py")
     script.write_text(block.code, encoding="utf-8")
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "EQVID_WEIGHTS": str(weights)}
     done = run_python([str(script)], timeout=TIMEOUT, env=env, cwd=str(tmp_path), check=False)
     if done.returncode != 0:
         pytest.fail(
-            f"README.md line {block.line}: the block exited with {done.returncode}:\n"
+            f"{block.page} line {block.line}: the block exited with {done.returncode}:\n"
             f"{block.code}--- output ---\n{done.stdout[-4000:]}",
             pytrace=False,
         )

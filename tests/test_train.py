@@ -19,7 +19,8 @@ import eqvid
 import eqvid.data
 import eqvid.train
 from eqvid.data._config import MovingMNISTConfig
-from eqvid.evaluate._rollout_report import rollout_mse
+from eqvid.evaluate._rollout_report import RolloutReport, rollout_report
+from eqvid.metrics import frame_metrics, ssim
 from eqvid.models import AbstractVideoModel, GroupSettings
 from eqvid.train import MeshConfig, OptimizerConfig, RunConfig, TrainConfig, train
 from eqvid.train._cli import build_parser, config_from_argv
@@ -333,14 +334,68 @@ class CopyLast(AbstractVideoModel):
 
 def test_rollout_report_baselines():
     rng = np.random.default_rng(0)
-    videos = rng.uniform(-1, 1, size=(5, 6, 8, 8, 1)).astype(np.float32)
-    report = rollout_mse(CopyLast(), videos, context=3, horizon=3, chunk=2, key=jax.random.key(0))
-    np.testing.assert_allclose(report.model, report.copy_last, rtol=1e-6)
+    videos = rng.uniform(-1, 1, size=(5, 6, 12, 12, 1)).astype(np.float32)
+    report = rollout_report(
+        CopyLast(), videos, context=3, horizon=3, chunk=2, key=jax.random.key(0)
+    )
+    for metric in ("mse", "ssim"):
+        np.testing.assert_allclose(report.curve(metric)["model"], report.curve(metric)["copy_last"])
     want_empty = np.mean(((videos[:, 3:] + 1) / 2) ** 2, axis=(0, 2, 3, 4))
-    np.testing.assert_allclose(report.empty, want_empty, rtol=1e-6)
+    np.testing.assert_allclose(report.mse["empty"], want_empty, rtol=1e-6)
+    mean_frame = videos[:, :3].mean(axis=1, keepdims=True)
+    want_mean = np.mean(((videos[:, 3:] - mean_frame) / 2) ** 2, axis=(0, 2, 3, 4))
+    np.testing.assert_allclose(report.mse["mean_context"], want_mean, rtol=1e-5)
+    # SSIM of frame 4 (the first generated) of video 0 against copying frame 3, by hand.
+    want = ssim(videos[0, 3] / 2 + 0.5, videos[0, 2] / 2 + 0.5, data_range=1.0)
+    got = frame_metrics(videos[:1, :4], videos[:1, [0, 1, 2, 2]], context=3, value_range="[-1,1]")
+    np.testing.assert_allclose(got["ssim"][0, 0], want, rtol=1e-5)
+    # A tie with copy-last is not a win: the model must be better at every frame.
     assert not report.beats_baselines()
+    assert report.losses()["mse"]["mean_context"] == [4, 5, 6]
     with pytest.raises(ValueError, match="context \\+ horizon = 7"):
-        rollout_mse(CopyLast(), videos, context=3, horizon=4, key=jax.random.key(0))
+        rollout_report(CopyLast(), videos, context=3, horizon=4, key=jax.random.key(0))
+
+
+def test_rollout_report_says_where_the_model_loses():
+    frames = lambda *v: np.asarray(v, np.float64)
+    report = RolloutReport(
+        context=2,
+        horizon=3,
+        num_videos=1,
+        mse={
+            "model": frames(0.1, 0.2, 0.5),
+            "copy_last": frames(0.2, 0.3, 0.4),
+            "mean_context": frames(0.3, 0.15, 0.3),
+            "empty": frames(0.6, 0.6, 0.6),
+        },
+        ssim={
+            "model": frames(0.9, 0.8, 0.7),
+            "copy_last": frames(0.8, 0.7, 0.6),
+            "mean_context": frames(0.5, 0.5, 0.5),
+            "empty": frames(0.7, 0.75, 0.8),
+        },
+        model_name="M",
+    )
+    assert report.losses() == {
+        "mse": {"copy_last": [5], "mean_context": [4, 5]},
+        "ssim": {"empty": [5]},
+    }
+    assert not report.beats_baselines()
+    text = report.markdown()
+    assert "| 3 | **0.10000** | 0.20000 | 0.30000 | 0.60000 |" in text
+    assert "- MSE: copy last frame at frame 5." in text
+    assert "- MSE: mean context frame at frames 4–5." in text
+    assert "- SSIM: empty frame at frame 5." in text
+    better = dataclasses.replace(
+        report,
+        mse=report.mse | {"model": frames(0.1, 0.2, 0.2)},
+        ssim=report.ssim | {"model": frames(0.9, 0.8, 0.9)},
+    )
+    assert better.beats_baselines()
+    assert "beats copying the last frame and the empty frame" in better.markdown()
+    assert better.as_dict()["losses"] == {"mse": {"mean_context": [4]}}
+    tied = dataclasses.replace(better, ssim=better.ssim | {"empty": better.ssim["model"]})
+    assert tied.losses() == better.losses() and not tied.beats_baselines()  # a tie is no win
 
 
 def load_example():

@@ -19,6 +19,7 @@ from ..metrics import (
     frame_metrics,
     kvd,
     per_frame_curve,
+    psnr_ceiling,
     reduce_over_chunks,
     save_samples_npz,
     videos_to_uint8,
@@ -136,6 +137,12 @@ class EvalReport:
     frame) → each frame metric, scored as the model is, from the same real videos."""
     baseline_per_frame: dict[str, dict[str, list[float]]] = dataclasses.field(default_factory=dict)
     """Each baseline → each frame metric averaged over videos, per generated frame."""
+    identical: dict[str, int] = dataclasses.field(default_factory=dict)
+    """The model (`"model"`) and each baseline → how many of its generated frames equal
+    the truth exactly (PSNR +inf); their PSNR counts as `psnr_ceiling` (`psnr_cap`)."""
+    psnr_cap: float | None = None
+    """The PSNR (dB) given to frames identical to the truth: `psnr_ceiling` of the frame
+    size, the PSNR of one value off by one level."""
     out_dir: str = ""
     """The folder the files were written to."""
     files: tuple[str, ...] = ()
@@ -240,6 +247,17 @@ class EvalReport:
                 "Baselines, from the same real videos and scored the same way: copy last "
                 "frame repeats the last context frame, mean context frame repeats the mean "
                 "of the context frames, empty frame is black (0)."
+            )
+        exact = {who: n for who, n in self.identical.items() if n}
+        if exact and self.psnr_cap is not None:
+            total = self.num_videos * self.horizon
+            who = "; ".join(
+                f"{'the model' if k == 'model' else BASELINES[k]}: {n} of {total}"
+                for k, n in exact.items()
+            )
+            lines.append(
+                f"Frames identical to the truth (PSNR +inf) count as {self.psnr_cap:.2f} dB, the "
+                f"PSNR of one value off by one level, so means stay finite ({who})."
             )
         if "fvd" in self.scores:
             lines.append(
@@ -490,6 +508,8 @@ def evaluate(
     }
     features: dict[str, list[np.ndarray]] = {"real": [], "fake": []}
     scored = [0]
+    identical = dict.fromkeys(frame_values, 0)
+    cap: list[float] = []
 
     def on_batch(real: np.ndarray, fake: np.ndarray) -> None:
         scored[0] += len(real)
@@ -510,6 +530,12 @@ def evaluate(
                     ssim_form=settings.ssim_form,
                     lpips_fn=lpips_fn,
                 )
+                if "psnr" in values:  # identical frames: +inf → the finite ceiling
+                    exact = np.isposinf(values["psnr"])
+                    if not cap:
+                        cap.append(psnr_ceiling(*(int(d) for d in real.shape[2:])))
+                    identical[who] += int(exact.sum())
+                    values["psnr"] = np.where(exact, np.float32(cap[0]), values["psnr"])
                 for name in names:
                     frame_values[who][name].append(values[name])
         if features_fn is not None:
@@ -560,6 +586,8 @@ def evaluate(
         kvd=kvd_value,
         baselines={b: reduced(values[b]) for b in BASELINES if names},
         baseline_per_frame={b: curves(values[b]) for b in BASELINES if names},
+        identical=identical if "psnr" in names else {},
+        psnr_cap=cap[0] if cap else None,
         out_dir=str(out_dir),
         files=(
             "metrics.json",
@@ -573,8 +601,8 @@ def evaluate(
 
 
 def _json_safe(value: Any) -> Any:
-    """Non-finite floats as the strings "inf", "-inf", "nan" (PSNR of identical frames
-    is +inf; JSON has no such numbers)."""
+    """Non-finite floats as the strings "inf", "-inf", "nan" (JSON has no such numbers;
+    a metric of values outside the frame range is NaN)."""
     if isinstance(value, float) and not np.isfinite(value):
         return str(value)
     if isinstance(value, dict):

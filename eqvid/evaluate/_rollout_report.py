@@ -1,5 +1,6 @@
-"""The rollout report: autoregressive rollout error on held-out videos, next to two
-trivial baselines (what `train` writes as eval.md / eval.json at the end of a run)."""
+"""The rollout report: per-frame MSE and SSIM of an autoregressive rollout on held-out
+videos, next to three trivial baselines (what `train` writes as eval.md / eval.json at
+the end of a run)."""
 
 import dataclasses
 from collections.abc import Sequence
@@ -8,6 +9,7 @@ import jax
 import numpy as np
 from jaxtyping import Float, Int, PRNGKeyArray, Shaped
 
+from ..metrics import frame_metrics
 from ..models import AbstractVideoModel, rollout
 
 BASELINES: dict[str, str] = {
@@ -52,26 +54,84 @@ def baseline_predictions(
     return out
 
 
+PREDICTORS = ("model", *BASELINES)
+"""The columns of a `RolloutReport`: the model, then each baseline."""
+METRICS = {"mse": "MSE", "ssim": "SSIM"}
+"""The report's metrics by key, with their names in tables: per-frame MSE (pixels in
+[0, 1], lower is better) and SSIM (higher is better)."""
+SSIM_MIN_SIZE = 11
+"""The smallest frame side SSIM is computed on (its Gaussian window)."""
+COMPARED = ("copy_last", "empty")
+"""The baselines `RolloutReport.beats_baselines` requires the model to beat."""
+
+
+def _frame_list(frames: Sequence[int]) -> str:
+    """[11, 12, 13, 15] -> "11–13, 15"."""
+    parts: list[str] = []
+    start = None
+    for i, f in enumerate(frames):
+        start = f if start is None else start
+        if i + 1 == len(frames) or frames[i + 1] != f + 1:
+            parts.append(str(f) if f == start else f"{start}–{f}")
+            start = None
+    return ", ".join(parts)
+
+
 @dataclasses.dataclass(frozen=True)
 class RolloutReport:
-    """Per-frame MSE (pixels in [0, 1]) of a rollout and of the two baselines."""
+    """Per-frame MSE and SSIM of a rollout on held-out videos, beside the baselines'."""
 
     context: int
     horizon: int
     num_videos: int
-    model: np.ndarray
-    """Model MSE per generated frame, shape (horizon,)."""
-    copy_last: np.ndarray
-    """MSE of repeating the last context frame."""
-    empty: np.ndarray
-    """MSE of predicting an empty (background) frame."""
+    mse: dict[str, np.ndarray]
+    """Predictor (`"model"` or a key of `BASELINES`) → MSE per generated frame (pixels
+    in [0, 1]; mean over videos), shape `(horizon,)`."""
+    ssim: dict[str, np.ndarray]
+    """Predictor → SSIM per generated frame (`tf.image.ssim`, frames in [0, 1]; mean
+    over videos), shape `(horizon,)`; empty for frames under 11 × 11 pixels (the SSIM
+    window), where it is not computed."""
     model_name: str = "model"
-    """The model's name in the table."""
+    """The model's name in the tables."""
+
+    def metrics(self) -> list[str]:
+        """The keys of `METRICS` this report holds (SSIM needs frames of 11 × 11 or more)."""
+        return [m for m in METRICS if self.curve(m)]
+
+    def curve(self, metric: str) -> dict[str, np.ndarray]:
+        """`self.mse` or `self.ssim` by key of `METRICS`."""
+        if metric not in METRICS:
+            raise ValueError(f"unknown metric {metric!r}; choose from {list(METRICS)}.")
+        return self.mse if metric == "mse" else self.ssim
+
+    def frames(self) -> list[int]:
+        """The generated frames' numbers in the video (1-based): `context + 1, …`."""
+        return [self.context + i + 1 for i in range(self.horizon)]
+
+    def losses(self) -> dict[str, dict[str, list[int]]]:
+        """Metric → baseline → the frames (numbered in the video) at which the baseline
+        is better than the model (MSE lower, SSIM higher); empty where it never is."""
+        out: dict[str, dict[str, list[int]]] = {}
+        for metric in self.metrics():
+            values = self.curve(metric)
+            for b in BASELINES:
+                worse = (
+                    values["model"] > values[b] if metric == "mse" else values["model"] < values[b]
+                )
+                frames = [self.frames()[i] for i in np.flatnonzero(worse)]
+                if frames:
+                    out.setdefault(metric, {})[b] = frames
+        return out
 
     def beats_baselines(self) -> bool:
-        """Whether the model's mean MSE is below both baselines' means."""
-        m = float(self.model.mean())
-        return m < float(self.copy_last.mean()) and m < float(self.empty.mean())
+        """Whether the model beats copy-last-frame and empty-frame on MSE and on SSIM
+        (where computed) at every generated frame (ties count as losses)."""
+        losses = self.losses()
+        metrics = self.metrics()
+        ties = any(
+            np.any(self.curve(m)["model"] == self.curve(m)[b]) for m in metrics for b in COMPARED
+        )
+        return not ties and not any(b in losses.get(m, {}) for m in metrics for b in COMPARED)
 
     def as_dict(self) -> dict:
         return {
@@ -79,43 +139,95 @@ class RolloutReport:
             "horizon": self.horizon,
             "num_videos": self.num_videos,
             "model_name": self.model_name,
-            "mse_per_frame": {
-                "model": self.model.tolist(),
-                "copy_last": self.copy_last.tolist(),
-                "empty": self.empty.tolist(),
+            "frames": self.frames(),
+            **{
+                f"{m}_per_frame": {k: v.tolist() for k, v in self.curve(m).items()}
+                for m in self.metrics()
             },
-            "mse_mean": {
-                "model": float(self.model.mean()),
-                "copy_last": float(self.copy_last.mean()),
-                "empty": float(self.empty.mean()),
+            **{
+                f"{m}_mean": {k: float(v.mean()) for k, v in self.curve(m).items()}
+                for m in self.metrics()
             },
+            "losses": self.losses(),
             "beats_baselines": self.beats_baselines(),
         }
 
-    def markdown(self) -> str:
-        """A table: one row per generated frame, one column per predictor, and the mean."""
+    def _table(self, metric: str) -> list[str]:
+        values = self.curve(metric)
+        best = np.argmin if metric == "mse" else np.argmax
+        names = [self.model_name, *BASELINES.values()]
+        digits = 5 if metric == "mse" else 4
+
+        def row(label: str, cells: list[float]) -> str:
+            top = int(best(np.asarray(cells)))
+            text = [
+                f"**{c:.{digits}f}**" if i == top else f"{c:.{digits}f}"
+                for i, c in enumerate(cells)
+            ]
+            return f"| {label} | " + " | ".join(text) + " |"
+
+        direction = "lower is better" if metric == "mse" else "higher is better"
         lines = [
-            f"Per-frame MSE (pixels in [0, 1]) of a {self.horizon}-frame autoregressive rollout "
-            f"from {self.context} context frames, {self.num_videos} held-out videos.",
+            f"{METRICS[metric]} ({direction}; best of each row in bold):",
             "",
-            f"| frame | {self.model_name} | copy last frame | empty frame |",
-            "|---:|---:|---:|---:|",
+            "| frame | " + " | ".join(names) + " |",
+            "|---:|" + "---:|" * len(names),
         ]
-        for i in range(self.horizon):
-            lines.append(
-                f"| {self.context + i + 1} | {self.model[i]:.5f} | {self.copy_last[i]:.5f} "
-                f"| {self.empty[i]:.5f} |"
+        for i, frame in enumerate(self.frames()):
+            lines.append(row(str(frame), [float(values[k][i]) for k in PREDICTORS]))
+        lines.append(row("mean", [float(values[k].mean()) for k in PREDICTORS]))
+        return lines
+
+    def verdict(self) -> list[str]:
+        """Sentences: whether the model beats the baselines, and where it loses."""
+        losses = self.losses()
+        on = " and on ".join(METRICS[m] for m in self.metrics())
+        if self.beats_baselines():
+            head = (
+                f"The model beats copying the last frame and the empty frame on {on} at "
+                f"every generated frame ({_frame_list(self.frames())})."
             )
-        lines.append(
-            f"| **mean** | **{self.model.mean():.5f}** | {self.copy_last.mean():.5f} "
-            f"| {self.empty.mean():.5f} |"
-        )
-        verdict = "beats" if self.beats_baselines() else "does NOT beat"
-        lines += ["", f"The model {verdict} both baselines on average."]
+        else:
+            head = (
+                f"The model does NOT beat copying the last frame and the empty frame on {on} "
+                "at every generated frame."
+            )
+        lines = [head]
+        if "ssim" not in self.metrics():
+            lines.append("SSIM is not computed: the frames are smaller than its 11×11 window.")
+        if not losses:
+            lines.append("No baseline is better than it at any frame.")
+            return lines
+        lines.append("Where a baseline is better than the model:")
+        for metric, by_baseline in losses.items():
+            for b, frames in by_baseline.items():
+                where = (
+                    "every generated frame"
+                    if len(frames) == self.horizon
+                    else ("frame " if len(frames) == 1 else "frames ") + _frame_list(frames)
+                )
+                lines.append(f"- {METRICS[metric]}: {BASELINES[b]} at {where}.")
+        return lines
+
+    def markdown(self) -> str:
+        """Two tables (MSE and SSIM: one row per generated frame, one column per
+        predictor, and the means) and the verdict, saying where the model loses."""
+        lines = [
+            f"Rollout on {self.num_videos} held-out videos: {self.context} context frames, then "
+            f"{self.horizon} frames generated autoregressively (each prediction fed back), "
+            "compared with the true frames. Baselines: copy last frame repeats the last "
+            "context frame, mean context frame repeats the mean of the context frames, "
+            "empty frame is black. MSE on pixels in [0, 1]; SSIM as `tf.image.ssim` "
+            "(11×11 Gaussian window), predictions clipped to the frame range. Means over "
+            "videos.",
+            "",
+            *(line for m in self.metrics() for line in [*self._table(m), ""]),
+            *self.verdict(),
+        ]
         return "\n".join(lines)
 
 
-def rollout_mse(
+def rollout_report(
     model: AbstractVideoModel,
     videos: Float[np.ndarray, "batch time height width channels"],
     *,
@@ -126,18 +238,19 @@ def rollout_mse(
     actions: Int[np.ndarray, "batch time"] | None = None,
     key: PRNGKeyArray,
 ) -> RolloutReport:
-    """Roll `model` out from the first `context` frames of each video for `horizon`
-    frames and compare with the truth, against copying the last context frame and
-    predicting an empty frame (all -1). Videos need `context + horizon` frames;
-    `actions` `(batch, time)`, if given, condition the rollout; chunk `i` of videos
-    is generated with `jax.random.fold_in(key, i)`."""
+    """Roll `model` out from the first `context` frames of each video (in `[-1, 1]`)
+    for `horizon` frames and score every generated frame against the truth (MSE and
+    SSIM), beside the baselines of `BASELINES`. Videos need `context + horizon`
+    frames; `actions` `(batch, time)`, if given, condition the rollout; chunk `i` of
+    videos is generated with `jax.random.fold_in(key, i)`."""
     videos = np.asarray(videos, np.float32)
     if videos.shape[1] < context + horizon:
         raise ValueError(
-            f"rollout_mse: `videos` need context + horizon = {context + horizon} frames, "
+            f"rollout_report: `videos` need context + horizon = {context + horizon} frames, "
             f"got {videos.shape[1]}."
         )
-    truth = videos[:, context : context + horizon]
+    videos = videos[:, : context + horizon]
+    truth = videos[:, context:]
     preds = np.concatenate(
         [
             np.asarray(
@@ -154,19 +267,23 @@ def rollout_mse(
             for i in range(0, len(videos), chunk)
         ]
     )
-
-    def mse(pred):
-        return np.mean(np.square((pred - truth) / 2.0), axis=(0, 2, 3, 4))
-
-    baselines = baseline_predictions(
-        videos, context=context, horizon=horizon, empty=-1.0, names=("copy_last", "empty")
+    predicted = {"model": preds} | baseline_predictions(
+        videos, context=context, horizon=horizon, empty=-1.0
     )
+    mse: dict[str, np.ndarray] = {}
+    ssim: dict[str, np.ndarray] = {}
+    for who, frames in predicted.items():
+        mse[who] = np.mean(np.square((frames - truth) / 2.0), axis=(0, 2, 3, 4))
+        if min(videos.shape[2:4]) < SSIM_MIN_SIZE:
+            continue
+        scored = np.concatenate([videos[:, :context], np.clip(frames, -1.0, 1.0)], axis=1)
+        values = frame_metrics(videos, scored, context=context, value_range="[-1,1]")
+        ssim[who] = values["ssim"].astype(np.float64).mean(axis=0)
     return RolloutReport(
         context=context,
         horizon=horizon,
         num_videos=len(videos),
-        model=mse(preds),
-        copy_last=mse(baselines["copy_last"]),
-        empty=mse(baselines["empty"]),
+        mse=mse,
+        ssim=ssim,
         model_name=model_name,
     )

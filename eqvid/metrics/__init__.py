@@ -1,7 +1,8 @@
 """Video metrics: PSNR, SSIM, LPIPS, FVD and KVD, and the papers' evaluation protocol.
 
 - Frame metrics (pure JAX, jit-able, any leading axes): `psnr`, `ssim` (TF form as
-  in TECO/ConvS5, or scikit-image's as in MCVD).
+  in TECO/ConvS5, or scikit-image's as in MCVD); `psnr_ceiling`, the finite score
+  reports give frames identical to the truth.
 - Networks (Equinox, weights converted once from the public PyTorch files with
   `python -m eqvid.metrics.convert_weights`): `LPIPS` (AlexNet), `I3D`
   (Kinetics-400 logits for FVD), `preprocess_for_i3d`, `i3d_features`.
@@ -36,5 +37,6 @@ from ._protocol import save_samples_npz as save_samples_npz
 from ._protocol import videos_to_uint8 as videos_to_uint8
 from ._protocol import videos_to_unit as videos_to_unit
 from ._psnr import psnr as psnr
+from ._psnr import psnr_ceiling as psnr_ceiling
 from ._ssim import ssim as ssim
 from ._weights import default_weights_dir as default_weights_dir

@@ -182,3 +182,23 @@ def psnr(
     return with_check(
         jnp.asarray(20.0 * np.log10(data_range), dtype) - 10.0 * jnp.log10(mse), check
     )
+
+
+def psnr_ceiling(height: int, width: int, channels: int, *, levels: int = 255) -> float:
+    """The PSNR (dB) of two `height × width × channels` images that differ by one
+    quantisation step (`1 / levels` of the range) in a single value: the highest PSNR
+    two different images of `levels + 1` levels (`uint8`: 255) can have.
+
+    Evaluation reports score frames identical to the truth (`psnr` = `+inf`) with this
+    value, so their means stay finite and an exact frame still ranks above any other:
+    `10 log10(levels² · height · width · channels)`, 84.25 dB for 64 × 64 grey frames.
+    """
+    for name, value in (
+        ("height", height),
+        ("width", width),
+        ("channels", channels),
+        ("levels", levels),
+    ):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"psnr_ceiling: `{name}` must be an int >= 1, got {value!r}.")
+    return float(10.0 * np.log10(float(levels) ** 2 * height * width * channels))

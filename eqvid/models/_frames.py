@@ -182,12 +182,16 @@ def check_encoder(config) -> None:
             f"{name}: `encoder_depths` must be positive channel counts, got "
             f"{config.encoder_depths}."
         )
-    down = 2 ** (len(config.encoder_depths) - 1)
+    patch = config.pixel_patch
+    if isinstance(patch, bool) or not isinstance(patch, int) or patch < 1:
+        raise ValueError(f"{name}: `pixel_patch` must be an int ≥ 1, got {patch!r}.")
+    down = patch * 2 ** (len(config.encoder_depths) - 1)
     if config.frame_size % down:
         raise ValueError(
             f"{name}: `frame_size` ({config.frame_size}) must be divisible by the "
-            f"encoder's downsampling 2**(len(encoder_depths)-1) = {down}; use a frame "
-            f"size that is a multiple of {down} or fewer encoder stages."
+            f"encoder's downsampling pixel_patch * 2**(len(encoder_depths)-1) = {down}; use "
+            f"a frame size that is a multiple of {down}, a smaller pixel_patch or fewer "
+            "encoder stages."
         )
 
 
@@ -206,6 +210,10 @@ class FramePredictorConfig:
     encoder_depths: tuple[int, ...] = (64, 128, 256)
     """Channels per encoder (and mirrored decoder) stage; each stage after the first
     halves the resolution."""
+    pixel_patch: int = 1
+    """Side of the pixel blocks folded into channels before the encoder (space-to-depth)
+    and unfolded after the decoder, so the codec's first stage runs at `1/pixel_patch`
+    of the frame size; 1 is the released architecture."""
     action_dim: int = 1
     """Number of distinct actions (embedding table has one more row: no action)."""
     action_embed_dim: int = 1
@@ -224,7 +232,7 @@ class FramePredictorConfig:
     @property
     def latent_size(self) -> int:
         """Height and width of the encoder's latent grid."""
-        return self.frame_size // 2 ** (len(self.encoder_depths) - 1)
+        return self.frame_size // (self.pixel_patch * 2 ** (len(self.encoder_depths) - 1))
 
     @classmethod
     def preset(cls: type[_Config], name: str) -> _Config:

@@ -66,10 +66,10 @@ def make_codec(
     layers are built from `layer_key` (keys split as the released models were)."""
     c = config
     ke, ka, kp, kl, kd = jax.random.split(key, 5)
-    encoder = ResNetEncoder(c.channels, c.encoder_depths, key=ke)
+    encoder = ResNetEncoder(c.channels, c.encoder_depths, patch=c.pixel_patch, key=ke)
     action_embedding = jax.random.normal(ka, (c.action_dim + 1, c.action_embed_dim), jnp.float32)
     project = Conv2d(c.encoder_depths[-1] + c.action_embed_dim, c.d_model, 1, key=kp)
-    decoder = ResNetDecoder(c.d_model, c.encoder_depths, c.channels, key=kd)
+    decoder = ResNetDecoder(c.d_model, c.encoder_depths, c.channels, patch=c.pixel_patch, key=kd)
     return encoder, action_embedding, project, decoder, kl
 
 

@@ -94,7 +94,7 @@ class TransformerConfig(FramePredictorConfig):
         if latent % self.patch_size:
             raise ValueError(
                 f"{name}: `patch_size` ({self.patch_size}) must divide the latent size "
-                f"frame_size // 2**(len(encoder_depths)-1) = {latent}."
+                f"frame_size // (pixel_patch * 2**(len(encoder_depths)-1)) = {latent}."
             )
         if self.width % self.n_heads:
             raise ValueError(
@@ -199,7 +199,7 @@ class TransformerVideoModel(AbstractVideoModel):
         c = config
         ke, ka, kp, ks, ki, kb, kh, ku, kd = jax.random.split(key, 9)
         lecun = jax.nn.initializers.lecun_normal()
-        self.encoder = ResNetEncoder(c.channels, c.encoder_depths, key=ke)
+        self.encoder = ResNetEncoder(c.channels, c.encoder_depths, patch=c.pixel_patch, key=ke)
         self.action_embedding = jax.random.normal(
             ka, (c.action_dim + 1, c.action_embed_dim), jnp.float32
         )
@@ -222,7 +222,9 @@ class TransformerVideoModel(AbstractVideoModel):
         self.head = Dense(c.width, c.width, key=kh)
         self.head_norm = LayerNorm(c.width)
         self.unpatch_weight = lecun(ku, (p, p, c.width, c.d_model), jnp.float32)
-        self.decoder = ResNetDecoder(c.d_model, c.encoder_depths, c.channels, key=kd)
+        self.decoder = ResNetDecoder(
+            c.d_model, c.encoder_depths, c.channels, patch=c.pixel_patch, key=kd
+        )
         self.config = config
 
     # -- pieces ------------------------------------------------------------------

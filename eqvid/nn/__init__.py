@@ -35,6 +35,8 @@ from ._roles import role_filter as role_filter
 from ._sampling import Downsample as Downsample
 from ._sampling import Upsample as Upsample
 from ._sampling import avg_pool_2x as avg_pool_2x
+from ._sampling import depth_to_space as depth_to_space
+from ._sampling import space_to_depth as space_to_depth
 from ._sampling import upsample_nearest_2x as upsample_nearest_2x
 from ._sequence import AbstractSequenceLayer as AbstractSequenceLayer
 from ._transformer import KVCache as KVCache

@@ -13,7 +13,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._conv import Conv2d
 from ._norm import GroupNorm, LayerNorm
-from ._sampling import avg_pool_2x, upsample_nearest_2x
+from ._sampling import avg_pool_2x, depth_to_space, space_to_depth, upsample_nearest_2x
 from ._shapes import check_channels
 
 
@@ -54,26 +54,41 @@ class ResNetBlock(eqx.Module):
         return skip + 0.1 * h
 
 
-class ResNetEncoder(eqx.Module):
-    """`Conv3 → ResBlock(depths[0]) → [avg-pool 2× → ResBlock(depths[i])]…`.
+def _check_patch(owner: str, patch: int) -> int:
+    if isinstance(patch, bool) or not isinstance(patch, int) or patch < 1:
+        raise ValueError(f"{owner}: `patch` must be an int >= 1, got {patch!r}.")
+    return patch
 
-    Downsamples by `2 ** (len(depths) - 1)`; outputs `depths[-1]` channels.
+
+class ResNetEncoder(eqx.Module):
+    """`[space-to-depth p×p →] Conv3 → ResBlock(depths[0]) → [avg-pool 2× →
+    ResBlock(depths[i])]…`.
+
+    Downsamples by `patch · 2 ** (len(depths) - 1)`; outputs `depths[-1]` channels.
+    With `patch = p > 1` each `p × p` pixel block is first folded into the channels
+    (`space_to_depth`, as PredRNN's `patch_size`), so the first stage runs at `1/p`
+    of the resolution; `patch = 1` (the default) is the released TECO / ConvS5 encoder.
     """
 
     stem: Conv2d
     blocks: tuple[ResNetBlock, ...]
+    patch: int = eqx.field(static=True, default=1)
 
-    def __init__(self, in_channels: int, depths: Sequence[int], *, key: PRNGKeyArray):
+    def __init__(
+        self, in_channels: int, depths: Sequence[int], *, patch: int = 1, key: PRNGKeyArray
+    ):
+        self.patch = _check_patch("ResNetEncoder", patch)
         keys = jax.random.split(key, len(depths) + 1)
-        self.stem = Conv2d(in_channels, depths[0], 3, key=keys[0])
+        self.stem = Conv2d(in_channels * patch * patch, depths[0], 3, key=keys[0])
         ins = [depths[0]] + list(depths[:-1])
         self.blocks = tuple(ResNetBlock(i, o, key=k) for i, o, k in zip(ins, depths, keys[1:]))
 
     def __call__(
         self, x: Float[Array, "*batch height width c_in"]
     ) -> Float[Array, "*batch h_latent w_latent c_out"]:
-        check_channels("ResNetEncoder", x, self.stem.weight.shape[2], image=True)
-        x = self.blocks[0](self.stem(x))
+        p = self.patch
+        check_channels("ResNetEncoder", x, self.stem.weight.shape[2] // (p * p), image=True)
+        x = self.blocks[0](self.stem(space_to_depth(x, p)))
         for block in self.blocks[1:]:
             x = block(avg_pool_2x(x))
         return x
@@ -84,13 +99,16 @@ class ResNetDecoder(eqx.Module):
     → LayerNorm → dense`, with depths walked in reverse.
 
     As in the released ConvS5/TECO code, the stem maps to `depths[0]` channels
-    (not `depths[-1]`); keeping it reproduces the papers' parameter counts.
+    (not `depths[-1]`); keeping it reproduces the papers' parameter counts. With
+    `patch = p > 1` (the encoder's) the head predicts `p · p · out_channels` channels
+    that `depth_to_space` unfolds into `p × p` pixel blocks.
     """
 
     stem: Conv2d
     blocks: tuple[ResNetBlock, ...]
     norm: LayerNorm
     head: Conv2d
+    patch: int = eqx.field(static=True, default=1)
 
     def __init__(
         self,
@@ -98,15 +116,17 @@ class ResNetDecoder(eqx.Module):
         depths: Sequence[int],
         out_channels: int,
         *,
+        patch: int = 1,
         key: PRNGKeyArray,
     ):
+        self.patch = _check_patch("ResNetDecoder", patch)
         keys = jax.random.split(key, len(depths) + 2)
         self.stem = Conv2d(in_channels, depths[0], 3, key=keys[0])
         outs = list(reversed(depths))
         ins = [depths[0]] + outs[:-1]
         self.blocks = tuple(ResNetBlock(i, o, key=k) for i, o, k in zip(ins, outs, keys[1:]))
         self.norm = LayerNorm(depths[0])
-        self.head = Conv2d(depths[0], out_channels, 1, key=keys[-1])
+        self.head = Conv2d(depths[0], out_channels * patch * patch, 1, key=keys[-1])
 
     def __call__(
         self, x: Float[Array, "*batch h_latent w_latent c_in"]
@@ -116,4 +136,4 @@ class ResNetDecoder(eqx.Module):
         for block in self.blocks[:-1]:
             x = upsample_nearest_2x(block(x))
         x = self.blocks[-1](x)
-        return self.head(self.norm(x))
+        return depth_to_space(self.head(self.norm(x)), self.patch)

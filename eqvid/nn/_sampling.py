@@ -25,6 +25,46 @@ def upsample_nearest_2x(
     return jnp.repeat(jnp.repeat(x, 2, axis=-3), 2, axis=-2)
 
 
+def space_to_depth(
+    x: Float[Array, "*batch height width channels"], patch: int
+) -> Float[Array, "*batch h_out w_out c_out"]:
+    """Fold each `patch × patch` block of pixels into the channels (row-major within
+    the block, channels fastest): `(…, H, W, C)` → `(…, H/p, W/p, p·p·C)`. The inverse
+    is `depth_to_space`; `patch = 1` returns `x`."""
+    *lead, h, w, c = x.shape
+    if h % patch or w % patch:
+        raise ValueError(
+            f"space_to_depth: height and width of `x` must be multiples of `patch` = {patch}, "
+            f"got shape {tuple(x.shape)}."
+        )
+    if patch == 1:
+        return x
+    n = len(lead)
+    x = x.reshape(*lead, h // patch, patch, w // patch, patch, c)
+    x = jnp.moveaxis(x, n + 1, n + 2)  # (…, H/p, W/p, p_row, p_col, C)
+    return x.reshape(*lead, h // patch, w // patch, patch * patch * c)
+
+
+def depth_to_space(
+    x: Float[Array, "*batch height width channels"], patch: int
+) -> Float[Array, "*batch h_out w_out c_out"]:
+    """Unfold channels into `patch × patch` pixel blocks, the inverse of
+    `space_to_depth`: `(…, H, W, p·p·C)` → `(…, H·p, W·p, C)`."""
+    *lead, h, w, pc = x.shape
+    if pc % (patch * patch):
+        raise ValueError(
+            f"depth_to_space: the channels of `x` must be a multiple of patch² = "
+            f"{patch * patch}, got shape {tuple(x.shape)}."
+        )
+    if patch == 1:
+        return x
+    n = len(lead)
+    c = pc // (patch * patch)
+    x = x.reshape(*lead, h, w, patch, patch, c)
+    x = jnp.moveaxis(x, n + 2, n + 1)  # (…, H, p_row, W, p_col, C)
+    return x.reshape(*lead, h * patch, w * patch, c)
+
+
 def _check_key(owner, with_conv, key):
     if with_conv and key is None:
         raise ValueError(f"{owner}: `key` is required when `with_conv=True`, got None.")

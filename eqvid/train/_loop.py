@@ -11,7 +11,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..evaluate._rollout_report import RolloutReport, rollout_mse
+from ..evaluate._rollout_report import RolloutReport, rollout_report
 from ..models import AbstractVideoModel, model_spec, rollout
 from ._config import TrainConfig
 from ._files import write_atomic
@@ -80,7 +80,7 @@ def _final_report(run: TrainingRun, model: AbstractVideoModel):
     )
     action_batches = [a for _, a in batches if a is not None]
     actions = np.concatenate(action_batches) if action_batches else None
-    report = rollout_mse(
+    report = rollout_report(
         model,
         np.concatenate([v for v, _ in batches]).astype(np.float32) / 127.5 - 1.0,
         context=rc.eval_context,
