@@ -12,7 +12,7 @@ import sys
 import time
 
 import pytest
-from helpers import run_python
+from helpers import TINY_RUN_ARGS, run_python
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -97,6 +97,32 @@ def test_attention_speed_writes_a_table(tmp_path, capsys):
         assert "| causal | 32 | 16 | 1×2 | 51.6% | cudnn | failed: " in text
     assert "## Targets" in text
     assert "wrote" in capsys.readouterr().out
+
+
+def test_demo_records_the_example_run(tmp_path, capsys):
+    """demo_mmnist.py runs the example in its own process (options after `--` go to
+    it) and writes the record: command, wall time, load, the report's tables, the last
+    sample strip, the loss curve and the raw files."""
+    demo = load("demo_mmnist")
+    tiny = [*TINY_RUN_ARGS, "--steps", "2", "--sample-every", "2", "--eval-sequences", "3"]
+    tiny += ["--eval-context", "2", "--eval-horizon", "1", "--no-tensorboard"]
+    assert demo.main(["--out-dir", str(tmp_path), "--", *tiny]) == 0
+    name = "demo_mmnist" if demo.jax.default_backend() == "gpu" else "demo_mmnist_cpu"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["logs", *(f"{name}{end}" for end in (".md", "_strip.png", "_curve.png"))]
+        + [f"{name}_eval.json", f"{name}_metrics.csv"]
+    )
+    text = (tmp_path / f"{name}.md").read_text()
+    assert f"`python examples/train_mmnist.py {shlex.join(tiny)}`" in text
+    assert re.search(r"install excluded: \*\*\d+ min \d\d s\*\*", text)
+    assert re.search(r"machine load while it ran .*: mean \d+\.\d\d, max \d+\.\d\d", text)
+    assert "| 3 | " in text and "SSIM (higher is better" in text  # frame 3: the one generated
+    assert f"![sample strip]({name}_strip.png)" in text
+    assert "eqvid: done after 2 steps" in (tmp_path / "logs" / f"{name}.log").read_text()
+    assert json.loads((tmp_path / f"{name}_eval.json").read_text())["horizon"] == 1
+    # A failing example: its exit status, and the log's tail on the screen.
+    assert demo.main(["--out-dir", str(tmp_path / "bad"), "--", "--steps", "-1"]) == 2
+    assert "--steps" in capsys.readouterr().out
 
 
 def test_train_throughput_table(tmp_path):

@@ -210,7 +210,7 @@ def test_convs5_config_errors():
 
 def test_presets_share_the_codec():
     small, convs5 = eqvid.ConvLSTMConfig.preset("small"), eqvid.ConvS5Config.preset("small")
-    for field in ("frame_size", "channels", "encoder_depths", "d_model", "n_layers"):
+    for field in ("frame_size", "channels", "pixel_patch", "encoder_depths", "d_model", "n_layers"):
         assert getattr(small, field) == getattr(convs5, field), field
     assert eqvid.ConvS5Config.preset("mnist-300").latent_size == 16
     assert set(eqvid.models.CONVLSTM_PRESETS) == {"mnist-300", "mnist-600", "small"}

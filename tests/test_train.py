@@ -451,12 +451,14 @@ def test_example_cli_help_and_overrides(capsys):
     assert isinstance(config.data, MovingMNISTConfig)
     assert config.optimizer.lr == 5e-4 and config.run.resume and config.data.mnist_path is None
     default = example_config([])
-    assert default.model == dataclasses.replace(eqvid.ConvS5Config.preset("small"))
+    small = eqvid.ConvS5Config.preset("small")
+    assert default.model == dataclasses.replace(small, frame_size=48)
     assert (default.run.steps, default.run.run_dir, default.data.seq_len) == (
-        150,
+        1600,
         "runs/convs5-mmnist",
         20,
     )
+    assert (default.data.frame_size, default.optimizer.lr) == (48, 2e-3)
     # `python -m eqvid.train` is the same command with the library's defaults.
     library = config_from_argv(["--steps", "7"])
     assert library.run.steps == 7 and library.run.batch_size == RunConfig().batch_size

@@ -109,7 +109,9 @@ def test_small_preset_and_unknown_preset():
     small = eqvid.TransformerConfig.preset("small")
     convs5 = eqvid.ConvS5Config.preset("small")
     assert small.encoder_depths == convs5.encoder_depths and small.d_model == convs5.d_model
-    assert small.latent_size == 8 and small.tokens_per_frame == 4
+    assert small.pixel_patch == convs5.pixel_patch == 4
+    assert small.latent_size == 8 and small.tokens_per_frame == 16
+    assert dataclasses.replace(small, frame_size=48).tokens_per_frame == 9
     assert set(TRANSFORMER_PRESETS) == {"mnist-300", "mnist-600", "small"}
     model = eqx.filter_eval_shape(eqvid.TransformerVideoModel, small, key=jax.random.key(0))
     out = eqx.filter_eval_shape(lambda m, v: m(v), model, jnp.zeros((5, 64, 64, 1)))

@@ -38,8 +38,9 @@ CONVLSTM_PRESETS: dict[str, ConvLSTMConfig] = {
     "mnist-300": ConvLSTMConfig(d_model=256, n_layers=8),
     # Released configs/Moving-MNIST/600_train_len/mnist_convLSTM_novq.yaml.
     "mnist-600": ConvLSTMConfig(d_model=128, n_layers=8),
-    # ConvS5's "small" encoder and width (64x64 frames → 8x8 latents) with 2 ConvLSTM layers.
-    "small": ConvLSTMConfig(encoder_depths=(8, 16, 32, 64), d_model=64, n_layers=2),
+    # ConvS5's "small" codec and width (4×4 pixel patches, 64x64 frames → 8x8 latents)
+    # with 2 ConvLSTM layers.
+    "small": ConvLSTMConfig(pixel_patch=4, encoder_depths=(16, 64), d_model=64, n_layers=2),
 }
 
 

@@ -133,11 +133,13 @@ TRANSFORMER_PRESETS: dict[str, TransformerConfig] = {
     # encoder stage (8x8 latents of 512 channels), z_ds 8 → one token per frame.
     # 163,500,291 parameters.
     "mnist-600": TransformerConfig(encoder_depths=(64, 128, 256, 512), patch_size=8),
-    # CPU-sized: 64x64 frames → 8x8 latents → 2x2 = 4 tokens per frame.
+    # CPU-sized, ConvS5's "small" codec: 64x64 frames → 8x8 latents → 4x4 = 16 tokens
+    # per frame (48x48 → 6x6 → 9 tokens).
     "small": TransformerConfig(
-        encoder_depths=(8, 16, 32, 64),
+        pixel_patch=4,
+        encoder_depths=(16, 64),
         d_model=64,
-        patch_size=4,
+        patch_size=2,
         width=128,
         n_layers=2,
         n_heads=4,
