@@ -11,6 +11,8 @@ replacing the committed record):
   the exact command, wall time, machine load, the report's per-frame MSE and SSIM
   tables beside the baselines, and where the model loses;
 - `demo_mmnist_cpu_strip.png`: the last sample strip (context | prediction | truth);
+- `demo_mmnist_cpu_closeup.png`: the same held-out videos, enlarged: the last context
+  frame and predicted frames 1, 2, 3 and 10, each above the true frame;
 - `demo_mmnist_cpu_curve.png`: the training loss and its terms against the step;
 - `demo_mmnist_cpu_eval.json`, `demo_mmnist_cpu_metrics.csv`: the raw numbers;
 - `logs/demo_mmnist_cpu.log`: everything the example printed.
@@ -120,6 +122,60 @@ def plot_curve(metrics_csv: pathlib.Path, path: pathlib.Path) -> None:
     plt.close(fig)
 
 
+CLOSEUP_FRAMES = (1, 2, 3, 10)
+"""Predicted frames shown in the close-up (1 = the first after the context)."""
+
+
+def save_closeup(run_dir: pathlib.Path, path: pathlib.Path, scale: int = 4) -> None:
+    """The trained model's rollout of the sample strip's held-out videos, enlarged
+    `scale` times, grey: per video a row of the model's frames above a row of the
+    truth (the last context frame first, then `CLOSEUP_FRAMES`)."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    from eqvid.data import evaluation_videos
+    from eqvid.evaluate import load_trained_run
+    from eqvid.evaluate._trained_run import data_config_from_run
+    from eqvid.models import rollout
+
+    run = load_trained_run(run_dir, report=lambda _: None)
+    rc = run.config["run"]
+    context, horizon = rc["eval_context"], rc["eval_horizon"]
+    data = data_config_from_run(run.config)
+    videos, actions = next(
+        evaluation_videos(data, num_videos=4, length=context + horizon, batch_size=4)
+    )
+    real = videos.astype(np.float32) / 127.5 - 1.0
+    pred = np.asarray(
+        rollout(run.model, real[:, :context], horizon, key=jax.random.key(0), actions=actions)
+    )
+    shown = [f for f in CLOSEUP_FRAMES if f <= horizon]
+
+    def grey(frame: np.ndarray) -> np.ndarray:
+        f = np.clip(np.round((frame[..., 0] + 1.0) * 127.5), 0, 255).astype(np.uint8)
+        return np.kron(f, np.ones((scale, scale), np.uint8))
+
+    size, gap, label_w, head = real.shape[2] * scale, 6, 58, 16
+    cols = 1 + len(shown)
+    width = label_w + cols * (size + gap)
+    height = head + len(real) * (2 * size + 3 * gap)
+    canvas = Image.new("L", (width, height), 255)
+    draw = ImageDraw.Draw(canvas)
+    titles = [f"frame {context}\n(context)"] + [f"frame {context + f}" for f in shown]
+    for c, title in enumerate(titles):
+        draw.text((label_w + c * (size + gap), 1), title.split("\n")[0], fill=0)
+    y = head
+    for v in range(len(real)):
+        for name, source in (("model", pred), ("truth", real[:, context:])):
+            draw.text((2, y + size // 2 - 5), name, fill=0)
+            frames = [real[v, context - 1]] + [source[v, f - 1] for f in shown]
+            for c, frame in enumerate(frames):
+                canvas.paste(Image.fromarray(grey(frame)), (label_w + c * (size + gap), y))
+            y += size + gap
+        y += gap
+    canvas.save(path)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     example_args: list[str] = []
@@ -172,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
             return code
         samples = sorted((run_dir / "samples").glob("step_*.png"))
         shutil.copy(samples[-1], folder / f"{name}_strip.png")
+        save_closeup(run_dir, folder / f"{name}_closeup.png")
         shutil.copy(run_dir / "eval.json", folder / f"{name}_eval.json")
         shutil.copy(run_dir / "metrics.csv", folder / f"{name}_metrics.csv")
         plot_curve(run_dir / "metrics.csv", folder / f"{name}_curve.png")
@@ -190,6 +247,9 @@ def main(argv: list[str] | None = None) -> int:
         f"## Samples at the last step\n\n"
         f"Held-out videos; per row: the 10 context frames | the model's rollout | the "
         f"truth.\n\n![sample strip]({name}_strip.png)\n\n"
+        f"Enlarged (the same videos, grey): the last context frame, then predicted frames "
+        f"{', '.join(str(f) for f in CLOSEUP_FRAMES)}, the model above the truth.\n\n"
+        f"![close-up]({name}_closeup.png)\n\n"
         f"## Training curve\n\n![training loss]({name}_curve.png)\n\n"
         f"## The report (`eval.md`)\n\n{report}\n"
     )
