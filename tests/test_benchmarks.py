@@ -109,7 +109,7 @@ def test_demo_records_the_example_run(tmp_path, capsys):
     assert demo.main(["--out-dir", str(tmp_path), "--", *tiny]) == 0
     name = "demo_mmnist" if demo.jax.default_backend() == "gpu" else "demo_mmnist_cpu"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        ["logs", *(f"{name}{end}" for end in (".md", "_strip.png", "_curve.png"))]
+        ["logs", *(f"{name}{end}" for end in (".md", "_strip.png", "_closeup.png", "_curve.png"))]
         + [f"{name}_eval.json", f"{name}_metrics.csv"]
     )
     text = (tmp_path / f"{name}.md").read_text()
@@ -117,7 +117,9 @@ def test_demo_records_the_example_run(tmp_path, capsys):
     assert re.search(r"install excluded: \*\*\d+ min \d\d s\*\*", text)
     assert re.search(r"machine load while it ran .*: mean \d+\.\d\d, max \d+\.\d\d", text)
     assert "| 3 | " in text and "SSIM (higher is better" in text  # frame 3: the one generated
-    assert f"![sample strip]({name}_strip.png)" in text
+    assert (
+        f"![sample strip]({name}_strip.png)" in text and f"![close-up]({name}_closeup.png)" in text
+    )
     assert "eqvid: done after 2 steps" in (tmp_path / "logs" / f"{name}.log").read_text()
     assert json.loads((tmp_path / f"{name}_eval.json").read_text())["horizon"] == 1
     # A failing example: its exit status, and the log's tail on the screen.

@@ -26,6 +26,7 @@ TINY_CONVS5 = ConvS5Config(frame_size=16, encoder_depths=(4, 8), d_model=8, ssm_
 TINY_TRANSFORMER = dataclasses.replace(
     TransformerConfig.preset("small"),
     frame_size=16,
+    pixel_patch=1,
     encoder_depths=(4, 8),
     d_model=8,
     patch_size=4,
