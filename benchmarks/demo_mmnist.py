@@ -137,6 +137,7 @@ def save_closeup(run_dir: pathlib.Path, path: pathlib.Path, scale: int = 4) -> N
     from eqvid.evaluate import load_trained_run
     from eqvid.evaluate._trained_run import data_config_from_run
     from eqvid.models import rollout
+    from eqvid.train._samples import to_uint8
 
     run = load_trained_run(run_dir, report=lambda _: None)
     rc = run.config["run"]
@@ -152,8 +153,7 @@ def save_closeup(run_dir: pathlib.Path, path: pathlib.Path, scale: int = 4) -> N
     shown = [f for f in CLOSEUP_FRAMES if f <= horizon]
 
     def grey(frame: np.ndarray) -> np.ndarray:
-        f = np.clip(np.round((frame[..., 0] + 1.0) * 127.5), 0, 255).astype(np.uint8)
-        return np.kron(f, np.ones((scale, scale), np.uint8))
+        return np.kron(to_uint8(frame)[..., 0], np.ones((scale, scale), np.uint8))
 
     size, gap, label_w, head = real.shape[2] * scale, 6, 58, 16
     cols = 1 + len(shown)
@@ -161,9 +161,9 @@ def save_closeup(run_dir: pathlib.Path, path: pathlib.Path, scale: int = 4) -> N
     height = head + len(real) * (2 * size + 3 * gap)
     canvas = Image.new("L", (width, height), 255)
     draw = ImageDraw.Draw(canvas)
-    titles = [f"frame {context}\n(context)"] + [f"frame {context + f}" for f in shown]
+    titles = [f"frame {context}"] + [f"frame {context + f}" for f in shown]
     for c, title in enumerate(titles):
-        draw.text((label_w + c * (size + gap), 1), title.split("\n")[0], fill=0)
+        draw.text((label_w + c * (size + gap), 1), title, fill=0)
     y = head
     for v in range(len(real)):
         for name, source in (("model", pred), ("truth", real[:, context:])):

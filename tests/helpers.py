@@ -2,7 +2,9 @@
 their test, and the command-line flags of a tiny training run."""
 
 import contextlib
+import importlib.util
 import os
+import pathlib
 import signal
 import subprocess
 import sys
@@ -18,6 +20,20 @@ TINY_RUN_ARGS = (
 )
 """Flags of `examples/train_mmnist.py` / `python -m eqvid.train` for a ConvS5 run that
 trains in seconds (32×32 frames, 3 per video, one 8-channel layer)."""
+
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def load_example():
+    """`examples/train_mmnist.py` as a module (its `DEFAULTS`, `main`)."""
+    spec = importlib.util.spec_from_file_location(
+        "train_mmnist", REPO / "examples" / "train_mmnist.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def seed_of(*parts: object) -> int:

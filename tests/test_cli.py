@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
+from helpers import load_example
 
 import eqvid
 import eqvid.train._cli as train_cli
@@ -32,16 +33,6 @@ from eqvid.train._setup import config_dict
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHOWN = re.compile(r"\(default: (.*)\)$", re.S)
 SENTENCE_END = (".", ")", "!", "?")
-
-
-def load_example():
-    spec = importlib.util.spec_from_file_location(
-        "train_mmnist", REPO / "examples" / "train_mmnist.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 COMMANDS = {"python -m eqvid.train": CommandDefaults(), "train_mmnist.py": load_example().DEFAULTS}

@@ -2,7 +2,6 @@
 person looks at, the rollout report, and the example's command line."""
 
 import dataclasses
-import importlib.util
 import json
 import pathlib
 import re
@@ -13,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import TINY_RUN_ARGS, kill_group, run_python
+from helpers import TINY_RUN_ARGS, kill_group, load_example, run_python
 
 import eqvid
 import eqvid.data
@@ -396,16 +395,6 @@ def test_rollout_report_says_where_the_model_loses():
     assert better.as_dict()["losses"] == {"mse": {"mean_context": [4]}}
     tied = dataclasses.replace(better, ssim=better.ssim | {"empty": better.ssim["model"]})
     assert tied.losses() == better.losses() and not tied.beats_baselines()  # a tie is no win
-
-
-def load_example():
-    spec = importlib.util.spec_from_file_location(
-        "train_mmnist", REPO / "examples" / "train_mmnist.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def example_config(argv):

@@ -26,7 +26,7 @@ from ..metrics import (
 )
 from ..metrics._protocol import _chunk_bounds
 from ._protocols import PROTOCOLS, EvalProtocol, protocol
-from ._rollout_report import BASELINES, baseline_predictions
+from ._rollout_report import BASELINES, baseline_predictions, frame_ranges
 
 METRICS = ("psnr", "ssim", "lpips", "fvd")
 FRAME_METRICS = ("psnr", "ssim", "lpips")
@@ -99,18 +99,6 @@ def _value(name: str, score: MeanStd, spread: bool) -> str:
     digits = _DIGITS[name]
     text = f"{score.mean:.{digits}f}"
     return f"{text} ± {score.std:.{digits}f}" if spread else text
-
-
-def _frame_ranges(frames: list[int]) -> str:
-    """[1, 2, 3, 5] -> "1–3, 5"."""
-    parts, start = [], None
-    for i, f in enumerate(frames):
-        if start is None:
-            start = f
-        if i + 1 == len(frames) or frames[i + 1] != f + 1:
-            parts.append(str(f) if f == start else f"{start}–{f}")
-            start = None
-    return ", ".join(parts)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -286,7 +274,7 @@ class EvalReport:
                     word = "above (worse than)" if name in _LOWER_IS_BETTER else "below"
                     parts = []
                     for b, frames in worse.items():
-                        where = _frame_ranges(frames)
+                        where = frame_ranges(frames)
                         if len(frames) == self.horizon:
                             where = "every predicted frame"
                         elif len(frames) == 1:

@@ -65,8 +65,8 @@ COMPARED = ("copy_last", "empty")
 """The baselines `RolloutReport.beats_baselines` requires the model to beat."""
 
 
-def _frame_list(frames: Sequence[int]) -> str:
-    """[11, 12, 13, 15] -> "11–13, 15"."""
+def frame_ranges(frames: Sequence[int]) -> str:
+    """[11, 12, 13, 15] -> "11–13, 15" (frame numbers as runs, in reports)."""
     parts: list[str] = []
     start = None
     for i, f in enumerate(frames):
@@ -185,7 +185,7 @@ class RolloutReport:
         if self.beats_baselines():
             head = (
                 f"The model beats copying the last frame and the empty frame on {on} at "
-                f"every generated frame ({_frame_list(self.frames())})."
+                f"every generated frame ({frame_ranges(self.frames())})."
             )
         else:
             head = (
@@ -204,7 +204,7 @@ class RolloutReport:
                 where = (
                     "every generated frame"
                     if len(frames) == self.horizon
-                    else ("frame " if len(frames) == 1 else "frames ") + _frame_list(frames)
+                    else ("frame " if len(frames) == 1 else "frames ") + frame_ranges(frames)
                 )
                 lines.append(f"- {METRICS[metric]}: {BASELINES[b]} at {where}.")
         return lines
