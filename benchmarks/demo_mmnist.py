@@ -77,9 +77,16 @@ class LoadSampler:
         )
 
 
-def run_example(args: list[str], run_dir: pathlib.Path, log: pathlib.Path, timeout: float):
-    """Run the example in its own process group; return (exit code, wall seconds)."""
-    command = [sys.executable, str(EXAMPLE), "--no-progress", "--run-dir", str(run_dir), *args]
+def run_example(
+    args: list[str],
+    run_dir: pathlib.Path,
+    log: pathlib.Path,
+    timeout: float,
+    program: tuple[str, ...] = (str(EXAMPLE),),
+):
+    """Run the example (or `program`: a script, or `-m module`) in its own process
+    group; return (exit code, wall seconds)."""
+    command = [sys.executable, *program, "--no-progress", "--run-dir", str(run_dir), *args]
     start = time.perf_counter()
     with open(log, "w") as out:
         proc = subprocess.Popen(
@@ -94,8 +101,16 @@ def run_example(args: list[str], run_dir: pathlib.Path, log: pathlib.Path, timeo
     return code, time.perf_counter() - start
 
 
-def plot_curve(metrics_csv: pathlib.Path, path: pathlib.Path) -> None:
-    """The loss and each loss term against the step (log scale)."""
+def plot_curve(
+    metrics_csv: pathlib.Path,
+    path: pathlib.Path,
+    *,
+    terms: tuple[str, ...] | None = None,
+    ylabel: str = "per-row error, summed over width (log)",
+    title: str = "training loss (teacher forcing)",
+) -> None:
+    """The loss and each loss term (or those in `terms`) against the step (log
+    scale)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -109,12 +124,12 @@ def plot_curve(metrics_csv: pathlib.Path, path: pathlib.Path) -> None:
     skip = {"step", "lr", "grad_norm", "frames_per_s", "elapsed_s"}
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     for i, name in enumerate(header):
-        if name not in skip:
+        if name not in skip and (terms is None or name in terms):
             ax.plot(step, data[:, i], lw=2 if name == "loss" else 1, label=name)
     ax.set_yscale("log")
     ax.set_xlabel("training step")
-    ax.set_ylabel("per-row error, summed over width (log)")
-    ax.set_title("training loss (teacher forcing)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -136,7 +151,7 @@ def save_closeup(run_dir: pathlib.Path, path: pathlib.Path, scale: int = 4) -> N
     from eqvid.data import evaluation_videos
     from eqvid.evaluate import load_trained_run
     from eqvid.evaluate._trained_run import data_config_from_run
-    from eqvid.models import rollout
+    from eqvid.models import AbstractVideoModel, rollout
     from eqvid.train._samples import to_uint8
 
     run = load_trained_run(run_dir, report=lambda _: None)
@@ -147,6 +162,7 @@ def save_closeup(run_dir: pathlib.Path, path: pathlib.Path, scale: int = 4) -> N
         evaluation_videos(data, num_videos=4, length=context + horizon, batch_size=4)
     )
     real = videos.astype(np.float32) / 127.5 - 1.0
+    assert isinstance(run.model, AbstractVideoModel)
     pred = np.asarray(
         rollout(run.model, real[:, :context], horizon, key=jax.random.key(0), actions=actions)
     )

@@ -31,8 +31,10 @@ from . import kernels as kernels
 from . import nn as nn
 from .kernels import AttentionMask as AttentionMask
 from .models import CONVS5_PRESETS as CONVS5_PRESETS
+from .models import AbstractModel as AbstractModel
 from .models import AbstractRecurrentVideoModel as AbstractRecurrentVideoModel
 from .models import AbstractVideoModel as AbstractVideoModel
+from .models import AbstractVideoTokenizer as AbstractVideoTokenizer
 from .models import ConvLSTMConfig as ConvLSTMConfig
 from .models import ConvLSTMVideoModel as ConvLSTMVideoModel
 from .models import ConvS5Config as ConvS5Config

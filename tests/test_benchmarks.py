@@ -127,6 +127,27 @@ def test_demo_records_the_example_run(tmp_path, capsys):
     assert "--steps" in capsys.readouterr().out
 
 
+def test_tokenizer_benchmark_records_the_run(tmp_path):
+    """tokenizer_mmnist.py trains the 2D VQGAN in its own process (options after `--`
+    go to it), then records the report against the target, the throughput, the strip
+    and the curve."""
+    bench = load("tokenizer_mmnist")
+    tiny = ["--steps", "2", "--frame-size", "32", "--sample-every", "2", "--eval-sequences", "2"]
+    tiny += ["--train-sequences", "8", "--ch", "8", "--n-embed", "16", "--no-tensorboard"]
+    assert bench.main(["--out-dir", str(tmp_path), "--", *tiny]) == 0
+    name = "tokenizer_mmnist" if bench.jax.default_backend() == "gpu" else "tokenizer_mmnist_cpu"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["logs", *(f"{name}{end}" for end in (".md", "_strip.png", "_curve.png"))]
+        + [f"{name}_eval.json", f"{name}_metrics.csv"]
+    )
+    text = (tmp_path / f"{name}.md").read_text()
+    assert "python -m eqvid.train --model vqgan2d" in text and shlex.join(tiny) in text
+    assert re.search(r"target: \*\*(met|not met)\*\*: held-out PSNR \d+\.\d\d dB", text)
+    assert re.search(r"encode \*\*\d+ frames/s\*\*, decode \*\*\d+ frames/s\*\*", text)
+    assert "codes used" in text
+    assert json.loads((tmp_path / f"{name}_eval.json").read_text())["n_codes"] == 16
+
+
 def test_train_throughput_table(tmp_path):
     """Every model trains a step; `generation_speed.py` runs (every mode) in the
     `run_all` test below."""

@@ -126,6 +126,7 @@ def test_evaluate_a_run_writes_samples_metrics_and_plot(run_dir, data, tmp_path)
     assert sorted(p.name for p in (out / "samples").iterdir()) == ["data_0.npz", "data_1.npz"]
     np.testing.assert_array_equal(samples.fake[:, :3], samples.real[:, :3])
     model = load_trained_run(run_dir).model
+    assert isinstance(model, eqvid.AbstractVideoModel)
     context = samples.real[:2, :3].astype(np.float32) / np.float32(127.5) - np.float32(1)
     real, actions = next(evaluation_videos(data, num_videos=2, length=5, batch_size=2))
     np.testing.assert_array_equal(real, samples.real[:2])  # the test split, from frame 0

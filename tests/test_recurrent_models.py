@@ -294,7 +294,7 @@ def test_checkpoints_from_before_the_registry_load_and_generate_the_same(name):
     from eqvid.evaluate import load_trained_run
 
     run = load_trained_run(FIXTURES / name)
-    assert run.step == 2
+    assert run.step == 2 and isinstance(run.model, eqvid.AbstractVideoModel)
     expected = np.load(FIXTURES / name / "expected_generate.npz")
     got = run.model.generate(jnp.asarray(expected["context"]), 2, key=jax.random.key(0))
     # Exact on the jax that wrote the file (0.10.2); other XLA versions round differently.

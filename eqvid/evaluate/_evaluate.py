@@ -357,11 +357,18 @@ def _networks(config: EvalConfig, metrics, lpips, i3d):
 
 def _generate(config, settings, out_dir, on_batch) -> str:
     from ..data import evaluation_videos
-    from ..models import rollout
+    from ..models import AbstractVideoModel, rollout
     from ._trained_run import data_config_from_run, load_trained_run
 
     run = load_trained_run(config.run_dir, config.step, ema=config.ema)
     model = run.model
+    if not isinstance(model, AbstractVideoModel):
+        raise ValueError(
+            f"{config.run_dir} holds a {type(model).__name__}, which does not generate "
+            "videos; evaluation protocols score generated frames. A tokenizer's run writes "
+            "its reconstruction report (PSNR, SSIM, codebook use) to eval.md at the end of "
+            "training."
+        )
     ctx, horizon = settings.context, settings.horizon
     key = jax.random.key(config.seed)
     batches = evaluation_videos(

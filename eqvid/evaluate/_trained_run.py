@@ -10,7 +10,7 @@ from typing import Any
 import equinox as eqx
 import jax
 
-from ..models import MODELS, AbstractVideoModel, make_model, model_spec
+from ..models import MODELS, AbstractModel, make_model, model_spec
 
 
 def config_from_dict(cls: type, values: dict[str, Any]) -> Any:
@@ -54,8 +54,8 @@ def model_config_from_run(config: dict[str, Any]) -> Any:
 class TrainedRun:
     """A trained model with what it was trained on."""
 
-    model: AbstractVideoModel
-    """The model to sample from: the moving average of its parameters when the run kept
+    model: AbstractModel
+    """The model to sample from (or to tokenize with): the moving average of its parameters when the run kept
     one, its state folded in."""
     step: int
     """The checkpoint step the parameters come from."""

@@ -1,11 +1,14 @@
-"""Model families on one contract (`AbstractVideoModel`), each registered by name.
+"""Model families on one contract (`AbstractModel`: a batch loss with named terms, state,
+parameter roles) in two kinds, `AbstractVideoModel` (generates video) and
+`AbstractVideoTokenizer` (videos to codes and back), each family registered by name.
 
 To add a family: write its config dataclass and its final model class (implementing
-`AbstractVideoModel`) in its own file, end the file with `register_model(ModelSpec(...))`,
+one of the kinds) in its own file, end the file with `register_model(ModelSpec(...))`,
 and import the file below. Training (`eqvid.train`) and evaluation (`eqvid.evaluate`)
 then build it by name, with no edit to either.
 """
 
+from ._abstract import AbstractModel as AbstractModel
 from ._abstract import AbstractVideoModel as AbstractVideoModel
 from ._abstract import GroupSettings as GroupSettings
 from ._abstract import LossTerms as LossTerms
@@ -20,6 +23,10 @@ from ._registry import make_model as make_model
 from ._registry import model_spec as model_spec
 from ._registry import register_model as register_model
 from ._rollout import rollout as rollout
+from ._tokenizer import AbstractVideoTokenizer as AbstractVideoTokenizer
+from ._tokenizer import decode_codes as decode_codes
+from ._tokenizer import encode_videos as encode_videos
+from ._tokenizer import reconstruct_videos as reconstruct_videos
 
 # The families (each registers itself on import).
 from ._convs5_video import CONVS5_PRESETS as CONVS5_PRESETS  # isort: skip
@@ -31,3 +38,6 @@ from ._convlstm_video import ConvLSTMVideoModel as ConvLSTMVideoModel  # isort: 
 from ._transformer_video import TRANSFORMER_PRESETS as TRANSFORMER_PRESETS  # isort: skip
 from ._transformer_video import TransformerConfig as TransformerConfig  # isort: skip
 from ._transformer_video import TransformerVideoModel as TransformerVideoModel  # isort: skip
+from ._vqgan2d import VQGAN2D as VQGAN2D  # isort: skip
+from ._vqgan2d import VQGAN2D_PRESETS as VQGAN2D_PRESETS  # isort: skip
+from ._vqgan2d import VQGAN2DConfig as VQGAN2DConfig  # isort: skip

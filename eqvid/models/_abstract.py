@@ -1,4 +1,6 @@
-"""The contract every eqvid model family implements, and what training reads from it."""
+"""The contract every eqvid model family implements, and what training reads from it:
+`AbstractModel` (trainable), and its kinds `AbstractVideoModel` (generates) and, in
+`_tokenizer.py`, `AbstractVideoTokenizer` (encodes to codes and decodes)."""
 
 import abc
 import dataclasses
@@ -65,8 +67,13 @@ LossTerms = dict[str, Scalar]
 """Named scalar terms of a loss (reconstruction, commitment, …); training logs each."""
 
 
-class AbstractVideoModel(eqx.Module):
-    """A video model that `eqvid.train` can train and `eqvid.evaluate` can sample.
+class AbstractModel(eqx.Module):
+    """What `eqvid.train` trains: any model with a batch loss. Two kinds build on it,
+    and training and evaluation pick what to show from the kind:
+    `AbstractVideoModel` (it continues videos: samples are rollouts, the report scores
+    them against baselines) and `AbstractVideoTokenizer` (it turns videos into discrete
+    codes and back: samples are input | reconstruction, the report scores the
+    reconstructions and the codebook's use).
 
     **Training.** `loss(batch, state, key=..., step=...)` takes a whole `VideoBatch`
     and returns `(loss, terms, state)`: the scalar the parameters descend, the named
@@ -75,18 +82,12 @@ class AbstractVideoModel(eqx.Module):
 
     **Model state** (`eqx.nn.State`, optional): buffers the loss updates outside the
     gradient (EMA codebooks, running statistics). A model without any gets and
-    returns `None`. Build a model with its state through `eqvid.models.make_model`.
+    returns `None`. Build a model with its state through `eqvid.models.make_model`;
+    `with_state(state)` folds it in for sampling and evaluation.
 
     **Roles** of the parameters (optimiser group, frozen parts, discriminator
     objective, …) are declared on the layers' fields with `eqvid.nn.role`;
     `optimizer_groups()` gives the settings of each group the model uses.
-
-    **Generation.** `generate(context, num_frames, key=...)` continues one video
-    `(context, height, width, channels)` by `num_frames` frames inside `jit` with no
-    Python loop per frame; `key` is required, so a stochastic model draws different
-    samples for different keys and the same samples for the same key. Use
-    `eqvid.models.rollout` for a batch. Models with state generate from
-    `model.with_state(state)`.
     """
 
     config: eqx.AbstractVar[Any]
@@ -110,18 +111,6 @@ class AbstractVideoModel(eqx.Module):
         late)."""
 
     @abc.abstractmethod
-    def generate(
-        self,
-        context: Float[Array, "context height width channels"],
-        num_frames: int,
-        *,
-        key: PRNGKeyArray,
-        actions: Int[Array, " total"] | None = None,
-    ) -> Float[Array, "{num_frames} height width channels"]:
-        """Continue `context` by `num_frames` frames. `actions`, if given, covers
-        context and generated frames (`len(context) + num_frames`)."""
-
-    @abc.abstractmethod
     def check_batch(
         self,
         video: Float[np.ndarray, "batch time height width channels"],
@@ -140,6 +129,37 @@ class AbstractVideoModel(eqx.Module):
     def optimizer_groups(self) -> dict[str, GroupSettings]:
         """Settings of the optimiser groups this model's roles name (groups left out
         get the defaults)."""
+
+    @abc.abstractmethod
+    def with_state(self, state: eqx.nn.State | None) -> "AbstractModel":
+        """The model with its state folded in, ready to sample or evaluate (a model
+        without state returns itself)."""
+
+
+class AbstractVideoModel(AbstractModel):
+    """A video model that `eqvid.train` can train and `eqvid.evaluate` can sample: the
+    training contract of `AbstractModel` (loss with named terms, optional state,
+    parameter roles), and generation.
+
+    **Generation.** `generate(context, num_frames, key=...)` continues one video
+    `(context, height, width, channels)` by `num_frames` frames inside `jit` with no
+    Python loop per frame; `key` is required, so a stochastic model draws different
+    samples for different keys and the same samples for the same key. Use
+    `eqvid.models.rollout` for a batch. Models with state generate from
+    `model.with_state(state)`.
+    """
+
+    @abc.abstractmethod
+    def generate(
+        self,
+        context: Float[Array, "context height width channels"],
+        num_frames: int,
+        *,
+        key: PRNGKeyArray,
+        actions: Int[Array, " total"] | None = None,
+    ) -> Float[Array, "{num_frames} height width channels"]:
+        """Continue `context` by `num_frames` frames. `actions`, if given, covers
+        context and generated frames (`len(context) + num_frames`)."""
 
     @abc.abstractmethod
     def with_state(self, state: eqx.nn.State | None) -> "AbstractVideoModel":

@@ -14,7 +14,7 @@ import equinox as eqx
 import jax
 from jaxtyping import PRNGKeyArray
 
-from ._abstract import AbstractVideoModel
+from ._abstract import AbstractModel
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,8 +27,9 @@ class ModelSpec:
     """Its name in reports."""
     config: type
     """Its frozen config dataclass (must have `frame_size` and `channels`)."""
-    module: type[AbstractVideoModel]
-    """Its final Equinox module, built as `module(config, key=key)`."""
+    module: type[AbstractModel]
+    """Its final Equinox module (an `AbstractVideoModel` or an `AbstractVideoTokenizer`),
+    built as `module(config, key=key)`."""
     presets: Mapping[str, Any]
     """Named configs (`"small"` must exist: the command line starts from it)."""
 
@@ -94,10 +95,10 @@ def preset_of(config_class: type, name: str) -> Any:
     return model_spec(config_class).preset(name)
 
 
-def make_model(config: Any, *, key: PRNGKeyArray) -> tuple[AbstractVideoModel, eqx.nn.State | None]:
+def make_model(config: Any, *, key: PRNGKeyArray) -> tuple[AbstractModel, eqx.nn.State | None]:
     """Build the model `config` describes (its class follows the config's type) with
     its initial state: `(model, state)`, `state` None for a model without any."""
     spec = model_spec(config)
-    build = typing.cast(Callable[..., AbstractVideoModel], spec.module)
+    build = typing.cast(Callable[..., AbstractModel], spec.module)
     model, state = eqx.nn.make_with_state(build)(config, key=key)
     return model, (state if jax.tree_util.tree_leaves(state) else None)

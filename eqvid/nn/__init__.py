@@ -1,7 +1,9 @@
 """Layers: the generic building blocks every eqvid model family composes (dense,
 convolutions, up/down-sampling, norms, activations, embeddings, attention,
-transformer and ResNet blocks) and the sequence layers (ConvS5, ConvLSTM). Equinox
-modules with typed array signatures, channels last."""
+transformer and ResNet blocks), the sequence layers (ConvS5, ConvLSTM), and the VQ
+tokenizers' parts (vector quantiser, taming's 2D and TATS's 3D VQGAN encoders and
+decoders, PatchGAN discriminators). Equinox modules with typed array signatures,
+channels last."""
 
 from ._activations import ActivationName as ActivationName
 from ._activations import activation as activation
@@ -25,6 +27,10 @@ from ._hippo import discretize_zoh as discretize_zoh
 from ._hippo import hippo_block_init as hippo_block_init
 from ._norm import GroupNorm as GroupNorm
 from ._norm import LayerNorm as LayerNorm
+from ._patch_discriminator import BatchNorm as BatchNorm
+from ._patch_discriminator import PatchDiscriminator as PatchDiscriminator
+from ._quantize import Quantized as Quantized
+from ._quantize import VectorQuantizer as VectorQuantizer
 from ._resnet import ResNetBlock as ResNetBlock
 from ._resnet import ResNetDecoder as ResNetDecoder
 from ._resnet import ResNetEncoder as ResNetEncoder
@@ -41,3 +47,14 @@ from ._sampling import upsample_nearest_2x as upsample_nearest_2x
 from ._sequence import AbstractSequenceLayer as AbstractSequenceLayer
 from ._transformer import KVCache as KVCache
 from ._transformer import TransformerBlock as TransformerBlock
+from ._vqgan3d_codec import BatchNorm3d as BatchNorm3d
+from ._vqgan3d_codec import PatchDiscriminator3D as PatchDiscriminator3D
+from ._vqgan3d_codec import ResBlock3d as ResBlock3d
+from ._vqgan3d_codec import SamePadConv3d as SamePadConv3d
+from ._vqgan3d_codec import SamePadConvTranspose3d as SamePadConvTranspose3d
+from ._vqgan3d_codec import VQGAN3DDecoder as VQGAN3DDecoder
+from ._vqgan3d_codec import VQGAN3DEncoder as VQGAN3DEncoder
+from ._vqgan_codec import SpatialSelfAttention as SpatialSelfAttention
+from ._vqgan_codec import VQGANDecoder as VQGANDecoder
+from ._vqgan_codec import VQGANEncoder as VQGANEncoder
+from ._vqgan_codec import VQGANResnetBlock as VQGANResnetBlock

@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 
 from ._files import write_atomic
-from ._samples import save_prediction_gif, save_prediction_strip
+from ._samples import save_prediction_gif, save_prediction_strip, save_reconstruction_strip
 
 FIXED_COLUMNS = ("lr", "grad_norm", "frames_per_s", "elapsed_s")
 
@@ -148,4 +148,23 @@ class SampleWriter:
         args = (self.videos[:, : self.context], pred, self.videos[:, self.context :])
         strip = save_prediction_strip(self.folder / f"step_{step:06d}.png", *args)
         save_prediction_gif(self.folder / f"step_{step:06d}.gif", *args)
+        self.log.image("samples", strip, step)
+
+
+class ReconstructionWriter:
+    """Sample pictures of a tokenizer on held-out videos: `samples/step_XXXXXX.png`
+    (input frames above their reconstructions), and the strip in TensorBoard."""
+
+    def __init__(self, run_dir: pathlib.Path, videos: np.ndarray, *, main: bool, log: MetricsLog):
+        self.folder = run_dir / "samples"
+        self.videos = videos
+        self.main = main
+        self.log = log
+
+    def __call__(self, reconstruct: Any, step: int) -> None:
+        """`reconstruct(videos)` gives the tokenizer's reconstructions."""
+        recon = np.clip(np.asarray(reconstruct(self.videos)), -1.0, 1.0)
+        if not self.main:
+            return
+        strip = save_reconstruction_strip(self.folder / f"step_{step:06d}.png", self.videos, recon)
         self.log.image("samples", strip, step)

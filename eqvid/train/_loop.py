@@ -11,11 +11,19 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..evaluate._reconstruction_report import ReconstructionReport, reconstruction_report
 from ..evaluate._rollout_report import RolloutReport, rollout_report
-from ..models import AbstractVideoModel, model_spec, rollout
+from ..models import (
+    AbstractModel,
+    AbstractVideoModel,
+    AbstractVideoTokenizer,
+    model_spec,
+    reconstruct_videos,
+    rollout,
+)
 from ._config import TrainConfig
 from ._files import write_atomic
-from ._hooks import MetricsLog, SampleWriter
+from ._hooks import MetricsLog, ReconstructionWriter, SampleWriter
 from ._setup import TrainingRun, setup
 from ._signals import GracefulStop
 
@@ -24,7 +32,7 @@ from ._signals import GracefulStop
 class TrainResult:
     """What a run leaves behind."""
 
-    model: AbstractVideoModel
+    model: AbstractModel
     """The trained model (its moving-average parameters when the run kept them, its
     state folded in): the model to sample from."""
     run_dir: pathlib.Path
@@ -32,9 +40,10 @@ class TrainResult:
     """The last completed step."""
     losses: list[float]
     """Training losses of the steps logged in this call."""
-    report: RolloutReport | None
-    """The held-out rollout evaluation (None if `eval_sequences` is 0 or the run was
-    stopped early)."""
+    report: RolloutReport | ReconstructionReport | None
+    """The held-out evaluation: the rollout report of a video model, the reconstruction
+    report of a tokenizer (None if `eval_sequences` is 0 or the run was stopped
+    early)."""
     stopped_by: str | None = None
     """The signal (`"SIGTERM"`, `"SIGINT"`) that stopped the run before its last step,
     after saving a checkpoint at `step`; None if it ran to the end."""
@@ -48,11 +57,28 @@ def _side_keys(run: TrainingRun) -> jax.Array:
     return jax.random.split(jax.random.fold_in(run.train_key, 0))
 
 
-def _sample_writer(run: TrainingRun, log: MetricsLog) -> SampleWriter:
-    """Up to 4 test videos, shown as context | prediction | truth."""
+def _is_tokenizer(run: TrainingRun) -> bool:
+    return issubclass(model_spec(run.config.model).module, AbstractVideoTokenizer)
+
+
+def _sample_writer(run: TrainingRun, log: MetricsLog) -> SampleWriter | ReconstructionWriter:
+    """Up to 4 test videos, shown as context | prediction | truth (a tokenizer's: input
+    above reconstruction, at the training length)."""
     from ..data import evaluation_videos
 
     rc = run.config.run
+    if _is_tokenizer(run):
+        videos, _ = next(
+            evaluation_videos(
+                run.config.data,
+                num_videos=4,
+                length=run.config.data.seq_len,
+                batch_size=4,
+                require_all=False,
+            )
+        )
+        videos = videos.astype(np.float32) / 127.5 - 1.0
+        return ReconstructionWriter(run.run_dir, videos, main=run.main, log=log)
     eval_len = rc.eval_context + rc.eval_horizon
     length = max(eval_len, 2) if rc.eval_sequences else run.config.data.seq_len
     videos, actions = next(
@@ -65,11 +91,38 @@ def _sample_writer(run: TrainingRun, log: MetricsLog) -> SampleWriter:
     return SampleWriter(run.run_dir, videos, actions, context, main=run.main, log=log)
 
 
-def _final_report(run: TrainingRun, model: AbstractVideoModel):
-    """The rollout report on held-out videos, written as eval.json / eval.md."""
+def _final_report(run: TrainingRun, model: AbstractModel):
+    """The held-out report, written as eval.json / eval.md: a video model's rollout
+    report, a tokenizer's reconstruction report."""
     from ..data import evaluation_videos
 
     rc = run.config.run
+    if isinstance(model, AbstractVideoTokenizer):
+        videos = np.concatenate(
+            [
+                v
+                for v, _ in evaluation_videos(
+                    run.config.data,
+                    num_videos=rc.eval_sequences,
+                    length=run.config.data.seq_len,
+                    batch_size=32,
+                )
+            ]
+        )
+        report = reconstruction_report(
+            model,
+            videos.astype(np.float32) / 127.5 - 1.0,
+            model_name=model_spec(run.config.model).title,
+        )
+        if run.main:
+            write_atomic(run.run_dir / "eval.json", json.dumps(report.as_dict(), indent=2))
+            write_atomic(run.run_dir / "eval.md", report.markdown())
+        return report
+    if not isinstance(model, AbstractVideoModel):
+        raise TypeError(
+            f"{type(model).__name__} is neither an AbstractVideoModel nor an "
+            "AbstractVideoTokenizer: training does not know what to report for it."
+        )
     batches = list(
         evaluation_videos(
             run.config.data,
@@ -130,6 +183,11 @@ def train(config: TrainConfig) -> TrainResult:
 
         def export_samples(step: int) -> None:
             model = run.model()
+            if isinstance(samples, ReconstructionWriter):
+                assert isinstance(model, AbstractVideoTokenizer)
+                samples(lambda v: reconstruct_videos(model, v), step)
+                return
+            assert isinstance(model, AbstractVideoModel)
             samples(
                 lambda c, n, a: rollout(model, c, n, key=sample_key, actions=a),
                 step,

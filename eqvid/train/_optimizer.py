@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import optax
 from jaxtyping import PyTree
 
-from ..models import AbstractVideoModel, GroupSettings
+from ..models import AbstractModel, GroupSettings
 from ..nn._roles import ParamRole
 from ._config import OptimizerConfig
 
@@ -89,7 +89,7 @@ def clip_by_objective(max_norm: float, objectives: PyTree[str]) -> optax.Gradien
 
 def make_optimizer(
     config: OptimizerConfig,
-    model: AbstractVideoModel,
+    model: AbstractModel,
     roles: PyTree[ParamRole],
     total_steps: int,
 ) -> optax.GradientTransformation:

@@ -109,3 +109,39 @@ def save_prediction_gif(
     path.parent.mkdir(parents=True, exist_ok=True)
     frames[0].save(path, save_all=True, append_images=frames[1:], duration=1000 // fps, loop=0)
     return path
+
+
+def save_reconstruction_strip(
+    path: str | pathlib.Path,
+    inputs: Float[np.ndarray, "batch time height width channels"],
+    reconstructions: Float[np.ndarray, "batch time height width channels"],
+    *,
+    gap: int = 2,
+) -> pathlib.Path:
+    """Write a PNG: per example, the input frames (white) with the tokenizer's
+    reconstructions (green) in the row below, frame under frame."""
+    if inputs.shape != reconstructions.shape:
+        raise ValueError(
+            f"save_reconstruction_strip: `reconstructions` must have the inputs' shape "
+            f"{inputs.shape}, got {reconstructions.shape}."
+        )
+    rows = []
+    for x, y in zip(to_uint8(inputs), to_uint8(reconstructions)):
+        rows.append(_row(_rgb(x), gap))
+        rows.append(_row(_tint(_rgb(y), (120, 255, 120)), gap))
+    header = 14
+    width = rows[0].shape[1]
+    h = rows[0].shape[0]
+    canvas = np.full((header + len(rows) * (h + gap) + (len(rows) // 2) * 2 * gap, width, 3), 255)
+    canvas = canvas.astype(np.uint8)
+    y = header
+    for i, r in enumerate(rows):
+        canvas[y : y + h] = r
+        y += h + gap + (2 * gap if i % 2 else 0)  # a wider gap between examples
+    image = Image.fromarray(canvas)
+    draw = ImageDraw.Draw(image)
+    draw.text((2, 1), "input (white) / reconstruction (green)", fill=(0, 0, 0))
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+    return path

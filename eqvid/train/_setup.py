@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ..models import AbstractVideoModel, make_model, model_spec
+from ..models import AbstractModel, make_model, model_spec
 from ._checkpoint import Checkpointer, CorruptCheckpointError, restore_frozen, save_frozen
 from ._config import TrainConfig
 from ._distributed import initialize_distributed
@@ -91,7 +91,7 @@ class TrainingRun:
     """The last step done before this call (0 for a new run)."""
     train_key: jax.Array
 
-    def model(self, *, ema: bool = True) -> AbstractVideoModel:
+    def model(self, *, ema: bool = True) -> AbstractModel:
         """The current model (with its moving-average parameters when kept and `ema`),
         its state folded in: the model to sample from."""
         ts = self.train_state
@@ -126,7 +126,7 @@ class TrainingRun:
 
     def put_batch(self, batch: dict[str, np.ndarray]):
         """This process's share of a global batch → global arrays on the mesh, once the
-        model has checked its known values (`AbstractVideoModel.check_batch`: inside
+        model has checked its known values (`AbstractModel.check_batch`: inside
         the compiled step they could not raise)."""
         from ..models import VideoBatch
 

@@ -16,7 +16,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxtyping import Array, Int, Key, PyTree, Scalar
 
-from ..models import AbstractVideoModel, VideoBatch
+from ..models import AbstractModel, VideoBatch
 from ..nn._roles import ParamRole, parameter_roles
 from ._mesh import BATCH_AXES, batch_sharding, check_batch, tree_shardings
 
@@ -48,7 +48,7 @@ class ParameterPlan:
     roles: dict[str, ParamRole]
     objectives: tuple[str, ...]
 
-    def __init__(self, model: AbstractVideoModel):
+    def __init__(self, model: AbstractModel):
         roles_tree = parameter_roles(model)
         flat, _ = jax.tree_util.tree_flatten_with_path(
             roles_tree, is_leaf=lambda x: x is None or isinstance(x, ParamRole)
@@ -65,7 +65,7 @@ class ParameterPlan:
     def role_of(self, path) -> ParamRole:
         return self.roles[jax.tree_util.keystr(path)]
 
-    def partition(self, model: AbstractVideoModel) -> tuple[PyTree, PyTree]:
+    def partition(self, model: AbstractModel) -> tuple[PyTree, PyTree]:
         """`(trainable parameters, the rest)`: the rest holds frozen arrays and every
         non-array leaf; `eqx.combine` puts them back together."""
         return eqx.partition(model, self.trainable)
@@ -97,7 +97,7 @@ class ParameterPlan:
 
 
 def init_train_state(
-    model: AbstractVideoModel,
+    model: AbstractModel,
     model_state: eqx.nn.State | None,
     optimizer: optax.GradientTransformation,
     plan: ParameterPlan,
