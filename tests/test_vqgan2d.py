@@ -4,6 +4,7 @@ weight, the discriminator's start, the terms it logs) and training through
 `eqvid.train` with its reconstruction report and sample strip."""
 
 import dataclasses
+import json
 
 import equinox as eqx
 import jax
@@ -14,6 +15,7 @@ from helpers import rng
 
 import eqvid
 from eqvid.data import MovingMNISTConfig
+from eqvid.evaluate import ReconstructionReport
 from eqvid.models import (
     AbstractVideoTokenizer,
     VideoBatch,
@@ -238,3 +240,18 @@ def test_trains_through_the_one_entry_with_a_reconstruction_report(tmp_path):
     header = (run_dir / "metrics.csv").read_text().splitlines()[0].split(",")
     assert {"disc_loss", "d_weight", "perplexity", "usage", "rec_loss"} <= set(header)
     assert "grad_norm_disc_loss" in header
+
+    # The evaluation entry scores a tokenizer's run on reconstructions.
+    from eqvid.evaluate import EvalConfig, evaluate, evaluate_tokenizer, is_tokenizer_run
+
+    out = tmp_path / "eval"
+    eval_config = EvalConfig(run_dir=str(run_dir), num_videos=3, out_dir=str(out))
+    assert is_tokenizer_run(str(run_dir))
+    with pytest.raises(ValueError, match="is a tokenizer's run: score its reconstructions"):
+        evaluate(eval_config)
+    evaluated = evaluate_tokenizer(eval_config)
+    assert isinstance(evaluated, ReconstructionReport)
+    scored = json.loads((out / "metrics.json").read_text())
+    assert scored["num_videos"] == 3 and scored["n_codes"] == 16 and scored["lpips"] is None
+    assert "codes used" in (out / "metrics.md").read_text()
+    assert evaluated.wrote() == f"eqvid: wrote metrics.json, metrics.md to {out}"

@@ -27,6 +27,7 @@ from eqvid.nn._vqgan3d_codec import (
     VQGAN3DDecoder,
     VQGAN3DEncoder,
     level_strides,
+    record_batch_statistics,
     same_padding,
 )
 
@@ -275,6 +276,25 @@ def test_batchnorm3d_running_and_batch_statistics():
     assert float(jnp.abs(grads.running_mean).sum()) == 0.0
     roles = parameter_roles(norm)
     assert roles.running_var.frozen and not roles.weight.frozen
+
+
+def test_record_batch_statistics_collects_training_calls_only():
+    """Inside `record_batch_statistics`, each `training=True` call of a `BatchNorm3d`
+    leaves (the layer, batch mean, biased variance, size); running-statistics calls
+    and calls outside the block leave nothing, and nested blocks collect innermost."""
+    x = jnp.asarray((rng("bn-record").normal(size=(2, 3, 4, 5, 3)) * 2 + 1).astype(np.float32))
+    a, b = BatchNorm3d(3), BatchNorm3d(3)
+    with record_batch_statistics() as outer:
+        a(x, training=True)
+        a(x)  # running statistics: not recorded
+        with record_batch_statistics() as inner:
+            b(x, training=True)
+    b(x, training=True)  # outside: not recorded
+    assert [r.norm for r in outer] == [a] and [r.norm for r in inner] == [b]
+    r = outer[0]
+    assert r.size == 2 * 3 * 4 * 5
+    close(r.mean, np.asarray(x).mean(axis=(0, 1, 2, 3)), 1e-5)
+    close(r.var, np.asarray(x).var(axis=(0, 1, 2, 3)), 1e-4)
 
 
 @pytest.mark.parametrize(("norm_type", "c_in", "c_out"), [("group", 8, 8), ("batch", 4, 6)])

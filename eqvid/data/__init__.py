@@ -16,6 +16,10 @@
   `ArrayRecordVideos`; `pack_array_record(source, folder)` packs any of them.
 - Bad files raise `BadVideoError` naming the file, or with `on_bad_file="skip"` are
   skipped with a counted `BadVideoWarning`.
+- Codes of a tokenizer, encoded once with `python -m eqvid.data.encode --tokenizer
+  RUN_OR_FOLDER --dataset NAME ... --out DIR`: `CodesVideos(DIR, split)` yields
+  `{"codes": int32 (code_time, h, w)[, "actions"]}`; `check_tokenizer` checks that
+  codes fit a tokenizer, `codes_to_frames` decodes them to uint8 frames.
 - `load_digits(mnist_path)`: digit images for Moving MNIST, from the MNIST
   `train-images-idx3-ubyte(.gz)` file (`load_idx_images`) or, offline, from
   scikit-learn's bundled handwritten digits (`sklearn_digits`).
@@ -23,6 +27,7 @@
 
 from ._array_record import ArrayRecordVideos
 from ._bad_video import BadVideoError, BadVideoWarning
+from ._codes import CodesVideos, check_tokenizer, codes_to_frames
 from ._config import MovingMNISTConfig, moving_mnist_splits
 from ._datasets import DATASETS, FrameSpec, dataset_config_class, frame_spec, open_source
 from ._evaluation_videos import evaluation_videos
@@ -48,6 +53,7 @@ __all__ = [
     "ArrayRecordVideos",
     "BadVideoError",
     "BadVideoWarning",
+    "CodesVideos",
     "FrameFolderConfig",
     "FrameFolderVideos",
     "FrameSpec",
@@ -60,6 +66,8 @@ __all__ = [
     "VideoFilesConfig",
     "VideoFolderConfig",
     "VideoFolderVideos",
+    "check_tokenizer",
+    "codes_to_frames",
     "dataset_config_class",
     "evaluation_videos",
     "frame_spec",

@@ -13,7 +13,7 @@ from .._cli import (
     read_config_file,
 )
 from . import __doc__ as package_doc
-from ._evaluate import EvalConfig, evaluate
+from ._evaluate import EvalConfig, evaluate, evaluate_tokenizer, is_tokenizer_run
 from ._protocols import PROTOCOLS
 
 PROG = "python -m eqvid.evaluate"
@@ -64,7 +64,11 @@ def config_from_argv(argv: list[str] | None = None) -> EvalConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    report = evaluate(config_from_argv(argv))
+    config = config_from_argv(argv)
+    if config.run_dir and is_tokenizer_run(config.run_dir):
+        report = evaluate_tokenizer(config)
+    else:
+        report = evaluate(config)
     print(report.markdown())
     print(report.wrote())
     return 0

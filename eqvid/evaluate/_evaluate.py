@@ -4,6 +4,7 @@ papers' metrics (JSON, markdown, per-frame plot, sample files)."""
 import dataclasses
 import json
 import pathlib
+import shlex
 import sys
 from typing import Any, Literal
 
@@ -26,6 +27,7 @@ from ..metrics import (
 )
 from ..metrics._protocol import _chunk_bounds
 from ._protocols import PROTOCOLS, EvalProtocol, protocol
+from ._reconstruction_report import ReconstructionReport, reconstruction_report
 from ._rollout_report import BASELINES, baseline_predictions, frame_ranges
 
 METRICS = ("psnr", "ssim", "lpips", "fvd")
@@ -365,9 +367,7 @@ def _generate(config, settings, out_dir, on_batch) -> str:
     if not isinstance(model, AbstractVideoModel):
         raise ValueError(
             f"{config.run_dir} holds a {type(model).__name__}, which does not generate "
-            "videos; evaluation protocols score generated frames. A tokenizer's run writes "
-            "its reconstruction report (PSNR, SSIM, codebook use) to eval.md at the end of "
-            "training."
+            "videos; evaluation protocols score generated frames."
         )
     ctx, horizon = settings.context, settings.horizon
     key = jax.random.key(config.seed)
@@ -440,6 +440,72 @@ def _score_files(config, samples, on_batch) -> str:
     return config.samples
 
 
+def is_tokenizer_run(run_dir: str) -> bool:
+    """Whether `run_dir/config.json` records a tokenizer family (False when it cannot
+    tell: loading the run then says what is wrong)."""
+    from ..models import AbstractVideoTokenizer, model_spec
+
+    try:
+        name = json.loads((pathlib.Path(run_dir) / "config.json").read_text())["model_name"]
+        return issubclass(model_spec(name).module, AbstractVideoTokenizer)
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def evaluate_tokenizer(config: EvalConfig, *, lpips: Any = None) -> ReconstructionReport:
+    """Evaluate a tokenizer's training run (`config.run_dir`): reconstruct the
+    protocol's number of test videos (`--num-videos`) at the run's training length and
+    score them (PSNR, SSIM, and LPIPS when the protocol or `--metrics` include it) with
+    the codebook's use; write `metrics.json` and `metrics.md` to the output folder
+    (default `<run_dir>/eval/<protocol>`). `lpips`: a preloaded `eqvid.metrics.LPIPS`."""
+    from ..data import evaluation_videos
+    from ._trained_run import data_config_from_run, load_trained_run
+
+    if not config.run_dir or config.samples:
+        raise ValueError(
+            "evaluate_tokenizer needs --run-dir (a tokenizer's training run) and no --samples."
+        )
+    named = protocol(_protocol_name(config))  # its video count and metrics (no chunks here)
+    settings = dataclasses.replace(
+        named,
+        num_videos=config.num_videos or named.num_videos,
+        metrics=tuple(config.metrics) or named.metrics,  # type: ignore[arg-type]
+    )
+    out_dir = pathlib.Path(
+        config.out_dir or pathlib.Path(config.run_dir) / "eval" / _protocol_name(config)
+    )
+
+    run = load_trained_run(config.run_dir, config.step, ema=config.ema)
+    data = data_config_from_run(run.config)
+    lpips_fn, _ = _networks(config, tuple(m for m in settings.metrics if m == "lpips"), lpips, None)
+    batches = evaluation_videos(
+        data, num_videos=settings.num_videos, length=data.seq_len, batch_size=config.batch_size
+    )
+    videos = np.concatenate([v for v, _ in batches]).astype(np.float32) / 127.5 - 1.0
+    from ..models import AbstractVideoTokenizer, model_spec
+
+    assert isinstance(run.model, AbstractVideoTokenizer)
+    report = reconstruction_report(
+        run.model,
+        videos,
+        chunk=config.batch_size,
+        model_name=model_spec(run.config["model_name"]).title,
+        lpips_fn=lpips_fn,
+    )
+    report = dataclasses.replace(report, written_to=str(out_dir))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    command = " ".join(shlex.quote(a) for a in sys.argv)
+    (out_dir / "metrics.json").write_text(
+        json.dumps(_json_safe(report.as_dict()), indent=2, allow_nan=False)
+    )
+    skipped = [m for m in settings.metrics if m == "fvd"]
+    note = "\nFVD is not computed for a tokenizer's reconstructions.\n" if skipped else ""
+    (out_dir / "metrics.md").write_text(
+        report.markdown() + note + f"\nRun: {run.run_dir} (step {run.step}). Command: `{command}`\n"
+    )
+    return report
+
+
 def evaluate(
     config: EvalConfig,
     *,
@@ -450,6 +516,9 @@ def evaluate(
     under `config.protocol` and write, to the output folder: `metrics.json`,
     `metrics.md`, `per_frame.csv`, `per_frame.png` (each frame metric per predicted
     frame) and, when generating, `samples/data_<i>.npz`.
+
+    A tokenizer's run (`AbstractVideoTokenizer`) is scored by `evaluate_tokenizer`
+    instead (`python -m eqvid.evaluate` picks it by itself).
 
     The baselines of `BASELINES` (the last context frame copied, the mean context
     frame, an empty black frame) are scored beside the model on the frame metrics,
@@ -473,6 +542,11 @@ def evaluate(
             "give exactly one of --run-dir (a training run: generate, then score) and "
             f"--samples (score existing files); got --run-dir {config.run_dir!r}, "
             f"--samples {config.samples!r}."
+        )
+    if config.run_dir and is_tokenizer_run(config.run_dir):
+        raise ValueError(
+            f"{config.run_dir} is a tokenizer's run: score its reconstructions with "
+            "evaluate_tokenizer(config) (python -m eqvid.evaluate does it by itself)."
         )
     settings = _settings(config)
     metrics = settings.metrics

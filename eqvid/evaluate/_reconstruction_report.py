@@ -4,9 +4,10 @@ as eval.md / eval.json at the end of a tokenizer's run)."""
 
 import dataclasses
 import math
+from collections.abc import Callable
 
 import numpy as np
-from jaxtyping import Float
+from jaxtyping import Array, Float
 
 from ..metrics import frame_metrics, psnr_ceiling
 from ..models import AbstractVideoTokenizer, encode_videos
@@ -49,6 +50,10 @@ class ReconstructionReport:
     codes are used equally, 1 if one code is used)."""
     code_shape: tuple[int, int, int]
     """Codes per video: `(code_time, code_height, code_width)`."""
+    lpips: float | None = None
+    """Mean LPIPS (AlexNet; lower is better) when it was computed."""
+    written_to: str = ""
+    """The folder the report's files went to (evaluation), or empty."""
 
     @property
     def usage(self) -> float:
@@ -79,6 +84,7 @@ class ReconstructionReport:
             f"| PSNR (dB, higher is better) | {self.psnr:.2f} |",
             f"| SSIM (higher is better) | {ssim} |",
             f"| MSE (lower is better) | {self.mse:.5f} |",
+            *([] if self.lpips is None else [f"| LPIPS (lower is better) | {self.lpips:.4f} |"]),
             f"| codes used | {self.codes_used} of {self.n_codes} ({100 * self.usage:.1f}%) |",
             f"| code perplexity | {self.perplexity:.1f} (of at most {self.n_codes}) |",
             "",
@@ -102,6 +108,10 @@ class ReconstructionReport:
             )
         return "\n".join(lines).rstrip() + "\n"
 
+    def wrote(self) -> str:
+        """One line: where the report's files went."""
+        return f"eqvid: wrote metrics.json, metrics.md to {self.written_to}"
+
 
 def reconstruction_report(
     model: AbstractVideoTokenizer,
@@ -109,10 +119,12 @@ def reconstruction_report(
     *,
     chunk: int = 16,
     model_name: str = "tokenizer",
+    lpips_fn: Callable[[Array, Array], Array | np.ndarray] | None = None,
 ) -> ReconstructionReport:
     """Encode and decode `videos` (in `[-1, 1]`) with `model` (its state folded in), in
-    chunks of `chunk` videos, and score the reconstructions (PSNR, SSIM, MSE) and the
-    codes (distinct codes used, perplexity)."""
+    chunks of `chunk` videos, and score the reconstructions (PSNR, SSIM, MSE, and LPIPS
+    with `lpips_fn(x, y) -> (n,)` on frames) and the codes (distinct codes used,
+    perplexity)."""
     videos = np.asarray(videos, np.float32)
     if videos.ndim != 5 or len(videos) == 0:
         raise ValueError(
@@ -133,9 +145,11 @@ def reconstruction_report(
         )
     n, t, h, w, c = videos.shape
     mse = float(np.mean(np.square((fake - videos) / 2.0)))
-    ssim = None
+    ssim = lpips = None
     if min(h, w) >= SSIM_MIN_SIZE:
-        scores = frame_metrics(videos, fake, context=0, value_range="[-1,1]")
+        scores = frame_metrics(videos, fake, context=0, value_range="[-1,1]", lpips_fn=lpips_fn)
+        if "lpips" in scores:
+            lpips = float(scores["lpips"].astype(np.float64).mean())
         psnr_frames = np.minimum(scores["psnr"].astype(np.float64), psnr_ceiling(h, w, c))
         ssim = float(scores["ssim"].astype(np.float64).mean())
     else:
@@ -160,4 +174,5 @@ def reconstruction_report(
         codes_used=int(np.count_nonzero(counts)),
         perplexity=float(math.exp(-np.sum(p * np.log(p)))),
         code_shape=tuple(int(s) for s in codes_all.shape[1:]),  # type: ignore[arg-type]
+        lpips=lpips,
     )

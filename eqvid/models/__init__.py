@@ -27,6 +27,8 @@ from ._tokenizer import AbstractVideoTokenizer as AbstractVideoTokenizer
 from ._tokenizer import decode_codes as decode_codes
 from ._tokenizer import encode_videos as encode_videos
 from ._tokenizer import reconstruct_videos as reconstruct_videos
+from ._tokenizer_files import load_tokenizer as load_tokenizer
+from ._tokenizer_files import save_tokenizer as save_tokenizer
 
 # The families (each registers itself on import).
 from ._convs5_video import CONVS5_PRESETS as CONVS5_PRESETS  # isort: skip
@@ -41,3 +43,7 @@ from ._transformer_video import TransformerVideoModel as TransformerVideoModel  
 from ._vqgan2d import VQGAN2D as VQGAN2D  # isort: skip
 from ._vqgan2d import VQGAN2D_PRESETS as VQGAN2D_PRESETS  # isort: skip
 from ._vqgan2d import VQGAN2DConfig as VQGAN2DConfig  # isort: skip
+from ._vqgan3d import VQGAN3D as VQGAN3D  # isort: skip
+from ._vqgan3d import VQGAN3D_PRESETS as VQGAN3D_PRESETS  # isort: skip
+from ._vqgan3d import VQGAN3DConfig as VQGAN3DConfig  # isort: skip
+from ._vqgan3d import TATSImageDiscriminator as TATSImageDiscriminator  # isort: skip

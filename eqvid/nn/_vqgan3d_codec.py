@@ -39,8 +39,10 @@ weight, `fan_in = out · kT · kH · kW` for transposed convolutions; norms star
 weight 1, bias 0 (and running mean 0, variance 1).
 """
 
+import contextlib
 import math
 import typing
+from collections.abc import Iterator
 
 import equinox as eqx
 import jax
@@ -375,11 +377,12 @@ class BatchNorm3d(eqx.Module):
       would differ). Under `jit` with a sharded batch the mean is the global one, as
       `SyncBatchNorm`'s.
 
-    The running statistics are plain arrays, read-only here: the exponential moving
-    average PyTorch updates in train mode (momentum 0.1, unbiased variance) is **not**
-    implemented, and `num_batches_tracked` is not kept. They take no gradient
-    (`stop_gradient`) and are declared `frozen` (no optimiser state, no weight decay,
-    kept in float32).
+    The running statistics are plain arrays, read-only here: the layer does not update
+    them (PyTorch's moving average, momentum 0.1 over the unbiased variance, is left to
+    the model that holds the layer, which can read each training call's statistics
+    with `record_batch_statistics`), and `num_batches_tracked` is not kept. They take
+    no gradient (`stop_gradient`) and are declared `frozen` (no optimiser state, no
+    weight decay, kept in float32).
     """
 
     eps: float = eqx.field(static=True)
@@ -423,6 +426,9 @@ class BatchNorm3d(eqx.Module):
             mean = jnp.mean(x32, axis=axes, keepdims=True)
             var = jnp.mean(jnp.square(x32 - mean), axis=axes)
             mean = mean.reshape(-1)
+            if _RECORDERS:
+                size = math.prod(x.shape[:-1])
+                _RECORDERS[-1].append(BatchStatistics(self, mean, var, size))
         else:
             mean = jax.lax.stop_gradient(self.running_mean)
             var = jax.lax.stop_gradient(self.running_var)
@@ -431,6 +437,51 @@ class BatchNorm3d(eqx.Module):
         scale = jnp.broadcast_to(scale.astype(x.dtype), x.shape)
         shift = jnp.broadcast_to(shift.astype(x.dtype), x.shape)
         return x * scale + shift
+
+
+class BatchStatistics(typing.NamedTuple):
+    """The statistics one training call of a `BatchNorm3d` normalised with (see
+    `record_batch_statistics`)."""
+
+    norm: BatchNorm3d
+    """The layer (the very object called)."""
+    mean: Float[Array, " channels"]
+    """The batch mean per channel (float32, differentiable)."""
+    var: Float[Array, " channels"]
+    """The biased batch variance per channel (what the call divided by)."""
+    size: int
+    """The values per channel the statistics span (PyTorch's unbiased running variance
+    is `var · size / (size - 1)`)."""
+
+
+_RECORDERS: list[list[BatchStatistics]] = []
+
+
+@contextlib.contextmanager
+def record_batch_statistics() -> Iterator[list[BatchStatistics]]:
+    """Collect the statistics of every `BatchNorm3d` called with `training=True` inside
+    the `with` block, in call order, as `BatchStatistics` (the layer object, mean,
+    biased variance, size): what a model needs to keep PyTorch's running statistics
+    (`running ← (1 - m)·running + m·batch`, momentum `m = 0.1`, the variance unbiased)
+    in its state. Nested blocks collect into the innermost only.
+
+    The recorded arrays belong to the trace the calls ran in: read them in the same
+    function (e.g. the loss under `jax.grad` or `jit`), and use the layer objects'
+    identity (`record.norm is layer`) only for layers of the model that function was
+    called on.
+
+    ```python
+    with record_batch_statistics() as records:
+        h = encoder(x, training=True)
+    for r in records: ...  # r.norm, r.mean, r.var, r.size
+    ```
+    """
+    records: list[BatchStatistics] = []
+    _RECORDERS.append(records)
+    try:
+        yield records
+    finally:
+        _RECORDERS.pop()
 
 
 Norm3d = GroupNorm | BatchNorm3d
