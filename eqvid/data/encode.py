@@ -1,6 +1,6 @@
 """Encode a video dataset once with a trained tokenizer: ArrayRecord shards of codes.
 
-    python -m eqvid.data.encode --tokenizer runs/vqgan2d-mmnist --dataset moving_mnist \\
+    python -m eqvid.data.encode --tokenizer runs/vqgan2d-moving-mnist --dataset moving_mnist \\
         --frame-size 64 --train-sequences 100000 --out data/mmnist_codes
     python -m eqvid.data.encode --tokenizer weights/teco_dmlab_vqgan --dataset teco \\
         --root data/dmlab --out data/dmlab_codes

@@ -5,7 +5,7 @@ from its test split, generate to the horizon, and report PSNR / SSIM / LPIPS / F
     python -m eqvid.evaluate --run-dir runs/convs5-mmnist --protocol quick
     python -m eqvid.evaluate --run-dir runs/mnist-600 --protocol convs5-mmnist-800
     python -m eqvid.evaluate --samples runs/x/eval/quick/samples   # score existing files
-    python -m eqvid.evaluate --run-dir runs/vqgan2d-mmnist   # a tokenizer: its reconstructions
+    python -m eqvid.evaluate --run-dir runs/vqgan2d-moving-mnist   # a tokenizer: its reconstructions
 
 A tokenizer's run is scored on reconstructions of test videos (PSNR, SSIM, LPIPS if
 asked, codebook use) as a `ReconstructionReport`.
