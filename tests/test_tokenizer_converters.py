@@ -1,12 +1,13 @@
 """Converters of public VQGAN checkpoints (taming-transformers' Lightning `.ckpt`, TECO's
-Flax folder) into tokenizer folders: synthetic files of the real structure, a NumPy
+Flax folder, TATS's 3D VQGAN `.ckpt`) into tokenizer folders: synthetic files of the real structure, a NumPy
 re-computation of taming's forward on the file's own weights, and the errors.
 
 The synthetic files follow the public code, not eqvid's: the taming state dict's keys and
 shapes as `taming/modules/diffusionmodules/model.py` builds them, written by the
 hand-made PyTorch pickle writer of `test_torch_checkpoint.py` inside a Lightning
 checkpoint dict; TECO's parameter tree as Flax names `teco/models/vqgan.py`'s modules
-(`<Class>_<n>` per class within each parent), written as Flax's msgpack.
+(`<Class>_<n>` per class within each parent), written as Flax's msgpack; TATS's as
+`tests/_tats_files.py` builds them (with its NumPy forward of TATS).
 """
 
 import argparse
@@ -17,11 +18,19 @@ import jax.numpy as jnp
 import msgpack
 import numpy as np
 import pytest
+from _tats_files import TatsReference, tats_args, tats_state, write_tats_ckpt
 from test_torch_checkpoint import Global, Reduce, write_torch_zip
 
-from eqvid.models._tokenizer_converters import ConversionError, convert_taming, convert_teco
+from eqvid.models._tokenizer_converters import (
+    ConversionError,
+    convert_taming,
+    convert_tats,
+    convert_teco,
+    read_lightning_checkpoint,
+)
 from eqvid.models._tokenizer_files import load_tokenizer
 from eqvid.models._vqgan2d import VQGAN2D
+from eqvid.models._vqgan3d import VQGAN3D, VQGAN3DConfig
 from eqvid.models.convert_tokenizer import main as convert_main
 from eqvid.nn._conv import Conv2d
 from eqvid.nn._patch_discriminator import BatchNorm
@@ -611,7 +620,195 @@ def test_cli_help(capsys):
         convert_main(["--help"])
     assert info.value.code == 0
     text = capsys.readouterr().out
-    assert "taming" in text and "teco" in text
+    assert "taming" in text and "teco" in text and "tats" in text
     with pytest.raises(SystemExit):
         convert_main(["taming", "--help"])
     assert "--resolution" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------- TATS
+
+# The tiny TATS VQGAN: 4 frames of 16² RGB, n_hiddens 8, downsample (2, 4, 4) → (2, 4, 4)
+# codes of 16 (embedding_dim 8); BatchNorm (replicate padding) or GroupNorm of 4 groups
+# (zero padding in the encoder, TATS's `padding_type`).
+TATS_CASES = {
+    "batch": tats_args(),
+    "group": tats_args(norm_type="group", num_groups=4, padding_type="constant"),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(TATS_CASES))
+def tats_file(request, tmp_path_factory):
+    args = TATS_CASES[request.param]
+    path = tmp_path_factory.mktemp(f"tats-{request.param}") / "vqgan_tiny_epoch=1-step=29999.ckpt"
+    state = tats_state(args)
+    write_tats_ckpt(path, state, args)
+    return path, state, args
+
+
+def _check_tats_against_reference(model, state, args):
+    """(a) encoder → pre_vq_conv, layer by layer and whole; (b) the codes are the nearest
+    codebook entries; (c) decoding given codes; all against TATS's forward in NumPy."""
+    assert isinstance(model, VQGAN3D)
+    ref = TatsReference(state, args)
+    rng = np.random.default_rng(3)
+    video = rng.uniform(-1, 1, (4, 16, 16, 3)).astype(np.float32)  # eqvid: [-1, 1], THWC
+    x = 0.5 * np.moveaxis(video, -1, 0).astype(np.float64)  # TATS: [-0.5, 0.5], CTHW
+
+    def close(got, want):
+        got = np.moveaxis(np.asarray(got, np.float64), -1, 0)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+    # One SamePadConv3d (the encoder's padding_type) and one ResBlock, fed the same input.
+    first = ref.conv("encoder.conv_first", x, mode=args["padding_type"])
+    close(model.encoder.conv_first(jnp.asarray(0.5 * video)), first)
+    h = np.moveaxis(first, 0, -1)
+    h = model.encoder.conv_blocks[0].down(jnp.asarray(h, jnp.float32))
+    want = ref.res("encoder.conv_blocks.0.res", np.moveaxis(np.asarray(h, np.float64), -1, 0))
+    close(model.encoder.conv_blocks[0].res(h), want)
+    # The whole encoder and pre_vq_conv.
+    z = ref.latents(x)
+    close(model._latents(jnp.asarray(video)), z)
+    # (b) codes: the nearest codebook entries (away from near-ties).
+    codes, dist = ref.codes(z)
+    clear = dist[..., 1] - dist[..., 0] > 1e-5
+    assert clear.mean() > 0.9
+    got = np.asarray(model.encode(jnp.asarray(video)))
+    assert got.shape == (2, 4, 4)
+    np.testing.assert_array_equal(got[clear], codes[clear])
+    # (c) decode: TATS's decode, divided by pixel_scale (eqvid's [-1, 1]).
+    given = rng.integers(0, args["n_codes"], (2, 4, 4))
+    want = ref.decode(given) / 0.5
+    close(model.decode(jnp.asarray(given, jnp.int32)), want)
+
+
+def test_tats_round_trip(tats_file, tmp_path, capsys):
+    path, state, args = tats_file
+    out = tmp_path / "tok"
+    assert convert_main(["tats", str(path), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"wrote {out}" in printed and "vqgan3d" in printed
+    assert "discriminators converted" in printed
+    assert "2 of 16 codes differ from z_avg" in printed
+    model = load_tokenizer(out)
+    assert isinstance(model, VQGAN3D)
+    c = model.config
+    assert (c.frame_size, c.channels, c.n_hiddens, c.downsample) == (16, 3, 8, (2, 4, 4))
+    assert (c.embedding_dim, c.n_codes, c.norm_type) == (8, 16, args["norm_type"])
+    assert (c.padding_type, c.perceptual_weight, c.restart_threshold) == (
+        args["padding_type"],
+        0.0,
+        None,
+    )
+    assert (c.disc_channels, c.disc_layers, c.disc_start, c.train_frames) == (8, 2, 101, 4)
+    assert c.codebook_init_from_data is False
+    if args["norm_type"] == "group":
+        assert c.norm_groups == 4
+    _check_tats_against_reference(model, state, args)
+    # The codebook is the file's `codebook.embeddings`, restarted codes included.
+    np.testing.assert_array_equal(
+        np.asarray(model.quantize.codebook()), state["codebook.embeddings"]
+    )
+    # The discriminators are the file's (2-D OIHW → HWIO, 3-D → DHWIO; norm scale, bias).
+    np.testing.assert_array_equal(
+        np.asarray(model.image_discriminator.layers[1].conv.weight),
+        state["image_discriminator.model1.0.weight"].transpose(2, 3, 1, 0),
+    )
+    np.testing.assert_array_equal(
+        np.asarray(model.video_discriminator.layers[0].conv.weight),
+        state["video_discriminator.model0.0.weight"].transpose(2, 3, 4, 1, 0),
+    )
+    norm = model.video_discriminator.layers[2].norm
+    assert norm is not None
+    np.testing.assert_array_equal(np.asarray(norm.bias), state["video_discriminator.model2.1.bias"])
+
+
+def test_tats_hyperparameters_and_explicit_config(tats_file, tmp_path):
+    path, state, args = tats_file
+    _, rest = read_lightning_checkpoint(path)
+    namespace = rest["hyper_parameters"]["args"]
+    assert isinstance(namespace, argparse.Namespace)
+    assert namespace.downsample == [2, 4, 4] and namespace.data_path == "/data/ucf101"
+    # An explicit frame size wins over args.resolution; an explicit config over both.
+    result = convert_tats(path, tmp_path / "a", resolution=32)
+    assert isinstance(result.config, VQGAN3DConfig) and result.config.frame_size == 16 * 2
+    plain = tmp_path / "plain.ckpt"
+    write_tats_ckpt(plain, state, args, hyper_parameters=False)
+    with pytest.raises(ConversionError, match="no `hyper_parameters`.*pass `config`"):
+        convert_tats(plain, tmp_path / "b")
+    config = VQGAN3DConfig(
+        frame_size=16,
+        channels=3,
+        n_hiddens=8,
+        downsample=(2, 4, 4),
+        embedding_dim=8,
+        n_codes=16,
+        norm_type=args["norm_type"],
+        norm_groups=args.get("num_groups", 32),
+        padding_type=args["padding_type"],
+        disc_channels=16,  # not the file's: fresh discriminators
+        perceptual_weight=0.0,
+    )
+    result = convert_tats(plain, tmp_path / "c", config=config)
+    assert any("do not fit disc_channels=16" in n for n in result.notes)
+    _check_tats_against_reference(load_tokenizer(result.folder), state, args)
+
+
+def _tats_variant(tmp_path, state, args, name):
+    path = tmp_path / f"{name}.ckpt"
+    write_tats_ckpt(path, state, args)
+    return path
+
+
+@pytest.mark.parametrize(
+    "drop",
+    ["encoder.conv_blocks.1.res.conv2.conv.weight", "codebook.z_avg", "decoder.final_block.0.bias"],
+)
+def test_tats_partial_file_names_the_missing_tensor(tmp_path, drop):
+    args = TATS_CASES["batch"]
+    state = tats_state(args)
+    partial = collections.OrderedDict((k, v) for k, v in state.items() if k != drop)
+    path = _tats_variant(tmp_path, partial, args, "partial")
+    with pytest.raises(ConversionError) as info:
+        convert_tats(path, tmp_path / "t")
+    message = str(info.value)
+    assert message.startswith(f"{path}: tensor `{drop}` is missing (expected shape [")
+    # The first missing one is named when several are.
+    many = collections.OrderedDict((k, v) for k, v in state.items() if ".running_var" not in k)
+    path = _tats_variant(tmp_path, many, args, "many")
+    with pytest.raises(
+        ConversionError,
+        match="encoder.conv_blocks.0.res.norm1.running_var` is "
+        r"missing \(expected shape \[16\]\) \(and \d+ more\)",
+    ):
+        convert_tats(path, tmp_path / "t")
+
+
+def test_tats_wrong_shape_unexpected_tensor_and_bad_args(tmp_path, capsys):
+    args = TATS_CASES["batch"]
+    state = tats_state(args)
+    bad = collections.OrderedDict(state)
+    bad["decoder.conv_blocks.1.up.convt.weight"] = np.zeros((32, 8, 4, 4, 4), np.float32)
+    path = _tats_variant(tmp_path, bad, args, "bad")
+    assert convert_main(["tats", str(path), "--out", str(tmp_path / "t")]) == 1
+    err = capsys.readouterr().err
+    assert (
+        f"{path}: tensor `decoder.conv_blocks.1.up.convt.weight` has shape [32, 8, 4, 4, 4], "
+        "expected [32, 16, 4, 4, 4]"
+    ) in err
+    extra = collections.OrderedDict(state)
+    extra["encoder.conv_blocks.2.down.conv.bias"] = np.zeros((64,), np.float32)
+    path = _tats_variant(tmp_path, extra, args, "extra")
+    with pytest.raises(ConversionError, match="unexpected tensor `encoder.conv_blocks.2.down"):
+        convert_tats(path, tmp_path / "t")
+    no_arch = {k: v for k, v in args.items() if k != "n_hiddens"}
+    path = tmp_path / "noarch.ckpt"
+    write_tats_ckpt(path, state, no_arch)
+    with pytest.raises(ConversionError, match="hyperparameter `n_hiddens` is missing"):
+        convert_tats(path, tmp_path / "t")
+    no_res = {k: v for k, v in args.items() if k != "resolution"}
+    path = tmp_path / "nores.ckpt"
+    write_tats_ckpt(path, state, no_res)
+    with pytest.raises(ConversionError, match="no `resolution`"):
+        convert_tats(path, tmp_path / "t")
+    assert convert_tats(path, tmp_path / "t", resolution=16).config.frame_size == 16

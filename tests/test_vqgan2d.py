@@ -79,6 +79,17 @@ def test_taming_presets_have_the_released_parameter_counts(preset, codebook):
     assert total == {1024: 72_141_699, 16384: 76_073_859}[codebook]
 
 
+@pytest.mark.parametrize(
+    ("preset", "size", "codebook"),
+    [("teco-dmlab", 64, 1024), ("teco-minecraft-128", 128, 1024), ("teco-habitat-128", 128, 8192)],
+)
+def test_teco_presets_code_frames_as_16_by_16(preset, size, codebook):
+    config = dataclasses.replace(VQGAN2DConfig.preset(preset), perceptual_weight=0.0)
+    assert (config.frame_size, config.code_size, config.n_embed) == (size, 16, codebook)
+    model = eqx.filter_eval_shape(lambda: VQGAN2D(config, key=jax.random.key(0)))
+    assert model.code_shape(5, size, size) == (5, 16, 16)
+
+
 def test_codes_decode_and_reconstruct():
     model, state = build(TINY, 0)
     assert isinstance(model, AbstractVideoTokenizer) and state is None

@@ -6,6 +6,12 @@ without PyTorch or Flax.
   `eqvid.nn._patch_discriminator` for the table); convolution weights are transposed
   from OIHW to HWIO. The architecture is read off the tensor shapes; only the frame
   size is not in the file (`resolution`, 256 for the released ImageNet models).
+- **TATS** (the 3D VQGAN of TATS / MeBT, a PyTorch Lightning `.ckpt` whose
+  `hyper_parameters` hold `{'args': argparse.Namespace}`): the hyperparameters come
+  from the Namespace, the arrays map onto `VQGAN3D` as `eqvid.nn._vqgan3d_codec`'s
+  table says (3-D convolutions `(out, in, kT, kH, kW)` → `(kT, kH, kW, in, out)`,
+  transposed ones `(in, out, …)` → `(…, in, out)`), the EMA codebook and the
+  BatchNorm running statistics into the model state, folded in before saving.
 - **TECO** (the per-frame VQGAN that TECO converted from taming to Flax): a folder
   holding `args` (a pickled `argparse.Namespace` with the hyperparameters) and
   `checkpoints/checkpoint_<step>` (a Flax msgpack file with `params` and
@@ -15,7 +21,8 @@ without PyTorch or Flax.
 Files are read with a *restricted* unpickler (nothing in them is executed: the
 PyTorch reader resolves only tensor-building functions and replaces any other class a
 Lightning checkpoint names — callbacks, hyperparameter containers — by an inert stand-in;
-the TECO `args` reader accepts `argparse.Namespace` only) and with `msgpack`.
+the TECO `args` reader and the TATS hyperparameters reader also accept
+`argparse.Namespace`) and with `msgpack`.
 
 Every tensor the model needs is checked by name and shape; the first missing or
 mis-shaped one is named with the file, and tensors of the converted parts that the
@@ -41,13 +48,16 @@ from ..metrics import _torch_checkpoint as _tc
 from ..nn._patch_discriminator import PatchDiscriminator
 from ._tokenizer_files import save_tokenizer
 from ._vqgan2d import VQGAN2D, VQGAN2DConfig
+from ._vqgan3d import VQGAN3D, VQGAN3DConfig, _generator_norms
 
 __all__ = [
     "ConversionError",
     "ConvertedTokenizer",
     "convert_taming",
+    "convert_tats",
     "convert_teco",
     "infer_taming_config",
+    "read_lightning_checkpoint",
     "read_lightning_state_dict",
     "read_teco_checkpoint",
 ]
@@ -64,8 +74,8 @@ class ConvertedTokenizer:
 
     folder: pathlib.Path
     """The tokenizer folder (`load_tokenizer(folder)` reads it)."""
-    config: VQGAN2DConfig
-    """The configuration of the converted `VQGAN2D`."""
+    config: VQGAN2DConfig | VQGAN3DConfig
+    """The configuration of the converted `VQGAN2D` (or `VQGAN3D`)."""
     tensors: int
     """How many arrays were taken from the checkpoint."""
     parameters: int
@@ -76,8 +86,17 @@ class ConvertedTokenizer:
     def summary(self) -> str:
         """A few lines for the command line."""
         c = self.config
+        head = f"wrote {self.folder} ({self.tensors} tensors, {self.parameters:,} numbers)"
+        if isinstance(c, VQGAN3DConfig):
+            lines = [
+                head,
+                f"  vqgan3d: {c.frame_size}×{c.frame_size}×{c.channels} frames, downsample "
+                f"{c.downsample} → codes of {c.n_codes} (embedding_dim {c.embedding_dim}); "
+                f"n_hiddens {c.n_hiddens}, norm {c.norm_type}, padding {c.padding_type}",
+            ]
+            return "\n".join(lines + [f"  note: {n}" for n in self.notes])
         lines = [
-            f"wrote {self.folder} ({self.tensors} tensors, {self.parameters:,} numbers)",
+            head,
             f"  vqgan2d: {c.frame_size}×{c.frame_size}×{c.channels} frames → "
             f"{c.code_size}×{c.code_size} codes of {c.n_embed} (embed_dim {c.embed_dim}); "
             f"ch {c.ch}, ch_mult {c.ch_mult}, num_res_blocks {c.num_res_blocks}, "
@@ -135,7 +154,30 @@ class _LenientUnpickler(_tc._RestrictedUnpickler):
             return type(name, (_Inert,), {"pickled_name": f"{module}.{name}"})
 
 
-def _read_lightning_zip(path: pathlib.Path) -> Any:
+class _AttributeDict(dict):
+    """Stands in for Lightning's `AttributeDict` (a dict subclass) holding hyperparameters."""
+
+
+class _HyperparameterUnpickler(_LenientUnpickler):
+    """The lenient Lightning unpickler that also rebuilds `argparse.Namespace` (TATS's
+    `hyper_parameters['args']`) and Lightning's `AttributeDict` (as a dict); both only
+    take attribute values, nothing is executed."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) == ("argparse", "Namespace"):
+            return argparse.Namespace
+        if name == "AttributeDict" and module.split(".")[0] in (
+            "pytorch_lightning",
+            "lightning",
+            "lightning_fabric",
+        ):
+            return _AttributeDict
+        return super().find_class(module, name)
+
+
+def _read_lightning_zip(
+    path: pathlib.Path, unpickler: type[_LenientUnpickler] = _LenientUnpickler
+) -> Any:
     """The object of a zip-format `torch.save` file with only the tensors of its
     `state_dict` (or, for a plain state dict, all tensors) read from the archive."""
     with zipfile.ZipFile(path) as archive:
@@ -159,7 +201,7 @@ def _read_lightning_zip(path: pathlib.Path) -> Any:
             return storages[key]
 
         with cast(zipfile.ZipExtFile, archive.open(pickles[0])) as f:
-            obj = _LenientUnpickler(f, persistent_load).load()
+            obj = unpickler(f, persistent_load).load()
 
         wanted = obj.get("state_dict", obj) if isinstance(obj, dict) else None
         if not isinstance(wanted, dict):
@@ -186,6 +228,37 @@ def _read_lightning_zip(path: pathlib.Path) -> Any:
     return {**obj, "state_dict": tensors}
 
 
+def _read_checkpoint(
+    path: str | pathlib.Path, unpickler: type[_LenientUnpickler]
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint file at {path}.")
+    try:
+        if zipfile.is_zipfile(path):
+            obj = _read_lightning_zip(path, unpickler)
+        else:  # PyTorch < 1.6 (legacy format): the strict reader
+            obj = _tc.read_torch_checkpoint(path)
+    except (_tc.CheckpointFormatError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile) as e:
+        raise ConversionError(f"{path}: cannot read it as a PyTorch checkpoint ({e}).") from None
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        state = obj["state_dict"]
+        rest = {k: v for k, v in obj.items() if k != "state_dict"}
+    elif isinstance(obj, dict) and obj and all(isinstance(k, str) for k in obj):
+        state, rest = obj, {}
+    else:
+        raise ConversionError(
+            f"{path} holds a {type(obj).__name__} without a `state_dict`: not a Lightning "
+            "checkpoint or a state dict."
+        )
+    bad = [k for k, v in state.items() if not isinstance(v, np.ndarray)]
+    if bad:
+        raise ConversionError(
+            f"{path}: state_dict entries {bad[:5]} are not tensors ({state[bad[0]]!r})."
+        )
+    return state, rest
+
+
 def read_lightning_state_dict(path: str | pathlib.Path) -> dict[str, np.ndarray]:
     """The `state_dict` of a PyTorch Lightning checkpoint (`.ckpt`), or a plain PyTorch
     state dict file, as NumPy arrays, without PyTorch.
@@ -197,31 +270,24 @@ def read_lightning_state_dict(path: str | pathlib.Path) -> dict[str, np.ndarray]
     **Raises** `FileNotFoundError`, and `ConversionError` (a `ValueError`) naming the
     file when it is not such a checkpoint or its state dict holds non-tensors.
     """
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint file at {path}.")
-    try:
-        if zipfile.is_zipfile(path):
-            obj = _read_lightning_zip(path)
-        else:  # PyTorch < 1.6 (legacy format): the strict reader
-            obj = _tc.read_torch_checkpoint(path)
-    except (_tc.CheckpointFormatError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile) as e:
-        raise ConversionError(f"{path}: cannot read it as a PyTorch checkpoint ({e}).") from None
-    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        state = obj["state_dict"]
-    elif isinstance(obj, dict) and obj and all(isinstance(k, str) for k in obj):
-        state = obj
-    else:
-        raise ConversionError(
-            f"{path} holds a {type(obj).__name__} without a `state_dict`: not a Lightning "
-            "checkpoint or a state dict."
-        )
-    bad = [k for k, v in state.items() if not isinstance(v, np.ndarray)]
-    if bad:
-        raise ConversionError(
-            f"{path}: state_dict entries {bad[:5]} are not tensors ({state[bad[0]]!r})."
-        )
-    return state
+    return _read_checkpoint(path, _LenientUnpickler)[0]
+
+
+def read_lightning_checkpoint(
+    path: str | pathlib.Path,
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """A PyTorch Lightning checkpoint's `state_dict` (NumPy arrays) and its other
+    entries (`hyper_parameters`, `epoch`, …), without PyTorch.
+
+    As `read_lightning_state_dict`, but `argparse.Namespace` (TATS keeps its
+    hyperparameters as `hyper_parameters['args']`, a Namespace) and Lightning's
+    `AttributeDict` (as a dict) are rebuilt; any other class the file names is an inert
+    stand-in. A plain state dict gives no other entries. The tensors outside the state
+    dict (optimiser states) are not read: they are storage references.
+
+    **Raises** as `read_lightning_state_dict`.
+    """
+    return _read_checkpoint(path, _HyperparameterUnpickler)
 
 
 # ------------------------------------------------------------------------------------
@@ -829,3 +895,412 @@ def convert_teco(
     )
     notes = ("TECO's VQGAN has no discriminator: a fresh one was made",)
     return ConvertedTokenizer(out, config, count, numbers, notes)
+
+
+# ------------------------------------------------------------------------------------
+# TATS (3D VQGAN, PyTorch Lightning).
+# ------------------------------------------------------------------------------------
+
+_TATS_PREFIXES = ("encoder.", "decoder.", "pre_vq_conv.", "post_vq_conv.", "codebook.")
+_TATS_ARCH = ("n_hiddens", "downsample", "embedding_dim", "n_codes")
+
+_TatsMapping = dict[str, tuple[str, tuple[int, ...] | None]]
+"""eqvid leaf key → (TATS state-dict name, the axis permutation from the PyTorch layout
+to eqvid's, None for as is)."""
+
+_CONV3D = (2, 3, 4, 1, 0)  # Conv3d (out, in, kT, kH, kW) → (kT, kH, kW, in, out)
+_CONVT3D = (2, 3, 4, 0, 1)  # ConvTranspose3d (in, out, kT, kH, kW) → (kT, kH, kW, in, out)
+_CONV2D = (2, 3, 1, 0)  # Conv2d (out, in, kH, kW) → (kH, kW, in, out)
+
+
+def _tats_args(rest: Mapping[str, Any], where: str) -> argparse.Namespace | None:
+    """TATS's `hyper_parameters['args']` Namespace, None when the file has none."""
+    hparams = rest.get("hyper_parameters")
+    if hparams is None:
+        return None
+    if not isinstance(hparams, dict):
+        raise ConversionError(
+            f"{where}: `hyper_parameters` is a {type(hparams).__name__}, not the dict "
+            "`{'args': argparse.Namespace}` that TATS's VQGAN saves."
+        )
+    args = hparams.get("args")
+    if isinstance(args, argparse.Namespace):
+        return args
+    if all(a in hparams for a in _TATS_ARCH):  # hyperparameters saved flat
+        return argparse.Namespace(**hparams)
+    raise ConversionError(
+        f"{where}: `hyper_parameters['args']` is "
+        f"{'missing' if args is None else 'a ' + type(args).__name__}, not TATS's "
+        "argparse.Namespace; pass `config`."
+    )
+
+
+def tats_config(
+    args: argparse.Namespace, *, resolution: int | None = None, where: str = "args"
+) -> VQGAN3DConfig:
+    """The `VQGAN3DConfig` of TATS's hyperparameters (`hyper_parameters['args']`):
+
+    | TATS `args` | `VQGAN3DConfig` |
+    |---|---|
+    | `resolution` (or the `resolution` argument, which wins) | `frame_size` |
+    | `image_channels` (3) | `channels` |
+    | `n_hiddens`, `downsample`, `embedding_dim`, `n_codes` | the same |
+    | `norm_type` ('group'), `padding_type` ('replicate') | the same |
+    | `num_groups` (absent in TATS: 32) | `norm_groups` |
+    | `no_random_restart`, `restart_thres` (1.0) | `restart_threshold` (None if no restart) |
+    | `l1_weight` (4), `image_gan_weight`, `video_gan_weight` (1), `gan_feat_weight` (0) | the same |
+    | `disc_channels` (64), `disc_layers` (3) | the same |
+    | `discriminator_iter_start` (50000) | `disc_start` = it + 1 |
+    | `sequence_length` (16) | `train_frames` |
+
+    TATS's argparse defaults (in brackets) fill absent optional fields; the four
+    architecture fields must be there. Besides: `perceptual_weight = 0` (eqvid's LPIPS
+    is not TATS's VGG one: set it to fine-tune with a perceptual term) and
+    `codebook_init_from_data = False` (the converted codebook must not be replaced by
+    encoder outputs at step 1)."""
+    missing = [a for a in _TATS_ARCH if getattr(args, a, None) is None]
+    if missing:
+        raise ConversionError(
+            f"{where}: the hyperparameter `{missing[0]}` is missing (TATS's VQGAN args have "
+            f"{', '.join(_TATS_ARCH)}, norm_type, image_channels, resolution)."
+        )
+    size = resolution if resolution is not None else getattr(args, "resolution", None)
+    if size is None:
+        raise ConversionError(
+            f"{where}: no `resolution` in the hyperparameters: pass the frame size "
+            "(resolution=… / --resolution)."
+        )
+
+    def get(name: str, default: Any) -> Any:
+        value = getattr(args, name, None)
+        return default if value is None else value
+
+    try:
+        downsample = tuple(int(d) for d in args.downsample)
+        restart = None if get("no_random_restart", False) else float(get("restart_thres", 1.0))
+        frames = int(get("sequence_length", 16))
+        return VQGAN3DConfig(
+            frame_size=int(size),
+            channels=int(get("image_channels", 3)),
+            n_hiddens=int(args.n_hiddens),
+            downsample=cast(tuple[int, int, int], downsample),
+            embedding_dim=int(args.embedding_dim),
+            n_codes=int(args.n_codes),
+            norm_type=get("norm_type", "group"),
+            norm_groups=int(get("num_groups", 32)),
+            padding_type=get("padding_type", "replicate"),
+            restart_threshold=restart,
+            codebook_init_from_data=False,
+            l1_weight=float(get("l1_weight", 4.0)),
+            perceptual_weight=0.0,
+            image_gan_weight=float(get("image_gan_weight", 1.0)),
+            video_gan_weight=float(get("video_gan_weight", 1.0)),
+            gan_feat_weight=float(get("gan_feat_weight", 0.0)),
+            disc_channels=int(get("disc_channels", 64)),
+            disc_layers=int(get("disc_layers", 3)),
+            disc_start=int(get("discriminator_iter_start", 50_000)) + 1,
+            train_frames=frames if frames % downsample[0] == 0 else None,
+        )
+    except (TypeError, ValueError) as error:
+        raise ConversionError(
+            f"{where}: hyperparameters that do not make a VQGAN3D ({error})."
+        ) from None
+
+
+def _tats_mapping(model: VQGAN3D) -> tuple[_TatsMapping, _TatsMapping]:
+    """(generator mapping, discriminators' mapping) of `model`'s leaves."""
+    from ..nn._vqgan3d_codec import SamePadConvTranspose3d
+
+    generator: _TatsMapping = {}
+    discs: _TatsMapping = {}
+    parts = (model.encoder, model.pre_vq_conv, model.post_vq_conv, model.decoder)
+    names = ("encoder", "pre_vq_conv", "post_vq_conv", "decoder")
+    for part, prefix in zip(parts, names):
+        for path, leaf in jax.tree_util.tree_flatten_with_path(part)[0]:
+            key = f"{prefix}.{_leaf_key(path)}" if path else prefix
+            module, _, field = key.rpartition(".")
+            if leaf.ndim == 5:
+                is_t = isinstance(_module_at(model, module), SamePadConvTranspose3d)
+                sub = "convt" if is_t else "conv"
+                generator[key] = (f"{module}.{sub}.{field}", _CONVT3D if is_t else _CONV3D)
+            elif field == "bias" and leaf.ndim == 1 and _is_conv(_module_at(model, module)):
+                is_t = isinstance(_module_at(model, module), SamePadConvTranspose3d)
+                generator[key] = (f"{module}.{'convt' if is_t else 'conv'}.bias", None)
+            elif module.endswith("final_block"):
+                generator[key] = (f"{module}.0.{field}", None)
+            else:
+                generator[key] = (key, None)
+    for prefix in ("image_discriminator", "video_discriminator"):
+        for path, leaf in jax.tree_util.tree_flatten_with_path(getattr(model, prefix))[0]:
+            key = _leaf_key(path)  # layers.{n}.{conv,norm}.{field}
+            m = re.fullmatch(r"layers\.(\d+)\.(conv|norm)\.(\w+)", key)
+            assert m is not None, key
+            n, kind, field = m.groups()
+            perm = {5: _CONV3D, 4: _CONV2D}.get(leaf.ndim)
+            src = f"{prefix}.model{n}.{0 if kind == 'conv' else 1}.{field}"
+            discs[f"{prefix}.{key}"] = (src, perm)
+    return generator, discs
+
+
+def _module_at(model: Any, dotted: str) -> Any:
+    node = model
+    for part in dotted.split("."):
+        node = node[int(part)] if part.isdigit() else getattr(node, part)
+    return node
+
+
+def _is_conv(module: Any) -> bool:
+    weight = getattr(module, "weight", None)
+    return weight is not None and weight.ndim == 5
+
+
+def _expected(shape: tuple[int, ...], perm: tuple[int, ...] | None) -> tuple[int, ...]:
+    """The PyTorch shape whose permutation `perm` gives the eqvid `shape`."""
+    if perm is None:
+        return shape
+    out = [0] * len(shape)
+    for i, p in enumerate(perm):
+        out[p] = shape[i]
+    return tuple(out)
+
+
+def _take(
+    mapping: _TatsMapping,
+    state: Mapping[str, np.ndarray],
+    shapes: Mapping[str, tuple[int, ...]],
+) -> tuple[dict[str, np.ndarray], list[str]]:
+    """The converted arrays of `mapping` (eqvid key → array), and the problems (missing
+    or mis-shaped tensors, in order)."""
+    out: dict[str, np.ndarray] = {}
+    problems: list[str] = []
+    for key, (name, perm) in mapping.items():
+        expected = _expected(shapes[key], perm)
+        value = state.get(name)
+        if value is None:
+            problems.append(f"tensor `{name}` is missing (expected shape {_fmt(expected)})")
+        elif tuple(value.shape) != expected:
+            problems.append(
+                f"tensor `{name}` has shape {_fmt(tuple(value.shape))}, expected {_fmt(expected)}"
+            )
+        else:
+            host = np.asarray(value, np.float32)
+            out[key] = host.transpose(perm) if perm is not None else host
+    return out, problems
+
+
+def _tats_config_text(c: VQGAN3DConfig) -> str:
+    return (
+        f"(channels={c.channels}, n_hiddens={c.n_hiddens}, downsample={c.downsample}, "
+        f"embedding_dim={c.embedding_dim}, n_codes={c.n_codes}, norm_type={c.norm_type!r})"
+    )
+
+
+def _bn_folded_into_affine(model: VQGAN3D) -> VQGAN3D:
+    """`model` (running statistics in its layers) with every codec BatchNorm's running
+    statistics folded into its scale and bias, the statistics reset to (0, 1): the same
+    inference function, `w·(x - μ)/√(σ² + ε) + b = w'·(x - 0)/√(1 + ε) + b'`."""
+    norms = _generator_norms(model.encoder, model.decoder)
+    new = []
+    for n in norms:
+        mu = np.asarray(n.running_mean, np.float64)
+        var = np.asarray(n.running_var, np.float64)
+        w = np.asarray(n.weight, np.float64)
+        b = np.asarray(n.bias, np.float64)
+        inv = w / np.sqrt(var + n.eps)
+        new += [
+            jnp.asarray(inv * np.sqrt(1.0 + n.eps), jnp.float32),
+            jnp.asarray(b - mu * inv, jnp.float32),
+            jnp.zeros_like(n.running_mean),
+            jnp.ones_like(n.running_var),
+        ]
+    return eqx.tree_at(
+        lambda m: [
+            a
+            for n in _generator_norms(m.encoder, m.decoder)
+            for a in (n.weight, n.bias, n.running_mean, n.running_var)
+        ],
+        model,
+        new,
+    )
+
+
+def _running_stats_survive(model: VQGAN3D, folder: pathlib.Path) -> bool:
+    """Whether the tokenizer folder gives back the codec's BatchNorm running statistics
+    (the tokenizer format leaves out arrays declared frozen, which they are)."""
+    from ._tokenizer_files import load_tokenizer
+
+    loaded = load_tokenizer(folder)
+    assert isinstance(loaded, VQGAN3D)
+    for a, b in zip(
+        _generator_norms(model.encoder, model.decoder),
+        _generator_norms(loaded.encoder, loaded.decoder),
+    ):
+        for x, y in ((a.running_mean, b.running_mean), (a.running_var, b.running_var)):
+            if not np.array_equal(np.asarray(x), np.asarray(y)):
+                return False
+    return True
+
+
+def convert_tats(
+    ckpt_path: str | pathlib.Path,
+    out_dir: str | pathlib.Path,
+    *,
+    config: VQGAN3DConfig | None = None,
+    resolution: int | None = None,
+) -> ConvertedTokenizer:
+    """Convert a TATS 3D VQGAN checkpoint (TATS's / MeBT's PyTorch Lightning `.ckpt`,
+    e.g. `vqgan_ucf_128_488_epoch=1-step=29999.ckpt`) into a `VQGAN3D` tokenizer folder.
+
+    **Arguments:**
+
+    - `ckpt_path`: the checkpoint file.
+    - `out_dir`: the tokenizer folder to write (created if needed).
+    - `config`: the `VQGAN3DConfig` to build (its architecture must match the file);
+      None reads it from the file's `hyper_parameters['args']` (`tats_config`).
+    - `resolution`: the frame size when `config` is None; None takes the args'
+      `resolution`.
+
+    Converted: the encoder, decoder, `pre_vq_conv`, `post_vq_conv` (the key map of
+    `eqvid.nn._vqgan3d_codec`), the codebook and, with `norm_type="batch"`, the
+    BatchNorm running statistics; the image and video discriminators when their
+    tensors fit `disc_channels` / `disc_layers` (else fresh ones, with a note).
+    Ignored: `perceptual_model.*` (TATS's VGG LPIPS), `num_batches_tracked`, the
+    optimiser states.
+
+    **The codebook** goes into the model state as the EMA state
+    `CodebookEMA(codebook.embeddings, codebook.N, codebook.z_avg)`: TATS's `N` and
+    `z_avg` are eqvid's `cluster_size` and `embed_sum`, with the same update
+    (`N ← 0.99·N + 0.01·n`, `z_avg ← 0.99·z_avg + 0.01·Σz`) and the same Laplace-smoothed
+    codebook `z_avg / N̂`, `N̂ = (N + 1e-7) / (ΣN + K·1e-7) · ΣN`. One difference: a
+    restarted dead code (TATS's `restart_thres`, off in the released checkpoints) gets
+    a new vector in TATS, but `N` and `z_avg` are left, so the file's codebook differs
+    from `z_avg / N̂` there; eqvid's restart also resets `N` and `S`. The file's vectors
+    are kept as they are (a note counts the codes where they differ).
+
+    **The BatchNorm running statistics** go into the state (`bn_stats`); the model is
+    saved with its state folded in (`with_state`). The tokenizer format leaves out
+    arrays declared frozen, which the running statistics are; when the folder written
+    does not give them back, the converter folds them into each norm's scale and bias
+    (`w' = w·√(1 + ε)/√(σ² + ε)`, `b' = b - μ·w/√(σ² + ε)`, statistics (0, 1)): the
+    same encoder and decoder at inference, but not TATS's parameters for fine-tuning
+    with batch statistics (a note says so). The tokenizer folder keeps no EMA
+    statistics either (only the codebook, folded in).
+
+    **Returns:** a `ConvertedTokenizer`.
+
+    **Raises:** `FileNotFoundError`; `ConversionError` (a `ValueError`) naming the file
+    and the first missing or mis-shaped tensor (name, expected and actual shape), an
+    unexpected one, or a missing hyperparameter.
+    """
+    from ..nn._quantize import CodebookEMA
+
+    ckpt_path = pathlib.Path(ckpt_path)
+    where = str(ckpt_path)
+    state_dict, rest = read_lightning_checkpoint(ckpt_path)
+    notes: list[str] = []
+    if config is None:
+        args = _tats_args(rest, where)
+        if args is None:
+            raise ConversionError(
+                f"{where}: no `hyper_parameters` (a plain state dict?): pass `config`, a "
+                "VQGAN3DConfig of the file's architecture."
+            )
+        config = tats_config(args, resolution=resolution, where=f"{where} (hyper_parameters)")
+    elif config.perceptual_weight > 0:
+        notes.append("perceptual_weight > 0: eqvid's LPIPS (AlexNet), not TATS's VGG one")
+    model, mstate = eqx.nn.make_with_state(VQGAN3D)(config, key=jax.random.key(0))
+    generator, discs = _tats_mapping(model)
+    shapes = {
+        k: tuple(leaf.shape)
+        for k, leaf in (
+            (_leaf_key(p), leaf) for p, leaf in jax.tree_util.tree_flatten_with_path(model)[0]
+        )
+    }
+    k, d = config.n_codes, config.embedding_dim
+    book = {"codebook.embeddings": (k, d), "codebook.N": (k,), "codebook.z_avg": (k, d)}
+    values, problems = _take(generator, state_dict, shapes)
+    book_values, book_problems = _take({name: (name, None) for name in book}, state_dict, book)
+    problems += book_problems
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise ConversionError(
+            f"{where}: {problems[0]}{more}. The file does not hold a TATS VQGAN of the "
+            f"configuration {_tats_config_text(config)}, or it is incomplete."
+        )
+    used = {name for name, _ in generator.values()} | set(book)
+    extra = [
+        key
+        for key in state_dict
+        if key.startswith(_TATS_PREFIXES)
+        and key not in used
+        and not key.endswith(".num_batches_tracked")
+    ]
+    if extra:
+        shape = _fmt(tuple(state_dict[extra[0]].shape))
+        more = f" (and {len(extra) - 1} more: {extra[1:4]})" if len(extra) > 1 else ""
+        raise ConversionError(
+            f"{where}: unexpected tensor `{extra[0]}` {shape}{more}: the file holds a TATS "
+            f"VQGAN that differs from the configuration {_tats_config_text(config)}."
+        )
+    disc_values, disc_problems = _take(discs, state_dict, shapes)
+    if not any(
+        key.startswith(("image_discriminator.", "video_discriminator.")) for key in state_dict
+    ):
+        notes.append("the file has no discriminators: fresh ones were made")
+        disc_values = {}
+    elif disc_problems:
+        notes.append(
+            f"the file's discriminators do not fit disc_channels={config.disc_channels}, "
+            f"disc_layers={config.disc_layers} ({disc_problems[0]}): fresh ones were made"
+        )
+        disc_values = {}
+    else:
+        notes.append(
+            "discriminators converted (their BatchNorm uses batch statistics, as TATS's "
+            "while training; the video one's running statistics are not kept)"
+        )
+    values.update(disc_values)
+    flat, treedef = jax.tree_util.tree_flatten_with_path(model)
+    leaves = [
+        jnp.asarray(values[_leaf_key(p)]) if _leaf_key(p) in values else leaf for p, leaf in flat
+    ]
+    model = cast(VQGAN3D, jax.tree_util.tree_unflatten(treedef, leaves))
+    count = len(values) + len(book_values)
+    numbers = sum(v.size for v in values.values()) + sum(v.size for v in book_values.values())
+
+    embeddings = book_values["codebook.embeddings"]
+    sizes, sums = book_values["codebook.N"], book_values["codebook.z_avg"]
+    assert model.quantize.ema is not None
+    mstate = mstate.set(
+        model.quantize.ema,
+        CodebookEMA(jnp.asarray(embeddings), jnp.asarray(sizes), jnp.asarray(sums)),
+    )
+    total = np.float64(sizes.sum())
+    smoothed = (sizes.astype(np.float64) + 1e-7) / (total + k * 1e-7) * total
+    implied = sums / np.maximum(smoothed, 1e-30)[:, None]
+    differ = int(np.sum(~np.all(np.isclose(implied, embeddings, rtol=1e-3, atol=1e-5), axis=1)))
+    if differ:
+        notes.append(
+            f"{differ} of {k} codes differ from z_avg / N̂ (TATS's dead-code restarts replace "
+            "the vector only): the file's vectors were kept"
+        )
+    if model.bn_stats is not None:
+        norms = _generator_norms(model.encoder, model.decoder)
+        mstate = mstate.set(
+            model.bn_stats,
+            tuple((n.running_mean, n.running_var) for n in norms),
+        )
+    folded = model.with_state(mstate)
+    source = (
+        f"TATS 3D VQGAN checkpoint {ckpt_path.name} (python -m eqvid.models.convert_tokenizer tats)"
+    )
+    folder = save_tokenizer(folded, out_dir, source=source)
+    if config.norm_type == "batch" and not _running_stats_survive(folded, folder):
+        folder = save_tokenizer(_bn_folded_into_affine(folded), out_dir, source=source)
+        notes.append(
+            "the tokenizer format does not keep BatchNorm running statistics (frozen arrays): "
+            "they were folded into the norms' scale and bias (exact at inference; fine-tuning "
+            "with batch statistics starts from other norm parameters than TATS's)"
+        )
+    notes.append("the EMA statistics N / z_avg are not kept in a tokenizer folder")
+    return ConvertedTokenizer(folder, config, count, numbers, tuple(notes))

@@ -128,7 +128,8 @@ class VQGAN2DConfig:
 
     @classmethod
     def preset(cls, name: str) -> "VQGAN2DConfig":
-        """A named configuration (`"small"`, `"taming-f16-1024"`, `"taming-f16-16384"`)."""
+        """A named configuration (`"small"`, `"taming-f16-1024"`, `"taming-f16-16384"`,
+        `"teco-dmlab"`, `"teco-minecraft-128"`, `"teco-habitat-128"`)."""
         return preset_of(cls, name)
 
 
@@ -393,6 +394,21 @@ VQGAN2D_PRESETS: dict[str, VQGAN2DConfig] = {
     "taming-f16-1024": VQGAN2DConfig(frame_size=256, channels=3, disc_start=250_001),
     "taming-f16-16384": VQGAN2DConfig(
         frame_size=256, channels=3, n_embed=16384, disc_start=1, disc_weight=0.75, disc_layers=2
+    ),
+    # TECO's tokenizers (Yan et al. 2023; converted from taming-transformers): 16×16
+    # codes per frame, so three levels for 64² (DMLab) and four for 128² (Minecraft,
+    # Habitat). The code grids are TECO's; the codebook sizes are 1024, and 8192 for
+    # Habitat (its checkpoint folder's name); the widths are taming's defaults, since
+    # TECO's repository does not record them: each released checkpoint's `args` does,
+    # and `python -m eqvid.models.convert_tokenizer teco` builds the model from those.
+    "teco-dmlab": VQGAN2DConfig(
+        frame_size=64, channels=3, ch_mult=(1, 2, 2), attn_resolutions=(16,)
+    ),
+    "teco-minecraft-128": VQGAN2DConfig(
+        frame_size=128, channels=3, ch_mult=(1, 1, 2, 2), attn_resolutions=(16,)
+    ),
+    "teco-habitat-128": VQGAN2DConfig(
+        frame_size=128, channels=3, ch_mult=(1, 1, 2, 2), attn_resolutions=(16,), n_embed=8192
     ),
     # Small enough to train on a 2-core CPU in minutes: 64×64 grey frames → 16×16
     # codes of 256, an EMA codebook with dead-code restart (every code stays in use),

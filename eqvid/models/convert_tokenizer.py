@@ -2,8 +2,10 @@
 
     python -m eqvid.models.convert_tokenizer taming vqgan_imagenet_f16_1024/ckpts/last.ckpt --out tokenizers/taming-f16-1024
     python -m eqvid.models.convert_tokenizer teco dmlab_vqgan --out tokenizers/teco-dmlab
+    python -m eqvid.models.convert_tokenizer tats vqgan_ucf_128_488.ckpt --out tokenizers/tats-ucf
 
-The folder then loads with `eqvid.models.load_tokenizer(folder)` (a `VQGAN2D`). Neither
+The folder then loads with `eqvid.models.load_tokenizer(folder)` (a `VQGAN2D`; a
+`VQGAN3D` for TATS). Neither
 PyTorch nor Flax is needed: the Lightning `.ckpt` and the Flax msgpack file are read with
 restricted unpicklers and `msgpack`, and nothing in them is executed. Every tensor is
 checked by name and shape; the first missing or mis-shaped one is named.
@@ -18,10 +20,18 @@ from eqvid.models._tokenizer_converters import (
     ConversionError,
     ConvertedTokenizer,
     convert_taming,
+    convert_tats,
     convert_teco,
 )
 
-__all__ = ["ConversionError", "ConvertedTokenizer", "convert_taming", "convert_teco", "main"]
+__all__ = [
+    "ConversionError",
+    "ConvertedTokenizer",
+    "convert_taming",
+    "convert_tats",
+    "convert_teco",
+    "main",
+]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -32,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
             "tokenizer.eqx) that eqvid.models.load_tokenizer reads. No PyTorch or Flax needed."
         ),
     )
-    sub = parser.add_subparsers(dest="kind", required=True, metavar="{taming,teco}")
+    sub = parser.add_subparsers(dest="kind", required=True, metavar="{taming,teco,tats}")
     taming = sub.add_parser(
         "taming",
         help="taming-transformers VQModel (PyTorch Lightning .ckpt)",
@@ -64,7 +74,26 @@ def _parser() -> argparse.ArgumentParser:
         ),
     )
     teco.add_argument("src", type=Path, metavar="FOLDER", help="the VQGAN folder")
-    for sub_parser in (taming, teco):
+    tats = sub.add_parser(
+        "tats",
+        help="TATS / MeBT 3D VQGAN (PyTorch Lightning .ckpt)",
+        description=(
+            "Convert a TATS 3D VQGAN checkpoint (a Lightning .ckpt such as "
+            "vqgan_ucf_128_488_epoch=1-step=29999.ckpt, also MeBT's). The hyperparameters come "
+            "from its hyper_parameters['args'] Namespace; the codebook and the BatchNorm running "
+            "statistics are converted, the discriminators when they fit; the LPIPS weights and "
+            "optimiser states are ignored."
+        ),
+    )
+    tats.add_argument("src", type=Path, metavar="CKPT", help="the .ckpt file")
+    tats.add_argument(
+        "--resolution",
+        type=int,
+        default=None,
+        metavar="N",
+        help="frame size (height = width); default: the checkpoint's args.resolution",
+    )
+    for sub_parser in (taming, teco, tats):
         sub_parser.add_argument(
             "--out",
             type=Path,
@@ -81,6 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.kind == "taming":
             result = convert_taming(args.src, args.out, resolution=args.resolution)
+        elif args.kind == "tats":
+            result = convert_tats(args.src, args.out, resolution=args.resolution)
         else:
             result = convert_teco(args.src, args.out)
     except (OSError, ValueError) as error:
