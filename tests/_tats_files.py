@@ -11,6 +11,7 @@ the forward in PyTorch's NCTHW layout with PyTorch's definitions of `F.pad`,
 import collections
 import contextlib
 import math
+from typing import Any
 
 import numpy as np
 import test_torch_checkpoint as ttc
@@ -203,7 +204,12 @@ def write_tats_ckpt(path, state, args, *, hyper_parameters=True):
 
 # ---------------------------------------------- NumPy reference (TATS, NCTHW, float64)
 
-_NP_MODE = {"replicate": "edge", "constant": "constant", "reflect": "reflect", "circular": "wrap"}
+_NP_MODE: dict[str, Any] = {
+    "replicate": "edge",
+    "constant": "constant",
+    "reflect": "reflect",
+    "circular": "wrap",
+}
 
 
 def _same_pad(k, s):
@@ -235,7 +241,7 @@ def conv_transpose3d(x, w, b, stride, padding):
     """`nn.ConvTranspose3d` by its scatter definition: weight `(C, O, kT, kH, kW)`."""
     kernel = w.shape[2:]
     full = [(n - 1) * s + k for n, s, k in zip(x.shape[1:], stride, kernel)]
-    y = np.zeros((w.shape[1], *full))
+    y: Any = np.zeros((w.shape[1], *full))
     n_t, n_h, n_w = x.shape[1:]
     st, sh, sw = stride
     for a in range(kernel[0]):

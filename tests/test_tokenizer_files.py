@@ -5,6 +5,7 @@ import dataclasses
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from helpers import rng
@@ -54,3 +55,30 @@ def test_what_load_tokenizer_refuses(tmp_path):
         load_tokenizer(tmp_path / "tok")
     with pytest.raises(TypeError, match="AbstractVideoTokenizer"):  # the run-time type check
         save_tokenizer(object(), tmp_path / "x")  # type: ignore[arg-type]
+
+
+def test_batchnorm_running_statistics_are_saved(tmp_path):
+    """Arrays that are not trained by gradient (BatchNorm's running statistics, marked
+    frozen) are the model's own and come back; only metric networks are left out."""
+    import equinox as eqx
+
+    from eqvid.models import VQGAN3D, VQGAN3DConfig
+
+    config = VQGAN3DConfig(
+        frame_size=16,
+        n_hiddens=8,
+        downsample=(2, 4, 4),
+        embedding_dim=8,
+        n_codes=16,
+        norm_type="batch",
+        perceptual_weight=0.0,
+    )
+    model, state = make_model(config, key=jax.random.key(3))
+    assert isinstance(model, VQGAN3D)
+    model = model.with_state(state)
+    where = lambda m: m.encoder.conv_blocks[0].res.norm1.running_mean
+    model = eqx.tree_at(where, model, jnp.full(where(model).shape, 0.25, jnp.float32))
+    save_tokenizer(model, tmp_path / "tok3d")
+    loaded = load_tokenizer(tmp_path / "tok3d")
+    assert isinstance(loaded, VQGAN3D)
+    np.testing.assert_array_equal(np.asarray(where(loaded)), 0.25)

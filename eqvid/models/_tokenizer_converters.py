@@ -60,6 +60,7 @@ __all__ = [
     "read_lightning_checkpoint",
     "read_lightning_state_dict",
     "read_teco_checkpoint",
+    "tats_config",
 ]
 
 

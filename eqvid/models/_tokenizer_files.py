@@ -4,8 +4,8 @@ for those folders and for training runs.
 A tokenizer folder holds `tokenizer.json` (`{"format": "eqvid-tokenizer/1",
 "model_name": ..., "model": {config fields}, "source": ...}`) and `tokenizer.eqx`
 (the model's arrays, its state folded in, as `equinox.tree_serialise_leaves` writes
-them; parts declared frozen, such as a loss network, are left out: the loader takes
-them from the config, as a new model would). Converters of public checkpoints write such folders; `load_tokenizer` reads
+them; metric networks held for the loss, such as LPIPS, are left out: the loader takes
+them from their weight files, as a new model would). Converters of public checkpoints write such folders; `load_tokenizer` reads
 them, and also takes a training run's folder (its latest checkpoint).
 """
 
@@ -17,7 +17,6 @@ from typing import Any
 import equinox as eqx
 import jax
 
-from ..nn._roles import role_filter
 from ._registry import make_model, model_spec
 from ._tokenizer import AbstractVideoTokenizer
 
@@ -35,9 +34,14 @@ def _config_dict(config: Any) -> dict[str, Any]:
 
 
 def _own_arrays(model: Any) -> Any:
-    """`model` with its frozen parts' arrays left out (None)."""
-    frozen = role_filter(model, lambda r: r.frozen)
-    return eqx.filter(model, jax.tree.map(lambda f: not f, frozen))
+    """`model` without the metric networks it holds for its loss (LPIPS, I3D: None):
+    those come from their own weight files, as for a new model."""
+    from ..metrics import I3D, LPIPS
+
+    def is_metric(x: Any) -> bool:
+        return isinstance(x, (LPIPS, I3D))
+
+    return jax.tree.map(lambda x: None if is_metric(x) else x, model, is_leaf=is_metric)
 
 
 def save_tokenizer(
