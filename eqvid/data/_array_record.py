@@ -36,6 +36,30 @@ def _reader(path: str):
     return ArrayRecordReader(path, "readahead_buffer_size:0", file_reader_buffer_size=32768)
 
 
+class ShardReaders:
+    """One ArrayRecord reader per shard, opened on first use (thread-safe) and never
+    pickled: a source holding it can be sent to Grain's worker processes, each of which
+    opens its own readers."""
+
+    def __init__(self, shards: list[str]):
+        self.shards = list(shards)
+        self._readers: list = [None] * len(self.shards)
+        self._lock = threading.Lock()
+
+    def __getstate__(self):
+        return {"shards": self.shards}
+
+    def __setstate__(self, state):
+        self.__init__(state["shards"])
+
+    def __getitem__(self, shard: int):
+        if self._readers[shard] is None:
+            with self._lock:
+                if self._readers[shard] is None:
+                    self._readers[shard] = _reader(self.shards[shard])
+        return self._readers[shard]
+
+
 class ArrayRecordVideos(VideoFiles):
     """Videos packed by `eqvid.data.convert` into ArrayRecord shards, as a Grain
     random-access source.
@@ -94,18 +118,7 @@ class ArrayRecordVideos(VideoFiles):
                     f"ArrayRecordVideos: shard {shard!r} listed in {index_path!r} is missing."
                 )
         self._shard_starts = np.concatenate([[0], np.cumsum(self.shard_records)])
-        self._readers: list = [None] * len(self.shards)
-        self._lock = threading.Lock()
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state["_readers"] = [None] * len(self.shards)
-        del state["_lock"]
-        return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self._lock = threading.Lock()
+        self._readers = ShardReaders(self.shards)
 
     def __len__(self) -> int:
         return len(self.offsets)
@@ -121,20 +134,13 @@ class ArrayRecordVideos(VideoFiles):
         return int(self.lengths[index])
 
     @hot_path
-    def _shard_reader(self, shard: int):
-        if self._readers[shard] is None:
-            with self._lock:
-                if self._readers[shard] is None:
-                    self._readers[shard] = _reader(self.shards[shard])
-        return self._readers[shard]
-
     @hot_path
     def _read_frames(self, index: int | np.integer, frames: np.ndarray | None) -> np.ndarray:
         wanted = np.arange(self.lengths[index]) if frames is None else frames
         first = int(self.offsets[index])
         shard = int(np.searchsorted(self._shard_starts, first, side="right")) - 1
         positions = [first - int(self._shard_starts[shard]) + int(f) for f in wanted]
-        reader = self._shard_reader(shard)
+        reader = self._readers[shard]
         if len(positions) > 1 and positions[-1] - positions[0] == len(positions) - 1:
             records = reader.read(positions[0], positions[-1] + 1)  # consecutive: one range read
         else:

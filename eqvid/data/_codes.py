@@ -27,10 +27,11 @@ frames for samples and metrics.
 import hashlib
 import json
 import os
-import threading
 from typing import Any
 
 import numpy as np
+
+from ._array_record import ShardReaders
 
 __all__ = [
     "CODES_FORMAT",
@@ -230,20 +231,9 @@ class CodesVideos:
                     f"CodesVideos: shard {shard!r} listed in {index_path!r} is missing."
                 )
         self._shard_starts = np.concatenate([[0], np.cumsum(self.shard_records)])
-        self._readers: list = [None] * len(self.shards)
-        self._lock = threading.Lock()
+        self._readers = ShardReaders(self.shards)
         if tokenizer is not None:
             check_tokenizer(meta, tokenizer, self.folder)
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state["_readers"] = [None] * len(self.shards)
-        del state["_lock"]
-        return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self.sources)
@@ -259,15 +249,6 @@ class CodesVideos:
         """Where entry `index` came from, for messages."""
         return f"{self.names[index]} (encoded in {self.folder})"
 
-    def _reader(self, shard: int):
-        if self._readers[shard] is None:
-            with self._lock:
-                if self._readers[shard] is None:
-                    from ._array_record import _reader
-
-                    self._readers[shard] = _reader(self.shards[shard])
-        return self._readers[shard]
-
     def __getitem__(self, index: int | np.integer) -> dict[str, np.ndarray]:
         if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
             raise TypeError(f"CodesVideos indices must be integers; got {index!r}.")
@@ -275,7 +256,7 @@ class CodesVideos:
             raise IndexError(f"CodesVideos index {index} out of range 0..{len(self) - 1}.")
         i = int(index)
         shard = int(np.searchsorted(self._shard_starts, i, side="right")) - 1
-        (record,) = self._reader(shard).read([i - int(self._shard_starts[shard])])
+        (record,) = self._readers[shard].read([i - int(self._shard_starts[shard])])
         shape = tuple(int(s) for s in self.shapes[i])
         if len(record) != 4 * int(np.prod(shape)):
             raise ValueError(

@@ -2,6 +2,8 @@
 TECO, MeBT and ConvS5 on latents stand on), and its batched, jitted helpers."""
 
 import abc
+import warnings
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -63,6 +65,27 @@ class AbstractVideoTokenizer(AbstractModel):
     def with_state(self, state: eqx.nn.State | None) -> "AbstractVideoTokenizer":
         """The tokenizer with its state (an EMA codebook) folded in, ready to encode
         and decode (a tokenizer without state returns itself)."""
+
+
+def load_perceptual(owner: str, weight: float, path: str | None) -> Any:
+    """eqvid's LPIPS (`eqvid.metrics.LPIPS`) for a tokenizer's perceptual term, or None:
+    when `weight` is 0, or (said once, as a warning naming `owner`) when its weights
+    are not on this machine, so that the model trains without the term."""
+    if weight == 0:
+        return None
+    from ..metrics import LPIPS
+
+    try:
+        return LPIPS.load(path)
+    except FileNotFoundError as error:
+        first = str(error).splitlines()[0]
+        warnings.warn(
+            f"{owner}: no LPIPS weights ({first}); training without the perceptual term "
+            "(perceptual_weight is ignored). Convert them once with `python -m "
+            "eqvid.metrics.convert_weights lpips` to use it.",
+            stacklevel=3,
+        )
+        return None
 
 
 @eqx.filter_jit

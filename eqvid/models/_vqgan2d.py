@@ -8,7 +8,6 @@ taming-transformers and converted it). Registered as `vqgan2d`:
 """
 
 import dataclasses
-import warnings
 from typing import Any, Literal
 
 import equinox as eqx
@@ -26,7 +25,7 @@ from ..nn._vqgan_codec import VQGANDecoder, VQGANEncoder
 from ._abstract import GroupSettings, KeyOrKeys, LossTerms, VideoBatch, per_video_keys
 from ._frames import check_positive
 from ._registry import ModelSpec, preset_of, register_model
-from ._tokenizer import AbstractVideoTokenizer
+from ._tokenizer import AbstractVideoTokenizer, load_perceptual
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,24 +132,6 @@ class VQGAN2DConfig:
         return preset_of(cls, name)
 
 
-def _load_lpips(config: VQGAN2DConfig):
-    """eqvid's LPIPS for the perceptual term, or None (said once) when its weights are
-    not on this machine."""
-    if config.perceptual_weight == 0:
-        return None
-    try:
-        return LPIPS.load(config.lpips_weights)
-    except FileNotFoundError as error:
-        first = str(error).splitlines()[0]
-        warnings.warn(
-            f"VQGAN2D: no LPIPS weights ({first}); training without the perceptual term "
-            "(perceptual_weight is ignored). Convert them once with `python -m "
-            "eqvid.metrics.convert_weights lpips` to use it.",
-            stacklevel=3,
-        )
-        return None
-
-
 def hinge_d_loss(
     logits_real: Float[Array, "..."], logits_fake: Float[Array, "..."]
 ) -> Float[Array, ""]:
@@ -222,7 +203,7 @@ class VQGAN2D(AbstractVideoTokenizer):
         self.post_quant_conv = Conv2d(c.embed_dim, c.z_channels, 1, key=kp)
         self.decoder = VQGANDecoder(out_channels=c.channels, **codec, key=kd)
         self.discriminator = PatchDiscriminator(c.channels, c.disc_ndf, c.disc_layers, key=kdisc)
-        self.lpips = _load_lpips(c)
+        self.lpips = load_perceptual("VQGAN2D", c.perceptual_weight, c.lpips_weights)
         self.config = config
 
     # -- the tokenizer -----------------------------------------------------------

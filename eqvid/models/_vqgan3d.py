@@ -28,7 +28,6 @@ last, one video `(time, height, width, channels)` per call of `encode`):
 
 import dataclasses
 import math
-import warnings
 from typing import Any
 
 import equinox as eqx
@@ -55,7 +54,7 @@ from ..nn._vqgan3d_codec import (
 from ._abstract import GroupSettings, KeyOrKeys, LossTerms, VideoBatch, per_video_keys
 from ._frames import check_positive
 from ._registry import ModelSpec, preset_of, register_model
-from ._tokenizer import AbstractVideoTokenizer
+from ._tokenizer import AbstractVideoTokenizer, load_perceptual
 from ._vqgan2d import hinge_d_loss
 
 BN_MOMENTUM = 0.1
@@ -324,24 +323,6 @@ class TATSImageDiscriminator(eqx.Module):
 # ----------------------------------------------------------------------------------
 
 
-def _load_lpips(config: VQGAN3DConfig):
-    """eqvid's LPIPS for the perceptual term, or None (said once) when its weights are
-    not on this machine."""
-    if config.perceptual_weight == 0:
-        return None
-    try:
-        return LPIPS.load(config.lpips_weights)
-    except FileNotFoundError as error:
-        first = str(error).splitlines()[0]
-        warnings.warn(
-            f"VQGAN3D: no LPIPS weights ({first}); training without the perceptual term "
-            "(perceptual_weight is ignored). Convert them once with `python -m "
-            "eqvid.metrics.convert_weights lpips` to use it.",
-            stacklevel=3,
-        )
-        return None
-
-
 def _generator_norms(encoder: VQGAN3DEncoder, decoder: VQGAN3DDecoder) -> list[BatchNorm3d]:
     """The codec's BatchNorm layers, encoder then decoder, in parameter order."""
     return [
@@ -450,7 +431,7 @@ class VQGAN3D(AbstractVideoTokenizer):
         self.video_discriminator = PatchDiscriminator3D(
             c.channels, c.disc_channels, c.disc_layers, key=kvid
         )
-        self.lpips = _load_lpips(c)
+        self.lpips = load_perceptual("VQGAN3D", c.perceptual_weight, c.lpips_weights)
         self.config = config
 
     # -- the tokenizer -----------------------------------------------------------
