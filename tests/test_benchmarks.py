@@ -134,7 +134,7 @@ def test_tokenizer_benchmark_records_the_run(tmp_path):
     bench = load("tokenizer_mmnist")
     tiny = ["--steps", "2", "--frame-size", "32", "--sample-every", "2", "--eval-sequences", "2"]
     tiny += ["--train-sequences", "8", "--ch", "8", "--n-embed", "16", "--no-tensorboard"]
-    assert bench.main(["--out-dir", str(tmp_path), "--", *tiny]) == 0
+    assert bench.main(["--out-dir", str(tmp_path), "--throughput-frames", "8", "--", *tiny]) == 0
     name = "tokenizer_mmnist" if bench.jax.default_backend() == "gpu" else "tokenizer_mmnist_cpu"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["logs", *(f"{name}{end}" for end in (".md", "_strip.png", "_curve.png"))]

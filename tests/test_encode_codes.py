@@ -254,3 +254,81 @@ def test_the_command_takes_the_training_commands_dataset_options(capsys):
     with pytest.raises(SystemExit):
         main(["--dataset", "teco", "--out", "x"])
     assert "--tokenizer is required" in capsys.readouterr().err
+
+
+def decode(*args):
+    from eqvid.data.decode import main as decode_main
+
+    return decode_main(["--no-progress", *map(str, args)])
+
+
+def test_decode_writes_the_frames_of_the_codes_readable_as_a_dataset(
+    tokenizer, teco_root, tmp_path
+):
+    from eqvid.data import TecoConfig, TecoVideos
+    from eqvid.metrics import psnr, ssim
+
+    path, tok = tokenizer
+    root, _ = teco_root
+    run(path, tmp_path / "codes", "--dataset", "teco", "--root", root, "--clip-len", 2)
+    out = tmp_path / "decoded"
+    summaries = decode("--codes", tmp_path / "codes", "--out", out, "--batch-size", 2, "--compare")
+    assert [os.path.basename(s.folder) for s in summaries] == ["test", "train"]
+    source = open_source(TecoConfig(root=str(root)), "test")
+    for summary, split in zip(summaries, ("test", "train")):
+        codes = CodesVideos(str(tmp_path / "codes"), split)
+        assert summary.entries == summary.decoded_now == len(codes)
+        expected = codes_to_frames(tok, np.stack([codes[i]["codes"] for i in range(len(codes))]))
+        decoded = TecoVideos(str(out), split)  # the TECO format: the decoded data is a dataset
+        assert len(decoded) == len(codes)
+        for i in range(len(codes)):
+            item = decoded[i]
+            np.testing.assert_array_equal(item["video"], expected[i])
+            np.testing.assert_array_equal(item["actions"], codes[i]["actions"])
+        assert (out / split / "preview.png").is_file()
+    # The report compares the decoded frames with the source frames they came from.
+    codes = CodesVideos(str(tmp_path / "codes"), "test")
+    starts, sources = codes.starts, codes.sources
+    real = np.stack(
+        [source[int(sources[i])]["video"][starts[i] : starts[i] + 2] for i in range(len(codes))]
+    )
+    fake = np.stack([np.load(out / "test" / f"{i:06d}.npz")["video"] for i in range(len(codes))])
+    report = json.loads((out / "test" / "decode.json").read_text())
+    assert report["entries"] == len(codes) and report["frames"] == 2 * len(codes)
+    np.testing.assert_allclose(report["psnr"], np.mean(psnr(real, fake, data_range=255)), rtol=1e-6)
+    np.testing.assert_allclose(report["ssim"], np.mean(ssim(real, fake, data_range=255)), rtol=1e-6)
+    assert summaries[0].psnr == report["psnr"]
+    assert (
+        f"| all | {len(codes)} | {report['psnr']:.2f} |" in (out / "test" / "decode.md").read_text()
+    )
+    # Run again: everything is there, nothing decoded; --limit decodes the first entries.
+    again = decode("--codes", tmp_path / "codes", "--out", out, "--splits", "test")
+    assert [s.decoded_now for s in again] == [0]
+    few = decode("--codes", tmp_path / "codes", "--out", tmp_path / "few", "--limit", 1)
+    assert [s.entries for s in few] == [1, 1]
+    assert sorted(os.listdir(tmp_path / "few" / "train")) == ["000000.npz", "preview.png"]
+
+
+def test_decode_refuses_codes_it_cannot_decode_faithfully(tokenizer, tmp_path, capsys):
+    path, _ = tokenizer
+    run(path, tmp_path / "codes", *MMNIST_ARGS, "--splits", "test")
+    with pytest.raises(FileNotFoundError, match=r"holds no encoded splits.*one split's folder"):
+        decode("--codes", tmp_path / "codes" / "test", "--out", tmp_path / "out")
+    with pytest.raises(FileNotFoundError, match=r"no encoded 'train' split"):
+        decode("--codes", tmp_path / "codes", "--splits", "train", "--out", tmp_path / "out")
+    other = tmp_path / "other"
+    save_tokenizer(built(seed=4), other)
+    with pytest.raises(ValueError, match=r"other weights"):
+        decode("--codes", tmp_path / "codes", "--tokenizer", other, "--out", tmp_path / "out")
+    # The recorded tokenizer moved away: say so and how to point to it.
+    meta_path = tmp_path / "codes" / "test" / "encode.json"
+    meta = json.loads(meta_path.read_text())
+    meta["tokenizer"]["path"] = str(tmp_path / "gone")
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(FileNotFoundError, match=r"gone.*is not there; pass --tokenizer"):
+        decode("--codes", tmp_path / "codes", "--out", tmp_path / "out")
+    decode("--codes", tmp_path / "codes", "--tokenizer", path, "--out", tmp_path / "out")
+    assert len(os.listdir(tmp_path / "out" / "test")) == 3 + 1  # 3 videos and the preview
+    with pytest.raises(SystemExit):
+        decode("--out", tmp_path / "out")
+    assert "--codes is required" in capsys.readouterr().err

@@ -3,7 +3,7 @@
 `python -m eqvid.data.encode` writes one folder per split, `<out>/<split>/`:
 
 - `encode.json`: what was encoded and with what (`{"format": "eqvid-codes/1",
-  "tokenizer": {"path", "model_name", "n_codes", "weights_sha256", "config"},
+  "tokenizer": {"path", "model_name", "n_codes", "weights_sha256", "config", "ema"},
   "dataset": {"name", "config"}, "split", "clip_len", "source_videos", "complete"}`;
   once complete also `"videos"` (entries) and `"code_shape"` (`{"frames", "height",
   "width", "channels", "codes"}`: the codes' shape of the first entry's frames);

@@ -20,9 +20,11 @@ video shorter than L is a bad file), each clip an entry of its own: choose an L 
 tokenizer takes (a multiple of its time downsampling).
 
 Output: <out>/<split>/ with codes-NNNNN.array_record shards, their codes-NNNNN.npz
-index parts, encode.json (the tokenizer: folder, model name, n_codes, weights sha256;
-the dataset; once finished the codes' shape) and, once the split is finished,
-index.npz. Read it with `eqvid.data.CodesVideos(<out>, split)`. Running the same
+index parts, encode.json (the tokenizer: folder, model name, n_codes, weights sha256,
+whether its moving average was used; the dataset; once finished the codes' shape)
+and, once the split is finished, index.npz. Read it with
+`eqvid.data.CodesVideos(<out>, split)`; decode it back to frames with `python -m
+eqvid.data.decode --codes <out> --out DIR`. Running the same
 command again continues where a stopped or killed run left off (at most the shard
 in progress, --shard-videos videos, is encoded again) and leaves a finished split as
 it is; other settings against an existing output are an error (--overwrite starts
@@ -433,7 +435,7 @@ def encode_split(
     """
     meta = {
         "format": CODES_FORMAT,
-        "tokenizer": tokenizer_record(tokenizer, tokenizer_path),
+        "tokenizer": {**tokenizer_record(tokenizer, tokenizer_path), "ema": encode.ema},
         "dataset": _dataset_record(dataset_name, dataset_config),
         "split": split,
         "clip_len": encode.clip_len,

@@ -111,15 +111,39 @@ def save_prediction_gif(
     return path
 
 
+def save_video_strip(
+    path: str | pathlib.Path,
+    videos: Float[np.ndarray, "batch time height width channels"],
+    *,
+    label: str = "",
+    gap: int = 2,
+) -> pathlib.Path:
+    """Write a PNG: one row of frames per video (`[-1, 1]` floats), under `label`."""
+    rows = [_row(_rgb(v), gap) for v in to_uint8(videos)]
+    header = 14 if label else 0
+    h, width = rows[0].shape[:2]
+    canvas = np.full((header + len(rows) * (h + gap), width, 3), 255, np.uint8)
+    for i, r in enumerate(rows):
+        canvas[header + i * (h + gap) : header + i * (h + gap) + h] = r
+    image = Image.fromarray(canvas)
+    if label:
+        ImageDraw.Draw(image).text((2, 1), label, fill=(0, 0, 0))
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+    return path
+
+
 def save_reconstruction_strip(
     path: str | pathlib.Path,
     inputs: Float[np.ndarray, "batch time height width channels"],
     reconstructions: Float[np.ndarray, "batch time height width channels"],
     *,
     gap: int = 2,
+    label: str = "input (white) / reconstruction (green)",
 ) -> pathlib.Path:
     """Write a PNG: per example, the input frames (white) with the tokenizer's
-    reconstructions (green) in the row below, frame under frame."""
+    reconstructions (green) in the row below, frame under frame, under `label`."""
     if inputs.shape != reconstructions.shape:
         raise ValueError(
             f"save_reconstruction_strip: `reconstructions` must have the inputs' shape "
@@ -140,7 +164,7 @@ def save_reconstruction_strip(
         y += h + gap + (2 * gap if i % 2 else 0)  # a wider gap between examples
     image = Image.fromarray(canvas)
     draw = ImageDraw.Draw(image)
-    draw.text((2, 1), "input (white) / reconstruction (green)", fill=(0, 0, 0))
+    draw.text((2, 1), label, fill=(0, 0, 0))
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path)
