@@ -332,3 +332,65 @@ def test_decode_refuses_codes_it_cannot_decode_faithfully(tokenizer, tmp_path, c
     with pytest.raises(SystemExit):
         decode("--out", tmp_path / "out")
     assert "--codes is required" in capsys.readouterr().err
+
+
+def test_the_codes_dataset_yields_windows_of_codes_with_their_actions(
+    tokenizer, teco_root, tmp_path
+):
+    from eqvid.data import (
+        CodesConfig,
+        dataset_config_class,
+        evaluation_videos,
+        frame_spec,
+        make_dataset,
+    )
+
+    path, tok = tokenizer
+    root, _ = teco_root
+    run(path, tmp_path, "--dataset", "teco", "--root", root)
+    assert dataset_config_class("codes") is CodesConfig
+    config = CodesConfig(root=str(tmp_path), seq_len=3)
+    spec = frame_spec(config)
+    assert (spec.height, spec.width, spec.channels, spec.seq_len) == (32, 32, 1, 3)
+    assert spec.has_actions and spec.num_videos == 3
+    source = CodesVideos(str(tmp_path), "train")
+    batches = make_dataset(config, batch_size=2, seed=1)
+    it = iter(batches)
+    for _ in range(4):  # every window is a run of 3 steps of one entry's codes, with its actions
+        batch = next(it)
+        assert batch["codes"].shape == (2, 3, 8, 8) and batch["codes"].dtype == np.int32
+        assert batch["actions"].shape == (2, 3)
+        for codes, actions in zip(batch["codes"], batch["actions"]):
+            hits = [
+                (i, s)
+                for i in range(len(source))
+                for s in range(len(source[i]["codes"]) - 2)
+                if np.array_equal(source[i]["codes"][s : s + 3], codes)
+            ]
+            assert hits, "a window that is no entry's codes"
+            i, s = hits[0]
+            np.testing.assert_array_equal(source[i]["actions"][s : s + 3], actions)
+    # Resumable as any Grain iterator: the same batches after set_state.
+    state = it.get_state()
+    expected = next(it)
+    again = iter(batches)
+    again.set_state(state)
+    np.testing.assert_array_equal(next(again)["codes"], expected["codes"])
+    # Without actions when asked.
+    plain = next(iter(make_dataset(dataclasses.replace(config, actions=False), batch_size=2)))
+    assert sorted(plain) == ["codes"]
+    # Evaluation decodes the test entries' codes with the tokenizer they record.
+    ((frames, actions),) = list(evaluation_videos(config, num_videos=2, length=4, batch_size=2))
+    test = CodesVideos(str(tmp_path), "test")
+    expected = codes_to_frames(tok, np.stack([test[i]["codes"][:4] for i in range(2)]))
+    np.testing.assert_array_equal(frames, expected)
+    np.testing.assert_array_equal(actions, np.stack([test[i]["actions"][:4] for i in range(2)]))
+    with pytest.raises(ValueError, match=r"has 1 entries with at least 5 frames.*fewer than the 2"):
+        list(evaluation_videos(config, num_videos=2, length=5, batch_size=2))
+    # A window longer than an entry names it and the fix.
+    with pytest.raises(ValueError, match=r"traj0.npz.*too few.*shorter --seq-len"):
+        list(
+            make_dataset(
+                dataclasses.replace(config, seq_len=5), batch_size=1, shuffle=False, num_epochs=1
+            )
+        )

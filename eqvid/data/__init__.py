@@ -19,7 +19,9 @@
 - Codes of a tokenizer, encoded once with `python -m eqvid.data.encode --tokenizer
   RUN_OR_FOLDER --dataset NAME ... --out DIR`: `CodesVideos(DIR, split)` yields
   `{"codes": int32 (code_time, h, w)[, "actions"]}`; `check_tokenizer` checks that
-  codes fit a tokenizer, `codes_to_frames` decodes them to uint8 frames.
+  codes fit a tokenizer, `codes_to_frames` decodes them to uint8 frames. `CodesConfig`
+  (`--dataset codes`) trains the latent models on windows of them:
+  `make_dataset` yields `{"codes": int32 (batch, seq_len, h, w)[, "actions"]}`.
 - `load_digits(mnist_path)`: digit images for Moving MNIST, from the MNIST
   `train-images-idx3-ubyte(.gz)` file (`load_idx_images`) or, offline, from
   scikit-learn's bundled handwritten digits (`sklearn_digits`).
@@ -27,7 +29,7 @@
 
 from ._array_record import ArrayRecordVideos
 from ._bad_video import BadVideoError, BadVideoWarning
-from ._codes import CodesVideos, check_tokenizer, codes_to_frames
+from ._codes import CodesConfig, CodesVideos, check_tokenizer, codes_to_frames
 from ._config import MovingMNISTConfig, moving_mnist_splits
 from ._datasets import DATASETS, FrameSpec, dataset_config_class, frame_spec, open_source
 from ._evaluation_videos import evaluation_videos
@@ -53,6 +55,7 @@ __all__ = [
     "ArrayRecordVideos",
     "BadVideoError",
     "BadVideoWarning",
+    "CodesConfig",
     "CodesVideos",
     "FrameFolderConfig",
     "FrameFolderVideos",

@@ -24,6 +24,8 @@ int32 (frames,)` when the data had actions. `codes_to_frames` decodes codes to u
 frames for samples and metrics.
 """
 
+import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -32,9 +34,11 @@ from typing import Any
 import numpy as np
 
 from ._array_record import ShardReaders
+from ._windows import window_frames
 
 __all__ = [
     "CODES_FORMAT",
+    "CodesConfig",
     "CodesVideos",
     "check_tokenizer",
     "codes_to_frames",
@@ -45,6 +49,27 @@ __all__ = [
 CODES_FORMAT = "eqvid-codes/1"
 META_FILE = "encode.json"
 INDEX_FILE = "index.npz"
+
+
+@dataclasses.dataclass(frozen=True)
+class CodesConfig:
+    """Videos encoded once to a tokenizer's codes by `python -m eqvid.data.encode` (`<root>/{train,test}/`).
+
+    Training windows are `seq_len` consecutive steps of codes (frames for a per-frame
+    tokenizer; for a video tokenizer each step covers its time downsampling), read
+    from a random start in each entry; samples and reports decode them to frames with
+    the tokenizer the codes record."""
+
+    root: str = ""
+    """The encoder's output folder (`--out` of `python -m eqvid.data.encode`)."""
+    seq_len: int = 16
+    """Steps of codes per training window."""
+    actions: bool = True
+    """Return the actions when the codes have them (false: never)."""
+
+    def __post_init__(self):
+        if isinstance(self.seq_len, bool) or not isinstance(self.seq_len, int) or self.seq_len < 1:
+            raise ValueError(f"CodesConfig: `seq_len` must be an int >= 1; got {self.seq_len!r}.")
 
 
 def tokenizer_digest(tokenizer: Any) -> str:
@@ -249,6 +274,45 @@ class CodesVideos:
         """Where entry `index` came from, for messages."""
         return f"{self.names[index]} (encoded in {self.folder})"
 
+    @property
+    def frames_per_step(self) -> int:
+        """Frames one step of codes covers (1 for a per-frame tokenizer, its time
+        downsampling for a video tokenizer)."""
+        return max(1, int(self.frames[0]) // max(1, int(self.shapes[0][0])))
+
+    def read_window(
+        self, index: int | np.integer, seq_len: int, rng: np.random.Generator | None
+    ) -> dict[str, np.ndarray]:
+        """`seq_len` consecutive steps of the codes of entry `index`, from step 0
+        (`rng=None`) or a random start drawn from `rng`, with the actions of the frames
+        they cover.
+
+        **Raises** `ValueError` naming the entry if it has fewer than `seq_len` steps."""
+        from ._bad_video import BadVideoError
+
+        item = self[index]
+        codes = item["codes"]
+        try:
+            steps = window_frames(len(codes), seq_len, 1, rng)
+        except BadVideoError as e:
+            raise ValueError(
+                f"CodesVideos: {self.path(int(index))} {e} of codes; use a shorter --seq-len "
+                "(in steps of codes) or encode longer clips."
+            ) from None
+        out = {"codes": codes[steps[0] : steps[-1] + 1]}
+        if "actions" in item:
+            k = self.frames_per_step
+            out["actions"] = item["actions"][k * int(steps[0]) : k * (int(steps[-1]) + 1)]
+        return out
+
+    def tokenizer(self) -> Any:
+        """The tokenizer the codes were encoded with, loaded from the folder
+        `encode.json` records (checked against the codes)."""
+        recorded = self.meta["tokenizer"]
+        tokenizer = _recorded_tokenizer(recorded["path"], recorded.get("ema", True), self.folder)
+        check_tokenizer(self.meta, tokenizer, self.folder)
+        return tokenizer
+
     def __getitem__(self, index: int | np.integer) -> dict[str, np.ndarray]:
         if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
             raise TypeError(f"CodesVideos indices must be integers; got {index!r}.")
@@ -280,6 +344,26 @@ class CodesVideos:
             a, b = self._action_offsets[i], self._action_offsets[i + 1]
             out["actions"] = self._actions[a:b]
         return out
+
+
+@functools.lru_cache(maxsize=2)
+def _load_recorded(path: str, ema: bool) -> Any:
+    from ..models._tokenizer_files import load_tokenizer
+
+    return load_tokenizer(path, ema=ema)
+
+
+def _recorded_tokenizer(path: str, ema: bool, folder: str) -> Any:
+    if not path:
+        raise ValueError(
+            f"{folder}: encode.json records no tokenizer folder to decode the codes with."
+        )
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"the tokenizer the codes in {folder} were encoded with, {path!r} (recorded in "
+            "encode.json), is not there; put it back, or encode the videos again."
+        )
+    return _load_recorded(os.path.abspath(path), bool(ema))
 
 
 def codes_to_frames(tokenizer: Any, codes: Any) -> np.ndarray:

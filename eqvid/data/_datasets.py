@@ -5,6 +5,7 @@ from typing import Any
 
 from ._array_record import ArrayRecordVideos
 from ._bad_video import BadVideoError
+from ._codes import CodesConfig
 from ._config import MovingMNISTConfig, moving_mnist_splits
 from ._file_config import (
     ArrayRecordConfig,
@@ -27,6 +28,7 @@ DATASETS: dict[str, type] = {
     "frame_folder": FrameFolderConfig,
     "video_folder": VideoFolderConfig,
     "array_record": ArrayRecordConfig,
+    "codes": CodesConfig,
 }
 """Every dataset `make_dataset` reads, by the name `--dataset` takes."""
 
@@ -46,7 +48,7 @@ def dataset_config_class(name: str) -> type:
 def open_source(config: Any, split: str = "train") -> Any:
     """The random-access source of `split` (`"train"` or `"test"`) that `config` describes:
     a `MovingMNIST` for `MovingMNISTConfig` (the test split is its held-out videos),
-    else a `VideoFiles` source of whole videos.
+    `CodesVideos` for `CodesConfig`, else a `VideoFiles` source of whole videos.
 
     **Raises** `ValueError` for an unknown config type or split, and whatever the source
     raises for a missing or empty split.
@@ -56,6 +58,10 @@ def open_source(config: Any, split: str = "train") -> Any:
     if isinstance(config, MovingMNISTConfig):
         train, test = moving_mnist_splits(config, held_out_sequences=config.test_sequences)
         return train if split == "train" else test
+    if isinstance(config, CodesConfig):
+        from ._codes_pipeline import open_codes
+
+        return open_codes(config, split)
     if isinstance(config, TecoConfig):
         return TecoVideos(config.root, split, actions=config.actions)
     if isinstance(config, FrameFolderConfig):
@@ -88,7 +94,7 @@ class FrameSpec:
 def frame_spec(config: Any, split: str = "train") -> FrameSpec:
     """The frame height, width, channels and actions `make_dataset(config, split=split)`
     yields, read from the first readable video of the split (file formats) or the
-    config (Moving MNIST).
+    config (Moving MNIST); for codes, the frames they decode to (`seq_len` in frames).
 
     **Raises** `ValueError` if no video of the split can be read.
     """
@@ -96,6 +102,10 @@ def frame_spec(config: Any, split: str = "train") -> FrameSpec:
     if isinstance(config, MovingMNISTConfig):
         size = config.frame_size
         return FrameSpec(size, size, 1, config.seq_len, False, len(source))
+    if isinstance(config, CodesConfig):  # the frames the codes decode to
+        h, w, c = source.frame_shape
+        frames = config.seq_len * source.frames_per_step
+        return FrameSpec(h, w, c, frames, source.has_actions, len(source))
     assert isinstance(config, VideoFilesConfig) and isinstance(source, VideoFiles)
     errors = []
     for i in range(min(len(source), 16)):

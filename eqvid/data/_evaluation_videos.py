@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from ._codes import CodesConfig
 from ._config import MovingMNISTConfig, moving_mnist_splits
 from ._file_config import VideoFilesConfig
 
@@ -24,7 +25,8 @@ def evaluation_videos(
     not split over processes).
 
     Moving MNIST's test split is its held-out videos (digit images training never
-    shows), generated `length` frames long.
+    shows), generated `length` frames long. A codes dataset's frames are its codes
+    decoded by the tokenizer they were encoded with (`CodesVideos.tokenizer`).
 
     **Raises** `ValueError` if the split has fewer than `num_videos` videos that are at
     least `length` frames long (saying how many it has; with `require_all=False` it
@@ -43,6 +45,9 @@ def evaluation_videos(
         for start in range(0, num_videos, batch_size):
             stop = min(start + batch_size, num_videos)
             yield np.stack([held_out[i]["video"] for i in range(start, stop)]), None
+        return
+    if isinstance(config, CodesConfig):
+        yield from _decoded_codes(config, num_videos, length, batch_size, require_all)
         return
     if not isinstance(config, VideoFilesConfig):
         raise ValueError(
@@ -79,3 +84,29 @@ def evaluation_videos(
         f"{config.frame_stride}), fewer than the {num_videos} asked for; ask for fewer videos or "
         "a shorter context + horizon."
     )
+
+
+def _decoded_codes(
+    config: CodesConfig, num_videos: int, length: int, batch_size: int, require_all: bool
+) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+    from ._codes import codes_to_frames
+    from ._codes_pipeline import open_codes
+
+    source = open_codes(config, "test")
+    k = source.frames_per_step
+    steps = -(-length // k)  # the steps of codes that cover `length` frames
+    chosen = [i for i in range(len(source)) if source.shapes[i][0] >= steps][:num_videos]
+    if len(chosen) < num_videos and (require_all or not chosen):
+        raise ValueError(
+            f"evaluation_videos: the test split of {source.folder!r} has {len(chosen)} "
+            f"entries with at least {steps * k} frames ({steps} steps of codes), fewer than "
+            f"the {num_videos} asked for; ask for fewer videos or a shorter context + horizon."
+        )
+    tokenizer = source.tokenizer()
+    for start in range(0, len(chosen), batch_size):
+        items = [source.read_window(i, steps, None) for i in chosen[start : start + batch_size]]
+        frames = codes_to_frames(tokenizer, np.stack([x["codes"] for x in items]))[:, :length]
+        actions = None
+        if source.has_actions:
+            actions = np.stack([x["actions"][:length] for x in items]).astype(np.int32)
+        yield frames, actions

@@ -20,6 +20,7 @@ import jax
 import numpy as np
 
 from ._bad_video import BadVideoError, BadVideoWarning
+from ._codes import CodesConfig
 from ._config import MovingMNISTConfig
 from ._datasets import open_source
 from ._epochs import EpochOrder
@@ -182,7 +183,9 @@ def make_dataset(
     **Arguments**
 
     - `source`: a dataset config (`MovingMNISTConfig`, `TecoConfig`,
-      `FrameFolderConfig`, `VideoFolderConfig`, `ArrayRecordConfig`), or a
+      `FrameFolderConfig`, `VideoFolderConfig`, `ArrayRecordConfig`, or
+      `CodesConfig`, whose batches are `{"codes": int32 (batch, seq_len, code_height,
+      code_width)}` and actions instead of frames), or a
       random-access source (`len(source)`, `source[i]`) whose items are dicts with a
       `uint8` `"video"` `(time, height, width, channels)` of one length, e.g.
       `MovingMNIST` (batched as they are, scaled to `[-1, 1]`), and optionally
@@ -238,7 +241,32 @@ def make_dataset(
         raise ValueError(f"make_dataset: `window` must be 'random' or 'start'; got {window!r}.")
     if split not in ("train", "test"):
         raise ValueError(f"make_dataset: `split` must be 'train' or 'test'; got {split!r}.")
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+    process_count = _check_int("process_count", process_count, 1)
+    process_index = _check_int("process_index", process_index, 0)
+    if process_index >= process_count:
+        raise ValueError(
+            f"make_dataset: `process_index`={process_index} must be < `process_count`={process_count}."
+        )
     config = None
+    if isinstance(source, CodesConfig):  # windows of codes, not frames
+        from ._codes_pipeline import codes_dataset
+
+        return codes_dataset(
+            source,
+            split=split,
+            batch_size=batch_size,
+            seed=seed,
+            shuffle=bool(shuffle),
+            num_epochs=num_epochs,
+            num_workers=num_workers,
+            drop_remainder=bool(drop_remainder),
+            random_window=window == "random",
+            process_index=process_index,
+            process_count=process_count,
+            mark_flags=_mark_absl_flags_parsed,
+        )
     if isinstance(source, (MovingMNISTConfig, VideoFilesConfig)):
         config, source = source, open_source(source, split)
     elif not (hasattr(source, "__len__") and hasattr(source, "__getitem__")):
@@ -250,14 +278,6 @@ def make_dataset(
     if num_examples == 0:
         raise ValueError(f"make_dataset: `source` is empty ({source!r}).")
 
-    process_index = jax.process_index() if process_index is None else process_index
-    process_count = jax.process_count() if process_count is None else process_count
-    process_count = _check_int("process_count", process_count, 1)
-    process_index = _check_int("process_index", process_index, 0)
-    if process_index >= process_count:
-        raise ValueError(
-            f"make_dataset: `process_index`={process_index} must be < `process_count`={process_count}."
-        )
     if drop_remainder and batch_size * process_count > num_examples:
         raise ValueError(
             f"make_dataset: one global batch (`batch_size`={batch_size} × {process_count} "
