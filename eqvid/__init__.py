@@ -31,6 +31,7 @@ from . import kernels as kernels
 from . import nn as nn
 from .kernels import AttentionMask as AttentionMask
 from .models import CONVS5_PRESETS as CONVS5_PRESETS
+from .models import AbstractLatentVideoModel as AbstractLatentVideoModel
 from .models import AbstractModel as AbstractModel
 from .models import AbstractRecurrentVideoModel as AbstractRecurrentVideoModel
 from .models import AbstractVideoModel as AbstractVideoModel

@@ -70,7 +70,7 @@ def test_sharding_rules_follow_the_declared_roles():
         jax.tree_util.keystr(p): s.spec
         for p, s in jax.tree_util.tree_flatten_with_path(shardings)[0]
     }
-    block = ".blocks[0]"
+    block = ".temporal.blocks[0]"
     assert specs[block + ".attention.query_weight"] == P("fsdp", "model", None)
     assert specs[block + ".attention.output_weight"] == P("model", None, "fsdp")
     assert specs[block + ".mlp_in.weight"] == P("fsdp", "model")
@@ -80,7 +80,7 @@ def test_sharding_rules_follow_the_declared_roles():
     # Optimiser state follows its parameter (the same role at the same path suffix).
     opt_state = optax.adam(1e-3).init(params)
     mu = tree_shardings(opt_state, mesh, 64, plan.model_dims())[0].mu
-    assert mu.blocks[0].attention.query_weight.spec == P("fsdp", "model", None)
+    assert mu.temporal.blocks[0].attention.query_weight.spec == P("fsdp", "model", None)
 
 
 def _videos(batch, length=4, size=16):

@@ -66,7 +66,9 @@ def test_transformer_parameters_keep_their_paths_and_roles(model):
     `eqvid.nn.TransformerBlock` declares which axis of each goes over `model`."""
     params = eqx.filter(model, eqx.is_inexact_array)
     paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
-    block = [p.removeprefix(".blocks[1]") for p in paths if p.startswith(".blocks[1].")]
+    block = [
+        p.removeprefix(".temporal.blocks[1]") for p in paths if p.startswith(".temporal.blocks[1].")
+    ]
     assert block == [
         ".norm1.weight",
         ".norm1.bias",
@@ -85,24 +87,25 @@ def test_transformer_parameters_keep_their_paths_and_roles(model):
         ".mlp_out.weight",
         ".mlp_out.bias",
     ]
-    top = [p for p in paths if not p.startswith((".blocks", ".encoder", ".decoder"))]
+    top = [p for p in paths if not p.startswith((".temporal.blocks", ".encoder", ".decoder"))]
     assert top == [
         ".action_embedding",
-        ".patch_weight",
-        ".start_token",
-        ".embed.weight",
-        ".embed.bias",
-        ".head.weight",
-        ".head.bias",
-        ".head_norm.weight",
-        ".head_norm.bias",
-        ".unpatch_weight",
+        ".temporal.patch_weight",
+        ".temporal.start_token",
+        ".temporal.embed.weight",
+        ".temporal.embed.bias",
+        ".temporal.head.weight",
+        ".temporal.head.bias",
+        ".temporal.head_norm.weight",
+        ".temporal.head_norm.bias",
+        ".temporal.unpatch_weight",
     ]
-    roles = eqvid.nn.parameter_roles(model).blocks[0]
+    roles = eqvid.nn.parameter_roles(model).temporal.blocks[0]
     assert roles.mlp_in.weight.model_dim() == 1 and roles.mlp_out.weight.model_dim() == 0
     assert roles.attention.query_weight.model_dim() == 1
     assert roles.attention.output_weight.model_dim() == 0
-    assert model.blocks[0].activation == "gelu_sigmoid" and model.blocks[0].norm == "pre"
+    block = model.temporal.blocks[0]
+    assert block.activation == "gelu_sigmoid" and block.norm == "pre"
 
 
 def test_small_preset_and_unknown_preset():

@@ -89,6 +89,8 @@ class FrameSpec:
     has_actions: bool
     num_videos: int
     """Videos in the split."""
+    tokenizer: str = ""
+    """For codes: the tokenizer folder they were encoded with (`""` for frames)."""
 
 
 def frame_spec(config: Any, split: str = "train") -> FrameSpec:
@@ -105,7 +107,8 @@ def frame_spec(config: Any, split: str = "train") -> FrameSpec:
     if isinstance(config, CodesConfig):  # the frames the codes decode to
         h, w, c = source.frame_shape
         frames = config.seq_len * source.frames_per_step
-        return FrameSpec(h, w, c, frames, source.has_actions, len(source))
+        path = source.meta["tokenizer"]["path"]
+        return FrameSpec(h, w, c, frames, source.has_actions, len(source), path)
     assert isinstance(config, VideoFilesConfig) and isinstance(source, VideoFiles)
     errors = []
     for i in range(min(len(source), 16)):

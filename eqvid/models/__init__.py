@@ -15,6 +15,8 @@ from ._abstract import LossTerms as LossTerms
 from ._abstract import VideoBatch as VideoBatch
 from ._abstract import mean_over_videos as mean_over_videos
 from ._abstract import per_video_keys as per_video_keys
+from ._latent import AbstractLatentVideoModel as AbstractLatentVideoModel
+from ._latent import check_latent_batch as check_latent_batch
 from ._recurrent import AbstractRecurrentVideoModel as AbstractRecurrentVideoModel
 from ._recurrent import RecurrentConfig as RecurrentConfig
 from ._registry import MODELS as MODELS

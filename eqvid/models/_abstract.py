@@ -15,23 +15,47 @@ from jaxtyping import Array, ArrayLike, Float, Int, Key, PRNGKeyArray, Scalar
 
 class VideoBatch(eqx.Module):
     """A batch of videos as training sees it: `video` `(batch, time, height, width,
-    channels)` in `[-1, 1]`, and optional `actions` `(batch, time)` int32 (`-1`: no
-    action)."""
+    channels)` in `[-1, 1]`, or (for the latent models, from `--dataset codes`) their
+    tokenizer's `codes` `(batch, steps, code_height, code_width)`, and optional
+    `actions` `(batch, time)` int32 (`-1`: no action), one per frame."""
 
-    video: Float[Array, "batch time height width channels"]
+    video: Float[Array, "batch time height width channels"] | None = None
     actions: Int[Array, "batch time"] | None = None
+    codes: Int[Array, "batch steps code_height code_width"] | None = None
 
     def __check_init__(self):
-        if self.actions is not None and self.actions.shape != self.video.shape[:2]:
+        if self.video is None and self.codes is None:
+            raise ValueError("VideoBatch: give `video` or `codes`; got neither.")
+        if self.actions is None:
+            return
+        if self.video is not None and self.actions.shape != self.video.shape[:2]:
             raise ValueError(
                 f"VideoBatch: `actions` must be (batch, time) = {self.video.shape[:2]} to "
                 f"match `video`, got {self.actions.shape}."
             )
+        if self.codes is not None and self.actions.shape[0] != self.codes.shape[0]:
+            raise ValueError(
+                f"VideoBatch: `actions` must have the codes' batch size {self.codes.shape[0]}, "
+                f"got {self.actions.shape}."
+            )
+
+    def frames(self, owner: str) -> Float[Array, "batch time height width channels"]:
+        """`video`; a `ValueError` naming `owner` (a model that trains on frames) if the
+        batch holds codes instead."""
+        if self.video is None:
+            raise ValueError(
+                f"{owner} trains on frames, but this batch holds a tokenizer's codes: "
+                "--dataset codes is for the latent models (TECO, ConvS5 on latents); train "
+                f"{owner} on the frames (--dataset teco / moving_mnist / ...)."
+            )
+        return self.video
 
     @property
     def size(self) -> int:
         """The number of videos."""
-        return self.video.shape[0]
+        held = self.video if self.video is not None else self.codes
+        assert held is not None
+        return held.shape[0]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,5 +211,6 @@ def mean_over_videos(
     """`(loss, terms)` averaged over the batch, from `per_video_loss(video, actions,
     key) -> (loss, terms)` applied to each video with its own key (`vmap`)."""
     keys = per_video_keys(key, batch.size)
-    loss, terms = jax.vmap(per_video_loss)(batch.video, batch.actions, keys)
+    video = batch.frames("mean_over_videos")
+    loss, terms = jax.vmap(per_video_loss)(video, batch.actions, keys)
     return jnp.mean(loss), {name: jnp.mean(value) for name, value in terms.items()}

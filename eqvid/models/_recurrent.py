@@ -174,7 +174,7 @@ class AbstractRecurrentVideoModel(AbstractVideoModel):
         averaged over the batch, with its terms `squared_error` and `absolute_error`;
         `key` drives dropout (`None`: deterministic). No model state."""
         del step
-        actions = check_video_batch(self, batch.video, batch.actions)
+        actions = check_video_batch(self, batch.frames(type(self).__name__), batch.actions)
 
         def one(video, actions, key):
             check_teacher_forcing(self, video)
@@ -183,7 +183,9 @@ class AbstractRecurrentVideoModel(AbstractVideoModel):
             predictions = self._teacher_forced(video, actions, key)
             return released_loss(predictions, video[1:], self.config.loss_weight)
 
-        loss, terms = mean_over_videos(one, VideoBatch(batch.video, actions), key)
+        loss, terms = mean_over_videos(
+            one, VideoBatch(batch.frames(type(self).__name__), actions), key
+        )
         return loss, terms, state
 
     def step(

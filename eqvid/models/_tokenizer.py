@@ -24,6 +24,7 @@ class AbstractVideoTokenizer(AbstractModel):
       (`code_shape` says which for a given video size; a per-frame tokenizer keeps
       the time axis);
     - `decode(codes)` maps codes back to a video;
+    - `embed(codes)` gives the codebook vectors of codes (`embed_dim` long);
     - `reconstruct(video)` is `decode(encode(video))`.
 
     Training shows input | reconstruction samples, and its report scores the
@@ -54,6 +55,16 @@ class AbstractVideoTokenizer(AbstractModel):
         self, codes: Int[Array, "code_time code_height code_width"]
     ) -> Float[Array, "time height width channels"]:
         """The video of one grid of codes (not clipped to `[-1, 1]`)."""
+
+    @property
+    @abc.abstractmethod
+    def embed_dim(self) -> int:
+        """The length of a code's vector (`embed`)."""
+
+    @abc.abstractmethod
+    def embed(self, codes: Int[Array, "*shape"]) -> Float[Array, "*shape {self.embed_dim}"]:
+        """The codebook vectors of `codes` (any shape), as the decoder reads them: what
+        the latent models (TECO, ConvS5 on latents) take as their input."""
 
     def reconstruct(
         self, video: Float[Array, "time height width channels"]

@@ -22,13 +22,10 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, Scalar
 
-from ..kernels.attention import AttentionImpl, AttentionMask
-from ..nn._activations import gelu
-from ..nn._dense import Dense
-from ..nn._embeddings import sinusoidal_positions
-from ..nn._norm import LayerNorm
+from ..kernels.attention import AttentionImpl
 from ..nn._resnet import ResNetDecoder, ResNetEncoder
-from ..nn._transformer import KVCache, TransformerBlock
+from ..nn._temporal_transformer import TemporalTransformer
+from ..nn._transformer import KVCache
 from ._abstract import (
     AbstractVideoModel,
     GroupSettings,
@@ -158,12 +155,10 @@ class TransformerVideoModel(AbstractVideoModel):
     """The Transformer baseline of the ConvS5 paper (deterministic; teacher forcing).
 
     **Layers** (as released): ResNet encoder; action embedding tiled over the
-    latent grid and concatenated; patchifying convolution (kernel = stride =
-    `patch_size`, no bias) to `tokens_per_frame` tokens of `width`; input dense;
-    `n_layers` pre-LN blocks (`eqvid.nn.TransformerBlock`, MLP activation
-    `x · σ(1.702 x)`); output dense → GELU (tanh approximation) →
-    LayerNorm; transposed convolution (kernel = stride, no bias) to the
-    `d_model`-channel latent grid; ResNet decoder; `tanh`.
+    latent grid and concatenated; `eqvid.nn.TemporalTransformer` (patchifying
+    convolution to `tokens_per_frame` tokens of `width`, input dense, `n_layers`
+    pre-LN blocks, output dense → GELU → LayerNorm, transposed convolution to the
+    `d_model`-channel latent grid, the same trunk as TECO's); ResNet decoder; `tanh`.
 
     **Sequence layout.** Position ("slot") 0 holds a learned start token (one
     `width` vector per token of a frame, the released `sos`); slot `s ≥ 1` holds
@@ -187,43 +182,30 @@ class TransformerVideoModel(AbstractVideoModel):
 
     encoder: ResNetEncoder
     action_embedding: Float[Array, "actions embed"]
-    patch_weight: Float[Array, "patch patch c_in width"]
-    start_token: Float[Array, "tokens width"]
-    embed: Dense
-    blocks: tuple[TransformerBlock, ...]
-    head: Dense
-    head_norm: LayerNorm
-    unpatch_weight: Float[Array, "patch patch width d_model"]
+    temporal: TemporalTransformer
     decoder: ResNetDecoder
     config: TransformerConfig = eqx.field(static=True)
 
     def __init__(self, config: TransformerConfig, *, key: PRNGKeyArray):
         c = config
-        ke, ka, kp, ks, ki, kb, kh, ku, kd = jax.random.split(key, 9)
-        lecun = jax.nn.initializers.lecun_normal()
+        ke, ka, kt, kd = jax.random.split(key, 4)
         self.encoder = ResNetEncoder(c.channels, c.encoder_depths, patch=c.pixel_patch, key=ke)
         self.action_embedding = jax.random.normal(
             ka, (c.action_dim + 1, c.action_embed_dim), jnp.float32
         )
-        c_in = c.encoder_depths[-1] + c.action_embed_dim
-        p = c.patch_size
-        self.patch_weight = lecun(kp, (p, p, c_in, c.width), jnp.float32)
-        self.start_token = 0.02 * jax.random.normal(ks, (c.tokens_per_frame, c.width), jnp.float32)
-        self.embed = Dense(c.width, c.width, key=ki)
-        self.blocks = tuple(
-            TransformerBlock(
-                c.width,
-                c.n_heads,
-                c.mlp_dim,
-                activation="gelu_sigmoid",
-                impl=c.attention_impl,
-                key=k,
-            )
-            for k in jax.random.split(kb, c.n_layers)
+        self.temporal = TemporalTransformer(
+            c.encoder_depths[-1] + c.action_embed_dim,
+            c.d_model,
+            latent=c.latent_size,
+            patch=c.patch_size,
+            width=c.width,
+            n_layers=c.n_layers,
+            n_heads=c.n_heads,
+            mlp_dim=c.mlp_dim,
+            impl=c.attention_impl,
+            remat=c.remat,
+            key=kt,
         )
-        self.head = Dense(c.width, c.width, key=kh)
-        self.head_norm = LayerNorm(c.width)
-        self.unpatch_weight = lecun(ku, (p, p, c.width, c.d_model), jnp.float32)
         self.decoder = ResNetDecoder(
             c.d_model, c.encoder_depths, c.channels, patch=c.pixel_patch, key=kd
         )
@@ -237,64 +219,28 @@ class TransformerVideoModel(AbstractVideoModel):
         z = self.encoder(frames)
         a = embed_actions(self.action_embedding, actions)
         a = jnp.broadcast_to(a[..., None, None, :], z.shape[:-1] + a.shape[-1:])
-        z = jnp.concatenate([z, a], axis=-1)
-        g, p = self.config.grid_size, self.config.patch_size
-        t, c = z.shape[0], z.shape[-1]
-        z = z.reshape(t, g, p, g, p, c).transpose(0, 1, 3, 2, 4, 5).reshape(t, g * g, p, p, c)
-        tokens = jnp.einsum("tnijc,ijcw->tnw", z, self.patch_weight.astype(z.dtype))
-        return self.embed(tokens)
+        return self.temporal.tokens(jnp.concatenate([z, a], axis=-1))
 
     def _start(self):
-        return self.embed(self.start_token)[None]  # (1, F, width)
-
-    def _positions(self, first_slot, n_slots):
-        f = self.config.tokens_per_frame
-        pos = first_slot * f + jnp.arange(n_slots * f, dtype=jnp.int32)
-        return sinusoidal_positions(pos, self.config.width)
+        return self.temporal.start()  # (1, F, width)
 
     def _readout(self, h):
         """Transformer outputs `(..., F, width)` → frames `(..., H, W, C)` (output dense,
         GELU, LayerNorm, transposed conv, decoder, tanh)."""
-        h = self.head_norm(gelu(self.head(h), approximate=True))
-        g, p, d = self.config.grid_size, self.config.patch_size, self.config.d_model
-        lead = h.shape[:-2]
-        z = jnp.einsum("...nw,ijwd->...nijd", h, self.unpatch_weight.astype(h.dtype))
-        z = z.reshape(lead + (g, g, p, p, d))
-        z = jnp.moveaxis(z, -3, -4).reshape(lead + (g * p, g * p, d))
-        return jnp.tanh(self.decoder(z))
+        return jnp.tanh(self.decoder(self.temporal.readout(h)))
 
     def _transformer(self, slots):
         """Slots `(S, F, width)` (embedded, no positions) → outputs `(S, F, width)`."""
-        s, f, w = slots.shape
-        x = slots.reshape(s * f, w) + self._positions(0, s)
-        mask = AttentionMask.frame_causal(f)
-
-        def run(block, x):
-            return block(x, mask=mask)
-
-        if self.config.remat:
-            run = eqx.filter_checkpoint(run)
-        for block in self.blocks:
-            x = run(block, x)
-        return x.reshape(s, f, w)
+        return self.temporal(slots)
 
     def _transformer_cached(self, slots, caches, first_slot):
         """Slots `(S, F, width)` at `first_slot …` through the cached path."""
-        s, f, w = slots.shape
-        x = slots.reshape(s * f, w) + self._positions(first_slot, s)
-        mask = AttentionMask.frame_causal(f)
-        new = []
-        for block, cache in zip(self.blocks, caches):
-            x, cache = block.cached(x, cache, first_slot * f, mask=mask)
-            new.append(cache)
-        return x.reshape(s, f, w), tuple(new)
+        return self.temporal.cached(slots, caches, first_slot)
 
     def init_cache(self, n_slots: int) -> tuple[KVCache, ...]:
         """Zero key/value caches for `n_slots` slots (frames): per layer two arrays
         `(n_slots · tokens_per_frame, heads, head_dim)`."""
-        return tuple(
-            block.init_cache(n_slots * self.config.tokens_per_frame) for block in self.blocks
-        )
+        return self.temporal.init_cache(n_slots)
 
     # -- public API --------------------------------------------------------------
 
@@ -349,7 +295,7 @@ class TransformerVideoModel(AbstractVideoModel):
         the batch, with its terms `squared_error` and `absolute_error`. Deterministic
         (no dropout): `key` and `step` are unused; no model state."""
         del key, step
-        actions = check_video_batch(self, batch.video, batch.actions)
+        actions = check_video_batch(self, batch.frames(type(self).__name__), batch.actions)
 
         def one(video, actions, key):
             del key
@@ -359,7 +305,9 @@ class TransformerVideoModel(AbstractVideoModel):
             predictions = self._teacher_forced(video, actions)
             return released_loss(predictions, video[1:], self.config.loss_weight)
 
-        loss, terms = mean_over_videos(one, VideoBatch(batch.video, actions), None)
+        loss, terms = mean_over_videos(
+            one, VideoBatch(batch.frames(type(self).__name__), actions), None
+        )
         return loss, terms, state
 
     def generate(

@@ -239,6 +239,14 @@ class VQGAN2D(AbstractVideoTokenizer):
         """Frames from codes (unclipped, as taming's decoder)."""
         return self.decoder(self.post_quant_conv(self.quantize.lookup(codes)))
 
+    @property
+    def embed_dim(self) -> int:
+        return self.config.embed_dim
+
+    def embed(self, codes: Int[Array, "*shape"]) -> Float[Array, "*shape {self.embed_dim}"]:
+        """The codebook vectors of `codes` (unit vectors with a cosine codebook)."""
+        return self.quantize.lookup(codes)
+
     def reconstruct(
         self, video: Float[Array, "time height width channels"]
     ) -> Float[Array, "time height width channels"]:
@@ -282,7 +290,7 @@ class VQGAN2D(AbstractVideoTokenizer):
         `key` is given)."""
         c = self.config
         keys = per_video_keys(key, batch.size)
-        x = self._frames(batch.video, keys)
+        x = self._frames(batch.frames("VQGAN2D"), keys)
         if keys is None:
             k_drop = k_quant = None
         else:

@@ -491,6 +491,14 @@ class VQGAN3D(AbstractVideoTokenizer):
         decoder output divided by `pixel_scale`, unclipped)."""
         return self._pixels(self.quantize.lookup(codes)) / self.config.pixel_scale
 
+    @property
+    def embed_dim(self) -> int:
+        return self.config.embedding_dim
+
+    def embed(self, codes: Int[Array, "*shape"]) -> Float[Array, "*shape {self.embed_dim}"]:
+        """The codebook vectors of `codes` (unit vectors with a cosine codebook)."""
+        return self.quantize.lookup(codes)
+
     def reconstruct(
         self, video: Float[Array, "time height width channels"]
     ) -> Float[Array, "time height width channels"]:
@@ -589,7 +597,7 @@ class VQGAN3D(AbstractVideoTokenizer):
         c = self.config
         keys = per_video_keys(key, batch.size)
         training = keys is not None
-        clips = self._clips(batch.video, keys)
+        clips = self._clips(batch.frames("VQGAN3D"), keys)
         b, t = clips.shape[:2]
         model = self
         if self.bn_stats is not None and state is not None and not training:

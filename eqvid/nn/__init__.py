@@ -45,6 +45,7 @@ from ._sampling import depth_to_space as depth_to_space
 from ._sampling import space_to_depth as space_to_depth
 from ._sampling import upsample_nearest_2x as upsample_nearest_2x
 from ._sequence import AbstractSequenceLayer as AbstractSequenceLayer
+from ._temporal_transformer import TemporalTransformer as TemporalTransformer
 from ._transformer import KVCache as KVCache
 from ._transformer import TransformerBlock as TransformerBlock
 from ._vqgan3d_codec import BatchNorm3d as BatchNorm3d

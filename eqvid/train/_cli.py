@@ -296,6 +296,9 @@ def config_from_argv(
                     "take square frames: pass --frame-size N to crop and resize."
                 )
             model = dataclasses.replace(model, frame_size=frames.height, channels=frames.channels)
+            if frames.tokenizer and not getattr(model, "tokenizer", "x"):
+                # A latent model on codes: the tokenizer they were encoded with.
+                model = dataclasses.replace(model, tokenizer=frames.tokenizer)
         return TrainConfig(
             model=model,
             data=data,

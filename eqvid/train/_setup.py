@@ -128,15 +128,20 @@ class TrainingRun:
         """This process's share of a global batch → global arrays on the mesh, once the
         model has checked its known values (`AbstractModel.check_batch`: inside
         the compiled step they could not raise)."""
-        from ..models import VideoBatch
+        from ..models import AbstractLatentVideoModel, VideoBatch
 
-        self.rest.check_batch(batch["video"], batch.get("actions"))
-        sharding = batch_sharding(self.mesh)
-        video = jax.make_array_from_process_local_data(sharding, batch["video"])
         actions = batch.get("actions")
-        if actions is not None:
-            actions = jax.make_array_from_process_local_data(sharding, actions)
-        return VideoBatch(video, actions)
+        if "codes" in batch:  # a codes dataset: only the latent models take it
+            assert isinstance(self.rest, AbstractLatentVideoModel)
+            self.rest.check_codes_batch(batch["codes"], actions)
+        else:
+            self.rest.check_batch(batch["video"], actions)
+        sharding = batch_sharding(self.mesh)
+
+        def put(x):
+            return None if x is None else jax.make_array_from_process_local_data(sharding, x)
+
+        return VideoBatch(put(batch.get("video")), put(actions), put(batch.get("codes")))
 
     def close(self) -> None:
         self.checkpointer.close()  # waits for asynchronous saves to commit
@@ -223,6 +228,7 @@ def setup(config: TrainConfig) -> TrainingRun:
 
         init_key, train_key = jax.random.split(jax.random.key(rc.seed))
         model, model_state = make_model(config.model, key=init_key)
+        check_model_takes_data(model, config.data)
         plan = ParameterPlan(model)
         params, _ = plan.partition(model)
         optimizer = make_optimizer(config.optimizer, model, plan.trainable_roles(params), rc.steps)
@@ -298,3 +304,21 @@ def setup(config: TrainConfig) -> TrainingRun:
         start=start,
         train_key=train_key,
     )
+
+
+def check_model_takes_data(model: Any, data: Any) -> None:
+    """A `ValueError` unless `model` can train on what `data` yields: codes only for a
+    latent model, and then the codes of its own tokenizer."""
+    from ..data import CodesConfig, open_source
+    from ..data._codes import check_tokenizer
+    from ..models import AbstractLatentVideoModel
+
+    if not isinstance(data, CodesConfig):
+        return
+    if not isinstance(model, AbstractLatentVideoModel):
+        raise ValueError(
+            f"--dataset codes yields a tokenizer's codes, but {type(model).__name__} trains on "
+            "frames: train it on the frames, or choose a latent model (teco, convs5-latent, ...)."
+        )
+    source = open_source(data, "train")
+    check_tokenizer(source.meta, model.tokenizer, source.folder)

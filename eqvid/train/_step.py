@@ -191,9 +191,9 @@ def make_train_step(
 
         def losses(p):
             model = eqx.combine(plan.cast(p, dtype), plan.cast(rest, dtype))
-            video = part.video.astype(dtype)
+            video = None if part.video is None else part.video.astype(dtype)
             loss, terms, new_state = model.loss(
-                VideoBatch(video, part.actions), model_state, key=keys, step=step
+                VideoBatch(video, part.actions, part.codes), model_state, key=keys, step=step
             )
             loss = loss.astype(jnp.float32)
             terms = {k: v.astype(jnp.float32) for k, v in terms.items()}
