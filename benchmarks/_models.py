@@ -40,7 +40,7 @@ def library_step(name: str, preset: str, batch: VideoBatch, key, optimizer=None)
     """eqvid's own train step (`eqvid.train.make_train_step`) for model `name` on the
     one-device mesh, as `train()` runs it: `(step, train_state, rest)`; call
     `step(train_state, rest, batch, None, 1)`."""
-    config = config_for(name, preset, batch.video.shape[1])
+    config = config_for(name, preset, batch.frames("benchmark").shape[1])
     model, state = make_model(config, key=key)
     optimizer = optax.adam(1e-4) if optimizer is None else optimizer
     plan = ParameterPlan(model)

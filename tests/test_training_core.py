@@ -104,7 +104,7 @@ class ToyModel(AbstractVideoModel):
         return jnp.tanh(self.frozen_scale * jnp.mean(h, axis=-1, keepdims=True) + self.offset)
 
     def loss(self, batch, state=None, *, key=None, step=0):
-        x = batch.video
+        x = batch.frames("test")
         pred = self.predict(x[:, :-1])
         recon = jnp.mean(jnp.square(pred - x[:, 1:]))
         active = (jnp.asarray(step) >= self.config.critic_start).astype(recon.dtype)
@@ -409,7 +409,7 @@ def test_model_state_is_threaded_through_accumulated_micro_batches():
 
 def test_generation_needs_a_key_and_draws_per_key():
     model, _ = toy()
-    context = videos(batch=2).video
+    context = videos(batch=2).frames("test")
     a = eqvid.rollout(model, context, 3, key=jax.random.key(1))
     b = eqvid.rollout(model, context, 3, key=jax.random.key(1))
     c = eqvid.rollout(model, context, 3, key=jax.random.key(2))
@@ -437,8 +437,8 @@ class SSMProbe(AbstractVideoModel):
     def loss(self, batch, state=None, *, key=None, step=0):
         for name in ("lambda_re", "lambda_im", "log_step", "B", "C"):
             SEEN[name] = getattr(self.layer, name).dtype
-        SEEN["video"] = batch.video.dtype
-        y, _ = jax.vmap(self.layer)(batch.video)
+        SEEN["video"] = batch.frames("test").dtype
+        y, _ = jax.vmap(self.layer)(batch.frames("test"))
         return jnp.mean(jnp.square(y.astype(jnp.float32))), {}, state
 
     def generate(self, context, num_frames, *, key, actions=None):

@@ -128,7 +128,7 @@ def test_adaptive_weight_is_tamings_gradient_ratio_at_the_last_layer():
     model, _ = build(config, 1)
     batch = VideoBatch(videos(seed=1))
     _, terms, _ = model.loss(batch, step=5)
-    x = batch.video.reshape(-1, 16, 16, 1)
+    x = batch.frames("test").reshape(-1, 16, 16, 1)
     q, _ = model.quantize(model.quant_conv(model.encoder(x)))
     z = model.post_quant_conv(q.quantized)
 

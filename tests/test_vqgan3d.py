@@ -269,7 +269,7 @@ def test_ema_codebook_and_running_statistics_live_in_the_state():
     stats = new_state.get(model.bn_stats)
     assert len(stats) == n_stats == 14  # encoder 2 levels · 2 + final; decoder final + 2 · 4
     # The first norm (encoder level 0, res.norm1) normalises down(conv_first(x / 2)).
-    h = model.encoder.conv_first(0.5 * batch.video)
+    h = model.encoder.conv_first(0.5 * batch.frames("test"))
     h = np.asarray(model.encoder.conv_blocks[0].down(h), np.float64)
     flat = h.reshape(-1, h.shape[-1])
     np.testing.assert_allclose(stats[0][0], 0.1 * flat.mean(0), rtol=1e-4, atol=1e-6)
@@ -287,7 +287,7 @@ def test_ema_codebook_and_running_statistics_live_in_the_state():
     assert isinstance(norm, BatchNorm3d)
     np.testing.assert_allclose(norm.running_mean, stats[0][0])
     np.testing.assert_allclose(norm.running_var, stats[0][1])
-    assert folded.encode(batch.video[0]).shape == (2, 4, 4)
+    assert folded.encode(batch.frames("test")[0]).shape == (2, 4, 4)
 
 
 def test_without_lpips_weights_it_says_so_and_trains_without_the_term(tmp_path, monkeypatch):
