@@ -436,8 +436,8 @@ def test_example_cli_help_and_overrides(capsys):
         ]
     )
     assert config.model.d_model == 128 and config.model.encoder_depths == (8, 16)
-    assert config.model.frame_size == 32 == config.data.frame_size
     assert isinstance(config.data, MovingMNISTConfig)
+    assert config.model.frame_size == 32 == config.data.frame_size
     assert config.optimizer.lr == 5e-4 and config.run.resume and config.data.mnist_path is None
     default = example_config([])
     small = eqvid.ConvS5Config.preset("small")
@@ -447,6 +447,7 @@ def test_example_cli_help_and_overrides(capsys):
         "runs/convs5-mmnist",
         20,
     )
+    assert isinstance(default.data, MovingMNISTConfig)
     assert (default.data.frame_size, default.optimizer.lr) == (48, 2e-3)
     # `python -m eqvid.train` is the same command with the library's defaults.
     library = config_from_argv(["--steps", "7"])

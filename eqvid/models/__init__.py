@@ -49,3 +49,6 @@ from ._vqgan3d import VQGAN3D as VQGAN3D  # isort: skip
 from ._vqgan3d import VQGAN3D_PRESETS as VQGAN3D_PRESETS  # isort: skip
 from ._vqgan3d import VQGAN3DConfig as VQGAN3DConfig  # isort: skip
 from ._vqgan3d import TATSImageDiscriminator as TATSImageDiscriminator  # isort: skip
+from ._teco import TECO as TECO  # isort: skip
+from ._teco import TECO_PRESETS as TECO_PRESETS  # isort: skip
+from ._teco import TECOConfig as TECOConfig  # isort: skip

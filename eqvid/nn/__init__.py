@@ -25,6 +25,10 @@ from ._embeddings import sinusoidal_positions as sinusoidal_positions
 from ._embeddings import timestep_embedding as timestep_embedding
 from ._hippo import discretize_zoh as discretize_zoh
 from ._hippo import hippo_block_init as hippo_block_init
+from ._maskgit import MaskGitPrior as MaskGitPrior
+from ._maskgit import sample_confidence as sample_confidence
+from ._maskgit import sample_draft_and_revise as sample_draft_and_revise
+from ._maskgit import training_mask as training_mask
 from ._norm import GroupNorm as GroupNorm
 from ._norm import LayerNorm as LayerNorm
 from ._patch_discriminator import BatchNorm as BatchNorm
@@ -45,6 +49,8 @@ from ._sampling import depth_to_space as depth_to_space
 from ._sampling import space_to_depth as space_to_depth
 from ._sampling import upsample_nearest_2x as upsample_nearest_2x
 from ._sequence import AbstractSequenceLayer as AbstractSequenceLayer
+from ._temporal_core import AbstractTemporalCore as AbstractTemporalCore
+from ._temporal_core import TransformerCore as TransformerCore
 from ._temporal_transformer import TemporalTransformer as TemporalTransformer
 from ._transformer import KVCache as KVCache
 from ._transformer import TransformerBlock as TransformerBlock

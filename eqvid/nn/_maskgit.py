@@ -269,6 +269,12 @@ class MaskGitPrior(eqx.Module):
     (`net/LayerNorm_0`), `mlm` (`mlm/Dense_0`, `LayerNorm_0`, `AddBias_0`). With
     TECO's DMLab preset (`TECO_MASKGIT_PRESETS["dmlab"]`) that is 26,046,464
     parameters, as the original.
+
+    Differences from the original that leave the function and the parameter tree
+    alone: the attention projections start truncated LeCun-normal (the original:
+    untruncated fan-in normal); dropout is residual only (the original also drops
+    attention probabilities and MLP hidden units; every rate is 0 in TECO's
+    configs); LayerNorms compute in the input's dtype (the original's in float32).
     """
 
     shape: tuple[int, int] = eqx.field(static=True)
@@ -593,7 +599,6 @@ def sample_draft_and_revise(
     m: int = 2,
     temperature: float = 1.0,
     top_k: int | None = None,
-    tokens: Int[Array, "h w"] | None = None,
     return_history: bool = False,
 ) -> Int[Array, "h w"] | tuple[Int[Array, "h w"], Int[Array, "passes h w"]]:
     """TECO's draft-and-revise sampling of one frame (`MaskGit.sample`): starting all
@@ -611,7 +616,7 @@ def sample_draft_and_revise(
     **Returns:** the sampled tokens `(h, w)` in `[0, K)`, and with `return_history`
     the tokens after each pass `(passes, h, w)`.
     """
-    start = _check_start("sample_draft_and_revise", prior, tokens)
+    start = _check_start("sample_draft_and_revise", prior, None)
     k_masks, k_sample = jax.random.split(key)
     masks = draft_and_revise_masks(k_masks, start.shape, t_draft=t_draft, t_revise=t_revise, m=m)
     return sample_chunks(

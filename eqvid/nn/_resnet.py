@@ -4,6 +4,7 @@ Both act on any leading axes (`(*batch, height, width, channels)`), so a whole
 video (time as a batch axis) is encoded with one convolution per layer.
 """
 
+import itertools
 from collections.abc import Sequence
 
 import equinox as eqx
@@ -54,6 +55,12 @@ class ResNetBlock(eqx.Module):
         return skip + 0.1 * h
 
 
+def _check_blocks(owner: str, blocks: int) -> int:
+    if isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 1:
+        raise ValueError(f"{owner}: `blocks` must be an int >= 1, got {blocks!r}.")
+    return blocks
+
+
 def _check_patch(owner: str, patch: int) -> int:
     if isinstance(patch, bool) or not isinstance(patch, int) or patch < 1:
         raise ValueError(f"{owner}: `patch` must be an int >= 1, got {patch!r}.")
@@ -62,46 +69,62 @@ def _check_patch(owner: str, patch: int) -> int:
 
 class ResNetEncoder(eqx.Module):
     """`[space-to-depth p×p →] Conv3 → ResBlock(depths[0]) → [avg-pool 2× →
-    ResBlock(depths[i])]…`.
+    blocks × ResBlock(depths[i])]…`.
 
     Downsamples by `patch · 2 ** (len(depths) - 1)`; outputs `depths[-1]` channels.
     With `patch = p > 1` each `p × p` pixel block is first folded into the channels
     (`space_to_depth`, as PredRNN's `patch_size`), so the first stage runs at `1/p`
     of the resolution; `patch = 1` (the default) is the released TECO / ConvS5 encoder.
+    The first stage always has one block; each later stage has `blocks` (TECO's
+    `encoder.blocks`; the first block of a stage changes the channels).
     """
 
     stem: Conv2d
     blocks: tuple[ResNetBlock, ...]
     patch: int = eqx.field(static=True, default=1)
+    stage_blocks: int = eqx.field(static=True, default=1)
 
     def __init__(
-        self, in_channels: int, depths: Sequence[int], *, patch: int = 1, key: PRNGKeyArray
+        self,
+        in_channels: int,
+        depths: Sequence[int],
+        *,
+        patch: int = 1,
+        blocks: int = 1,
+        key: PRNGKeyArray,
     ):
         self.patch = _check_patch("ResNetEncoder", patch)
-        keys = jax.random.split(key, len(depths) + 1)
+        self.stage_blocks = _check_blocks("ResNetEncoder", blocks)
+        ins, outs = [depths[0]], [depths[0]]
+        for prev, depth in itertools.pairwise(depths):
+            ins += [prev] + [depth] * (blocks - 1)
+            outs += [depth] * blocks
+        keys = jax.random.split(key, len(outs) + 1)
         self.stem = Conv2d(in_channels * patch * patch, depths[0], 3, key=keys[0])
-        ins = [depths[0]] + list(depths[:-1])
-        self.blocks = tuple(ResNetBlock(i, o, key=k) for i, o, k in zip(ins, depths, keys[1:]))
+        self.blocks = tuple(ResNetBlock(i, o, key=k) for i, o, k in zip(ins, outs, keys[1:]))
 
     def __call__(
         self, x: Float[Array, "*batch height width c_in"]
     ) -> Float[Array, "*batch h_latent w_latent c_out"]:
-        p = self.patch
+        p, b = self.patch, self.stage_blocks
         check_channels("ResNetEncoder", x, self.stem.weight.shape[2] // (p * p), image=True)
         x = self.blocks[0](self.stem(space_to_depth(x, p)))
-        for block in self.blocks[1:]:
-            x = block(avg_pool_2x(x))
+        for i, block in enumerate(self.blocks[1:]):
+            if i % b == 0:
+                x = avg_pool_2x(x)
+            x = block(x)
         return x
 
 
 class ResNetDecoder(eqx.Module):
-    """Mirror of `ResNetEncoder`: `Conv3 → [ResBlock(d) → upsample 2×]… → ResBlock
-    → LayerNorm → dense`, with depths walked in reverse.
+    """Mirror of `ResNetEncoder`: `Conv3 → [blocks × ResBlock(d) → upsample 2×]… →
+    blocks × ResBlock → LayerNorm → dense`, with depths walked in reverse.
 
     As in the released ConvS5/TECO code, the stem maps to `depths[0]` channels
     (not `depths[-1]`); keeping it reproduces the papers' parameter counts. With
     `patch = p > 1` (the encoder's) the head predicts `p · p · out_channels` channels
-    that `depth_to_space` unfolds into `p × p` pixel blocks.
+    that `depth_to_space` unfolds into `p × p` pixel blocks. Each stage has `blocks`
+    blocks (TECO's `decoder.blocks`; the first of a stage changes the channels).
     """
 
     stem: Conv2d
@@ -109,6 +132,7 @@ class ResNetDecoder(eqx.Module):
     norm: LayerNorm
     head: Conv2d
     patch: int = eqx.field(static=True, default=1)
+    stage_blocks: int = eqx.field(static=True, default=1)
 
     def __init__(
         self,
@@ -117,13 +141,19 @@ class ResNetDecoder(eqx.Module):
         out_channels: int,
         *,
         patch: int = 1,
+        blocks: int = 1,
         key: PRNGKeyArray,
     ):
         self.patch = _check_patch("ResNetDecoder", patch)
-        keys = jax.random.split(key, len(depths) + 2)
+        self.stage_blocks = _check_blocks("ResNetDecoder", blocks)
+        ins, outs = [], []
+        prev = depths[0]
+        for depth in reversed(depths):
+            ins += [prev] + [depth] * (blocks - 1)
+            outs += [depth] * blocks
+            prev = depth
+        keys = jax.random.split(key, len(outs) + 2)
         self.stem = Conv2d(in_channels, depths[0], 3, key=keys[0])
-        outs = list(reversed(depths))
-        ins = [depths[0]] + outs[:-1]
         self.blocks = tuple(ResNetBlock(i, o, key=k) for i, o, k in zip(ins, outs, keys[1:]))
         self.norm = LayerNorm(depths[0])
         self.head = Conv2d(depths[0], out_channels * patch * patch, 1, key=keys[-1])
@@ -132,8 +162,11 @@ class ResNetDecoder(eqx.Module):
         self, x: Float[Array, "*batch h_latent w_latent c_in"]
     ) -> Float[Array, "*batch height width c_out"]:
         check_channels("ResNetDecoder", x, self.stem.weight.shape[2], image=True)
+        b = self.stage_blocks
         x = self.stem(x)
-        for block in self.blocks[:-1]:
-            x = upsample_nearest_2x(block(x))
-        x = self.blocks[-1](x)
+        last = len(self.blocks) - b
+        for i, block in enumerate(self.blocks):
+            x = block(x)
+            if (i + 1) % b == 0 and i < last:
+                x = upsample_nearest_2x(x)
         return depth_to_space(self.head(self.norm(x)), self.patch)

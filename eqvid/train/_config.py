@@ -3,6 +3,7 @@
 import dataclasses
 from typing import Any, Literal
 
+from ..data._codes import CodesConfig
 from ..data._config import MovingMNISTConfig
 from ..data._file_config import ArrayRecordConfig, FrameFolderConfig, TecoConfig, VideoFolderConfig
 from ..models import ConvS5Config, model_spec
@@ -10,7 +11,12 @@ from ._distributed import DistributedConfig
 from ._mesh import MeshConfig
 
 DatasetConfig = (
-    MovingMNISTConfig | TecoConfig | FrameFolderConfig | VideoFolderConfig | ArrayRecordConfig
+    MovingMNISTConfig
+    | TecoConfig
+    | FrameFolderConfig
+    | VideoFolderConfig
+    | ArrayRecordConfig
+    | CodesConfig
 )
 """The config of any dataset `train` reads."""
 
@@ -124,10 +130,11 @@ class TrainConfig:
                 raise ValueError(f"RunConfig: `{name}` must be ≥ 1, got {getattr(r, name)}.")
         # File datasets may keep their stored size (frame_size None): `train` then
         # checks the model against the frames it reads.
-        if self.data.frame_size is not None and self.model.frame_size != self.data.frame_size:
+        frame_size = getattr(self.data, "frame_size", None)  # codes: the tokenizer's frames
+        if frame_size is not None and self.model.frame_size != frame_size:
             raise ValueError(
                 f"TrainConfig: the model's frame_size ({self.model.frame_size}) must equal the "
-                f"data's frame_size ({self.data.frame_size})."
+                f"data's frame_size ({frame_size})."
             )
         if isinstance(self.data, MovingMNISTConfig) and self.model.channels != 1:
             raise ValueError(

@@ -1,0 +1,669 @@
+"""TECO (Yan et al. 2023, `wilson1yan/teco`): temporally consistent video generation on
+a VQ tokenizer's codes.
+
+Per frame, a posterior encoder reads the tokenizer's code vectors of the previous and
+current frame and a cosine codebook quantises its 8×8 output (the first `n_cond`
+frames stay unquantised); a temporal model (TECO's frame-causal transformer, behind
+`eqvid.nn.AbstractTemporalCore`) runs over the shifted latents with the actions; a
+MaskGit prior models each frame's latent codes given the temporal output; a decoder
+predicts the tokenizer's codes from the temporal output and the frame's latent.
+Generation samples the latent codes with MaskGit (draft-and-revise as TECO, or
+confidence-based) and takes the decoder's argmax; the temporal transformer keeps a
+key/value cache, so each frame costs the same however long the video.
+"""
+
+import dataclasses
+import typing
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, ArrayLike, Float, Int, Key, PRNGKeyArray, Scalar
+
+from ..kernels.attention import AttentionImpl
+from ..nn._dense import Dense
+from ..nn._maskgit import (
+    MaskGitPrior,
+    sample_confidence,
+    sample_draft_and_revise,
+    training_mask,
+)
+from ..nn._quantize import VectorQuantizer
+from ..nn._resnet import ResNetDecoder, ResNetEncoder
+from ..nn._roles import role
+from ..nn._temporal_core import AbstractTemporalCore, TransformerCore
+from ._abstract import GroupSettings, KeyOrKeys, LossTerms, per_video_keys
+from ._frames import embed_actions
+from ._latent import AbstractLatentVideoModel, check_latent_batch, tokenizer_argument
+from ._registry import ModelSpec, preset_of, register_model
+from ._tokenizer import AbstractVideoTokenizer
+
+Sampler = typing.Literal["draft-revise", "confidence"]
+
+
+@dataclasses.dataclass(frozen=True)
+class TECOConfig:
+    """Architecture, losses and sampler of a `TECO` model (TECO's config keys in
+    brackets). Presets: `TECOConfig.preset(name)`."""
+
+    frame_size: int = 64
+    """Height and width of the frames (the tokenizer's; set from the data)."""
+    channels: int = 3
+    """Colour channels of the frames (the tokenizer's; set from the data)."""
+    tokenizer: str = ""
+    """The tokenizer folder or training run the model stands on (with --dataset codes:
+    the one the codes were encoded with)."""
+    encoder_depths: tuple[int, ...] = (256, 512)
+    """Channels of the posterior encoder's stages (`encoder.depths`); each stage after
+    the first halves the code grid."""
+    encoder_blocks: int = 2
+    """ResNet blocks per encoder stage after the first (`encoder.blocks`)."""
+    decoder_depths: tuple[int, ...] = (256, 512)
+    """Channels of the decoder's stages, walked in reverse (`decoder.depths`)."""
+    decoder_blocks: int = 4
+    """ResNet blocks per decoder stage (`decoder.blocks`)."""
+    embedding_dim: int = 64
+    """Channels of the latent grid (`embedding_dim`)."""
+    codebook_size: int = 1024
+    """Codes of TECO's own latent codebook (`codebook.n_codes`)."""
+    codebook_dim: int = 32
+    """Width of the cosine codebook's projected space (`codebook.proj_dim`)."""
+    n_cond: int = 1
+    """Leading frames whose latents stay unquantised (`n_cond`)."""
+    drop_loss_rate: float = 0.9
+    """DropLoss: the decoder and prior losses see a random `1 - rate` of the time steps
+    (`drop_loss_rate`); 0 keeps them all."""
+    action_dim: int = 6
+    """Number of distinct actions (`action_dim`; -1 is no action)."""
+    action_embed_dim: int = 16
+    """Width of the action embedding (`action_embed_dim`)."""
+    use_actions: bool = True
+    """Condition on the actions (false: every action is 0, as TECO's Kinetics)."""
+    action_dropout: float = 0.5
+    """Probability that a whole sequence's actions are dropped to -1 in training
+    (`dropout_actions` with p = 0.5); 0 never."""
+    label_smoothing: float = 0.01
+    """Label smoothing of the decoder's cross-entropy (TECO: 0.01)."""
+    patch_size: int = 8
+    """Kernel and stride of the transformer's patchifying convolution (`z_ds`): tokens
+    per frame = (latent / patch_size)²."""
+    width: int = 1024
+    """Token width of the temporal transformer (`z_tfm.embed_dim`)."""
+    mlp_dim: int = 4096
+    """MLP width of the temporal transformer (`z_tfm.mlp_dim`)."""
+    n_heads: int = 16
+    """Attention heads of the temporal transformer (`z_tfm.num_heads`)."""
+    n_layers: int = 8
+    """Blocks of the temporal transformer (`z_tfm.num_layers`)."""
+    max_frames: int = 300
+    """Longest video the model is run on (`seq_len`): bounds the key/value cache."""
+    maskgit_vocab_dim: int = 256
+    """Width of the MaskGit token embedding (`z_git.vocab_dim`)."""
+    maskgit_width: int = 512
+    """Width of the MaskGit transformer (`z_git.embed_dim`)."""
+    maskgit_mlp_dim: int = 2048
+    """MLP width of the MaskGit transformer (`z_git.mlp_dim`)."""
+    maskgit_heads: int = 8
+    """Attention heads of the MaskGit transformer (`z_git.num_heads`)."""
+    maskgit_layers: int = 8
+    """Blocks of the MaskGit transformer (`z_git.num_layers`)."""
+    mask_schedule: str = "cosine"
+    """Masking schedule of MaskGit training (`z_git.mask_schedule`)."""
+    sampler: Sampler = "draft-revise"
+    """MaskGit sampling: TECO's draft-and-revise (uniform random chunks) or MaskGIT's
+    confidence-based decoding."""
+    t_draft: int = 8
+    """Draft passes (draft-and-revise), or decoding steps (confidence) (`T_draft`)."""
+    t_revise: int = 8
+    """Passes per revise round (`T_revise`)."""
+    revise_rounds: int = 2
+    """Revise rounds (`M`)."""
+    temperature: float = 1.0
+    """Sampling temperature of the latent codes."""
+    top_k: int = 0
+    """Sample the latent codes among the `top_k` most likely (0: all)."""
+    attention_impl: AttentionImpl = "auto"
+    """`eqvid.kernels.attention` implementation: "auto", "pallas", "xla" or "cudnn"."""
+    remat: bool = False
+    """Recompute the temporal blocks' activations in the backward pass."""
+
+    def __post_init__(self):
+        for name in (
+            "frame_size", "channels", "encoder_blocks", "decoder_blocks", "embedding_dim",
+            "codebook_size", "codebook_dim", "n_cond", "action_dim", "action_embed_dim",
+            "patch_size", "width", "mlp_dim", "n_heads", "n_layers", "maskgit_vocab_dim",
+            "maskgit_width", "maskgit_mlp_dim", "maskgit_heads", "maskgit_layers", "t_draft",
+            "t_revise",
+        ):  # fmt: skip
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"TECOConfig: `{name}` must be an int >= 1; got {value!r}.")
+        for name in ("revise_rounds", "top_k"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"TECOConfig: `{name}` must be an int >= 0; got {value!r}.")
+        for name in ("drop_loss_rate", "action_dropout", "label_smoothing"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"TECOConfig: `{name}` must be in [0, 1); got {value!r}.")
+        if not self.temperature > 0:
+            raise ValueError(f"TECOConfig: `temperature` must be > 0; got {self.temperature!r}.")
+        if self.max_frames <= self.n_cond:
+            raise ValueError(
+                f"TECOConfig: `max_frames` ({self.max_frames}) must exceed `n_cond` "
+                f"({self.n_cond})."
+            )
+        if self.sampler not in typing.get_args(Sampler):
+            raise ValueError(
+                f"TECOConfig: `sampler` must be one of {typing.get_args(Sampler)}; got "
+                f"{self.sampler!r}."
+            )
+        for name in ("encoder_depths", "decoder_depths"):
+            depths = getattr(self, name)
+            if not depths or any(d < 1 for d in depths):
+                raise ValueError(f"TECOConfig: `{name}` must be positive ints; got {depths!r}.")
+
+    @classmethod
+    def preset(cls, name: str) -> "TECOConfig":
+        """A named configuration (`"dmlab"`, `"minecraft"`, `"habitat"`, `"kinetics600"`,
+        and `"small"` for a CPU)."""
+        return preset_of(cls, name)
+
+
+TECO_PRESETS: dict[str, TECOConfig] = {
+    # wilson1yan/teco configs/*.yaml (TECO's own, with the transformer).
+    "dmlab": TECOConfig(),
+    "minecraft": TECOConfig(
+        frame_size=128,
+        encoder_blocks=4,
+        decoder_blocks=6,
+        embedding_dim=128,
+        n_layers=12,
+        maskgit_width=768,
+        maskgit_mlp_dim=3072,
+        maskgit_heads=12,
+        maskgit_layers=6,
+        action_dropout=0.0,
+    ),
+    "habitat": TECOConfig(
+        frame_size=128,
+        encoder_blocks=4,
+        decoder_blocks=8,
+        embedding_dim=256,
+        codebook_size=2048,
+        patch_size=4,
+        maskgit_width=1024,
+        maskgit_mlp_dim=4096,
+        maskgit_heads=16,
+        maskgit_layers=16,
+    ),
+    "kinetics600": TECOConfig(
+        frame_size=128,
+        encoder_blocks=8,
+        decoder_blocks=10,
+        embedding_dim=256,
+        patch_size=2,
+        width=1536,
+        mlp_dim=6144,
+        n_heads=24,
+        n_layers=24,
+        max_frames=100,
+        maskgit_width=1024,
+        maskgit_mlp_dim=4096,
+        maskgit_heads=16,
+        maskgit_layers=24,
+        use_actions=False,
+        action_dropout=0.0,
+    ),
+    # CPU-sized: a 16×16 code grid (e.g. the small 2D VQGAN's 64×64 frames) → 8×8
+    # latents → 2×2 = 4 tokens per frame.
+    "small": TECOConfig(
+        encoder_depths=(32, 64),
+        encoder_blocks=1,
+        decoder_depths=(32, 64),
+        decoder_blocks=1,
+        embedding_dim=16,
+        codebook_size=64,
+        codebook_dim=8,
+        patch_size=4,
+        width=64,
+        mlp_dim=256,
+        n_heads=4,
+        n_layers=2,
+        maskgit_vocab_dim=32,
+        maskgit_width=64,
+        maskgit_mlp_dim=256,
+        maskgit_heads=4,
+        maskgit_layers=2,
+        t_draft=4,
+        t_revise=4,
+        revise_rounds=1,
+    ),
+}
+
+
+def drop_loss_frames(
+    key: PRNGKeyArray | None, length: int, n_cond: int, rate: float
+) -> Int[Array, " kept"]:
+    """The frames DropLoss keeps for the losses of a `length`-frame window: with a
+    `key` and `rate > 0`, `max(1, int((1 - rate) · (length - n_cond)))` frames drawn with
+    replacement as TECO draws them (`randint(0, length)`, an index past the last target
+    clamped to it, offset by `n_cond`); otherwise every target frame `n_cond …
+    length - 1`."""
+    count = length - n_cond
+    if key is None or rate <= 0:
+        return n_cond + jnp.arange(count, dtype=jnp.int32)
+    kept = max(1, int((1 - rate) * count))
+    return n_cond + jnp.clip(jax.random.randint(key, (kept,), 0, length), 0, count - 1)
+
+
+def drop_actions(
+    keys: Key[Array, " batch"], actions: Int[Array, "batch time"], rate: float
+) -> Int[Array, "batch time"]:
+    """TECO's action dropout: each sequence's actions all become -1 (no action) with
+    probability `rate` (one draw per sequence from its own key), so one model learns
+    action-conditioned and unconditional prediction."""
+    drop = jax.vmap(lambda k: jax.random.bernoulli(k, rate))(keys)
+    return jnp.where(drop[:, None], -1, actions)
+
+
+class LatentCodebook(eqx.Module):
+    """TECO's codebook (`Codebook`, `teco/models/base.py`): project to `dim`
+    (`proj_in`, no bias), l2-normalise, pick the nearest of `n` unit codes (cosine),
+    straight-through in the normalised space, project back (`proj_out`, no bias).
+
+    Losses as TECO logs them: `commitment = 0.25 · ½ mean‖z - sg(q)‖²` and `codebook =
+    ½ mean‖sg(z) - q‖²` over every element."""
+
+    proj_in: Dense
+    proj_out: Dense
+    quantizer: VectorQuantizer
+
+    def __init__(self, embedding_dim: int, n: int, dim: int, *, key: PRNGKeyArray):
+        ki, ko, kq = jax.random.split(key, 3)
+        self.proj_in = Dense(embedding_dim, dim, use_bias=False, key=ki)
+        self.proj_out = Dense(dim, embedding_dim, use_bias=False, key=ko)
+        self.quantizer = VectorQuantizer(n, dim, cosine=True, key=kq)
+
+    def __call__(self, z: Float[Array, "*shape embedding"]):
+        """`(vectors (straight-through, projected back), codes, commitment, codebook,
+        perplexity)`."""
+        q, _ = self.quantizer(self.proj_in(z))
+        return (
+            self.proj_out(q.quantized),
+            q.codes,
+            0.25 * 0.5 * q.commitment_loss,
+            0.5 * q.codebook_loss,
+            q.perplexity,
+        )
+
+    def lookup(self, codes: Int[Array, "*shape"]) -> Float[Array, "*shape embedding"]:
+        """The latent vectors of codes: `proj_out(codebook[codes])`."""
+        return self.proj_out(self.quantizer.lookup(codes))
+
+
+class TECO(AbstractLatentVideoModel):
+    """TECO on a frozen tokenizer's codes (see the module docstring).
+
+    **Per video** (codes `(T, S, S)` of the tokenizer, actions `(T,)`):
+
+    ```
+    e_t   = tokenizer.embed(codes_t)                       (S, S, E)  frozen
+    out_t = dense(encoder([e_{t-1}, e_t]))                 (s, s, D)  e_{-1} = sos_post (learned)
+    z_t, k_t = codebook(out_t)                             cosine VQ, straight-through
+    l_t   = out_t (t < n_cond) else z_t                    the latents
+    y_j   = temporal([l_j, a_{j+1}] for j ≤ ...)           causal; y_j predicts frame j + 1
+    loss on frames f ≥ n_cond (DropLoss: a random subset):
+      trans  = MaskGit CE of k_f on masked positions, given y_{f-1}   (× s², as TECO)
+      recon  = Σ_{S×S} CE(decoder([y_{f-1}, z_f]), codes_f, smoothed)
+      loss   = recon + trans + commitment + codebook
+    ```
+
+    Generation: the context's latents through the temporal model (cached), then per
+    frame: MaskGit samples `k_f` given `y_{f-1}`, `z_f = codebook.lookup(k_f)`, the
+    decoder's argmax gives the tokenizer's codes, `[z_f, a_{f+1}]` is the next input.
+    """
+
+    tokenizer: AbstractVideoTokenizer = eqx.field(metadata=role(frozen=True))
+    sos_post: Float[Array, "code code embed"]
+    encoder: ResNetEncoder
+    encoder_out: Dense
+    codebook: LatentCodebook
+    action_embedding: Float[Array, "actions embed"]
+    temporal: AbstractTemporalCore
+    prior: MaskGitPrior
+    decoder: ResNetDecoder
+    config: TECOConfig = eqx.field(static=True)
+    code_size: int = eqx.field(static=True)
+
+    def __init__(
+        self,
+        config: TECOConfig,
+        *,
+        key: PRNGKeyArray,
+        tokenizer: AbstractVideoTokenizer | None = None,
+    ):
+        c = config
+        tok = tokenizer_argument("TECO", c, tokenizer)
+        shape = tok.code_shape(1, c.frame_size, c.frame_size)
+        if shape[1] != shape[2]:
+            raise ValueError(f"TECO: the tokenizer's code grid must be square; got {shape[1:]}.")
+        size = shape[1]
+        latent = size // 2 ** (len(c.encoder_depths) - 1)
+        if latent * 2 ** (len(c.encoder_depths) - 1) != size or latent % c.patch_size:
+            raise ValueError(
+                f"TECO: the tokenizer's {size}×{size} code grid over {len(c.encoder_depths)} "
+                f"encoder stages gives {size / 2 ** (len(c.encoder_depths) - 1):g}×… latents, "
+                f"which patch_size {c.patch_size} must divide; choose encoder_depths / "
+                "patch_size for this tokenizer."
+            )
+        ks, ke, ko, kc, ka, kt, kp, kd = jax.random.split(key, 8)
+        e = tok.embed_dim
+        self.tokenizer = tok
+        self.sos_post = 0.02 * jax.random.normal(ks, (size, size, e), jnp.float32)
+        self.encoder = ResNetEncoder(2 * e, c.encoder_depths, blocks=c.encoder_blocks, key=ke)
+        self.encoder_out = Dense(c.encoder_depths[-1], c.embedding_dim, key=ko)
+        self.codebook = LatentCodebook(c.embedding_dim, c.codebook_size, c.codebook_dim, key=kc)
+        self.action_embedding = jax.random.normal(
+            ka, (c.action_dim + 1, c.action_embed_dim), jnp.float32
+        )
+        self.temporal = TransformerCore(
+            c.embedding_dim + c.action_embed_dim,
+            c.embedding_dim,
+            latent=latent,
+            patch=c.patch_size,
+            width=c.width,
+            n_layers=c.n_layers,
+            n_heads=c.n_heads,
+            mlp_dim=c.mlp_dim,
+            impl=c.attention_impl,
+            remat=c.remat,
+            key=kt,
+        )
+        self.prior = MaskGitPrior(
+            (latent, latent),
+            c.codebook_size,
+            c.embedding_dim,
+            dim=c.maskgit_width,
+            num_heads=c.maskgit_heads,
+            num_layers=c.maskgit_layers,
+            mlp_dim=c.maskgit_mlp_dim,
+            vocab_dim=c.maskgit_vocab_dim,
+            impl=c.attention_impl,
+            key=kp,
+        )
+        self.decoder = ResNetDecoder(
+            2 * c.embedding_dim, c.decoder_depths, tok.n_codes, blocks=c.decoder_blocks, key=kd
+        )
+        self.config = config
+        self.code_size = size
+
+    # -- pieces ------------------------------------------------------------------
+
+    @property
+    def latent_size(self) -> int:
+        return self.code_size // 2 ** (len(self.config.encoder_depths) - 1)
+
+    def _posterior(self, codes: Int[Array, "time code code"]):
+        """The encoder's outputs and their quantisation for every frame."""
+        emb = jax.lax.stop_gradient(self.tokenizer.embed(codes))
+        prev = jnp.concatenate([self.sos_post[None].astype(emb.dtype), emb[:-1]])
+        out = self.encoder_out(self.encoder(jnp.concatenate([prev, emb], axis=-1)))
+        z, k, commitment, codebook_loss, perplexity = self.codebook(out)
+        n = self.config.n_cond
+        latents = jnp.concatenate([out[:n], z[n:]])
+        return latents, z, k, commitment, codebook_loss, perplexity
+
+    def _inputs(self, latents, actions):
+        """Temporal inputs `[l_j, a_{j+1}]` for `j = 0 … len(latents) - 1` (`actions`
+        one longer than `latents`)."""
+        a = embed_actions(self.action_embedding, actions[1:]).astype(latents.dtype)
+        a = jnp.broadcast_to(a[:, None, None, :], latents.shape[:-1] + a.shape[-1:])
+        return jnp.concatenate([latents, a], axis=-1)
+
+    def _logits(self, deter, z):
+        return self.decoder(jnp.concatenate([deter, z], axis=-1))
+
+    # -- training ----------------------------------------------------------------
+
+    def _video_loss(self, codes, actions, key):
+        """Per video: `(recon CE sum over frames, (masked CE sum, mask count), frames,
+        commitment, codebook, perplexity)`."""
+        c = self.config
+        t, n = codes.shape[0], c.n_cond
+        latents, z, k, commitment, codebook_loss, perplexity = self._posterior(codes)
+        deter = self.temporal(self._inputs(latents[:-1], actions))  # y_0 … y_{T-2}
+        k_drop = k_mask = None
+        if key is not None:
+            k_drop, k_mask = jax.random.split(key)
+        frames = drop_loss_frames(k_drop, t, n, c.drop_loss_rate)
+        y = deter[frames - 1]
+        z_f, k_f, codes_f = z[frames], k[frames], codes[frames]
+        # MaskGit: a random mask per frame, the codes' logits given the temporal output.
+        if k_mask is None:
+            k_mask = jax.random.key(0)
+        masks = jax.vmap(lambda kk: training_mask(kk, k_f.shape[1:], c.mask_schedule))(
+            jax.random.split(k_mask, len(frames))
+        )
+        tokens = jnp.where(masks, -1, k_f)
+        logits = jax.vmap(self.prior)(tokens, y)
+        ce = -jnp.take_along_axis(
+            jax.nn.log_softmax(logits.astype(jnp.float32)), k_f[..., None], -1
+        )[..., 0]
+        masked_sum = jnp.sum(ce * masks.astype(ce.dtype))
+        mask_count = jnp.sum(masks.astype(jnp.int32))
+        # Decoder: the tokenizer's codes with label smoothing, summed over the grid.
+        recon = jax.nn.log_softmax(self._logits(y, z_f).astype(jnp.float32))
+        v = recon.shape[-1]
+        labels = jax.nn.one_hot(codes_f, v) * (1 - c.label_smoothing) + c.label_smoothing / v
+        recon_sum = -jnp.sum(labels * recon)
+        return recon_sum, masked_sum, mask_count, len(frames), commitment, codebook_loss, perplexity
+
+    def codes_loss(
+        self,
+        codes: Int[Array, "batch steps code_height code_width"],
+        actions: Int[Array, "batch frames"] | None,
+        state: eqx.nn.State | None = None,
+        *,
+        key: KeyOrKeys | None = None,
+        step: Int[ArrayLike, ""] = 0,
+    ) -> tuple[Scalar, LossTerms, eqx.nn.State | None]:
+        """TECO's loss and its terms `recon_loss`, `trans_loss`, `commitment_loss`,
+        `codebook_loss` (and `perplexity`, logged, not descended). Masked-token CE is
+        averaged over every masked position of the batch and scaled by the latent
+        grid's size; the decoder's CE is summed over the code grid and averaged over
+        the frames DropLoss keeps. `key=None` (evaluation): no action dropout, every
+        frame, fixed masks."""
+        del step
+        c = self.config
+        b, t = codes.shape[:2]
+        if t <= c.n_cond:
+            raise ValueError(
+                f"TECO: a training window needs more than n_cond = {c.n_cond} frames; got {t}."
+            )
+        if t > c.max_frames:
+            raise ValueError(
+                f"TECO: windows of {t} frames exceed max_frames = {c.max_frames}; train on "
+                "shorter windows (--seq-len) or raise max_frames."
+            )
+        keys = per_video_keys(key, b)
+        if actions is None or not c.use_actions:
+            actions = jnp.full((b, t), 0 if not c.use_actions else -1, jnp.int32)
+        loss_keys = None
+        if keys is not None:
+            if c.action_dropout > 0:
+                action_keys = jax.vmap(lambda kk: jax.random.fold_in(kk, 1))(keys)
+                actions = drop_actions(action_keys, actions, c.action_dropout)
+            loss_keys = jax.vmap(lambda kk: jax.random.fold_in(kk, 2))(keys)
+        if loss_keys is None:
+            out = jax.vmap(lambda cd, a: self._video_loss(cd, a, None))(codes, actions)
+        else:
+            out = jax.vmap(self._video_loss)(codes, actions, loss_keys)
+        recon_sum, masked_sum, mask_count, frames, commitment, codebook_loss, perplexity = out
+        grid = self.latent_size**2
+        recon_loss = jnp.sum(recon_sum) / jnp.sum(frames).astype(recon_sum.dtype)
+        masked = jnp.maximum(jnp.sum(mask_count), 1).astype(masked_sum.dtype)
+        trans_loss = jnp.sum(masked_sum) / masked * grid
+        commitment = jnp.mean(commitment)
+        codebook_loss = jnp.mean(codebook_loss)
+        loss = recon_loss + trans_loss + commitment + codebook_loss
+        terms = {
+            "recon_loss": recon_loss,
+            "trans_loss": trans_loss,
+            "commitment_loss": commitment,
+            "codebook_loss": codebook_loss,
+            "perplexity": jnp.mean(perplexity),
+        }
+        return loss, terms, state
+
+    # -- generation ---------------------------------------------------------------
+
+    def _sample_latent(self, deter, key) -> Array:
+        c = self.config
+        top_k = c.top_k or None
+        if c.sampler == "confidence":
+            out = sample_confidence(
+                self.prior, deter, key, steps=c.t_draft, temperature=c.temperature, top_k=top_k,
+                schedule=c.mask_schedule,
+            )  # fmt: skip
+        else:
+            out = sample_draft_and_revise(
+                self.prior, deter, key, t_draft=c.t_draft, t_revise=c.t_revise,
+                m=c.revise_rounds, temperature=c.temperature, top_k=top_k,
+            )  # fmt: skip
+        assert not isinstance(out, tuple)  # no history asked for
+        return out
+
+    def generate_codes(
+        self,
+        context: Int[Array, "context_steps code_height code_width"],
+        num_steps: int,
+        *,
+        key: PRNGKeyArray,
+        actions: Int[Array, " frames"] | None = None,
+        cache: bool = True,
+    ) -> Int[Array, "{num_steps} code_height code_width"]:
+        """Continue the codes of `context` (at least `n_cond` frames) by `num_steps`
+        frames: the context's latents are the posterior's; then per frame MaskGit
+        samples the latent codes given the temporal output, the decoder's argmax gives
+        the tokenizer's codes, and the sampled latent is the next input.
+
+        `cache=True`: the temporal transformer keeps a key/value cache (each frame
+        computes one frame's tokens); `cache=False`: it re-runs the whole sequence per
+        frame, as TECO's sampler. Both give the same frames for the same key.
+        """
+        c = self.config
+        n_ctx = context.shape[0]
+        if n_ctx < c.n_cond:
+            raise ValueError(
+                f"TECO.generate: the context has {n_ctx} frames, fewer than n_cond = "
+                f"{c.n_cond}; give at least {c.n_cond}."
+            )
+        if num_steps < 1:
+            raise ValueError(f"TECO.generate: `num_frames` must be >= 1; got {num_steps}.")
+        total = n_ctx + num_steps
+        if total > c.max_frames:
+            raise ValueError(
+                f"TECO.generate: context ({n_ctx}) + frames ({num_steps}) = {total} exceeds "
+                f"max_frames = {c.max_frames} (the temporal transformer's length); generate "
+                "fewer frames or build the model with a larger max_frames."
+            )
+        if actions is None or not c.use_actions:
+            actions = jnp.full((total,), 0 if not c.use_actions else -1, jnp.int32)
+        elif actions.shape != (total,):
+            raise ValueError(
+                f"TECO.generate: `actions` must cover context and generated frames, shape "
+                f"({total},); got {actions.shape}."
+            )
+        latents, *_ = self._posterior(context)
+        inputs = self._inputs(latents, actions[: n_ctx + 1])  # x_0 … x_{n_ctx-1}
+        keys = jax.random.split(key, num_steps)
+        steps = jnp.arange(num_steps, dtype=jnp.int32)
+
+        def frame(y, k):
+            latent_codes = self._sample_latent(y, k)
+            z = self.codebook.lookup(latent_codes)
+            codes = jnp.argmax(self._logits(y, z), axis=-1).astype(jnp.int32)
+            return z, codes
+
+        def next_input(z, i):
+            a = jax.lax.dynamic_slice_in_dim(actions, n_ctx + i, 2)
+            return self._inputs(z[None], a)[0]
+
+        temporal = self.temporal
+        if cache:
+            state, ys = temporal.prefill(temporal.init_state(total), inputs)
+
+            def cached(carry, xs):
+                state, y = carry
+                i, k = xs
+                z, codes = frame(y, k)
+                state, y = temporal.step(state, next_input(z, i), n_ctx + i)
+                return (state, y), codes
+
+            _, out = jax.lax.scan(cached, (state, ys[-1]), (steps, keys))
+            return out
+        if not isinstance(temporal, TransformerCore):
+            raise ValueError("TECO.generate: cache=False is the transformer's re-run path.")
+        buffer = jnp.zeros((total,) + inputs.shape[1:], inputs.dtype)
+        buffer = jax.lax.dynamic_update_slice_in_dim(buffer, inputs, 0, 0)
+
+        def full(buffer, xs):
+            i, k = xs
+            y = temporal.uncached_step(buffer, n_ctx - 1 + i)
+            z, codes = frame(y, k)
+            buffer = jax.lax.dynamic_update_index_in_dim(buffer, next_input(z, i), n_ctx + i, 0)
+            return buffer, codes
+
+        _, out = jax.lax.scan(full, buffer, (steps, keys))
+        return out
+
+    # -- contract -------------------------------------------------------------------
+
+    def check_codes_batch(
+        self,
+        codes: Int[np.ndarray, "batch steps code_height code_width"],
+        actions: Int[np.ndarray, "batch frames"] | None,
+    ) -> None:
+        """Codes of the tokenizer's grid and codebook; actions in `[-1, action_dim)`."""
+        check_latent_batch(
+            "TECO",
+            codes,
+            actions if self.config.use_actions else None,
+            n_codes=self.tokenizer.n_codes,
+            grid=(self.code_size, self.code_size),
+            num_actions=self.config.action_dim,
+        )
+
+    def check_batch(
+        self,
+        video: Float[np.ndarray, "batch time height width channels"],
+        actions: Int[np.ndarray, "batch time"] | None,
+    ) -> None:
+        """Frames of the tokenizer's size; actions in `[-1, action_dim)`."""
+        s, ch = self.config.frame_size, self.config.channels
+        if video.ndim != 5 or video.shape[2:] != (s, s, ch) or video.shape[0] < 1:
+            raise ValueError(
+                f"TECO: `video` must be (batch ≥ 1, time, {s}, {s}, {ch}) (the tokenizer's "
+                f"frames); got {video.shape}."
+            )
+        if actions is not None and self.config.use_actions and actions.size:
+            low, high = int(actions.min()), int(actions.max())
+            if low < -1 or high >= self.config.action_dim:
+                raise ValueError(
+                    f"TECO: action {low if low < -1 else high} is outside [-1, "
+                    f"{self.config.action_dim}) (action_dim); set action_dim to the data's."
+                )
+
+    def optimizer_groups(self) -> dict[str, GroupSettings]:
+        """One group (TECO decays every parameter with AdamW)."""
+        return {}
+
+    def with_state(self, state: eqx.nn.State | None) -> "TECO":
+        """No model state (the tokenizer's is folded in): the model itself."""
+        del state
+        return self
+
+
+register_model(ModelSpec("teco", "TECO", TECOConfig, TECO, TECO_PRESETS))

@@ -1,0 +1,124 @@
+"""The seam for the temporal model of a latent video model (TECO's transformer, its
+ConvS5 / S5 stacks): a causal map over a sequence of latent grids, run whole for
+training and step by step, with a state, for generation."""
+
+import abc
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, Int, PRNGKeyArray
+
+from ..kernels.attention import AttentionImpl
+from ._temporal_transformer import TemporalTransformer
+
+
+class AbstractTemporalCore(eqx.Module):
+    """A causal sequence model over latent grids: inputs `x_0 … x_{n-1}` `(n, latent,
+    latent, in_channels)` → outputs `y_0 … y_{n-1}` `(n, latent, latent,
+    out_channels)`, each `y_j` a function of `x_0 … x_j` only.
+
+    - `model(x)`: the whole sequence in one pass (training);
+    - `init_state(capacity)`, `prefill(state, x)`, `step(state, x_t, index)`: the
+      same outputs one input at a time (generation), carrying a state whose cost per
+      step does not grow with the steps taken (a key/value cache, a recurrent state).
+    """
+
+    @abc.abstractmethod
+    def __call__(
+        self, x: Float[Array, "n latent latent c_in"], *, key: PRNGKeyArray | None = None
+    ) -> Float[Array, "n latent latent c_out"]:
+        """All outputs of a sequence of inputs."""
+
+    @abc.abstractmethod
+    def init_state(self, capacity: int) -> Any:
+        """The state before the first input, for up to `capacity` inputs."""
+
+    @abc.abstractmethod
+    def prefill(
+        self, state: Any, x: Float[Array, "n latent latent c_in"]
+    ) -> tuple[Any, Float[Array, "n latent latent c_out"]]:
+        """Inputs `0 … n-1` from the initial state: the state after them and their
+        outputs (equal to `model(x)`)."""
+
+    @abc.abstractmethod
+    def step(
+        self, state: Any, x: Float[Array, "latent latent c_in"], index: Int[Array, ""]
+    ) -> tuple[Any, Float[Array, "latent latent c_out"]]:
+        """Input number `index` (the inputs before it already taken): the new state and
+        its output."""
+
+
+class TransformerCore(AbstractTemporalCore):
+    """TECO's temporal transformer as a temporal core: a learned start slot, then the
+    inputs; output `j` is the transformer's output at slot `j + 1` (it sees the start
+    and inputs `0 … j`). Generation keeps a key/value cache (`init_state`), so each
+    step computes one frame's tokens; `uncached_step` re-runs the whole sequence, as
+    TECO's sampler does."""
+
+    transformer: TemporalTransformer
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        latent: int,
+        patch: int,
+        width: int,
+        n_layers: int,
+        n_heads: int,
+        mlp_dim: int,
+        impl: AttentionImpl = "auto",
+        remat: bool = False,
+        key: PRNGKeyArray,
+    ):
+        self.transformer = TemporalTransformer(
+            in_channels,
+            out_channels,
+            latent=latent,
+            patch=patch,
+            width=width,
+            n_layers=n_layers,
+            n_heads=n_heads,
+            mlp_dim=mlp_dim,
+            impl=impl,
+            remat=remat,
+            key=key,
+        )
+
+    def __call__(
+        self, x: Float[Array, "n latent latent c_in"], *, key: PRNGKeyArray | None = None
+    ) -> Float[Array, "n latent latent c_out"]:
+        del key  # no dropout
+        t = self.transformer
+        slots = jnp.concatenate([t.start(), t.tokens(x)])
+        return t.readout(t(slots)[1:])
+
+    def init_state(self, capacity: int) -> Any:
+        """Key/value caches for the start slot and `capacity` inputs, the start slot
+        already in."""
+        t = self.transformer
+        _, caches = t.cached(t.start(), t.init_cache(capacity + 1), 0)
+        return caches
+
+    def prefill(self, state: Any, x: Float[Array, "n latent latent c_in"]):
+        t = self.transformer
+        h, state = t.cached(t.tokens(x), state, 1)
+        return state, t.readout(h)
+
+    def step(self, state: Any, x: Float[Array, "latent latent c_in"], index: Int[Array, ""]):
+        t = self.transformer
+        h, state = t.cached(t.tokens(x[None]), state, index + 1)
+        return state, t.readout(h[0])
+
+    def uncached_step(
+        self, inputs: Float[Array, "capacity latent latent c_in"], index: Int[Array, ""]
+    ) -> Float[Array, "latent latent c_out"]:
+        """Output `index` by re-running the whole (padded) sequence `inputs`, whose
+        entries after `index` do not matter (causal): TECO's sampler's way."""
+        t = self.transformer
+        slots = jnp.concatenate([t.start(), t.tokens(inputs)])
+        h = jax.lax.dynamic_index_in_dim(t(slots), index + 1, keepdims=False)
+        return t.readout(h)

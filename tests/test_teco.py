@@ -1,0 +1,241 @@
+"""TECO on a frozen tokenizer's codes: the released configurations' parameter counts,
+DropLoss and action dropout, the loss terms, cached == uncached generation, training
+on a codes dataset through the one entry (and resuming), and the errors for codes,
+actions and lengths that do not fit."""
+
+import dataclasses
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from eqvid.data._codes import CodesConfig
+from eqvid.models import (
+    TECO,
+    VQGAN2D,
+    VideoBatch,
+    VQGAN2DConfig,
+    encode_videos,
+    make_model,
+    model_spec,
+)
+from eqvid.models._teco import TECOConfig, drop_actions, drop_loss_frames
+from eqvid.models._tokenizer_files import save_tokenizer
+
+TOKENIZER = dataclasses.replace(VQGAN2DConfig.preset("small"), frame_size=32, perceptual_weight=0.0)
+"""A tiny 2D VQGAN: 32×32 grey frames → 8×8 codes of 256, code vectors of 32."""
+
+TINY = dataclasses.replace(
+    TECOConfig.preset("small"), frame_size=32, channels=1, patch_size=2, max_frames=12
+)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    model, state = make_model(TOKENIZER, key=jax.random.key(0))
+    return model.with_state(state)
+
+
+@pytest.fixture(scope="module")
+def teco(tokenizer):
+    return TECO(TINY, key=jax.random.key(1), tokenizer=tokenizer)
+
+
+def trainable_count(model) -> int:
+    """Parameters outside the frozen tokenizer (shape-only models count too)."""
+
+    def size(tree):
+        return sum(math.prod(x.shape) for x in jax.tree.leaves(tree) if hasattr(x, "shape"))
+
+    return size(model) - size(model.tokenizer)
+
+
+# Counted from wilson1yan/teco's modules (`jax.eval_shape(model.init)` on configs/*.yaml)
+# with a VQGAN of 256-wide code vectors: base + 4,864 · 256.
+RELEASED = {
+    "dmlab": ("teco-dmlab", 173_088_944),
+    "minecraft": ("teco-minecraft-128", 271_278_832),
+    "habitat": ("teco-habitat-128", 386_098_544),
+    "kinetics600": ("teco-minecraft-128", 1_091_846_512),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RELEASED))
+def test_released_configs_have_the_originals_parameter_counts(name):
+    vq_preset, expected = RELEASED[name]
+    vq = dataclasses.replace(VQGAN2DConfig.preset(vq_preset), perceptual_weight=0.0)
+    config = dataclasses.replace(TECOConfig.preset(name), frame_size=vq.frame_size)
+    tok = eqx.filter_eval_shape(lambda: make_model(vq, key=jax.random.key(0))[0])
+    assert tok.embed_dim == 256
+    model = eqx.filter_eval_shape(lambda: TECO(config, key=jax.random.key(0), tokenizer=tok))
+    assert trainable_count(model) == expected
+    assert model_spec("teco").presets[name] == TECOConfig.preset(name)
+
+
+def test_drop_loss_keeps_tecos_count_of_frames_drawn_as_teco_draws_them():
+    frames = drop_loss_frames(jax.random.key(0), 300, 1, 0.9)
+    assert frames.shape == (29,)  # int(0.1 · 299), TECO's DMLab
+    assert int(frames.min()) >= 1 and int(frames.max()) <= 299
+    draws = np.concatenate(
+        [np.asarray(drop_loss_frames(jax.random.key(s), 10, 1, 0.5)) for s in range(400)]
+    )
+    # randint(0, 10) on 9 targets: frame 9 gets the clamped index too (2/10), others 1/10.
+    counts = np.bincount(draws, minlength=10)
+    assert counts[0] == 0 and counts[9] > 1.5 * counts[1:9].mean()
+    np.testing.assert_array_equal(drop_loss_frames(None, 6, 2, 0.9), [2, 3, 4, 5])
+    np.testing.assert_array_equal(drop_loss_frames(jax.random.key(1), 6, 1, 0.0), [1, 2, 3, 4, 5])
+    assert drop_loss_frames(jax.random.key(2), 3, 1, 0.99).shape == (1,)  # at least one
+
+
+def test_action_dropout_drops_whole_sequences():
+    actions = jnp.tile(jnp.arange(5, dtype=jnp.int32), (64, 1))
+    out = np.asarray(drop_actions(jax.random.split(jax.random.key(0), 64), actions, 0.5))
+    dropped = (out == -1).all(axis=1)
+    kept = (out == np.arange(5)).all(axis=1)
+    assert (dropped | kept).all()  # a sequence is dropped whole or not at all
+    assert 16 < dropped.sum() < 48
+    none = drop_actions(jax.random.split(jax.random.key(0), 64), actions, 0.0)
+    np.testing.assert_array_equal(none, actions)
+
+
+def codes_and_actions(b=2, t=6, seed=2):
+    codes = jax.random.randint(jax.random.key(seed), (b, t, 8, 8), 0, 256)
+    actions = jax.random.randint(jax.random.key(seed + 1), (b, t), -1, 6)
+    return codes, actions
+
+
+def test_the_loss_reports_tecos_terms_and_trains_every_part_but_the_tokenizer(teco):
+    codes, actions = codes_and_actions()
+
+    @eqx.filter_jit
+    def loss_and_grads(model):
+        def loss(m):
+            value, terms, _ = m.codes_loss(codes, actions, key=jax.random.key(0))
+            return value, terms
+
+        return eqx.filter_value_and_grad(loss, has_aux=True)(model)
+
+    (loss, terms), grads = loss_and_grads(teco)
+    assert set(terms) == {
+        "recon_loss", "trans_loss", "commitment_loss", "codebook_loss", "perplexity"
+    }  # fmt: skip
+    total = sum(float(terms[k]) for k in terms if k != "perplexity")
+    np.testing.assert_allclose(float(loss), total, rtol=1e-5)
+    # Untrained: the decoder's CE is about log(256) per code position, 64 positions.
+    assert 0.8 * 64 * math.log(256) < float(terms["recon_loss"]) < 1.5 * 64 * math.log(256)
+    # The prior's masked-token CE, scaled by the 4×4 latent grid: about 16 · log(64).
+    assert 0.7 * 16 * math.log(64) < float(terms["trans_loss"]) < 1.5 * 16 * math.log(64)
+    for part in ("encoder", "codebook", "temporal", "prior", "decoder", "sos_post"):
+        leaves = jax.tree.leaves(eqx.filter(getattr(grads, part), eqx.is_array))
+        assert any(float(jnp.abs(g).max()) > 0 for g in leaves), part
+    tok = jax.tree.leaves(eqx.filter(grads.tokenizer, eqx.is_array))
+    assert all(float(jnp.abs(g).max()) == 0 for g in tok)
+    # Frames are encoded by the tokenizer: the same loss as on their codes.
+    video = jax.random.uniform(jax.random.key(9), (2, 4, 32, 32, 1), minval=-1, maxval=1)
+    batch_loss = eqx.filter_jit(lambda m, b: m.loss(b)[0])
+    codes_of = encode_videos(teco.tokenizer, video)
+    on_frames = batch_loss(teco, VideoBatch(video, actions[:, :4]))
+    on_codes = batch_loss(teco, VideoBatch(codes=codes_of, actions=actions[:, :4]))
+    np.testing.assert_allclose(float(on_frames), float(on_codes), rtol=1e-6)
+
+
+def test_cached_generation_equals_tecos_rerun_of_the_whole_sequence(teco):
+    codes, _ = codes_and_actions()
+    actions = jnp.arange(8, dtype=jnp.int32) % 6
+    run = eqx.filter_jit(
+        lambda m, c, k, cache: m.generate_codes(c, 5, key=k, actions=actions, cache=cache),
+    )
+    cached = run(teco, codes[0, :3], jax.random.key(5), True)
+    uncached = run(teco, codes[0, :3], jax.random.key(5), False)
+    assert cached.shape == (5, 8, 8) and cached.dtype == jnp.int32
+    np.testing.assert_array_equal(cached, uncached)
+    other = run(teco, codes[0, :3], jax.random.key(6), True)
+    assert not np.array_equal(cached, other)  # a stochastic sampler: another key, other codes
+    confident = dataclasses.replace(teco.config, sampler="confidence")
+    model = TECO(confident, key=jax.random.key(1), tokenizer=teco.tokenizer)
+    out = run(model, codes[0, :3], jax.random.key(5), True)
+    assert out.shape == (5, 8, 8) and int(out.min()) >= 0 and int(out.max()) < 256
+
+
+def test_generation_takes_and_gives_frames(teco):
+    video = jax.random.uniform(jax.random.key(3), (3, 32, 32, 1), minval=-1, maxval=1)
+    frames = eqx.filter_jit(lambda m, v, k: m.generate(v, 2, key=k))(teco, video, jax.random.key(4))
+    assert frames.shape == (2, 32, 32, 1)
+    assert float(jnp.abs(frames).max()) <= 1.0
+
+
+def test_bad_inputs_name_the_value_and_the_fix(teco):
+    codes, actions = codes_and_actions()
+    np_codes, np_actions = np.asarray(codes), np.asarray(actions)
+    teco.check_codes_batch(np_codes, np_actions)
+    with pytest.raises(ValueError, match=r"\(batch, steps, 8, 8\).*another tokenizer"):
+        teco.check_codes_batch(np.zeros((2, 6, 16, 16), np.int32), None)
+    bad = np_codes.copy()
+    bad[1, 2, 3, 4] = 256
+    with pytest.raises(ValueError, match=r"code 256, outside \[0, 256\)"):
+        teco.check_codes_batch(bad, None)
+    with pytest.raises(ValueError, match=r"action 6 is outside \[-1, 6\)"):
+        teco.check_codes_batch(np_codes, np.full((2, 6), 6))
+    with pytest.raises(ValueError, match=r"fewer than n_cond = 1"):
+        teco.generate_codes(codes[0, :0], 2, key=jax.random.key(0))
+    with pytest.raises(ValueError, match=r"exceeds max_frames = 12"):
+        teco.generate_codes(codes[0, :6], 7, key=jax.random.key(0))
+    with pytest.raises(ValueError, match=r"more than n_cond = 1 frames"):
+        teco.codes_loss(codes[:, :1], None)
+    with pytest.raises(ValueError, match=r"exceed max_frames = 12"):
+        teco.codes_loss(jnp.zeros((1, 13, 8, 8), jnp.int32), None)
+    with pytest.raises(ValueError, match=r"no tokenizer: set `tokenizer`"):
+        TECO(TINY, key=jax.random.key(0))
+    with pytest.raises(ValueError, match=r"patch_size 3 must divide"):
+        TECO(
+            dataclasses.replace(TINY, patch_size=3), key=jax.random.key(0), tokenizer=teco.tokenizer
+        )
+
+
+def test_trains_on_codes_through_the_one_entry_and_resumes(tokenizer, tmp_path):
+    from eqvid.data.encode import main as encode
+    from eqvid.evaluate._rollout_report import RolloutReport
+    from eqvid.train import MeshConfig, OptimizerConfig, RunConfig, TrainConfig, train
+    from eqvid.train._setup import check_model_takes_data
+
+    folder = tmp_path / "tok"
+    save_tokenizer(tokenizer, folder)
+    args = ["--tokenizer", str(folder), "--out", str(tmp_path / "codes"), "--no-progress"]
+    args += ["--frame-size", "32", "--seq-len", "6", "--train-sequences", "4"]
+    encode([*args, "--test-sequences", "2"])
+    data = CodesConfig(root=str(tmp_path / "codes"), seq_len=6)
+    model = dataclasses.replace(TINY, tokenizer=str(folder))
+
+    def config(steps):
+        return TrainConfig(
+            model=model,
+            data=data,
+            optimizer=OptimizerConfig(lr=1e-3, warmup_steps=0),
+            run=RunConfig(
+                run_dir=str(tmp_path / "run"), steps=steps, batch_size=2, log_every=1,
+                sample_every=0, checkpoint_every=1, eval_sequences=2, eval_context=3,
+                eval_horizon=3, progress=False, tensorboard=False, resume=steps > 2,
+            ),
+            mesh=MeshConfig(devices=1),
+        )  # fmt: skip
+
+    first = train(config(2))
+    assert isinstance(first.report, RolloutReport) and first.report.horizon == 3
+    header = (tmp_path / "run" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"recon_loss", "trans_loss", "commitment_loss", "codebook_loss"} <= set(header)
+    resumed = train(config(3))
+    assert resumed.step == 3
+    # Frames models refuse codes; codes of another tokenizer are refused by name.
+    pixel, _ = make_model(model_spec("convs5").preset("small"), key=jax.random.key(0))
+    with pytest.raises(ValueError, match="yields a tokenizer's codes, but ConvS5VideoModel"):
+        check_model_takes_data(pixel, data)
+    other_tok, other_state = make_model(TOKENIZER, key=jax.random.key(7))
+    assert isinstance(other_tok, VQGAN2D)
+    other = TECO(TINY, key=jax.random.key(0), tokenizer=other_tok.with_state(other_state))
+    with pytest.raises(ValueError, match="other weights"):
+        check_model_takes_data(other, data)
+    with pytest.raises(ValueError, match="trains on frames, but this batch holds"):
+        pixel.loss(VideoBatch(codes=jnp.zeros((1, 4, 8, 8), jnp.int32)))
