@@ -33,6 +33,11 @@ TINY = dataclasses.replace(
 )
 
 
+TINY_CONVS5 = dataclasses.replace(
+    model_spec("teco-convs5").preset("small"), frame_size=32, channels=1, max_frames=12
+)
+
+
 @pytest.fixture(scope="module")
 def tokenizer():
     model, state = make_model(TOKENIZER, key=jax.random.key(0))
@@ -53,26 +58,42 @@ def trainable_count(model) -> int:
     return size(model) - size(model.tokenizer)
 
 
-# Counted from wilson1yan/teco's modules (`jax.eval_shape(model.init)` on configs/*.yaml)
-# with a VQGAN of 256-wide code vectors: base + 4,864 · 256.
+# Counted from the originals' modules (`jax.eval_shape(model.init)`): wilson1yan/teco
+# configs/*.yaml (teco) and NVlabs/ConvSSM configs/3D_ENV_BENCHMARK/*_teco_convS5.yaml
+# (teco-convs5), with a VQGAN of 256-wide code vectors (1024 codes; Habitat's 8192).
 RELEASED = {
-    "dmlab": ("teco-dmlab", 173_088_944),
-    "minecraft": ("teco-minecraft-128", 271_278_832),
-    "habitat": ("teco-habitat-128", 386_098_544),
-    "kinetics600": ("teco-minecraft-128", 1_091_846_512),
+    ("teco", "dmlab"): ("teco-dmlab", 173_088_944),
+    ("teco", "minecraft"): ("teco-minecraft-128", 271_278_832),
+    ("teco", "habitat"): ("teco-habitat-128", 386_098_544),
+    ("teco", "kinetics600"): ("teco-minecraft-128", 1_091_846_512),
+    ("teco-convs5", "dmlab"): ("teco-dmlab", 175_374_000),
+    ("teco-convs5", "habitat"): ("teco-habitat-128", 351_100_784),
+    ("teco-convs5", "minecraft"): ("teco-minecraft-128", 214_754_544),
 }
 
 
-@pytest.mark.parametrize("name", sorted(RELEASED))
-def test_released_configs_have_the_originals_parameter_counts(name):
-    vq_preset, expected = RELEASED[name]
+@pytest.mark.parametrize("family,name", sorted(RELEASED))
+def test_released_configs_have_the_originals_parameter_counts(family, name):
+    vq_preset, expected = RELEASED[(family, name)]
     vq = dataclasses.replace(VQGAN2DConfig.preset(vq_preset), perceptual_weight=0.0)
-    config = dataclasses.replace(TECOConfig.preset(name), frame_size=vq.frame_size)
+    config = dataclasses.replace(model_spec(family).preset(name), frame_size=vq.frame_size)
     tok = eqx.filter_eval_shape(lambda: make_model(vq, key=jax.random.key(0))[0])
     assert tok.embed_dim == 256
     model = eqx.filter_eval_shape(lambda: TECO(config, key=jax.random.key(0), tokenizer=tok))
     assert trainable_count(model) == expected
-    assert model_spec("teco").presets[name] == TECOConfig.preset(name)
+
+
+def test_the_convs5_core_steps_as_it_scans():
+    from eqvid.nn._temporal_core import ConvS5Core
+
+    core = ConvS5Core(5, latent=4, d_model=8, ssm_size=8, n_layers=2, key=jax.random.key(0))
+    x = jax.random.normal(jax.random.key(1), (6, 4, 4, 5))
+    whole = core(x)
+    state, first = core.prefill(core.init_state(6), x[:2])
+    np.testing.assert_allclose(first, whole[:2], atol=1e-5)
+    for t in range(2, 6):
+        state, y = core.step(state, x[t], jnp.asarray(t))
+        np.testing.assert_allclose(y, whole[t], atol=1e-5)
 
 
 def test_drop_loss_keeps_tecos_count_of_frames_drawn_as_teco_draws_them():
@@ -158,6 +179,13 @@ def test_cached_generation_equals_tecos_rerun_of_the_whole_sequence(teco):
     model = TECO(confident, key=jax.random.key(1), tokenizer=teco.tokenizer)
     out = run(model, codes[0, :3], jax.random.key(5), True)
     assert out.shape == (5, 8, 8) and int(out.min()) >= 0 and int(out.max()) < 256
+    # TECO-ConvS5 generates through its recurrence: the same codes as teacher forcing
+    # would see, one step per frame (no re-run path).
+    convs5 = TECO(TINY_CONVS5, key=jax.random.key(1), tokenizer=teco.tokenizer)
+    out = run(convs5, codes[0, :3], jax.random.key(5), True)
+    assert out.shape == (5, 8, 8) and int(out.min()) >= 0 and int(out.max()) < 256
+    with pytest.raises(ValueError, match="re-run path"):
+        run(convs5, codes[0, :3], jax.random.key(5), False)
 
 
 def test_generation_takes_and_gives_frames(teco):

@@ -52,3 +52,5 @@ from ._vqgan3d import TATSImageDiscriminator as TATSImageDiscriminator  # isort:
 from ._teco import TECO as TECO  # isort: skip
 from ._teco import TECO_PRESETS as TECO_PRESETS  # isort: skip
 from ._teco import TECOConfig as TECOConfig  # isort: skip
+from ._teco import TECO_CONVS5_PRESETS as TECO_CONVS5_PRESETS  # isort: skip
+from ._teco import TECOConvS5Config as TECOConvS5Config  # isort: skip

@@ -32,7 +32,7 @@ from ..nn._maskgit import (
 from ..nn._quantize import VectorQuantizer
 from ..nn._resnet import ResNetDecoder, ResNetEncoder
 from ..nn._roles import role
-from ..nn._temporal_core import AbstractTemporalCore, TransformerCore
+from ..nn._temporal_core import AbstractTemporalCore, ConvS5Core, TransformerCore
 from ._abstract import GroupSettings, KeyOrKeys, LossTerms, per_video_keys
 from ._frames import embed_actions
 from ._latent import AbstractLatentVideoModel, check_latent_batch, tokenizer_argument
@@ -40,6 +40,7 @@ from ._registry import ModelSpec, preset_of, register_model
 from ._tokenizer import AbstractVideoTokenizer
 
 Sampler = typing.Literal["draft-revise", "confidence"]
+Temporal = typing.Literal["transformer", "convs5"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +86,11 @@ class TECOConfig:
     (`dropout_actions` with p = 0.5); 0 never."""
     label_smoothing: float = 0.01
     """Label smoothing of the decoder's cross-entropy (TECO: 0.01)."""
+    temporal: Temporal = "transformer"
+    """The temporal model: TECO's frame-causal transformer, or a ConvS5 stack over the
+    full latent grid (ConvSSM's TECO-ConvS5)."""
+    n_layers: int = 8
+    """Blocks of the temporal model (`z_tfm.num_layers`, `seq_model.n_layers`)."""
     patch_size: int = 8
     """Kernel and stride of the transformer's patchifying convolution (`z_ds`): tokens
     per frame = (latent / patch_size)²."""
@@ -94,8 +100,14 @@ class TECOConfig:
     """MLP width of the temporal transformer (`z_tfm.mlp_dim`)."""
     n_heads: int = 16
     """Attention heads of the temporal transformer (`z_tfm.num_heads`)."""
-    n_layers: int = 8
-    """Blocks of the temporal transformer (`z_tfm.num_layers`)."""
+    d_model: int = 512
+    """Channels of the ConvS5 stack (`d_model`; temporal "convs5")."""
+    ssm_size: int = 1024
+    """HiPPO size N of each ConvS5 layer (`ssm.ssm_size`); the state has N/2 channels."""
+    ssm_blocks: int = 32
+    """HiPPO blocks J of each ConvS5 layer (`ssm.blocks`)."""
+    clip_eigs: bool = False
+    """Clamp the ConvS5 eigenvalues' real parts below zero (`ssm.clip_eigs`)."""
     max_frames: int = 300
     """Longest video the model is run on (`seq_len`): bounds the key/value cache."""
     maskgit_vocab_dim: int = 256
@@ -133,6 +145,7 @@ class TECOConfig:
             "frame_size", "channels", "encoder_blocks", "decoder_blocks", "embedding_dim",
             "codebook_size", "codebook_dim", "n_cond", "action_dim", "action_embed_dim",
             "patch_size", "width", "mlp_dim", "n_heads", "n_layers", "maskgit_vocab_dim",
+            "d_model", "ssm_size", "ssm_blocks",
             "maskgit_width", "maskgit_mlp_dim", "maskgit_heads", "maskgit_layers", "t_draft",
             "t_revise",
         ):  # fmt: skip
@@ -153,6 +166,11 @@ class TECOConfig:
             raise ValueError(
                 f"TECOConfig: `max_frames` ({self.max_frames}) must exceed `n_cond` "
                 f"({self.n_cond})."
+            )
+        if self.temporal not in typing.get_args(Temporal):
+            raise ValueError(
+                f"TECOConfig: `temporal` must be one of {typing.get_args(Temporal)}; got "
+                f"{self.temporal!r}."
             )
         if self.sampler not in typing.get_args(Sampler):
             raise ValueError(
@@ -351,7 +369,8 @@ class TECO(AbstractLatentVideoModel):
             raise ValueError(f"TECO: the tokenizer's code grid must be square; got {shape[1:]}.")
         size = shape[1]
         latent = size // 2 ** (len(c.encoder_depths) - 1)
-        if latent * 2 ** (len(c.encoder_depths) - 1) != size or latent % c.patch_size:
+        patch = c.patch_size if c.temporal == "transformer" else 1
+        if latent * 2 ** (len(c.encoder_depths) - 1) != size or latent % patch:
             raise ValueError(
                 f"TECO: the tokenizer's {size}×{size} code grid over {len(c.encoder_depths)} "
                 f"encoder stages gives {size / 2 ** (len(c.encoder_depths) - 1):g}×… latents, "
@@ -368,23 +387,37 @@ class TECO(AbstractLatentVideoModel):
         self.action_embedding = jax.random.normal(
             ka, (c.action_dim + 1, c.action_embed_dim), jnp.float32
         )
-        self.temporal = TransformerCore(
-            c.embedding_dim + c.action_embed_dim,
-            c.embedding_dim,
-            latent=latent,
-            patch=c.patch_size,
-            width=c.width,
-            n_layers=c.n_layers,
-            n_heads=c.n_heads,
-            mlp_dim=c.mlp_dim,
-            impl=c.attention_impl,
-            remat=c.remat,
-            key=kt,
-        )
+        if c.temporal == "convs5":
+            self.temporal = ConvS5Core(
+                c.embedding_dim + c.action_embed_dim,
+                latent=latent,
+                d_model=c.d_model,
+                ssm_size=c.ssm_size,
+                n_layers=c.n_layers,
+                blocks=c.ssm_blocks,
+                clip_eigs=c.clip_eigs,
+                remat=c.remat,
+                key=kt,
+            )
+        else:
+            self.temporal = TransformerCore(
+                c.embedding_dim + c.action_embed_dim,
+                c.embedding_dim,
+                latent=latent,
+                patch=c.patch_size,
+                width=c.width,
+                n_layers=c.n_layers,
+                n_heads=c.n_heads,
+                mlp_dim=c.mlp_dim,
+                impl=c.attention_impl,
+                remat=c.remat,
+                key=kt,
+            )
+        deter = c.d_model if c.temporal == "convs5" else c.embedding_dim
         self.prior = MaskGitPrior(
             (latent, latent),
             c.codebook_size,
-            c.embedding_dim,
+            deter,
             dim=c.maskgit_width,
             num_heads=c.maskgit_heads,
             num_layers=c.maskgit_layers,
@@ -394,7 +427,7 @@ class TECO(AbstractLatentVideoModel):
             key=kp,
         )
         self.decoder = ResNetDecoder(
-            2 * c.embedding_dim, c.decoder_depths, tok.n_codes, blocks=c.decoder_blocks, key=kd
+            deter + c.embedding_dim, c.decoder_depths, tok.n_codes, blocks=c.decoder_blocks, key=kd
         )
         self.config = config
         self.code_size = size
@@ -433,7 +466,8 @@ class TECO(AbstractLatentVideoModel):
         c = self.config
         t, n = codes.shape[0], c.n_cond
         latents, z, k, commitment, codebook_loss, perplexity = self._posterior(codes)
-        deter = self.temporal(self._inputs(latents[:-1], actions))  # y_0 … y_{T-2}
+        k_temporal = None if key is None else jax.random.fold_in(key, 3)
+        deter = self.temporal(self._inputs(latents[:-1], actions), key=k_temporal)  # y_0 … y_{T-2}
         k_drop = k_mask = None
         if key is not None:
             k_drop, k_mask = jax.random.split(key)
@@ -666,4 +700,69 @@ class TECO(AbstractLatentVideoModel):
         return self
 
 
+@dataclasses.dataclass(frozen=True)
+class TECOConvS5Config(TECOConfig):
+    """TECO with a ConvS5 stack as its temporal model (ConvSSM's TECO-ConvS5: the
+    transformer and its 1-token bottleneck replaced by ConvS5 layers over the full 8×8
+    latent grid). Presets: `TECOConvS5Config.preset(name)`."""
+
+    temporal: Temporal = "convs5"
+    """The temporal model (see `TECOConfig`)."""
+
+
+TECO_CONVS5_PRESETS: dict[str, TECOConvS5Config] = {
+    # NVlabs/ConvSSM configs/3D_ENV_BENCHMARK/*/..._teco_convS5.yaml.
+    "dmlab": TECOConvS5Config(),
+    "habitat": TECOConvS5Config(
+        frame_size=128,
+        encoder_blocks=4,
+        decoder_blocks=8,
+        embedding_dim=256,
+        codebook_size=2048,
+        maskgit_width=1024,
+        maskgit_mlp_dim=4096,
+        maskgit_heads=16,
+        maskgit_layers=16,
+        ssm_size=512,
+        ssm_blocks=1,
+    ),
+    "minecraft": TECOConvS5Config(
+        frame_size=128,
+        encoder_blocks=4,
+        decoder_blocks=6,
+        embedding_dim=128,
+        maskgit_width=768,
+        maskgit_mlp_dim=3072,
+        maskgit_heads=12,
+        maskgit_layers=6,
+        n_layers=12,
+        ssm_size=512,
+        ssm_blocks=1,
+        action_dropout=0.0,
+    ),
+    # CPU-sized, TECO's "small" with a ConvS5 stack over the 8×8 latents.
+    "small": TECOConvS5Config(
+        encoder_depths=(32, 64),
+        encoder_blocks=1,
+        decoder_depths=(32, 64),
+        decoder_blocks=1,
+        embedding_dim=16,
+        codebook_size=64,
+        codebook_dim=8,
+        d_model=32,
+        ssm_size=32,
+        ssm_blocks=1,
+        n_layers=2,
+        maskgit_vocab_dim=32,
+        maskgit_width=64,
+        maskgit_mlp_dim=256,
+        maskgit_heads=4,
+        maskgit_layers=2,
+        t_draft=4,
+        t_revise=4,
+        revise_rounds=1,
+    ),
+}
+
 register_model(ModelSpec("teco", "TECO", TECOConfig, TECO, TECO_PRESETS))
+register_model(ModelSpec("teco-convs5", "TECO-ConvS5", TECOConvS5Config, TECO, TECO_CONVS5_PRESETS))

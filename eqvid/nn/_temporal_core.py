@@ -11,6 +11,8 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from ..kernels.attention import AttentionImpl
+from ._conv import Conv2d
+from ._convs5 import ConvS5
 from ._temporal_transformer import TemporalTransformer
 
 
@@ -122,3 +124,85 @@ class TransformerCore(AbstractTemporalCore):
         slots = jnp.concatenate([t.start(), t.tokens(inputs)])
         h = jax.lax.dynamic_index_in_dim(t(slots), index + 1, keepdims=False)
         return t.readout(h)
+
+
+class ConvS5Core(AbstractTemporalCore):
+    """A ConvS5 stack as a temporal core (ConvSSM's TECO-ConvS5 and latent ConvS5): a
+    `1 × 1` convolution (`action_conv`) to `d_model` channels, then `n_layers` ConvS5
+    layers (`eqvid.nn.ConvS5`: diagonal convolutional SSM, GroupNorm/GELU output
+    block, post-LayerNorm residual) over the full latent grid. Output `j` is the stack's
+    output at input `j`; generation steps each layer's recurrence, O(1) per frame."""
+
+    project: Conv2d
+    layers: tuple[ConvS5, ...]
+    latent: int = eqx.field(static=True)
+    remat: bool = eqx.field(static=True)
+
+    def __init__(
+        self,
+        in_channels: int,
+        *,
+        latent: int,
+        d_model: int,
+        ssm_size: int,
+        n_layers: int,
+        blocks: int = 1,
+        clip_eigs: bool = False,
+        dt_min: float = 1e-3,
+        dt_max: float = 1e-1,
+        remat: bool = False,
+        key: PRNGKeyArray,
+    ):
+        kp, kl = jax.random.split(key)
+        self.project = Conv2d(in_channels, d_model, 1, key=kp)
+        self.layers = tuple(
+            ConvS5(
+                d_model,
+                ssm_size,
+                blocks=blocks,
+                clip_eigs=clip_eigs,
+                dt_min=dt_min,
+                dt_max=dt_max,
+                key=k,
+            )
+            for k in jax.random.split(kl, n_layers)
+        )
+        self.latent = latent
+        self.remat = remat
+
+    def __call__(
+        self, x: Float[Array, "n latent latent c_in"], *, key: PRNGKeyArray | None = None
+    ) -> Float[Array, "n latent latent c_out"]:
+        h = self.project(x)
+
+        def run(layer, h, key):
+            return layer(h, key=key)[0]
+
+        if self.remat:
+            run = eqx.filter_checkpoint(run)
+        keys = [None] * len(self.layers) if key is None else jax.random.split(key, len(self.layers))
+        for layer, k in zip(self.layers, keys):
+            h = run(layer, h, k)
+        return h
+
+    def init_state(self, capacity: int) -> Any:
+        """Every layer's zero state (a recurrence: `capacity` does not matter)."""
+        del capacity
+        return tuple(layer.init_state(self.latent, self.latent) for layer in self.layers)
+
+    def prefill(self, state: Any, x: Float[Array, "n latent latent c_in"]):
+        h = self.project(x)
+        new = []
+        for layer, s in zip(self.layers, state):
+            h, s = layer(h, s)
+            new.append(s)
+        return tuple(new), h
+
+    def step(self, state: Any, x: Float[Array, "latent latent c_in"], index: Int[Array, ""]):
+        del index
+        h = self.project(x)
+        new = []
+        for layer, s in zip(self.layers, state):
+            s, h = layer.step(s, h)
+            new.append(s)
+        return tuple(new), h
