@@ -22,7 +22,8 @@ from eqvid.models import (
     make_model,
     model_spec,
 )
-from eqvid.models._teco import TECOConfig, drop_actions, drop_loss_frames
+from eqvid.models._latent import drop_actions, drop_loss_frames
+from eqvid.models._teco import TECOConfig
 from eqvid.models._tokenizer_files import save_tokenizer
 
 TOKENIZER = dataclasses.replace(VQGAN2DConfig.preset("small"), frame_size=32, perceptual_weight=0.0)

@@ -12,7 +12,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, Scalar
+from jaxtyping import Array, ArrayLike, Float, Int, Key, PRNGKeyArray, Scalar
 
 from ._abstract import AbstractVideoModel, KeyOrKeys, LossTerms, VideoBatch
 from ._tokenizer import AbstractVideoTokenizer, check_codes
@@ -137,6 +137,44 @@ def _probe_length(tokenizer: AbstractVideoTokenizer, height: int, width: int) ->
     )
 
 
+def drop_loss_frames(
+    key: PRNGKeyArray | None, length: int, n_cond: int, rate: float
+) -> Int[Array, " kept"]:
+    """The frames DropLoss keeps for the losses of a `length`-frame window: with a
+    `key` and `rate > 0`, `max(1, int((1 - rate) · (length - n_cond)))` frames drawn with
+    replacement as TECO draws them (`randint(0, length)`, an index past the last target
+    clamped to it, offset by `n_cond`); otherwise every target frame `n_cond …
+    length - 1`."""
+    count = length - n_cond
+    if key is None or rate <= 0:
+        return n_cond + jnp.arange(count, dtype=jnp.int32)
+    kept = max(1, int((1 - rate) * count))
+    return n_cond + jnp.clip(jax.random.randint(key, (kept,), 0, length), 0, count - 1)
+
+
+def drop_actions(
+    keys: Key[Array, " batch"], actions: Int[Array, "batch time"], rate: float
+) -> Int[Array, "batch time"]:
+    """TECO's action dropout: each sequence's actions all become -1 (no action) with
+    probability `rate` (one draw per sequence from its own key), so one model learns
+    action-conditioned and unconditional prediction."""
+    drop = jax.vmap(lambda k: jax.random.bernoulli(k, rate))(keys)
+    return jnp.where(drop[:, None], -1, actions)
+
+
+def smoothed_code_loss(
+    logits: Float[Array, "*shape n_codes"], codes: Int[Array, "*shape"], smoothing: float
+) -> Float[Array, ""]:
+    """The cross-entropy of `logits` against the tokenizer's `codes` with label
+    smoothing (`(1 - s) · onehot + s / n_codes`), summed over every position (the
+    latent models' reconstruction term, as TECO and ConvSSM: summed over the code
+    grid, then averaged over frames by the caller)."""
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32))
+    v = logp.shape[-1]
+    labels = jax.nn.one_hot(codes, v, dtype=logp.dtype) * (1 - smoothing) + smoothing / v
+    return -jnp.sum(labels * logp)
+
+
 def check_latent_batch(
     owner: str,
     codes: np.ndarray,
@@ -201,6 +239,9 @@ def tokenizer_argument(owner: str, config: Any, tokenizer: AbstractVideoTokenize
 __all__ = [
     "AbstractLatentVideoModel",
     "check_latent_batch",
+    "drop_actions",
+    "drop_loss_frames",
     "load_frozen_tokenizer",
+    "smoothed_code_loss",
     "tokenizer_argument",
 ]

@@ -19,7 +19,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, ArrayLike, Float, Int, Key, PRNGKeyArray, Scalar
+from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, Scalar
 
 from ..kernels.attention import AttentionImpl
 from ..nn._dense import Dense
@@ -35,7 +35,14 @@ from ..nn._roles import role
 from ..nn._temporal_core import AbstractTemporalCore, ConvS5Core, TransformerCore
 from ._abstract import GroupSettings, KeyOrKeys, LossTerms, per_video_keys
 from ._frames import embed_actions
-from ._latent import AbstractLatentVideoModel, check_latent_batch, tokenizer_argument
+from ._latent import (
+    AbstractLatentVideoModel,
+    check_latent_batch,
+    drop_actions,
+    drop_loss_frames,
+    smoothed_code_loss,
+    tokenizer_argument,
+)
 from ._registry import ModelSpec, preset_of, register_model
 from ._tokenizer import AbstractVideoTokenizer
 
@@ -261,31 +268,6 @@ TECO_PRESETS: dict[str, TECOConfig] = {
 }
 
 
-def drop_loss_frames(
-    key: PRNGKeyArray | None, length: int, n_cond: int, rate: float
-) -> Int[Array, " kept"]:
-    """The frames DropLoss keeps for the losses of a `length`-frame window: with a
-    `key` and `rate > 0`, `max(1, int((1 - rate) · (length - n_cond)))` frames drawn with
-    replacement as TECO draws them (`randint(0, length)`, an index past the last target
-    clamped to it, offset by `n_cond`); otherwise every target frame `n_cond …
-    length - 1`."""
-    count = length - n_cond
-    if key is None or rate <= 0:
-        return n_cond + jnp.arange(count, dtype=jnp.int32)
-    kept = max(1, int((1 - rate) * count))
-    return n_cond + jnp.clip(jax.random.randint(key, (kept,), 0, length), 0, count - 1)
-
-
-def drop_actions(
-    keys: Key[Array, " batch"], actions: Int[Array, "batch time"], rate: float
-) -> Int[Array, "batch time"]:
-    """TECO's action dropout: each sequence's actions all become -1 (no action) with
-    probability `rate` (one draw per sequence from its own key), so one model learns
-    action-conditioned and unconditional prediction."""
-    drop = jax.vmap(lambda k: jax.random.bernoulli(k, rate))(keys)
-    return jnp.where(drop[:, None], -1, actions)
-
-
 class LatentCodebook(eqx.Module):
     """TECO's codebook (`Codebook`, `teco/models/base.py`): project to `dim`
     (`proj_in`, no bias), l2-normalise, pick the nearest of `n` unit codes (cosine),
@@ -488,10 +470,7 @@ class TECO(AbstractLatentVideoModel):
         masked_sum = jnp.sum(ce * masks.astype(ce.dtype))
         mask_count = jnp.sum(masks.astype(jnp.int32))
         # Decoder: the tokenizer's codes with label smoothing, summed over the grid.
-        recon = jax.nn.log_softmax(self._logits(y, z_f).astype(jnp.float32))
-        v = recon.shape[-1]
-        labels = jax.nn.one_hot(codes_f, v) * (1 - c.label_smoothing) + c.label_smoothing / v
-        recon_sum = -jnp.sum(labels * recon)
+        recon_sum = smoothed_code_loss(self._logits(y, z_f), codes_f, c.label_smoothing)
         return recon_sum, masked_sum, mask_count, len(frames), commitment, codebook_loss, perplexity
 
     def codes_loss(

@@ -1,0 +1,443 @@
+"""ConvSSM's plain latent models (Smith et al., NeurIPS 2023, NVlabs/ConvSSM
+`src/models/sequence_models/VQ/{convS5,transformer}.py`): a tokenizer's code vectors →
+per-frame ResNet encoder → a temporal model (a ConvS5 stack over the 16×16 grid, or a
+frame-causal transformer with one token per frame) → ResNet decoder to logits over the
+tokenizer's codes. No latent codebook, no MaskGit: generation samples each frame's codes
+from the decoder's logits and feeds them back, one recurrent (or cached) step per frame.
+"""
+
+import dataclasses
+import typing
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, Scalar
+
+from ..kernels.attention import AttentionImpl
+from ..nn._resnet import ResNetDecoder, ResNetEncoder
+from ..nn._roles import role
+from ..nn._temporal_core import AbstractTemporalCore, ConvS5Core, TransformerCore
+from ._abstract import GroupSettings, KeyOrKeys, LossTerms, per_video_keys
+from ._frames import embed_actions
+from ._latent import (
+    AbstractLatentVideoModel,
+    check_latent_batch,
+    drop_actions,
+    drop_loss_frames,
+    smoothed_code_loss,
+    tokenizer_argument,
+)
+from ._registry import ModelSpec, preset_of, register_model
+from ._tokenizer import AbstractVideoTokenizer
+
+Temporal = typing.Literal["convs5", "transformer"]
+
+
+@dataclasses.dataclass(frozen=True)
+class LatentVideoConfig:
+    """Architecture and losses of a `LatentVideoModel` (ConvSSM's config keys in
+    brackets). Presets: `LatentConvS5Config.preset(name)`,
+    `LatentTransformerConfig.preset(name)`."""
+
+    frame_size: int = 64
+    """Height and width of the frames (the tokenizer's; set from the data)."""
+    channels: int = 3
+    """Colour channels of the frames (the tokenizer's; set from the data)."""
+    tokenizer: str = ""
+    """The tokenizer folder or training run the model stands on (with --dataset codes:
+    the one the codes were encoded with)."""
+    temporal: Temporal = "convs5"
+    """The temporal model: a ConvS5 stack over the code grid, or a frame-causal
+    transformer over `(grid / patch_size)²` tokens per frame."""
+    encoder_depths: tuple[int, ...] = (256,)
+    """Channels of the per-frame encoder's stages (`encoder.depths`)."""
+    encoder_blocks: int = 1
+    """ResNet blocks per encoder stage after the first (`encoder.blocks`)."""
+    decoder_depths: tuple[int, ...] = (512,)
+    """Channels of the decoder's stages, walked in reverse (`decoder.depths`)."""
+    decoder_blocks: int = 4
+    """ResNet blocks per decoder stage (`decoder.blocks`)."""
+    n_layers: int = 8
+    """Layers of the temporal model (`seq_model.n_layers`, `z_tfm.num_layers`)."""
+    d_model: int = 512
+    """Channels of the ConvS5 stack (`d_model`)."""
+    ssm_size: int = 512
+    """HiPPO size N of each ConvS5 layer (`ssm.ssm_size`)."""
+    ssm_blocks: int = 1
+    """HiPPO blocks J of each ConvS5 layer (`ssm.blocks`)."""
+    clip_eigs: bool = False
+    """Clamp the ConvS5 eigenvalues' real parts below zero (`ssm.clip_eigs`)."""
+    patch_size: int = 16
+    """Kernel and stride of the transformer's patchifying convolution (`z_ds`)."""
+    width: int = 512
+    """Token width of the transformer (`z_tfm.embed_dim`)."""
+    mlp_dim: int = 2048
+    """MLP width of the transformer (`z_tfm.mlp_dim`)."""
+    n_heads: int = 16
+    """Attention heads of the transformer (`z_tfm.num_heads`)."""
+    embedding_dim: int = 512
+    """Channels of the grid the transformer's transposed convolution gives the decoder
+    (`embedding_dim`)."""
+    max_frames: int = 300
+    """Longest video the transformer is run on (`seq_len`)."""
+    action_dim: int = 6
+    """Number of distinct actions (`action_dim`; -1 is no action)."""
+    action_embed_dim: int = 16
+    """Width of the action embedding (`action_embed_dim`)."""
+    use_actions: bool = True
+    """Condition on the actions (false: every action is 0)."""
+    action_dropout: float = 0.5
+    """Probability that a whole sequence's actions are dropped to -1 in training
+    (`action_dropout_rate`); 0 never."""
+    drop_loss_rate: float = 0.0
+    """DropLoss: the loss sees a random `1 - rate` of the time steps (`drop_loss_rate`)."""
+    label_smoothing: float = 0.01
+    """Label smoothing of the cross-entropy over the tokenizer's codes."""
+    temperature: float = 1.0
+    """Sampling temperature of the generated codes (ConvSSM: 1, categorical)."""
+    attention_impl: AttentionImpl = "auto"
+    """`eqvid.kernels.attention` implementation: "auto", "pallas", "xla" or "cudnn"."""
+    remat: bool = False
+    """Recompute the temporal layers' activations in the backward pass."""
+
+    def __post_init__(self):
+        name = type(self).__name__
+        for field in (
+            "frame_size", "channels", "encoder_blocks", "decoder_blocks", "n_layers", "d_model",
+            "ssm_size", "ssm_blocks", "patch_size", "width", "mlp_dim", "n_heads",
+            "embedding_dim", "max_frames", "action_dim", "action_embed_dim",
+        ):  # fmt: skip
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}: `{field}` must be an int >= 1; got {value!r}.")
+        for field in ("action_dropout", "drop_loss_rate", "label_smoothing"):
+            value = getattr(self, field)
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"{name}: `{field}` must be in [0, 1); got {value!r}.")
+        if not self.temperature > 0:
+            raise ValueError(f"{name}: `temperature` must be > 0; got {self.temperature!r}.")
+        if self.temporal not in typing.get_args(Temporal):
+            raise ValueError(
+                f"{name}: `temporal` must be one of {typing.get_args(Temporal)}; got "
+                f"{self.temporal!r}."
+            )
+
+    @classmethod
+    def preset(cls, name: str) -> "LatentVideoConfig":
+        """A named configuration (`"dmlab"`, … and `"small"` for a CPU)."""
+        return preset_of(cls, name)
+
+
+@dataclasses.dataclass(frozen=True)
+class LatentConvS5Config(LatentVideoConfig):
+    """ConvSSM's latent ConvS5 (`convS5`): a ConvS5 stack over the tokenizer's code grid."""
+
+    temporal: Temporal = "convs5"
+    """The temporal model (see `LatentVideoConfig`)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LatentTransformerConfig(LatentVideoConfig):
+    """ConvSSM's latent Transformer baseline (`transformer`): one token per frame."""
+
+    temporal: Temporal = "transformer"
+    """The temporal model (see `LatentVideoConfig`)."""
+
+
+LATENT_CONVS5_PRESETS: dict[str, LatentConvS5Config] = {
+    # NVlabs/ConvSSM configs/3D_ENV_BENCHMARK/*/{dmlab_convs5,habitat_convS5,
+    # minecraft_convS5}.yaml. DMLab trains with causal frame masking (not here: see
+    # the docs); Habitat and Minecraft with DropLoss 0.9.
+    "dmlab": LatentConvS5Config(),
+    "habitat": LatentConvS5Config(frame_size=128, drop_loss_rate=0.9),
+    "minecraft": LatentConvS5Config(
+        frame_size=128, n_layers=12, drop_loss_rate=0.9, action_dropout=0.0
+    ),
+    "small": LatentConvS5Config(
+        encoder_depths=(32,),
+        decoder_depths=(64,),
+        decoder_blocks=1,
+        n_layers=2,
+        d_model=32,
+        ssm_size=32,
+        action_embed_dim=4,
+    ),
+}
+
+LATENT_TRANSFORMER_PRESETS: dict[str, LatentTransformerConfig] = {
+    # configs/3D_ENV_BENCHMARK/dmlab/dmlab_transformer.yaml.
+    "dmlab": LatentTransformerConfig(),
+    "small": LatentTransformerConfig(
+        encoder_depths=(32,),
+        decoder_depths=(64,),
+        decoder_blocks=1,
+        n_layers=2,
+        patch_size=4,
+        width=64,
+        mlp_dim=256,
+        n_heads=4,
+        embedding_dim=32,
+        action_embed_dim=4,
+    ),
+}
+
+
+class LatentVideoModel(AbstractLatentVideoModel):
+    """ConvSSM's plain latent model on a frozen tokenizer's codes (see the module
+    docstring).
+
+    **Per video** (codes `(T, S, S)`, actions `(T,)`): `f_t = encoder(embed(codes_t))`;
+    temporal inputs `[f_j, a_{j+1}]`; output `y_j` predicts frame `j + 1`:
+    `logits = decoder(y_j)` over the tokenizer's codes; loss the label-smoothed
+    cross-entropy summed over the code grid, averaged over the frames (DropLoss: a
+    random subset). Generation samples each frame's codes from the logits
+    (`temperature`) and feeds them back.
+    """
+
+    tokenizer: AbstractVideoTokenizer = eqx.field(metadata=role(frozen=True))
+    encoder: ResNetEncoder
+    action_embedding: Float[Array, "actions embed"]
+    temporal: AbstractTemporalCore
+    decoder: ResNetDecoder
+    config: LatentVideoConfig = eqx.field(static=True)
+    code_size: int = eqx.field(static=True)
+
+    def __init__(
+        self,
+        config: LatentVideoConfig,
+        *,
+        key: PRNGKeyArray,
+        tokenizer: AbstractVideoTokenizer | None = None,
+    ):
+        c = config
+        owner = type(self).__name__
+        tok = tokenizer_argument(owner, c, tokenizer)
+        shape = tok.code_shape(1, c.frame_size, c.frame_size)
+        size = shape[1]
+        latent = size // 2 ** (len(c.encoder_depths) - 1)
+        if shape[1] != shape[2] or latent * 2 ** (len(c.encoder_depths) - 1) != size:
+            raise ValueError(
+                f"{owner}: the tokenizer's {shape[1]}×{shape[2]} code grid does not fit "
+                f"{len(c.encoder_depths)} encoder stages (square, divisible by "
+                f"{2 ** (len(c.encoder_depths) - 1)})."
+            )
+        if c.temporal == "transformer" and latent % c.patch_size:
+            raise ValueError(
+                f"{owner}: patch_size {c.patch_size} must divide the {latent}×{latent} "
+                "latent grid; choose a patch_size for this tokenizer."
+            )
+        ke, ka, kt, kd = jax.random.split(key, 4)
+        feat = c.encoder_depths[-1] + c.action_embed_dim
+        self.tokenizer = tok
+        self.encoder = ResNetEncoder(
+            tok.embed_dim, c.encoder_depths, blocks=c.encoder_blocks, key=ke
+        )
+        self.action_embedding = jax.random.normal(
+            ka, (c.action_dim + 1, c.action_embed_dim), jnp.float32
+        )
+        if c.temporal == "convs5":
+            self.temporal = ConvS5Core(
+                feat,
+                latent=latent,
+                d_model=c.d_model,
+                ssm_size=c.ssm_size,
+                n_layers=c.n_layers,
+                blocks=c.ssm_blocks,
+                clip_eigs=c.clip_eigs,
+                remat=c.remat,
+                key=kt,
+            )
+            out = c.d_model
+        else:
+            self.temporal = TransformerCore(
+                feat,
+                c.embedding_dim,
+                latent=latent,
+                patch=c.patch_size,
+                width=c.width,
+                n_layers=c.n_layers,
+                n_heads=c.n_heads,
+                mlp_dim=c.mlp_dim,
+                impl=c.attention_impl,
+                remat=c.remat,
+                key=kt,
+            )
+            out = c.embedding_dim
+        self.decoder = ResNetDecoder(
+            out, c.decoder_depths, tok.n_codes, blocks=c.decoder_blocks, key=kd
+        )
+        self.config = config
+        self.code_size = size
+
+    def _features(self, codes):
+        emb = jax.lax.stop_gradient(self.tokenizer.embed(codes))
+        return self.encoder(emb)
+
+    def _inputs(self, features, actions):
+        a = embed_actions(self.action_embedding, actions[1:]).astype(features.dtype)
+        a = jnp.broadcast_to(a[:, None, None, :], features.shape[:-1] + a.shape[-1:])
+        return jnp.concatenate([features, a], axis=-1)
+
+    def _video_loss(self, codes, actions, key):
+        c = self.config
+        t = codes.shape[0]
+        k_drop = k_temporal = None
+        if key is not None:
+            k_drop, k_temporal = jax.random.split(key)
+        y = self.temporal(self._inputs(self._features(codes[:-1]), actions), key=k_temporal)
+        frames = drop_loss_frames(k_drop, t, 1, c.drop_loss_rate)
+        loss = smoothed_code_loss(self.decoder(y[frames - 1]), codes[frames], c.label_smoothing)
+        return loss, len(frames)
+
+    def codes_loss(
+        self,
+        codes: Int[Array, "batch steps code_height code_width"],
+        actions: Int[Array, "batch frames"] | None,
+        state: eqx.nn.State | None = None,
+        *,
+        key: KeyOrKeys | None = None,
+        step: Int[ArrayLike, ""] = 0,
+    ) -> tuple[Scalar, LossTerms, eqx.nn.State | None]:
+        """The label-smoothed cross-entropy of the next frame's codes, summed over the
+        code grid and averaged over the predicted frames (term `recon_loss`). `key`
+        drives action dropout and DropLoss; `None` (evaluation) uses every frame."""
+        del step
+        c = self.config
+        b, t = codes.shape[:2]
+        owner = type(self).__name__
+        if t < 2:
+            raise ValueError(f"{owner}: a training window needs at least 2 frames; got {t}.")
+        if c.temporal == "transformer" and t > c.max_frames:
+            raise ValueError(
+                f"{owner}: windows of {t} frames exceed max_frames = {c.max_frames}; train "
+                "on shorter windows (--seq-len) or raise max_frames."
+            )
+        keys = per_video_keys(key, b)
+        if actions is None or not c.use_actions:
+            actions = jnp.full((b, t), 0 if not c.use_actions else -1, jnp.int32)
+        if keys is None:
+            sums, counts = jax.vmap(lambda cd, a: self._video_loss(cd, a, None))(codes, actions)
+        else:
+            if c.action_dropout > 0:
+                action_keys = jax.vmap(lambda kk: jax.random.fold_in(kk, 1))(keys)
+                actions = drop_actions(action_keys, actions, c.action_dropout)
+            loss_keys = jax.vmap(lambda kk: jax.random.fold_in(kk, 2))(keys)
+            sums, counts = jax.vmap(self._video_loss)(codes, actions, loss_keys)
+        loss = jnp.sum(sums) / jnp.sum(counts).astype(sums.dtype)
+        return loss, {"recon_loss": loss}, state
+
+    def generate_codes(
+        self,
+        context: Int[Array, "context_steps code_height code_width"],
+        num_steps: int,
+        *,
+        key: PRNGKeyArray,
+        actions: Int[Array, " frames"] | None = None,
+    ) -> Int[Array, "{num_steps} code_height code_width"]:
+        """Continue `context` by `num_steps` frames, sampling each frame's codes from the
+        decoder's logits (`config.temperature`) and feeding them back: the ConvS5 stack
+        steps its recurrence, the transformer its key/value cache (O(1) per frame)."""
+        c = self.config
+        owner = type(self).__name__
+        n_ctx = context.shape[0]
+        if n_ctx < 1 or num_steps < 1:
+            raise ValueError(
+                f"{owner}.generate: needs at least one context frame and one frame to "
+                f"generate; got {n_ctx} and {num_steps}."
+            )
+        total = n_ctx + num_steps
+        if c.temporal == "transformer" and total > c.max_frames:
+            raise ValueError(
+                f"{owner}.generate: context ({n_ctx}) + frames ({num_steps}) = {total} exceeds "
+                f"max_frames = {c.max_frames}; generate fewer frames or raise max_frames."
+            )
+        if actions is None or not c.use_actions:
+            actions = jnp.full((total,), 0 if not c.use_actions else -1, jnp.int32)
+        elif actions.shape != (total,):
+            raise ValueError(
+                f"{owner}.generate: `actions` must cover context and generated frames, shape "
+                f"({total},); got {actions.shape}."
+            )
+        inputs = self._inputs(self._features(context), actions[: n_ctx + 1])
+        state, ys = self.temporal.prefill(self.temporal.init_state(total), inputs)
+
+        def step(carry, xs):
+            state, y = carry
+            i, k = xs
+            logits = self.decoder(y).astype(jnp.float32) / c.temperature
+            codes = jax.random.categorical(k, logits).astype(jnp.int32)
+            a = jax.lax.dynamic_slice_in_dim(actions, n_ctx + i, 2)
+            x = self._inputs(self._features(codes[None]), a)[0]
+            state, y = self.temporal.step(state, x, n_ctx + i)
+            return (state, y), codes
+
+        steps = (jnp.arange(num_steps, dtype=jnp.int32), jax.random.split(key, num_steps))
+        _, out = jax.lax.scan(step, (state, ys[-1]), steps)
+        return out
+
+    def check_codes_batch(
+        self,
+        codes: Int[np.ndarray, "batch steps code_height code_width"],
+        actions: Int[np.ndarray, "batch frames"] | None,
+    ) -> None:
+        """Codes of the tokenizer's grid and codebook; actions in `[-1, action_dim)`."""
+        check_latent_batch(
+            type(self).__name__,
+            codes,
+            actions if self.config.use_actions else None,
+            n_codes=self.tokenizer.n_codes,
+            grid=(self.code_size, self.code_size),
+            num_actions=self.config.action_dim,
+        )
+
+    def check_batch(
+        self,
+        video: Float[np.ndarray, "batch time height width channels"],
+        actions: Int[np.ndarray, "batch time"] | None,
+    ) -> None:
+        """Frames of the tokenizer's size; actions in `[-1, action_dim)`."""
+        s, ch = self.config.frame_size, self.config.channels
+        owner = type(self).__name__
+        if video.ndim != 5 or video.shape[2:] != (s, s, ch) or video.shape[0] < 1:
+            raise ValueError(
+                f"{owner}: `video` must be (batch ≥ 1, time, {s}, {s}, {ch}) (the "
+                f"tokenizer's frames); got {video.shape}."
+            )
+        if actions is not None and self.config.use_actions and actions.size:
+            low, high = int(actions.min()), int(actions.max())
+            if low < -1 or high >= self.config.action_dim:
+                raise ValueError(
+                    f"{owner}: action {low if low < -1 else high} is outside [-1, "
+                    f"{self.config.action_dim}) (action_dim); set action_dim to the data's."
+                )
+
+    def optimizer_groups(self) -> dict[str, GroupSettings]:
+        """The ConvS5 layers' "ssm" group at the run's rate (ConvSSM uses one rate)."""
+        return {}
+
+    def with_state(self, state: eqx.nn.State | None) -> "LatentVideoModel":
+        """No model state: the model itself."""
+        del state
+        return self
+
+
+register_model(
+    ModelSpec(
+        "convs5-latent",
+        "ConvS5 (latent)",
+        LatentConvS5Config,
+        LatentVideoModel,
+        LATENT_CONVS5_PRESETS,
+    )
+)
+register_model(
+    ModelSpec(
+        "transformer-latent",
+        "Transformer (latent)",
+        LatentTransformerConfig,
+        LatentVideoModel,
+        LATENT_TRANSFORMER_PRESETS,
+    )
+)

@@ -1,0 +1,150 @@
+"""ConvSSM's plain latent models (convs5-latent, transformer-latent) on a frozen
+tokenizer's codes: the released configurations' parameter counts, the loss, generation
+that steps exactly as the whole-sequence pass (recurrence / key-value cache), training
+through the one entry, and the errors."""
+
+import dataclasses
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from eqvid.models import VQGAN2D, LatentVideoModel, VQGAN2DConfig, make_model, model_spec
+
+TOKENIZER = dataclasses.replace(VQGAN2DConfig.preset("small"), frame_size=32, perceptual_weight=0.0)
+"""32×32 grey frames → 8×8 codes of 256, code vectors of 32."""
+
+
+def tiny(family: str):
+    return dataclasses.replace(
+        model_spec(family).preset("small"), frame_size=32, channels=1, patch_size=2, max_frames=12
+    )
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    model, state = make_model(TOKENIZER, key=jax.random.key(0))
+    assert isinstance(model, VQGAN2D)
+    return model.with_state(state)
+
+
+# From NVlabs/ConvSSM's modules (`jax.eval_shape(model.init)`) on
+# configs/3D_ENV_BENCHMARK/*, with a VQGAN of 256-wide code vectors (1024 codes;
+# Habitat's 8192). The original Transformer also creates an unused `sos_post` (16×16×256
+# = 65,536 parameters: 152,116,080 in its tree) that eqvid leaves out.
+RELEASED = {
+    ("convs5-latent", "dmlab"): ("teco-dmlab", 99_220_336),
+    ("convs5-latent", "habitat"): ("teco-habitat-128", 102_897_520),
+    ("convs5-latent", "minecraft"): ("teco-minecraft-128", 136_988_528),
+    ("transformer-latent", "dmlab"): ("teco-dmlab", 152_116_080 - 65_536),
+}
+
+
+@pytest.mark.parametrize("family,name", sorted(RELEASED))
+def test_released_configs_have_the_originals_parameter_counts(family, name):
+    vq_preset, expected = RELEASED[(family, name)]
+    vq = dataclasses.replace(VQGAN2DConfig.preset(vq_preset), perceptual_weight=0.0)
+    config = dataclasses.replace(model_spec(family).preset(name), frame_size=vq.frame_size)
+    tok = eqx.filter_eval_shape(lambda: make_model(vq, key=jax.random.key(0))[0])
+    model = eqx.filter_eval_shape(
+        lambda: LatentVideoModel(config, key=jax.random.key(0), tokenizer=tok)
+    )
+
+    def size(tree):
+        return sum(math.prod(x.shape) for x in jax.tree.leaves(tree) if hasattr(x, "shape"))
+
+    assert size(model) - size(model.tokenizer) == expected
+
+
+@pytest.mark.parametrize("family", ["convs5-latent", "transformer-latent"])
+def test_generation_steps_as_the_whole_sequence_predicts(family, tokenizer):
+    """At a near-zero temperature the generated codes are the decoder's argmax; fed
+    back through the whole-sequence (teacher-forced) pass they give the same argmax:
+    the recurrent / cached steps equal the parallel pass."""
+    config = dataclasses.replace(tiny(family), temperature=1e-6)
+    model = LatentVideoModel(config, key=jax.random.key(1), tokenizer=tokenizer)
+    context = jax.random.randint(jax.random.key(2), (3, 8, 8), 0, 256)
+    actions = jnp.arange(8, dtype=jnp.int32) % 6
+    out = eqx.filter_jit(
+        lambda m, c: m.generate_codes(c, 5, key=jax.random.key(3), actions=actions)
+    )(model, context)
+    assert out.shape == (5, 8, 8) and out.dtype == jnp.int32
+    video = jnp.concatenate([context, out])
+
+    @eqx.filter_jit
+    def teacher_forced(m, codes):
+        y = m.temporal(m._inputs(m._features(codes[:-1]), actions))
+        return jnp.argmax(m.decoder(y), axis=-1)
+
+    np.testing.assert_array_equal(teacher_forced(model, video)[2:], out)
+    hot = LatentVideoModel(tiny(family), key=jax.random.key(1), tokenizer=tokenizer)
+    a = hot.generate_codes(context, 2, key=jax.random.key(4), actions=actions[:5])
+    b = hot.generate_codes(context, 2, key=jax.random.key(5), actions=actions[:5])
+    assert not np.array_equal(a, b)  # sampled: another key, other codes
+
+
+def test_the_loss_is_the_smoothed_cross_entropy_of_the_next_frames_codes(tokenizer):
+    model = LatentVideoModel(tiny("convs5-latent"), key=jax.random.key(1), tokenizer=tokenizer)
+    codes = jax.random.randint(jax.random.key(2), (2, 5, 8, 8), 0, 256)
+
+    @eqx.filter_jit
+    def loss_and_grads(m):
+        def loss(m):
+            value, terms, _ = m.codes_loss(codes, None, key=jax.random.key(0))
+            return value, terms
+
+        return eqx.filter_value_and_grad(loss, has_aux=True)(m)
+
+    (loss, terms), grads = loss_and_grads(model)
+    assert set(terms) == {"recon_loss"}
+    assert 0.8 * 64 * math.log(256) < float(loss) < 1.5 * 64 * math.log(256)
+    assert all(
+        float(jnp.abs(g).max()) == 0
+        for g in jax.tree.leaves(eqx.filter(grads.tokenizer, eqx.is_array))
+    )
+    assert any(
+        float(jnp.abs(g).max()) > 0
+        for g in jax.tree.leaves(eqx.filter(grads.temporal, eqx.is_array))
+    )
+    # Evaluation (no key): every frame, the same value as a re-statement.
+    evaluated = eqx.filter_jit(lambda m: m.codes_loss(codes, None)[0])(model)
+
+    def restated(m):
+        total = 0.0
+        for v in range(2):
+            y = m.temporal(m._inputs(m._features(codes[v, :-1]), jnp.full((5,), -1, jnp.int32)))
+            logp = jax.nn.log_softmax(m.decoder(y))
+            labels = jax.nn.one_hot(codes[v, 1:], 256) * 0.99 + 0.01 / 256
+            total += -jnp.sum(labels * logp)
+        return total / 8
+
+    np.testing.assert_allclose(float(evaluated), float(eqx.filter_jit(restated)(model)), rtol=1e-5)
+
+
+def test_bad_inputs_name_the_value_and_the_fix(tokenizer):
+    model = LatentVideoModel(tiny("convs5-latent"), key=jax.random.key(1), tokenizer=tokenizer)
+    with pytest.raises(ValueError, match=r"\(batch, steps, 8, 8\).*another tokenizer"):
+        model.check_codes_batch(np.zeros((1, 4, 16, 16), np.int32), None)
+    with pytest.raises(ValueError, match=r"action 9 is outside \[-1, 6\)"):
+        model.check_codes_batch(np.zeros((1, 4, 8, 8), np.int32), np.full((1, 4), 9))
+    with pytest.raises(ValueError, match="`actions` must cover context and generated frames"):
+        model.generate_codes(
+            jnp.zeros((2, 8, 8), jnp.int32),
+            3,
+            key=jax.random.key(0),
+            actions=jnp.zeros((4,), jnp.int32),
+        )
+    transformer = LatentVideoModel(
+        tiny("transformer-latent"), key=jax.random.key(1), tokenizer=tokenizer
+    )
+    with pytest.raises(ValueError, match="exceeds max_frames = 12"):
+        transformer.generate_codes(jnp.zeros((6, 8, 8), jnp.int32), 7, key=jax.random.key(0))
+    with pytest.raises(ValueError, match="patch_size 3 must divide"):
+        LatentVideoModel(
+            dataclasses.replace(tiny("transformer-latent"), patch_size=3),
+            key=jax.random.key(0),
+            tokenizer=tokenizer,
+        )
