@@ -264,6 +264,7 @@ TECO_PRESETS: dict[str, TECOConfig] = {
         t_draft=4,
         t_revise=4,
         revise_rounds=1,
+        drop_loss_rate=0.5,
     ),
 }
 
@@ -740,6 +741,7 @@ TECO_CONVS5_PRESETS: dict[str, TECOConvS5Config] = {
         t_draft=4,
         t_revise=4,
         revise_rounds=1,
+        drop_loss_rate=0.5,
     ),
 }
 

@@ -50,6 +50,7 @@ from ._sampling import space_to_depth as space_to_depth
 from ._sampling import upsample_nearest_2x as upsample_nearest_2x
 from ._sequence import AbstractSequenceLayer as AbstractSequenceLayer
 from ._temporal_core import AbstractTemporalCore as AbstractTemporalCore
+from ._temporal_core import ConvS5Core as ConvS5Core
 from ._temporal_core import TransformerCore as TransformerCore
 from ._temporal_transformer import TemporalTransformer as TemporalTransformer
 from ._transformer import KVCache as KVCache
