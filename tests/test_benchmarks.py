@@ -540,3 +540,17 @@ def test_gpu_check_reads_the_benchmark_tables():
         "1 failed: tests/test_a.py::test_x[1-2]",
     ]
     assert gpu_check.pytest_headline(progress)[0].endswith("so far 1 failed, 2 passed")
+
+
+def test_latent_benchmark_reads_the_rollout_report_and_explains_itself(capsys):
+    """latent_mmnist.py (a long run: tokenizer, encode, two latent models; recorded under
+    benchmarks/results/) compares each model's per-frame MSE with copy-last-frame."""
+    bench = load("latent_mmnist")
+    report = {"mse_per_frame": {"model": [0.01, 0.05, 0.02], "copy_last": [0.03, 0.04, 0.05]}}
+    mse, copy, wins = bench.summary(report)
+    assert (round(mse, 6), round(copy, 6), wins) == (0.026667, 0.04, [1, 3])
+    options = bench.train_recipe("teco", pathlib.Path("codes"), 7)
+    assert options[:2] == ["--model", "teco"] and "--dataset" in options and "7" in options
+    with pytest.raises(SystemExit):
+        bench.main(["--help"])
+    assert "--tokenizer" in capsys.readouterr().out
