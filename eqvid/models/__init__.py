@@ -17,6 +17,8 @@ from ._abstract import mean_over_videos as mean_over_videos
 from ._abstract import per_video_keys as per_video_keys
 from ._latent import AbstractLatentVideoModel as AbstractLatentVideoModel
 from ._latent import check_latent_batch as check_latent_batch
+from ._model_files import load_model as load_model
+from ._model_files import save_model as save_model
 from ._recurrent import AbstractRecurrentVideoModel as AbstractRecurrentVideoModel
 from ._recurrent import RecurrentConfig as RecurrentConfig
 from ._registry import MODELS as MODELS

@@ -1,5 +1,7 @@
 """HiPPO-LegS initialisation of diagonal SSMs and zero-order-hold discretisation."""
 
+import functools
+
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Complex, Float
@@ -28,8 +30,17 @@ def hippo_block_init(ssm_size: int, blocks: int) -> tuple[np.ndarray, np.ndarray
     Each block is HiPPO-LegS of size `ssm_size // blocks`; half of its
     eigenvalues (one of each conjugate pair) are kept, so the state has
     `P = ssm_size // 2` complex channels. Returns `(Λ (P,), V (ssm_size, P),
-    V⁻¹ = Vᴴ (P, ssm_size))`, block-diagonal.
+    V⁻¹ = Vᴴ (P, ssm_size))`, block-diagonal (fresh arrays: the caller may change
+    them).
     """
+    lam, v, vinv = _hippo_block_init(ssm_size, blocks)
+    return lam.copy(), v.copy(), vinv.copy()
+
+
+@functools.lru_cache(maxsize=16)
+def _hippo_block_init(ssm_size: int, blocks: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`hippo_block_init`, computed once per size (an eigendecomposition per block
+    size; every layer of a stack shares it)."""
     block = ssm_size // blocks
     lam, v = hippo_legs_normal(block)
     lam, v = lam[: block // 2], v[:, : block // 2]
