@@ -41,6 +41,7 @@ from eqvid.models import (
 )
 from eqvid.models._checkpoint_converters import (
     ConversionError,
+    convert_convs5_latent,
     convert_convs5_mnist,
     convert_teco_convs5,
     convert_teco_model,
@@ -50,7 +51,14 @@ from eqvid.models._checkpoint_converters import (
 )
 from eqvid.models._convs5_video import CONVS5_PRESETS
 from eqvid.models._frames import embed_actions
+from eqvid.models._latent_video import (
+    LATENT_CONVS5_PRESETS,
+    LatentConvS5Config,
+    LatentTransformerConfig,
+    LatentVideoModel,
+)
 from eqvid.models._model_files import load_model, save_model
+from eqvid.models._registry import model_spec
 from eqvid.models._teco import TECO_CONVS5_PRESETS, TECO_PRESETS, TECOConfig, TECOConvS5Config
 from eqvid.models._tokenizer_files import load_tokenizer, save_tokenizer
 from eqvid.models.convert_checkpoint import main as convert_main
@@ -152,16 +160,30 @@ class Tree(dict):
         self[f"{p}/mlm/AddBias_0/bias"] = (k,)
 
 
-def mnist_tree(o):
-    """`CONVS5_NOVQ` of the YAML values `o`."""
+def convs5_tree(o, *, cin, out):
+    """ConvSSM's `CONVS5` (VQ) / `CONVS5_NOVQ` of the YAML values `o` (encoder on `cin`
+    channels, decoder to `out`): they build the same modules."""
     t = Tree()
     t["params/action_embeds/embedding"] = (o["action_dim"] + 1, o["action_embed_dim"])
-    c = t.resnet_encoder("params/encoder", o["channels"], o["depths"], 1)
+    c = t.resnet_encoder("params/encoder", cin, o["enc_depths"], 1)
     t.conv("params/action_conv/Conv_0", c + o["action_embed_dim"], o["d_model"], 1)
     for i in range(o["n_layers"]):
         t.convs5_layer(f"params/sequence_model/layers_{i}", o["d_model"], o["ssm_size"])
-    t.resnet_decoder("params/decoder", o["d_model"], o["depths"], 1, o["channels"])
+    t.resnet_decoder("params/decoder", o["d_model"], o["dec_depths"], o["dec_blocks"], out)
     return t
+
+
+def mnist_tree(o):
+    """`CONVS5_NOVQ` of the YAML values `o`."""
+    c = o["channels"]
+    o = dict(o, enc_depths=o["depths"], dec_depths=o["depths"], dec_blocks=1)
+    return convs5_tree(o, cin=c, out=c)
+
+
+def latent_tree(o, *, e, nc):
+    """ConvSSM's latent `CONVS5` (`sequence_models/VQ/convS5.py`) of the YAML values `o`,
+    on a VQGAN of `nc` codes of `e` channels."""
+    return convs5_tree(o, cin=e, out=nc)
 
 
 def teco_tree(o, *, e, nc, s):
@@ -207,8 +229,11 @@ DMLAB_GIT = dict(vocab_dim=256, width=512, heads=8, mlp=2048, layers=8)
 DMLAB_TECO = dict(embedding_dim=64, action_dim=6, action_embed_dim=16, enc_depths=[256, 512],
                   enc_blocks=2, dec_depths=[256, 512], dec_blocks=4, n_codes=1024, proj_dim=32,
                   git=DMLAB_GIT)  # fmt: skip
+DMLAB_CONVS5 = dict(enc_depths=[256], dec_depths=[512], dec_blocks=4, d_model=512, ssm_size=512,
+                    n_layers=8, action_dim=6, action_embed_dim=16)  # fmt: skip
 RELEASED = {
     "mnist300_convS5_novq": lambda: mnist_tree(MNIST_300),
+    "dmlab_convs5": lambda: latent_tree(DMLAB_CONVS5, e=256, nc=1024),
     "dmlab_teco_convS5": lambda: teco_tree(
         dict(DMLAB_TECO, temporal="convs5", d_model=512, ssm_size=1024, n_layers=8),
         e=256, nc=1024, s=16,
@@ -280,6 +305,7 @@ def shapes_only_hippo(monkeypatch):
     "name,family,preset,vqgan",
     [
         ("mnist300_convS5_novq", "convs5", "mnist-300", None),
+        ("dmlab_convs5", "convs5-latent", "dmlab", "teco-dmlab"),
         ("dmlab_teco_convS5", "teco-convs5", "dmlab", "teco-dmlab"),
         ("habitat_teco_convS5", "teco-convs5", "habitat", "teco-habitat-128"),
         ("minecraft_teco_convS5", "teco-convs5", "minecraft", "teco-minecraft-128"),
@@ -294,8 +320,7 @@ def test_the_converter_expects_the_released_trees(name, family, preset, vqgan):
         got = flax_parameter_shapes(ConvS5Config.preset(preset))
     else:
         vq, tok = _shape_only_vqgan(vqgan)
-        presets = TECO_PRESETS if family == "teco" else TECO_CONVS5_PRESETS
-        config = dataclasses.replace(presets[preset], frame_size=vq.frame_size)
+        config = dataclasses.replace(model_spec(family).preset(preset), frame_size=vq.frame_size)
         got = flax_parameter_shapes(config, tokenizer=tok)
     assert got == want
 
@@ -559,17 +584,25 @@ class Ref:
         return self.ln(f"{pre}/LayerNorm_0", gelu(self.dense(f"{pre}/Dense_1", x)))
 
 
-def ref_mnist(p, video, *, clip=True):
-    """`CONVS5_NOVQ.__call__`'s predictions (use_actions False: action 0 everywhere):
-    frames 1…T-1 from 0…T-2, `tanh(decoder(...))`."""
-    r = Ref(p)
-    feats = r.encoder("params/encoder", video, 1)
-    act = r["params/action_embeds/embedding"][0]
-    act = np.broadcast_to(act, feats.shape[:-1] + act.shape)
+def ref_convs5(r, x, actions, *, clip, dec_blocks):
+    """`CONVS5(_NOVQ).condition` + the decoder: per-frame encoder features of `x`
+    (T, H, W, C), frame j's concatenated with the embedding of action j + 1 (tiled;
+    -1 is the table's last row, as `jnp.take` wraps), `action_conv`, the ConvS5 stack
+    from the zero state, the decoder: outputs for frames 1…T-1."""
+    feats = r.encoder("params/encoder", x, 1)
+    act = r["params/action_embeds/embedding"][np.asarray(actions)]
+    act = np.broadcast_to(act[:, None, None], feats.shape[:-1] + act.shape[-1:])
     u = r.conv("params/action_conv/Conv_0", np.concatenate([feats[:-1], act[1:]], -1))
     for i in r.blocks("params/sequence_model/layers_"):
         u = r.convs5_layer(f"params/sequence_model/layers_{i}", u, clip)
-    return np.tanh(r.decoder("params/decoder", u, 1))
+    return r.decoder("params/decoder", u, dec_blocks)
+
+
+def ref_mnist(p, video, *, clip=True):
+    """`CONVS5_NOVQ.__call__`'s predictions (use_actions False: action 0 everywhere):
+    frames 1…T-1 from 0…T-2, `tanh(decoder(...))`."""
+    actions = np.zeros(len(video), int)
+    return np.tanh(ref_convs5(Ref(p), video, actions, clip=clip, dec_blocks=1))
 
 
 def ref_mnist_rollout(p, context, n):
@@ -886,6 +919,116 @@ def test_teco_cli_and_wrong_files(tokenizer_folder, tmp_path, capsys, monkeypatc
         convert_main(argv[:2] + ["--out", str(tmp_path / "e"), "--tokenizer", str(tmp_path)]) == 1
     )
     assert "neither a tokenizer folder" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ latent ConvS5 (VQ)
+
+TINY_LATENT = dict(enc_depths=[32], dec_depths=[64], dec_blocks=2, d_model=32, ssm_size=8,
+                   n_layers=2, action_dim=3, action_embed_dim=4)  # fmt: skip
+LATENT_CONFIG = LatentConvS5Config(
+    encoder_depths=(32,), decoder_depths=(64,), decoder_blocks=2, d_model=32, ssm_size=8,
+    n_layers=2, action_dim=3, action_embed_dim=4,
+)  # fmt: skip
+
+
+def latent_run(tmp_path, args=None):
+    """A tiny `convS5` run on `TOKENIZER`'s 8×8 grid of 256 codes of 32 channels; `args`
+    pickled beside it (default: `model: convS5`)."""
+    params = random_params(latent_tree(TINY_LATENT, e=32, nc=256), seed=6)
+    run = write_run(tmp_path / "convs5_run", params, older=False)
+    args = Namespace(model="convS5", seed=1) if args is None else args
+    (run / "args").write_bytes(pickle.dumps(args))
+    return run, params
+
+
+def test_convs5_latent_gives_the_originals_logits(tokenizer_folder, tmp_path):
+    run, params = latent_run(tmp_path)
+    result = convert_convs5_latent(
+        run, tmp_path / "out", tokenizer=tokenizer_folder, config=LATENT_CONFIG
+    )
+    assert result.tensors == len(params) and result.preset is None
+    model = load_model(result.folder)
+    assert isinstance(model, LatentVideoModel)
+    c = model.config
+    assert c == dataclasses.replace(
+        LATENT_CONFIG, tokenizer=str(tokenizer_folder.resolve()), frame_size=32, channels=1
+    )
+    # Teacher forcing over 4 frames of codes; the actions include -1 (no action).
+    rng = np.random.default_rng(7)
+    codes = jnp.asarray(rng.integers(0, 256, (4, 8, 8)), jnp.int32)
+    actions = jnp.asarray([2, -1, 0, 2], jnp.int32)
+    vectors = np.asarray(model.tokenizer.embed(codes))  # the VQGAN's lookup
+    want = ref_convs5(Ref(params), vectors, actions, clip=False, dec_blocks=2)
+    got = model.decoder(model.temporal(model._inputs(model._features(codes[:-1]), actions)))
+    np.testing.assert_allclose(got, want, atol=ATOL, rtol=RTOL)
+    # The loss (evaluation: every frame): label-smoothed CE summed over the grid.
+    labels = np.eye(256)[np.asarray(codes[1:])] * 0.99 + 0.01 / 256
+    logp = want - want.max(-1, keepdims=True)
+    logp = logp - np.log(np.exp(logp).sum(-1, keepdims=True))
+    loss, _, _ = model.codes_loss(codes[None], actions[None])
+    np.testing.assert_allclose(loss, -(labels * logp).sum() / 3, rtol=1e-5)
+
+
+@pytest.mark.usefixtures("shapes_only_hippo")  # the full presets: templates only
+def test_convs5_latent_cli_presets_and_wrong_files(tokenizer_folder, tmp_path, capsys, monkeypatch):
+    run, params = latent_run(
+        tmp_path, Namespace(model="convS5", use_actions=True, causal_masking=True)
+    )
+    monkeypatch.setitem(LATENT_CONVS5_PRESETS, "tiny-test", LATENT_CONFIG)
+    tok = ["--tokenizer", str(tokenizer_folder)]
+    assert convert_main(["convs5-latent", str(run), "--out", str(tmp_path / "cli"),
+                         "--preset", "tiny-test", *tok]) == 0  # fmt: skip
+    text = capsys.readouterr().out
+    assert "ConvSSM latent ConvS5 (convS5) → ConvS5 (latent)" in text and "rolled" in text
+    assert "causal masking" in text
+    model = load_model(tmp_path / "cli")
+    assert isinstance(model, LatentVideoModel)
+    np.testing.assert_array_equal(
+        model.action_embedding, np.roll(params["params/action_embeds/embedding"], 1, 0)
+    )
+    # DMLab's and Habitat's trees are alike: the run's drop_loss_rate decides, else dmlab.
+    monkeypatch.setitem(LATENT_CONVS5_PRESETS, "dmlab", LATENT_CONFIG)
+    monkeypatch.setitem(
+        LATENT_CONVS5_PRESETS, "habitat", dataclasses.replace(LATENT_CONFIG, drop_loss_rate=0.9)
+    )
+    result = convert_convs5_latent(run, tmp_path / "a", tokenizer=tokenizer_folder)
+    assert result.preset == "dmlab" and any("fits presets ['dmlab', 'habitat']" in n
+                                            for n in result.notes)  # fmt: skip
+    habitat, _ = latent_run(tmp_path / "h", Namespace(model="convS5", drop_loss_rate=0.9,
+                                                      use_actions=False))  # fmt: skip
+    result = convert_convs5_latent(habitat, tmp_path / "b", tokenizer=tokenizer_folder)
+    assert result.preset == "habitat" and isinstance(result.config, LatentConvS5Config)
+    assert not result.config.use_actions
+    monkeypatch.undo()
+    # The released presets do not fit this tiny tree: the first mismatch per preset.
+    with pytest.raises(ConversionError) as info:
+        convert_convs5_latent(run, tmp_path / "c", tokenizer=tokenizer_folder)
+    assert str(run / "checkpoints" / "checkpoint_250000") in str(info.value)
+    assert (
+        "'dmlab': `params/encoder/Conv_0/kernel` has shape [3, 3, 32, 32], expected "
+        "[3, 3, 32, 256]" in str(info.value)
+    )
+    # TECO-ConvS5's file (no args): the first array the latent ConvS5 reads is missing.
+    teco, _ = teco_run(tmp_path / "t", TINY_CONVS5, model="teco_convS5")
+    with pytest.raises(ConversionError, match=r"args: the run is a `teco_convS5` model"):
+        convert_convs5_latent(
+            teco, tmp_path / "d", tokenizer=tokenizer_folder, config=LATENT_CONFIG
+        )
+    (teco / "args").unlink()
+    with pytest.raises(
+        ConversionError, match=r"`params/encoder/Conv_0/kernel` is missing \(expected shape "
+        r"\[3, 3, 32, 32\]\) \(and \d+ more\)"
+    ):  # fmt: skip
+        convert_convs5_latent(
+            teco, tmp_path / "d", tokenizer=tokenizer_folder, config=LATENT_CONFIG
+        )
+    with pytest.raises(ValueError, match="needs its tokenizer"):
+        convert_video_checkpoint("convs5-latent", run, tmp_path / "e", config=LATENT_CONFIG)
+    with pytest.raises(TypeError, match="LatentConvS5Config"):  # or jaxtyping's check
+        convert_video_checkpoint(
+            "convs5-latent", run, tmp_path / "f", tokenizer=tokenizer_folder,
+            config=LatentTransformerConfig.preset("small"),  # type: ignore[arg-type]
+        )  # fmt: skip
 
 
 # ------------------------------------------------------------------ model folders

@@ -3,11 +3,12 @@ folders (`save_model`), without Flax, TensorFlow or PyTorch.
 
 Both codebases save a Flax 0.6 `TrainState` with `flax.training.checkpoints` as one
 msgpack file, `checkpoints/checkpoint_<step>` (`step`, `params`, `opt_state`,
-`model_state`); only `params` is read. Three kinds:
+`model_state`); only `params` is read. Four kinds:
 
 | kind | original | eqvid family (class) | released presets |
 |---|---|---|---|
 | `convs5-mnist` | NVlabs/ConvSSM `convS5_noVQ` (Moving MNIST) | `convs5` (`ConvS5VideoModel`) | `mnist-300`, `mnist-600` |
+| `convs5-latent` | NVlabs/ConvSSM `convS5` (VQGAN codes) | `convs5-latent` (`LatentVideoModel`) | `dmlab` (configs: `minecraft`, `habitat`) |
 | `teco` | wilson1yan/teco `TECO` (also ConvSSM's `teco_transformer`) | `teco` (`TECO`) | `dmlab`, `minecraft`, `habitat`, `kinetics600` |
 | `teco-convs5` | NVlabs/ConvSSM `teco_convS5` | `teco-convs5` (`TECO`) | `dmlab`, `habitat`, `minecraft` |
 
@@ -15,9 +16,10 @@ The architecture is the preset's (or the `config` passed in); without one, the
 released preset whose parameter tree the file holds is chosen. Every Flax array the
 eqvid model needs is checked by name and shape, the first missing or mis-shaped one
 is named with the file, and arrays under `params/` that the model has no place for are
-refused. TECO models stand on a tokenizer folder (TECO's VQGAN, converted with
-`python -m eqvid.models.convert_tokenizer teco`): the config's `tokenizer` is its
-absolute path, `frame_size` and `channels` are the tokenizer's.
+refused. The models on codes (all but `convs5-mnist`) stand on a tokenizer folder
+(TECO's VQGAN, converted with `python -m eqvid.models.convert_tokenizer teco`): the
+config's `tokenizer` is its absolute path, `frame_size` and `channels` are the
+tokenizer's.
 
 **Layout changes** (Flax → eqvid):
 
@@ -55,6 +57,7 @@ import numpy as np
 from ..nn._resnet import ResNetBlock, ResNetDecoder, ResNetEncoder
 from ..nn._temporal_core import ConvS5Core, TransformerCore
 from ._convs5_video import ConvS5Config, ConvS5VideoModel
+from ._latent_video import LatentConvS5Config, LatentVideoModel
 from ._model_files import save_model
 from ._registry import model_spec
 from ._teco import TECO, TECOConfig, TECOConvS5Config
@@ -74,6 +77,7 @@ __all__ = [
     "CHECKPOINT_KINDS",
     "ConversionError",
     "ConvertedModel",
+    "convert_convs5_latent",
     "convert_convs5_mnist",
     "convert_teco_convs5",
     "convert_teco_model",
@@ -104,6 +108,13 @@ _KINDS = {
             ("convS5_noVQ",),
         ),
         _Kind(
+            "convs5-latent",
+            "convs5-latent",
+            "ConvSSM latent ConvS5 (convS5)",
+            ("dmlab", "minecraft", "habitat"),
+            ("convS5",),
+        ),
+        _Kind(
             "teco",
             "teco",
             "TECO (wilson1yan/teco)",
@@ -121,7 +132,8 @@ _KINDS = {
 }
 
 CHECKPOINT_KINDS: tuple[str, ...] = tuple(_KINDS)
-"""The kinds `convert_video_checkpoint` takes: `"convs5-mnist"`, `"teco"`, `"teco-convs5"`."""
+"""The kinds `convert_video_checkpoint` takes: `"convs5-mnist"`, `"convs5-latent"`,
+`"teco"`, `"teco-convs5"`."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,8 +143,8 @@ class ConvertedModel:
     folder: pathlib.Path
     """The model folder (`load_model(folder)` reads it)."""
     kind: str
-    """The kind converted (`"convs5-mnist"`, `"teco"`, `"teco-convs5"`)."""
-    config: ConvS5Config | TECOConfig
+    """The kind converted (`"convs5-mnist"`, `"convs5-latent"`, `"teco"`, `"teco-convs5"`)."""
+    config: ConvS5Config | LatentConvS5Config | TECOConfig
     """The configuration of the converted model."""
     preset: str | None
     """The preset the configuration came from (None for a config passed in)."""
@@ -377,6 +389,14 @@ class _Plan:
         self.conv(f"{o}.conv2", f"{s}/C_D_conv/Conv_1")
         self.norm(f"{eq}.norm", f"{fl}/norm")
 
+    def convs5_stack(self, prefix: str, n_layers: int) -> None:
+        """ConvSSM's `action_conv` (a `1 × 1` `Conv_0`) and `StackedLayers` (`layers_<i>`)
+        → eqvid's `{prefix}project` and `{prefix}layers.<i>` (a `ConvS5Core`'s, or
+        `ConvS5VideoModel`'s with `prefix=""`)."""
+        self.conv(f"{prefix}project", "params/action_conv/Conv_0")
+        for i in range(n_layers):
+            self.convs5_layer(f"{prefix}layers.{i}", f"params/sequence_model/layers_{i}")
+
     def transformer_block(self, eq: str, fl: str) -> None:
         """TECO's pre-LN `TransformerLayer`: LayerNorm_0, MultiHeadAttention_0
         (query/key/value DenseGeneral with biases, `out` without, `out_bias`),
@@ -418,11 +438,23 @@ def _convs5_plan(model: ConvS5VideoModel, *, use_actions: bool) -> _Plan:
         "params/action_embeds/embedding",
         convert=_roll_actions if use_actions else _action_zero_everywhere,
     )
-    plan.conv("project", "params/action_conv/Conv_0")
-    for i in range(len(model.layers)):
-        plan.convs5_layer(f"layers.{i}", f"params/sequence_model/layers_{i}")
+    plan.convs5_stack("", len(model.layers))
     plan.resnet_decoder("decoder", "params/decoder", model.decoder)
     plan.check_complete()
+    return plan
+
+
+def _latent_convs5_plan(model: LatentVideoModel) -> _Plan:
+    """ConvSSM's plain latent `CONVS5` (`sequence_models/VQ/convS5.py`): the encoder on
+    the tokenizer's code vectors, `action_conv` + `StackedLayers`, the decoder to logits
+    over the tokenizer's codes (its `Dense_0` a `1 × 1` convolution)."""
+    assert isinstance(model.temporal, ConvS5Core)  # checked by `_template`
+    plan = _Plan(model)
+    plan.resnet_encoder("encoder", "params/encoder", model.encoder)
+    plan.take("action_embedding", "params/action_embeds/embedding", convert=_roll_actions)
+    plan.convs5_stack("temporal.", len(model.temporal.layers))
+    plan.resnet_decoder("decoder", "params/decoder", model.decoder)
+    plan.check_complete(external=("tokenizer.",))
     return plan
 
 
@@ -439,9 +471,7 @@ def _teco_plan(model: TECO) -> _Plan:
     plan.take("action_embedding", "params/action_embeds/embedding", convert=_roll_actions)
     temporal = model.temporal
     if isinstance(temporal, ConvS5Core):
-        plan.conv("temporal.project", "params/action_conv/Conv_0")
-        for i in range(len(temporal.layers)):
-            plan.convs5_layer(f"temporal.layers.{i}", f"params/sequence_model/layers_{i}")
+        plan.convs5_stack("temporal.", len(temporal.layers))
     else:
         assert isinstance(temporal, TransformerCore)
         t, tt = "temporal.transformer", temporal.transformer
@@ -483,30 +513,42 @@ def _template(config: Any, tokenizer: AbstractVideoTokenizer | None) -> eqx.Modu
     key = jax.random.key(0)
     if isinstance(config, ConvS5Config):
         return eqx.filter_eval_shape(ConvS5VideoModel, config, key=key)
-    if isinstance(config, TECOConfig):
+    if isinstance(config, TECOConfig | LatentConvS5Config):
         if tokenizer is None:
-            raise ValueError("a TECO model needs its tokenizer (`tokenizer`).")
-        return eqx.filter_eval_shape(lambda: TECO(config, key=key, tokenizer=tokenizer))
+            raise ValueError(f"a {type(config).__name__} model needs its tokenizer (`tokenizer`).")
+        if isinstance(config, TECOConfig):
+            return eqx.filter_eval_shape(lambda: TECO(config, key=key, tokenizer=tokenizer))
+        if config.temporal != "convs5":
+            raise ValueError(
+                "the original (convS5) has a ConvS5 stack: the config's temporal model must "
+                f"be 'convs5', not {config.temporal!r}."
+            )
+        return eqx.filter_eval_shape(lambda: LatentVideoModel(config, key=key, tokenizer=tokenizer))
     raise TypeError(
-        f"expected a ConvS5Config, TECOConfig or TECOConvS5Config, got {type(config).__name__}."
+        "expected a ConvS5Config, TECOConfig, TECOConvS5Config or LatentConvS5Config, got "
+        f"{type(config).__name__}."
     )
 
 
 def _plan(template: eqx.Module, *, use_actions: bool = False) -> _Plan:
     if isinstance(template, ConvS5VideoModel):
         return _convs5_plan(template, use_actions=use_actions)
+    if isinstance(template, LatentVideoModel):
+        return _latent_convs5_plan(template)
     assert isinstance(template, TECO)
     return _teco_plan(template)
 
 
 def flax_parameter_shapes(
-    config: ConvS5Config | TECOConfig, *, tokenizer: AbstractVideoTokenizer | None = None
+    config: ConvS5Config | LatentConvS5Config | TECOConfig,
+    *,
+    tokenizer: AbstractVideoTokenizer | None = None,
 ) -> dict[str, tuple[int, ...]]:
     """The parameter tree `{Flax path: shape}` (`params/…`) that the original model of
     `config` has, as the converter expects it: ConvSSM's `convS5_noVQ` for a
-    `ConvS5Config`, TECO's `TECO` for a `TECOConfig`, ConvSSM's `teco_convS5` for a
-    `TECOConvS5Config` (on `tokenizer`, which may be shapes only,
-    `equinox.filter_eval_shape`)."""
+    `ConvS5Config`, its `convS5` for a `LatentConvS5Config`, TECO's `TECO` for a
+    `TECOConfig`, ConvSSM's `teco_convS5` for a `TECOConvS5Config` (all but the first on
+    `tokenizer`, which may be shapes only, `equinox.filter_eval_shape`)."""
     plan = _plan(_template(config, tokenizer))
     return {s.name: s.shape for s in plan.sources.values()}
 
@@ -621,6 +663,19 @@ def _convert(
         tok_path = pathlib.Path(tokenizer).resolve()
         tok = load_tokenizer(tok_path)
         tok_config = tok.config
+        extra = {}
+        if kind.family == "convs5-latent" and args is not None:
+            if not getattr(args, "use_actions", True):
+                # The original then embeds action 0 for every frame, as eqvid does.
+                extra["use_actions"] = False
+                notes.append("the run ignores actions (use_actions: False), so does the model")
+            if getattr(args, "causal_masking", False):
+                notes.append(
+                    "the run trained with causal masking (encoder features of frames "
+                    "≥ open_loop_ctx_1 replaced by frame_mask_id for action-conditioned "
+                    "videos); the model has no such mode: its generation feeds the sampled "
+                    "frames back"
+                )
 
         def adapt(c: Any) -> Any:
             return dataclasses.replace(
@@ -628,6 +683,7 @@ def _convert(
                 tokenizer=str(tok_path),
                 frame_size=tok_config.frame_size,
                 channels=tok_config.channels,
+                **extra,
             )
 
         notes += [
@@ -661,6 +717,15 @@ def _convert(
             f"{path} fits none of the released {kind.title} presets ({each}). It holds another "
             "model, or another configuration: pass its preset (--preset) or config."
         )
+    if len(fits) > 1:  # e.g. DMLab's and Habitat's latent ConvS5: training settings differ
+        loss_rate = getattr(args, "drop_loss_rate", None)
+        if isinstance(loss_rate, int | float):  # the run's own, if its args say
+            fits = [f for f in fits if getattr(f[1], "drop_loss_rate", None) == loss_rate] or fits
+        if len(fits) > 1:
+            notes.append(
+                f"the file's tree fits presets {[f[0] for f in fits]} alike; took "
+                f"{fits[0][0]!r} (pass --preset to choose)"
+            )
     name, cfg, template, plan, _ = fits[0]
     assert template is not None and plan is not None
     model, count, numbers = _fill(template, plan, arrays)
@@ -701,6 +766,32 @@ def convert_convs5_mnist(
     """
     return _convert(
         "convs5-mnist", src, out_dir, preset=preset, config=config, step=step, tokenizer=None
+    )
+
+
+def convert_convs5_latent(
+    src: str | pathlib.Path,
+    out_dir: str | pathlib.Path,
+    *,
+    tokenizer: str | pathlib.Path,
+    preset: str | None = None,
+    config: LatentConvS5Config | None = None,
+    step: int | None = None,
+) -> ConvertedModel:
+    """Convert a ConvSSM latent ConvS5 checkpoint (`convS5`, the released DMLab run) into
+    a `LatentVideoModel` folder (family `convs5-latent`) on the tokenizer folder
+    `tokenizer` (the run's VQGAN, converted with `convert_tokenizer teco`).
+
+    The architecture is `LatentConvS5Config.preset(preset)` (`dmlab`, `minecraft`,
+    `habitat`), or `config`, with the tokenizer's frame size and channels; without
+    either, the released preset whose tree the file holds (DMLab's and Habitat's trees
+    are alike: the run's `args`, if beside the checkpoints, decide by its
+    `drop_loss_rate`, else `dmlab`). On the same weights the converted model gives the
+    original's decoder logits (teacher forcing).
+
+    **Returns:** a `ConvertedModel`. **Raises:** as `convert_convs5_mnist`."""
+    return _convert(
+        "convs5-latent", src, out_dir, preset=preset, config=config, step=step, tokenizer=tokenizer
     )
 
 
@@ -757,13 +848,14 @@ def convert_video_checkpoint(
     out_dir: str | pathlib.Path,
     *,
     preset: str | None = None,
-    config: ConvS5Config | TECOConfig | None = None,
+    config: ConvS5Config | LatentConvS5Config | TECOConfig | None = None,
     tokenizer: str | pathlib.Path | None = None,
     step: int | None = None,
 ) -> ConvertedModel:
-    """Convert a checkpoint of `kind` (`CHECKPOINT_KINDS`: `"convs5-mnist"`, `"teco"`,
-    `"teco-convs5"`) into a model folder at `out_dir`; see the per-kind converters.
-    `tokenizer` is required for the TECO kinds and refused for `convs5-mnist`."""
+    """Convert a checkpoint of `kind` (`CHECKPOINT_KINDS`: `"convs5-mnist"`,
+    `"convs5-latent"`, `"teco"`, `"teco-convs5"`) into a model folder at `out_dir`; see
+    the per-kind converters. `tokenizer` is required for the latent kinds (all but
+    `convs5-mnist`) and refused for `convs5-mnist`."""
     if kind not in _KINDS:
         raise ValueError(f"unknown checkpoint kind {kind!r}; choose one of {CHECKPOINT_KINDS}.")
     if kind == "convs5-mnist" and tokenizer is not None:

@@ -1,6 +1,7 @@
 """Convert released ConvSSM and TECO video-model checkpoints into eqvid model folders, once.
 
     python -m eqvid.models.convert_checkpoint convs5-mnist mnist_300/ --out models/convs5-mnist-300
+    python -m eqvid.models.convert_checkpoint convs5-latent dmlab_convs5/ --tokenizer tokenizers/teco-dmlab --out models/convs5-latent-dmlab
     python -m eqvid.models.convert_checkpoint teco dmlab_teco/ --tokenizer tokenizers/teco-dmlab --out models/teco-dmlab
     python -m eqvid.models.convert_checkpoint teco-convs5 habitat_teco_convS5/ --tokenizer tokenizers/teco-habitat --out models/teco-convs5-habitat
 
@@ -8,9 +9,9 @@ SRC is a run's folder (with `checkpoints/checkpoint_<step>`, a Flax 0.6 msgpack 
 its `checkpoints/` folder, or the file; the latest step is read unless `--step`. The
 folder then loads with `eqvid.models.load_model(folder)`. Neither Flax nor
 TensorFlow is needed: the file is read with `msgpack`. Every array is checked by name
-and shape; the first missing or mis-shaped one is named. The TECO kinds need the
-tokenizer folder of the model's VQGAN (`python -m eqvid.models.convert_tokenizer teco
-...`).
+and shape; the first missing or mis-shaped one is named. The kinds on VQGAN codes
+(convs5-latent and the TECO kinds) need the tokenizer folder of the model's VQGAN
+(`python -m eqvid.models.convert_tokenizer teco ...`).
 """
 
 import argparse
@@ -22,6 +23,7 @@ from eqvid.models._checkpoint_converters import (
     CHECKPOINT_KINDS,
     ConversionError,
     ConvertedModel,
+    convert_convs5_latent,
     convert_convs5_mnist,
     convert_teco_convs5,
     convert_teco_model,
@@ -32,6 +34,7 @@ __all__ = [
     "CHECKPOINT_KINDS",
     "ConversionError",
     "ConvertedModel",
+    "convert_convs5_latent",
     "convert_convs5_mnist",
     "convert_teco_convs5",
     "convert_teco_model",
@@ -45,6 +48,13 @@ _HELP = {
         "Convert a released ConvSSM Moving-MNIST ConvS5 checkpoint (configs/Moving-MNIST/"
         "*_train_len/mnist_convS5_novq.yaml) into a ConvS5VideoModel folder (family convs5). "
         "Presets: mnist-300, mnist-600 (default: the one the file holds).",
+    ),
+    "convs5-latent": (
+        "NVlabs/ConvSSM latent ConvS5 (convS5) → LatentVideoModel",
+        "Convert a ConvSSM latent ConvS5 checkpoint (the released DMLab run, configs/"
+        "3D_ENV_BENCHMARK/dmlab/dmlab_convs5.yaml) into a LatentVideoModel folder (family "
+        "convs5-latent) on a tokenizer folder. Presets: dmlab, minecraft, habitat (default: "
+        "the one the file holds); frame size and channels are the tokenizer's.",
     ),
     "teco": (
         "wilson1yan/teco TECO (or ConvSSM's teco_transformer) → TECO",
