@@ -377,7 +377,9 @@ def test_moving_mnist_config_and_source_still_work():
 
 
 def test_configs_and_their_command_line():
-    assert set(DATASETS) == {"moving_mnist", "teco", "frame_folder", "video_folder", "array_record"}
+    assert set(DATASETS) == {
+        "moving_mnist", "teco", "frame_folder", "video_folder", "array_record", "codes"
+    }  # fmt: skip
     with pytest.raises(ValueError, match="unknown dataset 'dmlab'.*teco"):
         dataset_config_class("dmlab")
     for name in DATASETS:
