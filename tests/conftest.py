@@ -18,6 +18,40 @@ jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
+
+def _atomic_cache_writes() -> None:
+    """Make the persistent cache's writes atomic in the test workers. JAX writes an
+    entry in place (`Path.write_bytes`, no lock unless size-bounded eviction is on,
+    which rescans the whole folder on every write), so a worker reading an entry that
+    another is still writing deserialises a torn executable and crashes (seen as a
+    segfault in `compilation_cache.get_executable_and_time`). Write to a private
+    temporary file and rename it into place instead: a reader sees no entry or a whole
+    one."""
+    try:
+        from jax._src import lru_cache
+    except ImportError:  # another cache implementation: leave it as it is
+        return
+    put = getattr(lru_cache.LRUCache, "put", None)
+    suffix = getattr(lru_cache, "_CACHE_SUFFIX", None)
+    if put is None or suffix is None:
+        return
+
+    def atomic_put(self, key: str, value: bytes) -> None:
+        if getattr(self, "eviction_enabled", True) or not key:
+            return put(self, key, value)
+        path = pathlib.Path(self.path) / f"{key}{suffix}"
+        if path.exists():
+            return None
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(value)
+        os.replace(tmp, path)
+        return None
+
+    lru_cache.LRUCache.put = atomic_put
+
+
+_atomic_cache_writes()
+
 # Eight simulated CPU devices for the sharding tests (must precede any jax computation;
 # single-device tests run on device 0 as before).
 jax.config.update("jax_num_cpu_devices", 8)
