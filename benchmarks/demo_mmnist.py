@@ -79,14 +79,16 @@ class LoadSampler:
 
 def run_example(
     args: list[str],
-    run_dir: pathlib.Path,
+    run_dir: pathlib.Path | None,
     log: pathlib.Path,
     timeout: float,
     program: tuple[str, ...] = (str(EXAMPLE),),
 ):
     """Run the example (or `program`: a script, or `-m module`) in its own process
-    group; return (exit code, wall seconds)."""
-    command = [sys.executable, *program, "--no-progress", "--run-dir", str(run_dir), *args]
+    group, with `--no-progress` and `--run-dir run_dir` (none: no run folder, e.g. for
+    `-m eqvid.data.encode`); return (exit code, wall seconds)."""
+    folder = [] if run_dir is None else ["--run-dir", str(run_dir)]
+    command = [sys.executable, *program, "--no-progress", *folder, *args]
     start = time.perf_counter()
     with open(log, "w") as out:
         proc = subprocess.Popen(

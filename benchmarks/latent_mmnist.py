@@ -127,11 +127,13 @@ def main(argv: list[str] | None = None) -> int:
             *("--tokenizer", tokenizer, "--dataset", "moving_mnist"),
             *("--frame-size", str(FRAME_SIZE), "--seq-len", str(SEQ_LEN)),
             *("--train-sequences", str(args.train_sequences), "--test-sequences", "128"),
-            *("--out", str(codes), "--no-progress"),
+            *("--out", str(codes)),
         ]
-        commands.append("python -m eqvid.data.encode " + shlex.join(encode))
+        commands.append("python -m eqvid.data.encode --no-progress " + shlex.join(encode))
         print(f"encoding: `{commands[-1]}` ...", flush=True)
-        code, wall = _encode(encode, logs / "encode.log")
+        code, wall = run_example(
+            encode, None, logs / "encode.log", args.timeout, program=("-m", "eqvid.data.encode")
+        )
         if code != 0:
             print((logs / "encode.log").read_text()[-3000:])
             return code
@@ -197,28 +199,6 @@ def main(argv: list[str] | None = None) -> int:
     print(body)
     print(f"wrote {path}")
     return 0
-
-
-def _encode(options: list[str], log: pathlib.Path) -> tuple[int, float]:
-    """`python -m eqvid.data.encode` in its own process, timed."""
-    import subprocess
-    import time
-
-    start = time.perf_counter()
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "eqvid.data.encode", *options],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            code = proc.wait()
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
-    return code, time.perf_counter() - start
 
 
 if __name__ == "__main__":

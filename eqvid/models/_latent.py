@@ -162,6 +162,56 @@ def drop_actions(
     return jnp.where(drop[:, None], -1, actions)
 
 
+def latent_actions(
+    owner: str, actions: Array | None, shape: tuple[int, ...], use_actions: bool
+) -> Array:
+    """The actions a latent model conditions on: `actions` (checked to have `shape`),
+    or, when none are given, -1 ("no action") everywhere; every action 0 for a model
+    built without actions (`use_actions=False`, as TECO's Kinetics)."""
+    if not use_actions:
+        return jnp.zeros(shape, jnp.int32)
+    if actions is None:
+        return jnp.full(shape, -1, jnp.int32)
+    if tuple(actions.shape) != tuple(shape):
+        raise ValueError(
+            f"{owner}: `actions` must cover context and generated frames, shape "
+            f"{tuple(shape)}; got {tuple(actions.shape)}."
+        )
+    return actions
+
+
+def check_latent_frames(
+    owner: str,
+    video: np.ndarray,
+    actions: np.ndarray | None,
+    *,
+    frame_size: int,
+    channels: int,
+    num_actions: int | None,
+) -> None:
+    """The checks of a batch of frames for a latent model: frames of the tokenizer's
+    size, actions (if any) in `[-1, num_actions)` (`None`: any)."""
+    s = frame_size
+    if video.ndim != 5 or video.shape[2:] != (s, s, channels) or video.shape[0] < 1:
+        raise ValueError(
+            f"{owner}: `video` must be (batch ≥ 1, time, {s}, {s}, {channels}) (the "
+            f"tokenizer's frames); got {video.shape}."
+        )
+    _check_actions(owner, actions, num_actions)
+
+
+def _check_actions(owner: str, actions: np.ndarray | None, num_actions: int | None) -> None:
+    if actions is None or num_actions is None or actions.size == 0:
+        return
+    low, high = int(actions.min()), int(actions.max())
+    if low < -1 or high >= num_actions:
+        bad = low if low < -1 else high
+        raise ValueError(
+            f"{owner}: action {bad} is outside [-1, {num_actions}) (the model's action table: "
+            f"num_actions={num_actions}, -1 = no action); set num_actions to the data's."
+        )
+
+
 def smoothed_code_loss(
     logits: Float[Array, "*shape n_codes"], codes: Int[Array, "*shape"], smoothing: float
 ) -> Float[Array, ""]:
@@ -193,15 +243,7 @@ def check_latent_batch(
             f"model was built for); got {codes.shape}. Were they encoded by another tokenizer?"
         )
     check_codes(codes, n_codes, "codes")
-    if actions is None or num_actions is None or actions.size == 0:
-        return
-    low, high = int(actions.min()), int(actions.max())
-    if low < -1 or high >= num_actions:
-        bad = low if low < -1 else high
-        raise ValueError(
-            f"{owner}: action {bad} is outside [-1, {num_actions}) (the model's action table: "
-            f"num_actions={num_actions}, -1 = no action); set num_actions to the data's."
-        )
+    _check_actions(owner, actions, num_actions)
 
 
 def load_frozen_tokenizer(owner: str, path: str) -> AbstractVideoTokenizer:
@@ -239,6 +281,7 @@ def tokenizer_argument(owner: str, config: Any, tokenizer: AbstractVideoTokenize
 __all__ = [
     "AbstractLatentVideoModel",
     "check_latent_batch",
+    "check_latent_frames",
     "drop_actions",
     "drop_loss_frames",
     "load_frozen_tokenizer",

@@ -20,12 +20,14 @@ from ..nn._resnet import ResNetDecoder, ResNetEncoder
 from ..nn._roles import role
 from ..nn._temporal_core import AbstractTemporalCore, ConvS5Core, TransformerCore
 from ._abstract import GroupSettings, KeyOrKeys, LossTerms, per_video_keys
-from ._frames import embed_actions
+from ._frames import check_positive, embed_actions
 from ._latent import (
     AbstractLatentVideoModel,
     check_latent_batch,
+    check_latent_frames,
     drop_actions,
     drop_loss_frames,
+    latent_actions,
     smoothed_code_loss,
     tokenizer_argument,
 )
@@ -104,14 +106,11 @@ class LatentVideoConfig:
 
     def __post_init__(self):
         name = type(self).__name__
-        for field in (
-            "frame_size", "channels", "encoder_blocks", "decoder_blocks", "n_layers", "d_model",
-            "ssm_size", "ssm_blocks", "patch_size", "width", "mlp_dim", "n_heads",
+        check_positive(
+            self, "frame_size", "channels", "encoder_blocks", "decoder_blocks", "n_layers",
+            "d_model", "ssm_size", "ssm_blocks", "patch_size", "width", "mlp_dim", "n_heads",
             "embedding_dim", "max_frames", "action_dim", "action_embed_dim",
-        ):  # fmt: skip
-            value = getattr(self, field)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: `{field}` must be an int >= 1; got {value!r}.")
+        )  # fmt: skip
         for field in ("action_dropout", "drop_loss_rate", "label_smoothing"):
             value = getattr(self, field)
             if not 0.0 <= value < 1.0:
@@ -315,8 +314,7 @@ class LatentVideoModel(AbstractLatentVideoModel):
                 "on shorter windows (--seq-len) or raise max_frames."
             )
         keys = per_video_keys(key, b)
-        if actions is None or not c.use_actions:
-            actions = jnp.full((b, t), 0 if not c.use_actions else -1, jnp.int32)
+        actions = latent_actions(owner, actions, (b, t), c.use_actions)
         if keys is None:
             sums, counts = jax.vmap(lambda cd, a: self._video_loss(cd, a, None))(codes, actions)
         else:
@@ -353,13 +351,7 @@ class LatentVideoModel(AbstractLatentVideoModel):
                 f"{owner}.generate: context ({n_ctx}) + frames ({num_steps}) = {total} exceeds "
                 f"max_frames = {c.max_frames}; generate fewer frames or raise max_frames."
             )
-        if actions is None or not c.use_actions:
-            actions = jnp.full((total,), 0 if not c.use_actions else -1, jnp.int32)
-        elif actions.shape != (total,):
-            raise ValueError(
-                f"{owner}.generate: `actions` must cover context and generated frames, shape "
-                f"({total},); got {actions.shape}."
-            )
+        actions = latent_actions(f"{owner}.generate", actions, (total,), c.use_actions)
         inputs = self._inputs(self._features(context), actions[: n_ctx + 1])
         state, ys = self.temporal.prefill(self.temporal.init_state(total), inputs)
 
@@ -398,20 +390,15 @@ class LatentVideoModel(AbstractLatentVideoModel):
         actions: Int[np.ndarray, "batch time"] | None,
     ) -> None:
         """Frames of the tokenizer's size; actions in `[-1, action_dim)`."""
-        s, ch = self.config.frame_size, self.config.channels
-        owner = type(self).__name__
-        if video.ndim != 5 or video.shape[2:] != (s, s, ch) or video.shape[0] < 1:
-            raise ValueError(
-                f"{owner}: `video` must be (batch ≥ 1, time, {s}, {s}, {ch}) (the "
-                f"tokenizer's frames); got {video.shape}."
-            )
-        if actions is not None and self.config.use_actions and actions.size:
-            low, high = int(actions.min()), int(actions.max())
-            if low < -1 or high >= self.config.action_dim:
-                raise ValueError(
-                    f"{owner}: action {low if low < -1 else high} is outside [-1, "
-                    f"{self.config.action_dim}) (action_dim); set action_dim to the data's."
-                )
+        c = self.config
+        check_latent_frames(
+            type(self).__name__,
+            video,
+            actions,
+            frame_size=c.frame_size,
+            channels=c.channels,
+            num_actions=c.action_dim if c.use_actions else None,
+        )
 
     def optimizer_groups(self) -> dict[str, GroupSettings]:
         """The ConvS5 layers' "ssm" group at the run's rate (ConvSSM uses one rate)."""

@@ -34,12 +34,14 @@ from ..nn._resnet import ResNetDecoder, ResNetEncoder
 from ..nn._roles import role
 from ..nn._temporal_core import AbstractTemporalCore, ConvS5Core, TransformerCore
 from ._abstract import GroupSettings, KeyOrKeys, LossTerms, per_video_keys
-from ._frames import embed_actions
+from ._frames import check_positive, embed_actions
 from ._latent import (
     AbstractLatentVideoModel,
     check_latent_batch,
+    check_latent_frames,
     drop_actions,
     drop_loss_frames,
+    latent_actions,
     smoothed_code_loss,
     tokenizer_argument,
 )
@@ -148,17 +150,13 @@ class TECOConfig:
     """Recompute the temporal blocks' activations in the backward pass."""
 
     def __post_init__(self):
-        for name in (
-            "frame_size", "channels", "encoder_blocks", "decoder_blocks", "embedding_dim",
+        check_positive(
+            self, "frame_size", "channels", "encoder_blocks", "decoder_blocks", "embedding_dim",
             "codebook_size", "codebook_dim", "n_cond", "action_dim", "action_embed_dim",
             "patch_size", "width", "mlp_dim", "n_heads", "n_layers", "maskgit_vocab_dim",
-            "d_model", "ssm_size", "ssm_blocks",
-            "maskgit_width", "maskgit_mlp_dim", "maskgit_heads", "maskgit_layers", "t_draft",
-            "t_revise",
-        ):  # fmt: skip
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"TECOConfig: `{name}` must be an int >= 1; got {value!r}.")
+            "d_model", "ssm_size", "ssm_blocks", "maskgit_width", "maskgit_mlp_dim",
+            "maskgit_heads", "maskgit_layers", "t_draft", "t_revise",
+        )  # fmt: skip
         for name in ("revise_rounds", "top_k"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -502,8 +500,7 @@ class TECO(AbstractLatentVideoModel):
                 "shorter windows (--seq-len) or raise max_frames."
             )
         keys = per_video_keys(key, b)
-        if actions is None or not c.use_actions:
-            actions = jnp.full((b, t), 0 if not c.use_actions else -1, jnp.int32)
+        actions = latent_actions("TECO", actions, (b, t), c.use_actions)
         loss_keys = None
         if keys is not None:
             if c.action_dropout > 0:
@@ -583,13 +580,7 @@ class TECO(AbstractLatentVideoModel):
                 f"max_frames = {c.max_frames} (the temporal transformer's length); generate "
                 "fewer frames or build the model with a larger max_frames."
             )
-        if actions is None or not c.use_actions:
-            actions = jnp.full((total,), 0 if not c.use_actions else -1, jnp.int32)
-        elif actions.shape != (total,):
-            raise ValueError(
-                f"TECO.generate: `actions` must cover context and generated frames, shape "
-                f"({total},); got {actions.shape}."
-            )
+        actions = latent_actions("TECO.generate", actions, (total,), c.use_actions)
         latents, *_ = self._posterior(context)
         inputs = self._inputs(latents, actions[: n_ctx + 1])  # x_0 … x_{n_ctx-1}
         keys = jax.random.split(key, num_steps)
@@ -656,19 +647,15 @@ class TECO(AbstractLatentVideoModel):
         actions: Int[np.ndarray, "batch time"] | None,
     ) -> None:
         """Frames of the tokenizer's size; actions in `[-1, action_dim)`."""
-        s, ch = self.config.frame_size, self.config.channels
-        if video.ndim != 5 or video.shape[2:] != (s, s, ch) or video.shape[0] < 1:
-            raise ValueError(
-                f"TECO: `video` must be (batch ≥ 1, time, {s}, {s}, {ch}) (the tokenizer's "
-                f"frames); got {video.shape}."
-            )
-        if actions is not None and self.config.use_actions and actions.size:
-            low, high = int(actions.min()), int(actions.max())
-            if low < -1 or high >= self.config.action_dim:
-                raise ValueError(
-                    f"TECO: action {low if low < -1 else high} is outside [-1, "
-                    f"{self.config.action_dim}) (action_dim); set action_dim to the data's."
-                )
+        c = self.config
+        check_latent_frames(
+            type(self).__name__,
+            video,
+            actions,
+            frame_size=c.frame_size,
+            channels=c.channels,
+            num_actions=c.action_dim if c.use_actions else None,
+        )
 
     def optimizer_groups(self) -> dict[str, GroupSettings]:
         """One group (TECO decays every parameter with AdamW)."""
@@ -690,59 +677,25 @@ class TECOConvS5Config(TECOConfig):
     """The temporal model (see `TECOConfig`)."""
 
 
+def _with_convs5(base: TECOConfig, **changes: typing.Any) -> TECOConvS5Config:
+    """TECO's preset `base` with a ConvS5 stack as its temporal model: ConvSSM's
+    TECO-ConvS5 configs keep TECO's other settings and add the stack's."""
+    fields: dict[str, typing.Any] = {
+        f.name: getattr(base, f.name) for f in dataclasses.fields(TECOConfig) if f.init
+    }
+    fields.update(changes, temporal="convs5")
+    return TECOConvS5Config(**fields)
+
+
 TECO_CONVS5_PRESETS: dict[str, TECOConvS5Config] = {
-    # NVlabs/ConvSSM configs/3D_ENV_BENCHMARK/*/..._teco_convS5.yaml.
-    "dmlab": TECOConvS5Config(),
-    "habitat": TECOConvS5Config(
-        frame_size=128,
-        encoder_blocks=4,
-        decoder_blocks=8,
-        embedding_dim=256,
-        codebook_size=2048,
-        maskgit_width=1024,
-        maskgit_mlp_dim=4096,
-        maskgit_heads=16,
-        maskgit_layers=16,
-        ssm_size=512,
-        ssm_blocks=1,
-    ),
-    "minecraft": TECOConvS5Config(
-        frame_size=128,
-        encoder_blocks=4,
-        decoder_blocks=6,
-        embedding_dim=128,
-        maskgit_width=768,
-        maskgit_mlp_dim=3072,
-        maskgit_heads=12,
-        maskgit_layers=6,
-        n_layers=12,
-        ssm_size=512,
-        ssm_blocks=1,
-        action_dropout=0.0,
-    ),
-    # CPU-sized, TECO's "small" with a ConvS5 stack over the 8×8 latents.
-    "small": TECOConvS5Config(
-        encoder_depths=(32, 64),
-        encoder_blocks=1,
-        decoder_depths=(32, 64),
-        decoder_blocks=1,
-        embedding_dim=16,
-        codebook_size=64,
-        codebook_dim=8,
-        d_model=32,
-        ssm_size=32,
-        ssm_blocks=1,
-        n_layers=2,
-        maskgit_vocab_dim=32,
-        maskgit_width=64,
-        maskgit_mlp_dim=256,
-        maskgit_heads=4,
-        maskgit_layers=2,
-        t_draft=4,
-        t_revise=4,
-        revise_rounds=1,
-        drop_loss_rate=0.5,
-    ),
+    # NVlabs/ConvSSM configs/3D_ENV_BENCHMARK/*/..._teco_convS5.yaml: TECO's settings,
+    # a ConvS5 stack of d_model 512 (DMLab: ssm 1024 in 32 blocks; the released Habitat
+    # and Minecraft models: ssm 512 in one block).
+    "dmlab": _with_convs5(TECO_PRESETS["dmlab"]),
+    "habitat": _with_convs5(TECO_PRESETS["habitat"], ssm_size=512, ssm_blocks=1),
+    "minecraft": _with_convs5(TECO_PRESETS["minecraft"], ssm_size=512, ssm_blocks=1),
+    # CPU-sized: TECO's "small" with a ConvS5 stack over the 8×8 latents.
+    "small": _with_convs5(TECO_PRESETS["small"], d_model=32, ssm_size=32, ssm_blocks=1),
 }
 
 register_model(ModelSpec("teco", "TECO", TECOConfig, TECO, TECO_PRESETS))
