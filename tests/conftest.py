@@ -6,18 +6,15 @@ import jax
 import pytest
 
 # A persistent compilation cache shared by the test workers, the processes the tests
-# start, and later runs, is OFF by default: on CPU, XLA's executable (de)serialisation
-# crashed test workers now and then (segfaults inside
-# `compilation_cache.{get,put}_executable_and_time`, in four CI runs). Set
-# EQVID_TEST_JAX_CACHE=1 to turn it on for faster local runs (through the environment,
-# so that child processes inherit it); only programs that take 0.2 s or more to compile
-# are cached, and the workers write entries atomically.
-if os.environ.get("EQVID_TEST_JAX_CACHE") == "1":
+# start, and later runs: most of the suite's time is XLA compiling the same small
+# programs (parameter initialisers, tiny models) again in every worker. Set through the
+# environment so that child processes inherit it. EQVID_TEST_JAX_CACHE=0 turns it off.
+if os.environ.get("EQVID_TEST_JAX_CACHE", "1") == "1":
     os.environ.setdefault(
         "JAX_COMPILATION_CACHE_DIR",
         str(pathlib.Path(tempfile.gettempdir()) / "eqvid-test-jax-cache"),
     )
-    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
     jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
     jax.config.update(
@@ -61,7 +58,7 @@ def _atomic_cache_writes() -> None:
     lru_cache.LRUCache.put = atomic_put
 
 
-if os.environ.get("EQVID_TEST_JAX_CACHE") == "1":
+if os.environ.get("EQVID_TEST_JAX_CACHE", "1") == "1":
     _atomic_cache_writes()
 
 # Eight simulated CPU devices for the sharding tests (must precede any jax computation;
@@ -86,3 +83,32 @@ def pytest_configure(config):
 
     if not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()
+
+
+MAX_MAPPINGS = 30_000
+"""Release JAX's compiled programs once a worker holds this many memory mappings."""
+
+
+def _mappings() -> int:
+    try:
+        with open("/proc/self/maps", "rb") as f:
+            return sum(1 for _ in f)
+    except OSError:  # not Linux: no per-process mapping limit to watch
+        return 0
+
+
+@pytest.fixture(autouse=True)
+def _release_compiled_programs():
+    """Every compiled XLA:CPU program keeps a few memory mappings of JIT code alive
+    while JAX caches it, and Linux caps a process at `vm.max_map_count` (65,530 by
+    default). A worker running hundreds of tests crossed it and crashed inside XLA (a
+    segfault or abort in compilation or in (de)serialising a cached program, in a
+    different test each time). After each test, once the worker holds `MAX_MAPPINGS`,
+    JAX's in-memory caches are cleared (programs still needed come back from the
+    persistent cache)."""
+    yield
+    if _mappings() > MAX_MAPPINGS:
+        import gc
+
+        jax.clear_caches()
+        gc.collect()
