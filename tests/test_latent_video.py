@@ -138,3 +138,69 @@ def test_bad_inputs_name_the_value_and_the_fix(tokenizer):
             key=jax.random.key(0),
             tokenizer=tokenizer,
         )
+
+
+def test_causal_masking_trains_and_generates_open_loop_after_the_context(tokenizer):
+    """ConvSSM's DMLab mode: videos that keep their actions see the mask constant for
+    inputs from `open_loop_context` on and are scored from there; videos whose actions
+    were dropped train with teacher forcing on every frame. Generation given actions
+    feeds the mask constant, not the sampled codes."""
+    config = dataclasses.replace(
+        tiny("convs5-latent"), causal_masking=True, open_loop_context=3, action_dropout=0.5
+    )
+    model = build(config, tokenizer, 1)
+    codes = jax.random.randint(jax.random.key(2), (4, 6, 8, 8), 0, 256)
+    actions = jax.random.randint(jax.random.key(3), (4, 6), 0, 6)
+
+    def per_frame(m, video, acts, masked_from):
+        feats = m._features(video[:-1])
+        idx = jnp.arange(5)[:, None, None, None]
+        feats = jnp.where(idx >= masked_from, -2.0, feats)
+        logp = jax.nn.log_softmax(m.decoder(m.temporal(m._inputs(feats, acts))))
+        labels = jax.nn.one_hot(video[1:], 256) * 0.99 + 0.01 / 256
+        return -jnp.sum(labels * logp, axis=(1, 2, 3))  # frames 1…5
+
+    # Evaluation (no key, actions given): every video open-loop, frames 3…5 scored.
+    got = eqx.filter_jit(lambda m: m.codes_loss(codes, actions)[0])(model)
+    want = eqx.filter_jit(
+        lambda m: jnp.mean(
+            jnp.stack([jnp.mean(per_frame(m, codes[v], actions[v], 3)[2:]) for v in range(4)])
+        )
+    )(model)
+    np.testing.assert_allclose(float(got), float(want), rtol=1e-5)
+    # Training: the dropped videos (drawn as the model draws them) are teacher-forced.
+    key = jax.random.key(7)
+    from eqvid.models._abstract import per_video_keys
+    from eqvid.models._latent import action_drop_flags
+
+    keys = per_video_keys(key, 4)
+    drop = np.asarray(action_drop_flags(jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys), 0.5))
+    assert 0 < drop.sum() < 4, drop  # both kinds in the batch (else pick another key)
+    trained = eqx.filter_jit(lambda m: m.codes_loss(codes, actions, key=key)[0])(model)
+
+    def restated(m):
+        losses = []
+        for v in range(4):
+            if drop[v]:
+                losses.append(jnp.mean(per_frame(m, codes[v], jnp.full((6,), -1), 99)))
+            else:
+                losses.append(jnp.mean(per_frame(m, codes[v], actions[v], 3)[2:]))
+        return jnp.mean(jnp.stack(losses))
+
+    np.testing.assert_allclose(float(trained), float(eqx.filter_jit(restated)(model)), rtol=1e-5)
+
+    # Open-loop generation: the argmax codes equal the masked whole-sequence pass's.
+    cold = build(dataclasses.replace(config, temperature=1e-6), tokenizer, 1)
+    out = cold.generate_codes(codes[0, :3], 3, key=jax.random.key(4), actions=actions[0])
+    video = jnp.concatenate([codes[0, :3], out])
+
+    @eqx.filter_jit
+    def masked_pass(m):
+        feats = jnp.where(jnp.arange(5)[:, None, None, None] >= 3, -2.0, m._features(video[:-1]))
+        return jnp.argmax(m.decoder(m.temporal(m._inputs(feats, actions[0]))), axis=-1)
+
+    np.testing.assert_array_equal(masked_pass(cold)[2:], out)
+    with pytest.raises(ValueError, match="causal masking needs windows longer than"):
+        model.codes_loss(codes[:, :4], actions[:, :4])
+    with pytest.raises(ValueError, match="`causal_masking` takes no DropLoss"):
+        dataclasses.replace(config, drop_loss_rate=0.5)

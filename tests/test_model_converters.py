@@ -983,6 +983,7 @@ def test_convs5_latent_cli_presets_and_wrong_files(tokenizer_folder, tmp_path, c
     assert "causal masking" in text
     model = load_model(tmp_path / "cli")
     assert isinstance(model, LatentVideoModel)
+    assert model.config.causal_masking and model.config.open_loop_context == 144
     np.testing.assert_array_equal(
         model.action_embedding, np.roll(params["params/action_embeds/embedding"], 1, 0)
     )

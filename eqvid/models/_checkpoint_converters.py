@@ -669,12 +669,17 @@ def _convert(
                 # The original then embeds action 0 for every frame, as eqvid does.
                 extra["use_actions"] = False
                 notes.append("the run ignores actions (use_actions: False), so does the model")
-            if getattr(args, "causal_masking", False):
+            masking = bool(getattr(args, "causal_masking", False))
+            if hasattr(args, "causal_masking"):
+                extra["causal_masking"] = masking
+            if masking:  # the original's causal mode has no DropLoss
+                extra["drop_loss_rate"] = 0.0
+                extra["open_loop_context"] = int(getattr(args, "open_loop_ctx_1", 144))
+                extra["frame_mask_value"] = float(getattr(args, "frame_mask_id", -2.0))
                 notes.append(
-                    "the run trained with causal masking (encoder features of frames "
-                    "≥ open_loop_ctx_1 replaced by frame_mask_id for action-conditioned "
-                    "videos); the model has no such mode: its generation feeds the sampled "
-                    "frames back"
+                    "the run trained with causal masking (open-loop after "
+                    f"{extra['open_loop_context']} frames), so does the model: given "
+                    "actions, it generates open-loop after the context"
                 )
 
         def adapt(c: Any) -> Any:

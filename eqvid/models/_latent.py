@@ -12,7 +12,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, ArrayLike, Float, Int, Key, PRNGKeyArray, Scalar
+from jaxtyping import Array, ArrayLike, Bool, Float, Int, Key, PRNGKeyArray, Scalar
 
 from ._abstract import AbstractVideoModel, KeyOrKeys, LossTerms, VideoBatch
 from ._tokenizer import AbstractVideoTokenizer, check_codes
@@ -152,14 +152,19 @@ def drop_loss_frames(
     return n_cond + jnp.clip(jax.random.randint(key, (kept,), 0, length), 0, count - 1)
 
 
+def action_drop_flags(keys: Key[Array, " batch"], rate: float) -> Bool[Array, " batch"]:
+    """Which sequences lose their actions under action dropout: one Bernoulli(`rate`)
+    draw per sequence from its own key."""
+    return jax.vmap(lambda k: jax.random.bernoulli(k, rate))(keys)
+
+
 def drop_actions(
     keys: Key[Array, " batch"], actions: Int[Array, "batch time"], rate: float
 ) -> Int[Array, "batch time"]:
     """TECO's action dropout: each sequence's actions all become -1 (no action) with
-    probability `rate` (one draw per sequence from its own key), so one model learns
-    action-conditioned and unconditional prediction."""
-    drop = jax.vmap(lambda k: jax.random.bernoulli(k, rate))(keys)
-    return jnp.where(drop[:, None], -1, actions)
+    probability `rate` (`action_drop_flags`), so one model learns action-conditioned
+    and unconditional prediction."""
+    return jnp.where(action_drop_flags(keys, rate)[:, None], -1, actions)
 
 
 def latent_actions(

@@ -23,9 +23,9 @@ from ._abstract import GroupSettings, KeyOrKeys, LossTerms, per_video_keys
 from ._frames import check_positive, embed_actions
 from ._latent import (
     AbstractLatentVideoModel,
+    action_drop_flags,
     check_latent_batch,
     check_latent_frames,
-    drop_actions,
     drop_loss_frames,
     latent_actions,
     smoothed_code_loss,
@@ -95,6 +95,18 @@ class LatentVideoConfig:
     (`action_dropout_rate`); 0 never."""
     drop_loss_rate: float = 0.0
     """DropLoss: the loss sees a random `1 - rate` of the time steps (`drop_loss_rate`)."""
+    causal_masking: bool = False
+    """ConvSSM's DMLab training (`causal_masking`): a sequence that keeps its actions
+    has its encoder features from frame `open_loop_context` on replaced by
+    `frame_mask_value`, and its loss covers the frames predicted from there (open-loop,
+    action-driven prediction); a sequence whose actions were dropped trains with teacher
+    forcing on every frame. Generation given actions then runs open-loop after the
+    context (masked inputs; the sampled codes are not fed back)."""
+    open_loop_context: int = 144
+    """Frames seen before the masked, open-loop part under `causal_masking`
+    (`open_loop_ctx_1`)."""
+    frame_mask_value: float = -2.0
+    """The constant that replaces masked frames' encoder features (`frame_mask_id`)."""
     label_smoothing: float = 0.01
     """Label smoothing of the cross-entropy over the tokenizer's codes."""
     temperature: float = 1.0
@@ -110,7 +122,13 @@ class LatentVideoConfig:
             self, "frame_size", "channels", "encoder_blocks", "decoder_blocks", "n_layers",
             "d_model", "ssm_size", "ssm_blocks", "patch_size", "width", "mlp_dim", "n_heads",
             "embedding_dim", "max_frames", "action_dim", "action_embed_dim",
+            "open_loop_context",
         )  # fmt: skip
+        if self.causal_masking and self.drop_loss_rate > 0:
+            raise ValueError(
+                f"{name}: `causal_masking` takes no DropLoss (ConvSSM has none with it); "
+                f"set drop_loss_rate to 0 (got {self.drop_loss_rate!r})."
+            )
         for field in ("action_dropout", "drop_loss_rate", "label_smoothing"):
             value = getattr(self, field)
             if not 0.0 <= value < 1.0:
@@ -147,9 +165,9 @@ class LatentTransformerConfig(LatentVideoConfig):
 
 LATENT_CONVS5_PRESETS: dict[str, LatentConvS5Config] = {
     # NVlabs/ConvSSM configs/3D_ENV_BENCHMARK/*/{dmlab_convs5,habitat_convS5,
-    # minecraft_convS5}.yaml. DMLab trains with causal frame masking (not here: see
-    # the docs); Habitat and Minecraft with DropLoss 0.9.
-    "dmlab": LatentConvS5Config(),
+    # minecraft_convS5}.yaml. DMLab trains with causal frame masking (144 context
+    # frames), Habitat and Minecraft with DropLoss 0.9.
+    "dmlab": LatentConvS5Config(causal_masking=True),
     "habitat": LatentConvS5Config(frame_size=128, drop_loss_rate=0.9),
     "minecraft": LatentConvS5Config(
         frame_size=128, n_layers=12, drop_loss_rate=0.9, action_dropout=0.0
@@ -167,7 +185,7 @@ LATENT_CONVS5_PRESETS: dict[str, LatentConvS5Config] = {
 
 LATENT_TRANSFORMER_PRESETS: dict[str, LatentTransformerConfig] = {
     # configs/3D_ENV_BENCHMARK/dmlab/dmlab_transformer.yaml.
-    "dmlab": LatentTransformerConfig(),
+    "dmlab": LatentTransformerConfig(causal_masking=True),
     "small": LatentTransformerConfig(
         encoder_depths=(32,),
         decoder_depths=(64,),
@@ -279,13 +297,28 @@ class LatentVideoModel(AbstractLatentVideoModel):
         a = jnp.broadcast_to(a[:, None, None, :], features.shape[:-1] + a.shape[-1:])
         return jnp.concatenate([features, a], axis=-1)
 
-    def _video_loss(self, codes, actions, key):
+    def _video_loss(self, codes, actions, key, open_loop):
+        """`(loss sum, frame count)` of one video; under `causal_masking` `(mean, 1)`,
+        the open-loop part (`open_loop` true) or teacher forcing on every frame."""
         c = self.config
         t = codes.shape[0]
         k_drop = k_temporal = None
         if key is not None:
             k_drop, k_temporal = jax.random.split(key)
-        y = self.temporal(self._inputs(self._features(codes[:-1]), actions), key=k_temporal)
+        features = self._features(codes[:-1])
+        if c.causal_masking:
+            masked = open_loop & (jnp.arange(t - 1) >= c.open_loop_context)
+            fill = jnp.asarray(c.frame_mask_value, features.dtype)
+            features = jnp.where(masked[:, None, None, None], fill, features)
+        y = self.temporal(self._inputs(features, actions), key=k_temporal)
+        if c.causal_masking:
+            targets = jnp.arange(1, t)
+            weight = jnp.where(open_loop, targets >= c.open_loop_context, True)
+            weight = weight.astype(jnp.float32)
+            per_frame = jax.vmap(lambda lg, cd: smoothed_code_loss(lg, cd, c.label_smoothing))(
+                self.decoder(y), codes[1:]
+            )
+            return jnp.sum(weight * per_frame) / jnp.sum(weight), 1
         frames = drop_loss_frames(k_drop, t, 1, c.drop_loss_rate)
         loss = smoothed_code_loss(self.decoder(y[frames - 1]), codes[frames], c.label_smoothing)
         return loss, len(frames)
@@ -313,16 +346,29 @@ class LatentVideoModel(AbstractLatentVideoModel):
                 f"{owner}: windows of {t} frames exceed max_frames = {c.max_frames}; train "
                 "on shorter windows (--seq-len) or raise max_frames."
             )
+        if c.causal_masking and t <= c.open_loop_context + 1:
+            raise ValueError(
+                f"{owner}: causal masking needs windows longer than open_loop_context + 1 "
+                f"= {c.open_loop_context + 1} frames; got {t} (train on longer windows, "
+                "--seq-len, or lower open_loop_context)."
+            )
         keys = per_video_keys(key, b)
+        given = actions is not None and c.use_actions
         actions = latent_actions(owner, actions, (b, t), c.use_actions)
+        # Under causal masking, the videos that keep their (given) actions run open-loop.
+        open_loop = jnp.full((b,), given)
         if keys is None:
-            sums, counts = jax.vmap(lambda cd, a: self._video_loss(cd, a, None))(codes, actions)
+            loss_keys = None
         else:
             if c.action_dropout > 0:
                 action_keys = jax.vmap(lambda kk: jax.random.fold_in(kk, 1))(keys)
-                actions = drop_actions(action_keys, actions, c.action_dropout)
+                drop = action_drop_flags(action_keys, c.action_dropout)
+                actions = jnp.where(drop[:, None], -1, actions)
+                open_loop = open_loop & ~drop
             loss_keys = jax.vmap(lambda kk: jax.random.fold_in(kk, 2))(keys)
-            sums, counts = jax.vmap(self._video_loss)(codes, actions, loss_keys)
+        sums, counts = jax.vmap(
+            self._video_loss, in_axes=(0, 0, None if loss_keys is None else 0, 0)
+        )(codes, actions, loss_keys, open_loop)
         loss = jnp.sum(sums) / jnp.sum(counts).astype(sums.dtype)
         return loss, {"recon_loss": loss}, state
 
@@ -351,9 +397,12 @@ class LatentVideoModel(AbstractLatentVideoModel):
                 f"{owner}.generate: context ({n_ctx}) + frames ({num_steps}) = {total} exceeds "
                 f"max_frames = {c.max_frames}; generate fewer frames or raise max_frames."
             )
+        open_loop = c.causal_masking and c.use_actions and actions is not None
         actions = latent_actions(f"{owner}.generate", actions, (total,), c.use_actions)
-        inputs = self._inputs(self._features(context), actions[: n_ctx + 1])
+        features = self._features(context)
+        inputs = self._inputs(features, actions[: n_ctx + 1])
         state, ys = self.temporal.prefill(self.temporal.init_state(total), inputs)
+        masked = jnp.full_like(features[:1], c.frame_mask_value)
 
         def step(carry, xs):
             state, y = carry
@@ -361,7 +410,7 @@ class LatentVideoModel(AbstractLatentVideoModel):
             logits = self.decoder(y).astype(jnp.float32) / c.temperature
             codes = jax.random.categorical(k, logits).astype(jnp.int32)
             a = jax.lax.dynamic_slice_in_dim(actions, n_ctx + i, 2)
-            x = self._inputs(self._features(codes[None]), a)[0]
+            x = self._inputs(masked if open_loop else self._features(codes[None]), a)[0]
             state, y = self.temporal.step(state, x, n_ctx + i)
             return (state, y), codes
 
