@@ -4,6 +4,7 @@ on a codes dataset through the one entry (and resuming), and the errors for code
 actions and lengths that do not fit."""
 
 import dataclasses
+import json
 import math
 
 import equinox as eqx
@@ -266,6 +267,39 @@ def test_trains_on_codes_through_the_one_entry_and_resumes(tokenizer, tmp_path):
     resumed = train(config(3))  # the end-of-run report decodes rollouts to frames
     assert resumed.step == 3
     assert isinstance(resumed.report, RolloutReport) and resumed.report.horizon == 3
+    # The evaluation entry scores the run, and the model saved as a folder (as the
+    # converters write released checkpoints) with its data named in a file.
+    from eqvid.evaluate import EvalConfig, evaluate
+    from eqvid.evaluate._trained_run import load_trained_run
+    from eqvid.models import save_model
+
+    settings = dict(protocol="quick", context=3, horizon=3, num_videos=2, chunk=2, batch_size=2)
+    settings |= dict(progress=False, save_samples=False)
+    conditioned = evaluate(EvalConfig(run_dir=str(tmp_path / "run"), **settings))
+    free = evaluate(EvalConfig(run_dir=str(tmp_path / "run"), actions=False, **settings))
+    assert (
+        conditioned.out_dir.endswith("eval/quick") and "without actions" not in conditioned.source
+    )
+    assert free.out_dir.endswith("eval/quick-no-actions") and "without actions" in free.source
+    assert np.isfinite(conditioned.scores["psnr"].mean) and conditioned.horizon == 3
+    run = load_trained_run(tmp_path / "run", report=lambda _: None)
+    save_model(run.model, tmp_path / "folder", source="test")
+    data_file = tmp_path / "data.json"
+    data_file.write_text(json.dumps({"dataset_name": "codes", "data": dataclasses.asdict(data)}))
+    folder = evaluate(
+        EvalConfig(model_dir=str(tmp_path / "folder"), data_config=str(data_file), **settings)
+    )
+    assert folder.source == str(tmp_path / "folder")
+    assert folder.scores["psnr"].mean == conditioned.scores["psnr"].mean  # same model, seed
+    with pytest.raises(ValueError, match="--model-dir and --data-config go together"):
+        evaluate(EvalConfig(model_dir=str(tmp_path / "folder"), **settings))
+    (tmp_path / "bad.json").write_text('{"data": {}}')
+    with pytest.raises(ValueError, match="expected a mapping with `dataset_name`"):
+        evaluate(
+            EvalConfig(
+                model_dir=str(tmp_path / "f"), data_config=str(tmp_path / "bad.json"), **settings
+            )
+        )
     # Frames models refuse codes; codes of another tokenizer are refused by name.
     pixel = eqx.filter_eval_shape(
         lambda: make_model(model_spec("convs5").preset("small"), key=jax.random.key(0))[0]

@@ -42,6 +42,15 @@ class EvalConfig:
 
     run_dir: str = ""
     """A training run (its config.json and checkpoints/) to load and generate from."""
+    model_dir: str = ""
+    """Instead of a run: a model folder (from `python -m eqvid.models.convert_checkpoint`
+    or `eqvid.models.save_model`, e.g. a released checkpoint) to generate from; its test
+    videos come from --data-config."""
+    data_config: str = ""
+    """With --model-dir: a YAML or JSON file naming the test data, `dataset_name` (teco,
+    codes, video_folder, …) and `data` (that dataset's options, as a run's config.json
+    holds them), e.g. {"dataset_name": "teco", "data": {"root": "data/dmlab",
+    "seq_len": 300}}."""
     samples: str = ""
     """Instead of generating: a sample file or folder of data_<i>.npz files (`real` and
     `fake` uint8 videos, e.g. from an earlier evaluation or another code base) to score."""
@@ -51,6 +60,10 @@ class EvalConfig:
     sample files that record none."""
     step: int | None = None
     """Checkpoint step to load (default: the latest)."""
+    actions: bool = True
+    """Give the model the test videos' actions (action-conditioned generation, as TECO's
+    and ConvSSM's DMLab protocols); --no-actions generates without them (their
+    unconditioned variant; results then go to <run_dir>/eval/<protocol>-no-actions)."""
     ema: bool = True
     """Generate with the moving average of the parameters when the run kept one
     (--ema-decay in training); --no-ema uses the raw parameters."""
@@ -73,7 +86,8 @@ class EvalConfig:
     seed: int = 0
     """Seed of the generation keys (stochastic models)."""
     out_dir: str = ""
-    """Where results go (default: <run_dir>/eval/<protocol>, or <samples>/eval)."""
+    """Where results go (default: <run_dir or model_dir>/eval/<protocol>, or
+    <samples>/eval)."""
     save_samples: bool = True
     """Write the real and generated videos as samples/data_<i>.npz (uint8)."""
     lpips_weights: str = ""
@@ -322,7 +336,7 @@ def _settings(config: EvalConfig) -> EvalProtocol:
         raise ValueError(f"--context must be ≥ 1, got {settings.context}.")
     if config.batch_size < 1:
         raise ValueError(f"--batch-size must be ≥ 1, got {config.batch_size}.")
-    if config.run_dir:  # before any generation: will the videos fill the chunks?
+    if config.run_dir or config.model_dir:  # before generating: will videos fill the chunks?
         _chunk_bounds(
             settings.num_videos,
             settings.chunk,
@@ -359,20 +373,26 @@ def _networks(config: EvalConfig, metrics, lpips, i3d):
 
 def _generate(config, settings, out_dir, on_batch) -> str:
     from ..data import evaluation_videos
-    from ..models import AbstractVideoModel, rollout
-    from ._trained_run import data_config_from_run, load_trained_run
+    from ..models import AbstractVideoModel, load_model, rollout
+    from ._trained_run import data_config_from_file, data_config_from_run, load_trained_run
 
-    run = load_trained_run(config.run_dir, config.step, ema=config.ema)
-    model = run.model
-    if not isinstance(model, AbstractVideoModel):
-        raise ValueError(
-            f"{config.run_dir} holds a {type(model).__name__}, which does not generate "
-            "videos; evaluation protocols score generated frames."
-        )
+    if config.model_dir:
+        data = data_config_from_file(config.data_config)  # its errors before the weights load
+        model = load_model(config.model_dir)
+        source = str(config.model_dir)
+    else:
+        run = load_trained_run(config.run_dir, config.step, ema=config.ema)
+        model, data = run.model, data_config_from_run(run.config)
+        source = f"{run.run_dir} (step {run.step}"
+        if not isinstance(model, AbstractVideoModel):
+            raise ValueError(
+                f"{config.run_dir} holds a {type(model).__name__}, which does not generate "
+                "videos; evaluation protocols score generated frames."
+            )
     ctx, horizon = settings.context, settings.horizon
     key = jax.random.key(config.seed)
     batches = evaluation_videos(
-        data_config_from_run(run.config),
+        data,
         num_videos=settings.num_videos,
         length=ctx + horizon,
         batch_size=config.batch_size,
@@ -391,7 +411,13 @@ def _generate(config, settings, out_dir, on_batch) -> str:
         for i, (real, actions) in enumerate(batches):
             context = real[:, :ctx].astype(np.float32) / 127.5 - 1.0
             pred = np.asarray(
-                rollout(model, context, horizon, key=jax.random.fold_in(key, i), actions=actions)
+                rollout(
+                    model,
+                    context,
+                    horizon,
+                    key=jax.random.fold_in(key, i),
+                    actions=actions if config.actions else None,
+                )
             )
             # Predictions are clipped to the frame range before they become uint8 frames.
             pred = videos_to_uint8(
@@ -402,7 +428,10 @@ def _generate(config, settings, out_dir, on_batch) -> str:
                 save_samples_npz(out_dir / "samples" / f"data_{i}.npz", real, fake, context=ctx)
             on_batch(real, fake)
             bar.update(len(real))
-    return f"{run.run_dir} (step {run.step})"
+    given = "" if config.actions else " without actions"
+    if config.model_dir:
+        return source + (f" ({given.strip()})" if given else "")
+    return source + ("," + given if given else "") + ")"
 
 
 def _load_files(config, settings):
@@ -537,11 +566,18 @@ def evaluate(
     **Raises:** `ValueError` for bad settings; `FileNotFoundError` for a missing run,
     checkpoint, sample folder or weight file (the message says which file to get).
     """
-    if bool(config.run_dir) == bool(config.samples):
+    if sum(map(bool, (config.run_dir, config.model_dir, config.samples))) != 1:
         raise ValueError(
-            "give exactly one of --run-dir (a training run: generate, then score) and "
-            f"--samples (score existing files); got --run-dir {config.run_dir!r}, "
+            "give exactly one of --run-dir (a training run: generate, then score), "
+            "--model-dir (a model folder, with --data-config) and --samples (score existing "
+            f"files); got --run-dir {config.run_dir!r}, --model-dir {config.model_dir!r}, "
             f"--samples {config.samples!r}."
+        )
+    if bool(config.model_dir) != bool(config.data_config):
+        raise ValueError(
+            "--model-dir and --data-config go together (a model folder holds no data "
+            f"settings); got --model-dir {config.model_dir!r}, --data-config "
+            f"{config.data_config!r}."
         )
     if config.run_dir and is_tokenizer_run(config.run_dir):
         raise ValueError(
@@ -552,8 +588,9 @@ def evaluate(
     metrics = settings.metrics
     if config.out_dir:
         out_dir = pathlib.Path(config.out_dir)
-    elif config.run_dir:
-        out_dir = pathlib.Path(config.run_dir) / "eval" / _protocol_name(config)
+    elif config.run_dir or config.model_dir:
+        name = _protocol_name(config) + ("" if config.actions else "-no-actions")
+        out_dir = pathlib.Path(config.run_dir or config.model_dir) / "eval" / name
     else:
         out_dir = pathlib.Path(config.samples).with_suffix("") / "eval"
     lpips_fn, features_fn = _networks(config, metrics, lpips, i3d)
@@ -614,7 +651,7 @@ def evaluate(
                 )
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    if config.run_dir:
+    if config.run_dir or config.model_dir:
         source = _generate(config, settings, out_dir, on_batch)
     else:
         source = _score_files(config, samples, on_batch)
@@ -662,7 +699,7 @@ def evaluate(
             "metrics.json",
             "metrics.md",
             *(("per_frame.csv", "per_frame.png") if names else ()),
-            *(("samples/",) if config.run_dir and config.save_samples else ()),
+            *(("samples/",) if not config.samples and config.save_samples else ()),
         ),
     )
     _write(report, out_dir, command=" ".join(sys.argv))

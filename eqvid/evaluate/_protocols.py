@@ -48,6 +48,14 @@ PROTOCOLS: dict[str, EvalProtocol] = {
         num_videos=256,
         description="TECO DMLab: 36 context → 264 generated frames, actions given",
     ),
+    # ConvSSM (Smith et al. 2023) DMLab, its models trained with causal masking: 144
+    # context frames, 156 generated from the actions (open_loop_ctx_1, eval_seq_len 300).
+    "convssm-dmlab": EvalProtocol(
+        context=144,
+        horizon=156,
+        num_videos=256,
+        description="ConvSSM DMLab: 144 context → 156 generated frames, actions given",
+    ),
     # A quick look on a CPU (no pretrained networks needed).
     "quick": EvalProtocol(
         context=10,

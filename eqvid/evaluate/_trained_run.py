@@ -38,6 +38,23 @@ def data_config_from_run(config: dict[str, Any]) -> Any:
     )
 
 
+def data_config_from_file(path: str | pathlib.Path) -> Any:
+    """The dataset config a YAML or JSON file describes: `dataset_name` and `data` (that
+    dataset's options), as in a run's `config.json` (which works as it is)."""
+    from .._cli import read_config_file
+
+    values = read_config_file(path)
+    if not isinstance(values.get("dataset_name"), str) or not isinstance(values.get("data"), dict):
+        raise ValueError(
+            f"--data-config {path}: expected a mapping with `dataset_name` (e.g. teco) and "
+            f"`data` (that dataset's options); got keys {sorted(values)}."
+        )
+    try:
+        return data_config_from_run(values)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"--data-config {path}: {error}") from None
+
+
 def model_config_from_run(config: dict[str, Any]) -> Any:
     """The model config of a run's `config.json`, rebuilt by the family name it records
     (`model_name`)."""
