@@ -376,14 +376,17 @@ def _generate(config, settings, out_dir, on_batch) -> str:
     from ..models import AbstractVideoModel, load_model, rollout
     from ._trained_run import data_config_from_file, data_config_from_run, load_trained_run
 
+    unconditioned = [] if config.actions else ["without actions"]
     if config.model_dir:
         data = data_config_from_file(config.data_config)  # its errors before the weights load
         model = load_model(config.model_dir)
+        notes = unconditioned
         source = str(config.model_dir)
     else:
         run = load_trained_run(config.run_dir, config.step, ema=config.ema)
         model, data = run.model, data_config_from_run(run.config)
-        source = f"{run.run_dir} (step {run.step}"
+        notes = [f"step {run.step}", *unconditioned]
+        source = str(run.run_dir)
         if not isinstance(model, AbstractVideoModel):
             raise ValueError(
                 f"{config.run_dir} holds a {type(model).__name__}, which does not generate "
@@ -428,10 +431,7 @@ def _generate(config, settings, out_dir, on_batch) -> str:
                 save_samples_npz(out_dir / "samples" / f"data_{i}.npz", real, fake, context=ctx)
             on_batch(real, fake)
             bar.update(len(real))
-    given = "" if config.actions else " without actions"
-    if config.model_dir:
-        return source + (f" ({given.strip()})" if given else "")
-    return source + ("," + given if given else "") + ")"
+    return source + (f" ({', '.join(notes)})" if notes else "")
 
 
 def _load_files(config, settings):
