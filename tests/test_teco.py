@@ -17,6 +17,7 @@ from eqvid.data._codes import CodesConfig
 from eqvid.models import (
     TECO,
     VQGAN2D,
+    AbstractVideoModel,
     VideoBatch,
     VQGAN2DConfig,
     encode_videos,
@@ -273,33 +274,32 @@ def test_trains_on_codes_through_the_one_entry_and_resumes(tokenizer, tmp_path):
     from eqvid.evaluate._trained_run import load_trained_run
     from eqvid.models import save_model
 
-    settings = dict(protocol="quick", context=3, horizon=3, num_videos=2, chunk=2, batch_size=2)
-    settings |= dict(progress=False, save_samples=False)
-    conditioned = evaluate(EvalConfig(run_dir=str(tmp_path / "run"), **settings))
-    free = evaluate(EvalConfig(run_dir=str(tmp_path / "run"), actions=False, **settings))
+    def eval_config(**kwargs) -> EvalConfig:
+        return EvalConfig(
+            protocol="quick", context=3, horizon=3, num_videos=2, chunk=2, batch_size=2,
+            progress=False, save_samples=False, **kwargs,
+        )  # fmt: skip
+
+    conditioned = evaluate(eval_config(run_dir=str(tmp_path / "run")))
+    free = evaluate(eval_config(run_dir=str(tmp_path / "run"), actions=False))
     assert (
         conditioned.out_dir.endswith("eval/quick") and "without actions" not in conditioned.source
     )
     assert free.out_dir.endswith("eval/quick-no-actions") and "without actions" in free.source
     assert np.isfinite(conditioned.scores["psnr"].mean) and conditioned.horizon == 3
     run = load_trained_run(tmp_path / "run", report=lambda _: None)
+    assert isinstance(run.model, AbstractVideoModel)
     save_model(run.model, tmp_path / "folder", source="test")
     data_file = tmp_path / "data.json"
     data_file.write_text(json.dumps({"dataset_name": "codes", "data": dataclasses.asdict(data)}))
-    folder = evaluate(
-        EvalConfig(model_dir=str(tmp_path / "folder"), data_config=str(data_file), **settings)
-    )
+    folder = evaluate(eval_config(model_dir=str(tmp_path / "folder"), data_config=str(data_file)))
     assert folder.source == str(tmp_path / "folder")
     assert folder.scores["psnr"].mean == conditioned.scores["psnr"].mean  # same model, seed
     with pytest.raises(ValueError, match="--model-dir and --data-config go together"):
-        evaluate(EvalConfig(model_dir=str(tmp_path / "folder"), **settings))
+        evaluate(eval_config(model_dir=str(tmp_path / "folder")))
     (tmp_path / "bad.json").write_text('{"data": {}}')
     with pytest.raises(ValueError, match="expected a mapping with `dataset_name`"):
-        evaluate(
-            EvalConfig(
-                model_dir=str(tmp_path / "f"), data_config=str(tmp_path / "bad.json"), **settings
-            )
-        )
+        evaluate(eval_config(model_dir=str(tmp_path / "f"), data_config=str(tmp_path / "bad.json")))
     # Frames models refuse codes; codes of another tokenizer are refused by name.
     pixel = eqx.filter_eval_shape(
         lambda: make_model(model_spec("convs5").preset("small"), key=jax.random.key(0))[0]
