@@ -310,6 +310,28 @@ def test_resnet_codec_with_pixel_patches(getkey):
         nn.ResNetDecoder(16, (8, 16), 3, patch=0, key=getkey())
 
 
+def test_resnet_decoder_skip_takes_the_encoders_first_stage(getkey):
+    enc = nn.ResNetEncoder(1, (8, 16), patch=4, key=getkey())
+    dec = nn.ResNetDecoder(16, (8, 16), 1, patch=4, skip_channels=8, key=getkey())
+    x = jax.random.normal(getkey(), (2, 32, 32, 1))
+    z, first = enc.with_first_stage(x)
+    assert first.shape == (2, 8, 8, 8) and jnp.array_equal(z, enc(x))
+    out = dec(z, first)
+    assert out.shape == (2, 32, 32, 1)
+    assert not jnp.allclose(out, dec(z, first + 1.0))  # the skip reaches the output
+    with pytest.raises(ValueError, match=r"skip_channels=8, so `skip` must be given; got None"):
+        dec(z)
+    with pytest.raises(
+        ValueError, match=r"`skip` must have shape \(2, 8, 8, 8\) .* got \(2, 4, 4, 8\)"
+    ):
+        dec(z, first[:, :4, :4])
+    plain = nn.ResNetDecoder(16, (8, 16), 1, patch=4, key=getkey())
+    with pytest.raises(ValueError, match=r"skip_channels=0, so `skip` must be None"):
+        plain(z, first)
+    with pytest.raises(ValueError, match=r"`skip_channels` must be an int >= 0, got -1"):
+        nn.ResNetDecoder(16, (8, 16), 1, skip_channels=-1, key=getkey())
+
+
 def test_frame_predictors_take_a_pixel_patch(getkey):
     config = eqvid.ConvS5Config(
         frame_size=32, pixel_patch=4, encoder_depths=(8, 16), d_model=8, ssm_size=8, n_layers=1

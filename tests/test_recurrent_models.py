@@ -61,12 +61,13 @@ def test_paper_presets_have_exactly_the_released_parameter_counts(config_class, 
     assert count_params(config_class.preset(preset)) == count
 
 
-@pytest.mark.parametrize("name", FAMILIES)
-def test_generate_equals_a_loop_of_steps_and_teacher_forcing(name, getkey):
+@pytest.mark.parametrize("name, skip", [(n, False) for n in FAMILIES] + [("convs5", True)])
+def test_generate_equals_a_loop_of_steps_and_teacher_forcing(name, skip, getkey):
     """Rolling out with the O(1) step gives the frames a Python loop of `step` gives,
     and the frames the parallel teacher-forced pass predicts when fed the context plus
-    those same frames; the batched loss is the released objective with its terms."""
-    model = build(name, getkey())
+    those same frames; the batched loss is the released objective with its terms. With
+    the decoder skip each prediction also depends on its input frame's detail."""
+    model = build(name, getkey(), decoder_skip=skip)
     context = random_video(getkey(), t=4)
     actions = jax.random.randint(getkey(), (7,), -1, 3, jnp.int32)
     gen = jax.jit(lambda m, c, a, k: m.generate(c, 3, key=k, actions=a))(
@@ -99,6 +100,14 @@ def test_generate_equals_a_loop_of_steps_and_teacher_forcing(name, getkey):
     np.testing.assert_allclose(float(terms["squared_error"]), sq, rtol=1e-5)
     np.testing.assert_allclose(float(terms["absolute_error"]), ab, rtol=1e-5)
     np.testing.assert_allclose(float(loss), 0.5 * sq + 0.5 * ab, rtol=1e-5)
+    if skip:  # the skip carries the input's detail: a change of one pixel reaches
+        # the prediction without passing the latent grid (zeroed here)
+        nudged = context.at[-2, 0, 0, 0].add(0.5)  # the last prediction's input
+        zero_latent = eqx.tree_at(
+            lambda m: m.project, model, replace_fn=lambda p: jax.tree.map(jnp.zeros_like, p)
+        )
+        outs = [jax.jit(lambda m, v: m(v))(zero_latent, v)[-1] for v in (context, nudged)]
+        assert float(jnp.abs(outs[0] - outs[1]).max()) > 1e-4
 
 
 def test_convs5_scans_agree_with_the_rollout(getkey):

@@ -48,6 +48,11 @@ class RecurrentConfig(FramePredictorConfig):
     """Number of sequence layers."""
     kernel_size: int = 3
     """Kernel size of the layers' convolutions (odd: SAME padding)."""
+    decoder_skip: bool = False
+    """Give the decoder's last stage the encoder's first-stage features of the input
+    frame (a U-Net skip at `1/pixel_patch` of the resolution), so the prediction can
+    keep the input's detail where the latent grid is coarse; `False` is the released
+    architecture."""
 
     def __post_init__(self):
         super().__post_init__()
@@ -69,7 +74,10 @@ def make_codec(
     encoder = ResNetEncoder(c.channels, c.encoder_depths, patch=c.pixel_patch, key=ke)
     action_embedding = jax.random.normal(ka, (c.action_dim + 1, c.action_embed_dim), jnp.float32)
     project = Conv2d(c.encoder_depths[-1] + c.action_embed_dim, c.d_model, 1, key=kp)
-    decoder = ResNetDecoder(c.d_model, c.encoder_depths, c.channels, patch=c.pixel_patch, key=kd)
+    skip = c.encoder_depths[0] if c.decoder_skip else 0
+    decoder = ResNetDecoder(
+        c.d_model, c.encoder_depths, c.channels, patch=c.pixel_patch, skip_channels=skip, key=kd
+    )
     return encoder, action_embedding, project, decoder, kl
 
 
@@ -102,19 +110,26 @@ class AbstractRecurrentVideoModel(AbstractVideoModel):
 
     def _embed(
         self, frames: Float[Array, "*time height width channels"], actions: Int[Array, "*time"]
-    ) -> Float[Array, "*time h_latent w_latent d_model"]:
+    ) -> tuple[
+        Float[Array, "*time h_latent w_latent d_model"],
+        Float[Array, "*time h_first w_first c_first"] | None,
+    ]:
         """Encode frames, append the tiled action embedding (`-1` = no action), project
-        to `d_model` channels."""
-        z = self.encoder(frames)
+        to `d_model` channels: `(h, skip)`, `skip` the encoder's first stage for the
+        decoder (`None` without `config.decoder_skip`)."""
+        z, first = self.encoder.with_first_stage(frames)
         a = embed_actions(self.action_embedding, actions).astype(z.dtype)
         a = jnp.broadcast_to(a[..., None, None, :], z.shape[:-1] + a.shape[-1:])
-        return self.project(jnp.concatenate([z, a], axis=-1))
+        h = self.project(jnp.concatenate([z, a], axis=-1))
+        return h, (first if self.config.decoder_skip else None)
 
     def _decode(
-        self, h: Float[Array, "*time h_latent w_latent d_model"]
+        self,
+        h: Float[Array, "*time h_latent w_latent d_model"],
+        skip: Float[Array, "*time h_first w_first c_first"] | None,
     ) -> Float[Array, "*time height width channels"]:
-        """Frames in `[-1, 1]`: `tanh(decoder(h))`."""
-        return jnp.tanh(self.decoder(h))
+        """Frames in `[-1, 1]`: `tanh(decoder(h, skip))`."""
+        return jnp.tanh(self.decoder(h, skip))
 
     def _sequence(self, h, states, key=None):
         """All layers over a whole video: `(outputs, last states)`."""
@@ -149,9 +164,9 @@ class AbstractRecurrentVideoModel(AbstractVideoModel):
 
     def _teacher_forced(self, frames, actions, key):
         """`__call__` on frames and actions already checked."""
-        h = self._embed(frames[:-1], actions[1:])
+        h, skip = self._embed(frames[:-1], actions[1:])
         h, _ = self._sequence(h, self.init_state(), key)
-        return self._decode(h)
+        return self._decode(h, skip)
 
     def check_batch(
         self,
@@ -206,12 +221,12 @@ class AbstractRecurrentVideoModel(AbstractVideoModel):
 
     def _step(self, states, frame, action):
         """`step` on a frame and an action already checked."""
-        h = self._embed(frame, action)
+        h, skip = self._embed(frame, action)
         new = []
         for layer, state in zip(self.layers, states):
             state, h = layer.step(state, h)
             new.append(state)
-        return tuple(new), self._decode(h)
+        return tuple(new), self._decode(h, skip)
 
     def generate(
         self,
@@ -231,9 +246,9 @@ class AbstractRecurrentVideoModel(AbstractVideoModel):
         check_context(self, context)
         n_ctx = context.shape[0]
         actions = rollout_actions(self, actions, n_ctx, num_frames)
-        h = self._embed(context, actions[1 : n_ctx + 1])
+        h, skip = self._embed(context, actions[1 : n_ctx + 1])
         h, states = self._sequence(h, self.init_state())
-        first = self._decode(h[-1])
+        first = self._decode(h[-1], None if skip is None else skip[-1])
 
         def body(carry, action):
             states, frame = carry

@@ -106,19 +106,34 @@ class ResNetEncoder(eqx.Module):
     def __call__(
         self, x: Float[Array, "*batch height width c_in"]
     ) -> Float[Array, "*batch h_latent w_latent c_out"]:
+        return self.with_first_stage(x)[0]
+
+    def with_first_stage(
+        self, x: Float[Array, "*batch height width c_in"]
+    ) -> tuple[
+        Float[Array, "*batch h_latent w_latent c_out"],
+        Float[Array, "*batch h_first w_first c_first"],
+    ]:
+        """`(latent, first)`: the encoding and the first stage's output (`depths[0]`
+        channels at `1/patch` of the resolution), the skip a `ResNetDecoder` with
+        `skip_channels = depths[0]` takes."""
         p, b = self.patch, self.stage_blocks
         check_channels("ResNetEncoder", x, self.stem.weight.shape[2] // (p * p), image=True)
-        x = self.blocks[0](self.stem(space_to_depth(x, p)))
+        x = first = self.blocks[0](self.stem(space_to_depth(x, p)))
         for i, block in enumerate(self.blocks[1:]):
             if i % b == 0:
                 x = avg_pool_2x(x)
             x = block(x)
-        return x
+        return x, first
 
 
 class ResNetDecoder(eqx.Module):
     """Mirror of `ResNetEncoder`: `Conv3 → [blocks × ResBlock(d) → upsample 2×]… →
     blocks × ResBlock → LayerNorm → dense`, with depths walked in reverse.
+
+    With `skip_channels = k > 0` the last stage also takes a skip of `k` channels at
+    its resolution (`1/patch` of the frame: the encoder's first stage, a U-Net skip),
+    concatenated to its input; 0 (the default) is the released decoder.
 
     As in the released ConvS5/TECO code, the stem maps to `depths[0]` channels
     (not `depths[-1]`); keeping it reproduces the papers' parameter counts. With
@@ -133,6 +148,7 @@ class ResNetDecoder(eqx.Module):
     head: Conv2d
     patch: int = eqx.field(static=True, default=1)
     stage_blocks: int = eqx.field(static=True, default=1)
+    skip_channels: int = eqx.field(static=True, default=0)
 
     def __init__(
         self,
@@ -142,16 +158,27 @@ class ResNetDecoder(eqx.Module):
         *,
         patch: int = 1,
         blocks: int = 1,
+        skip_channels: int = 0,
         key: PRNGKeyArray,
     ):
         self.patch = _check_patch("ResNetDecoder", patch)
         self.stage_blocks = _check_blocks("ResNetDecoder", blocks)
+        if (
+            isinstance(skip_channels, bool)
+            or not isinstance(skip_channels, int)
+            or skip_channels < 0
+        ):
+            raise ValueError(
+                f"ResNetDecoder: `skip_channels` must be an int >= 0, got {skip_channels!r}."
+            )
+        self.skip_channels = skip_channels
         ins, outs = [], []
         prev = depths[0]
         for depth in reversed(depths):
             ins += [prev] + [depth] * (blocks - 1)
             outs += [depth] * blocks
             prev = depth
+        ins[len(ins) - blocks] += skip_channels  # the last stage's first block
         keys = jax.random.split(key, len(outs) + 2)
         self.stem = Conv2d(in_channels, depths[0], 3, key=keys[0])
         self.blocks = tuple(ResNetBlock(i, o, key=k) for i, o, k in zip(ins, outs, keys[1:]))
@@ -159,13 +186,31 @@ class ResNetDecoder(eqx.Module):
         self.head = Conv2d(depths[0], out_channels * patch * patch, 1, key=keys[-1])
 
     def __call__(
-        self, x: Float[Array, "*batch h_latent w_latent c_in"]
+        self,
+        x: Float[Array, "*batch h_latent w_latent c_in"],
+        skip: Float[Array, "*batch h_first w_first c_skip"] | None = None,
     ) -> Float[Array, "*batch height width c_out"]:
+        """Decode `x`; `skip` (the encoder's first stage) is required exactly when the
+        decoder was built with `skip_channels > 0`."""
         check_channels("ResNetDecoder", x, self.stem.weight.shape[2], image=True)
+        if (skip is None) != (self.skip_channels == 0):
+            raise ValueError(
+                f"ResNetDecoder: built with skip_channels={self.skip_channels}, so `skip` "
+                f"must be {'None' if self.skip_channels == 0 else 'given'}; got "
+                f"{'None' if skip is None else tuple(skip.shape)}."
+            )
         b = self.stage_blocks
         x = self.stem(x)
         last = len(self.blocks) - b
         for i, block in enumerate(self.blocks):
+            if i == last and skip is not None:
+                want = x.shape[:-1] + (self.skip_channels,)
+                if skip.shape != want:
+                    raise ValueError(
+                        f"ResNetDecoder: `skip` must have shape {want} (the last stage's "
+                        f"grid × skip_channels), got {tuple(skip.shape)}."
+                    )
+                x = jnp.concatenate([x, skip.astype(x.dtype)], axis=-1)
             x = block(x)
             if (i + 1) % b == 0 and i < last:
                 x = upsample_nearest_2x(x)
