@@ -93,6 +93,31 @@ def test_generation_steps_as_the_whole_sequence_predicts(family, tokenizer):
     assert not np.array_equal(a, b)  # sampled: another key, other codes
 
 
+@pytest.mark.parametrize("stride", [1, 2])
+def test_the_transformer_slides_its_window_past_max_frames(stride, tokenizer):
+    """Generating past `max_frames` is, frame for frame, what re-reading the last
+    `max_frames - stride` frames and generating `stride` frames from them gives
+    (ConvSSM's / TECO's sampler at stride 1), here at a near-zero temperature so that
+    the keys do not matter."""
+    config = dataclasses.replace(
+        tiny("transformer-latent"), temperature=1e-6, max_frames=5, slide_stride=stride
+    )
+    model = build(config, tokenizer, 1)
+    context = jax.random.randint(jax.random.key(2), (3, 8, 8), 0, 256)
+    actions = jnp.arange(12, dtype=jnp.int32) % 6
+    gen = eqx.filter_jit(
+        lambda m, c, n, a: m.generate_codes(c, n, key=jax.random.key(3), actions=a)
+    )
+    out = gen(model, context, 9, actions)
+    assert out.shape == (9, 8, 8)
+    video = jnp.concatenate([context, gen(model, context, 2, actions[:5])])  # fills the window
+    while video.shape[0] < 12:
+        start, n = video.shape[0] - (5 - stride), min(stride, 12 - video.shape[0])
+        new = gen(model, video[start:], n, actions[start : video.shape[0] + n])
+        video = jnp.concatenate([video, new])
+    np.testing.assert_array_equal(out, video[3:])
+
+
 def test_the_loss_is_the_smoothed_cross_entropy_of_the_next_frames_codes(tokenizer):
     model = build(tiny("convs5-latent"), tokenizer, 1)
     codes = jax.random.randint(jax.random.key(2), (2, 5, 8, 8), 0, 256)
@@ -130,8 +155,12 @@ def test_bad_inputs_name_the_value_and_the_fix(tokenizer):
             actions=jnp.zeros((4,), jnp.int32),
         )
     transformer = build(tiny("transformer-latent"), tokenizer)
-    with pytest.raises(ValueError, match="exceeds max_frames = 12"):
-        transformer.generate_codes(jnp.zeros((6, 8, 8), jnp.int32), 7, key=jax.random.key(0))
+    with pytest.raises(ValueError, match="context has 12 frames, .* give at most 11"):
+        transformer.generate_codes(jnp.zeros((12, 8, 8), jnp.int32), 7, key=jax.random.key(0))
+    with pytest.raises(
+        ValueError, match=r"`slide_stride` must be in \[1, max_frames\) = \[1, 12\)"
+    ):
+        dataclasses.replace(tiny("transformer-latent"), slide_stride=12)
     with pytest.raises(ValueError, match="patch_size 3 must divide"):
         LatentVideoModel(
             dataclasses.replace(tiny("transformer-latent"), patch_size=3),

@@ -201,8 +201,28 @@ def test_cached_generation_equals_tecos_rerun_of_the_whole_sequence(teco):
     convs5 = build(TINY_CONVS5, teco.tokenizer)
     out = run(convs5, codes[0, :3], jax.random.key(5), True)
     assert out.shape == (5, 8, 8) and int(out.min()) >= 0 and int(out.max()) < 256
-    with pytest.raises(ValueError, match="re-run path"):
+    with pytest.raises(ValueError, match="cache=False re-runs a transformer"):
         run(convs5, codes[0, :3], jax.random.key(5), False)
+
+
+@pytest.mark.parametrize("stride", [1, 3])
+def test_generation_slides_past_max_frames_as_tecos_sampler(teco, stride):
+    """Past `max_frames` the transformer re-reads the last `max_frames - stride` frames
+    (the posterior over their codes): cached and re-run generation agree there too, and
+    TECO-ConvS5 steps on with no window."""
+    codes, _ = codes_and_actions()
+    short = build(dataclasses.replace(TINY, max_frames=5, slide_stride=stride), teco.tokenizer)
+    actions = jnp.arange(13, dtype=jnp.int32) % 6
+    run = eqx.filter_jit(
+        lambda m, c, cache: m.generate_codes(
+            c, 10, key=jax.random.key(5), actions=actions, cache=cache
+        )
+    )
+    cached = run(short, codes[0, :3], True)
+    assert cached.shape == (10, 8, 8)
+    np.testing.assert_array_equal(cached, run(short, codes[0, :3], False))
+    convs5 = build(dataclasses.replace(TINY_CONVS5, max_frames=5), teco.tokenizer)
+    assert run(convs5, codes[0, :3], True).shape == (10, 8, 8)
 
 
 def test_bad_inputs_name_the_value_and_the_fix(teco):
@@ -219,8 +239,14 @@ def test_bad_inputs_name_the_value_and_the_fix(teco):
         teco.check_codes_batch(np_codes, np.full((2, 6), 6))
     with pytest.raises(ValueError, match=r"fewer than n_cond = 1"):
         teco.generate_codes(codes[0, :0], 2, key=jax.random.key(0))
-    with pytest.raises(ValueError, match=r"exceeds max_frames = 12"):
-        teco.generate_codes(codes[0, :6], 7, key=jax.random.key(0))
+    with pytest.raises(
+        ValueError, match=r"context has 12 frames, but .* max_frames = 12; give at most 11"
+    ):
+        teco.generate_codes(jnp.zeros((12, 8, 8), jnp.int32), 7, key=jax.random.key(0))
+    with pytest.raises(
+        ValueError, match=r"`slide_stride` must be in \[1, max_frames - n_cond\] = \[1, 11\]"
+    ):
+        dataclasses.replace(TINY, slide_stride=12)
     with pytest.raises(ValueError, match=r"more than n_cond = 1 frames"):
         teco.codes_loss(codes[:, :1], None)
     with pytest.raises(ValueError, match=r"exceed max_frames = 12"):

@@ -33,6 +33,7 @@ from ._latent import (
 )
 from ._registry import ModelSpec, preset_of, register_model
 from ._tokenizer import AbstractVideoTokenizer
+from ._windowed_rollout import windowed_rollout
 
 Temporal = typing.Literal["convs5", "transformer"]
 
@@ -83,7 +84,12 @@ class LatentVideoConfig:
     """Channels of the grid the transformer's transposed convolution gives the decoder
     (`embedding_dim`)."""
     max_frames: int = 300
-    """Longest video the transformer is run on (`seq_len`)."""
+    """Longest video the transformer is run on (`seq_len`): its window; generation
+    slides the window past it (`slide_stride`). The ConvS5 stack has no window."""
+    slide_stride: int = 1
+    """Past `max_frames`, the transformer re-reads the last `max_frames - slide_stride`
+    frames and generates `slide_stride` frames from that read: 1 is ConvSSM's (and
+    TECO's) sampler; larger strides spread a re-read over more frames."""
     action_dim: int = 6
     """Number of distinct actions (`action_dim`; -1 is no action)."""
     action_embed_dim: int = 16
@@ -122,8 +128,13 @@ class LatentVideoConfig:
             self, "frame_size", "channels", "encoder_blocks", "decoder_blocks", "n_layers",
             "d_model", "ssm_size", "ssm_blocks", "patch_size", "width", "mlp_dim", "n_heads",
             "embedding_dim", "max_frames", "action_dim", "action_embed_dim",
-            "open_loop_context",
+            "open_loop_context", "slide_stride",
         )  # fmt: skip
+        if self.slide_stride >= self.max_frames:
+            raise ValueError(
+                f"{name}: `slide_stride` must be in [1, max_frames) = [1, {self.max_frames}); "
+                f"got {self.slide_stride}."
+            )
         if self.causal_masking and self.drop_loss_rate > 0:
             raise ValueError(
                 f"{name}: `causal_masking` takes no DropLoss (ConvSSM has none with it); "
@@ -382,7 +393,9 @@ class LatentVideoModel(AbstractLatentVideoModel):
     ) -> Int[Array, "{num_steps} code_height code_width"]:
         """Continue `context` by `num_steps` frames, sampling each frame's codes from the
         decoder's logits (`config.temperature`) and feeding them back: the ConvS5 stack
-        steps its recurrence, the transformer its key/value cache (O(1) per frame)."""
+        steps its recurrence, the transformer its key/value cache (O(1) per frame),
+        sliding its window past `max_frames` as ConvSSM's sampler
+        (`config.slide_stride`)."""
         c = self.config
         owner = type(self).__name__
         n_ctx = context.shape[0]
@@ -392,31 +405,38 @@ class LatentVideoModel(AbstractLatentVideoModel):
                 f"generate; got {n_ctx} and {num_steps}."
             )
         total = n_ctx + num_steps
-        if c.temporal == "transformer" and total > c.max_frames:
-            raise ValueError(
-                f"{owner}.generate: context ({n_ctx}) + frames ({num_steps}) = {total} exceeds "
-                f"max_frames = {c.max_frames}; generate fewer frames or raise max_frames."
-            )
         open_loop = c.causal_masking and c.use_actions and actions is not None
         actions = latent_actions(f"{owner}.generate", actions, (total,), c.use_actions)
-        features = self._features(context)
-        inputs = self._inputs(features, actions[: n_ctx + 1])
-        state, ys = self.temporal.prefill(self.temporal.init_state(total), inputs)
-        masked = jnp.full_like(features[:1], c.frame_mask_value)
+        masked = jnp.full_like(self._features(context[:1]), c.frame_mask_value)
 
-        def step(carry, xs):
-            state, y = carry
-            i, k = xs
+        def window_inputs(codes, actions, start):
+            features = self._features(codes)
+            if open_loop:  # generated frames are masked, as they were fed
+                generated = start + jnp.arange(codes.shape[0]) >= n_ctx
+                features = jnp.where(generated[:, None, None, None], masked, features)
+            return self._inputs(features, actions)
+
+        def sample_frame(y, k):
             logits = self.decoder(y).astype(jnp.float32) / c.temperature
-            codes = jax.random.categorical(k, logits).astype(jnp.int32)
-            a = jax.lax.dynamic_slice_in_dim(actions, n_ctx + i, 2)
-            x = self._inputs(masked if open_loop else self._features(codes[None]), a)[0]
-            state, y = self.temporal.step(state, x, n_ctx + i)
-            return (state, y), codes
+            return None, jax.random.categorical(k, logits).astype(jnp.int32)
 
-        steps = (jnp.arange(num_steps, dtype=jnp.int32), jax.random.split(key, num_steps))
-        _, out = jax.lax.scan(step, (state, ys[-1]), steps)
-        return out
+        def next_input(_, codes, actions, index):
+            del index
+            return self._inputs(masked if open_loop else self._features(codes[None]), actions)[0]
+
+        return windowed_rollout(
+            owner,
+            self.temporal,
+            context,
+            actions,
+            num_steps,
+            key=key,
+            window_inputs=window_inputs,
+            sample_frame=sample_frame,
+            next_input=next_input,
+            max_frames=c.max_frames if c.temporal == "transformer" else None,
+            stride=c.slide_stride,
+        )
 
     def check_codes_batch(
         self,

@@ -47,6 +47,7 @@ from ._latent import (
 )
 from ._registry import ModelSpec, preset_of, register_model
 from ._tokenizer import AbstractVideoTokenizer
+from ._windowed_rollout import windowed_rollout
 
 Sampler = typing.Literal["draft-revise", "confidence"]
 Temporal = typing.Literal["transformer", "convs5"]
@@ -118,7 +119,13 @@ class TECOConfig:
     clip_eigs: bool = False
     """Clamp the ConvS5 eigenvalues' real parts below zero (`ssm.clip_eigs`)."""
     max_frames: int = 300
-    """Longest video the model is run on (`seq_len`): bounds the key/value cache."""
+    """Longest video the temporal transformer is run on (`seq_len`): its window, and the
+    size of its key/value cache. Generation slides the window past it (`slide_stride`);
+    the ConvS5 temporal model has no window."""
+    slide_stride: int = 1
+    """Past `max_frames`, the transformer re-reads the last `max_frames - slide_stride`
+    frames and generates `slide_stride` frames from that read: 1 is TECO's sampler (a
+    whole window's work per frame); larger strides spread a re-read over more frames."""
     maskgit_vocab_dim: int = 256
     """Width of the MaskGit token embedding (`z_git.vocab_dim`)."""
     maskgit_width: int = 512
@@ -171,6 +178,12 @@ class TECOConfig:
             raise ValueError(
                 f"TECOConfig: `max_frames` ({self.max_frames}) must exceed `n_cond` "
                 f"({self.n_cond})."
+            )
+        if not 1 <= self.slide_stride <= self.max_frames - self.n_cond:
+            raise ValueError(
+                f"TECOConfig: `slide_stride` must be in [1, max_frames - n_cond] = [1, "
+                f"{self.max_frames - self.n_cond}] (the re-read window keeps n_cond "
+                f"frames); got {self.slide_stride!r}."
             )
         if self.temporal not in typing.get_args(Temporal):
             raise ValueError(
@@ -562,7 +575,9 @@ class TECO(AbstractLatentVideoModel):
 
         `cache=True`: the temporal transformer keeps a key/value cache (each frame
         computes one frame's tokens); `cache=False`: it re-runs the whole sequence per
-        frame, as TECO's sampler. Both give the same frames for the same key.
+        frame, as TECO's sampler. Both give the same frames for the same key. Past
+        `max_frames` the transformer slides its window as TECO's sampler
+        (`config.slide_stride`); the ConvS5 temporal model keeps stepping.
         """
         c = self.config
         n_ctx = context.shape[0]
@@ -573,56 +588,34 @@ class TECO(AbstractLatentVideoModel):
             )
         if num_steps < 1:
             raise ValueError(f"TECO.generate: `num_frames` must be >= 1; got {num_steps}.")
-        total = n_ctx + num_steps
-        if total > c.max_frames:
-            raise ValueError(
-                f"TECO.generate: context ({n_ctx}) + frames ({num_steps}) = {total} exceeds "
-                f"max_frames = {c.max_frames} (the temporal transformer's length); generate "
-                "fewer frames or build the model with a larger max_frames."
-            )
-        actions = latent_actions("TECO.generate", actions, (total,), c.use_actions)
-        latents, *_ = self._posterior(context)
-        inputs = self._inputs(latents, actions[: n_ctx + 1])  # x_0 … x_{n_ctx-1}
-        keys = jax.random.split(key, num_steps)
-        steps = jnp.arange(num_steps, dtype=jnp.int32)
+        actions = latent_actions("TECO.generate", actions, (n_ctx + num_steps,), c.use_actions)
 
-        def frame(y, k):
-            latent_codes = self._sample_latent(y, k)
-            z = self.codebook.lookup(latent_codes)
-            codes = jnp.argmax(self._logits(y, z), axis=-1).astype(jnp.int32)
-            return z, codes
+        def window_inputs(codes, actions, start):
+            del start
+            return self._inputs(self._posterior(codes)[0], actions)
 
-        def next_input(z, i):
-            a = jax.lax.dynamic_slice_in_dim(actions, n_ctx + i, 2)
-            return self._inputs(z[None], a)[0]
+        def sample_frame(y, k):
+            z = self.codebook.lookup(self._sample_latent(y, k))
+            return z, jnp.argmax(self._logits(y, z), axis=-1).astype(jnp.int32)
 
-        temporal = self.temporal
-        if cache:
-            state, ys = temporal.prefill(temporal.init_state(total), inputs)
+        def next_input(z, codes, actions, index):
+            del codes, index
+            return self._inputs(z[None], actions)[0]
 
-            def cached(carry, xs):
-                state, y = carry
-                i, k = xs
-                z, codes = frame(y, k)
-                state, y = temporal.step(state, next_input(z, i), n_ctx + i)
-                return (state, y), codes
-
-            _, out = jax.lax.scan(cached, (state, ys[-1]), (steps, keys))
-            return out
-        if not isinstance(temporal, TransformerCore):
-            raise ValueError("TECO.generate: cache=False is the transformer's re-run path.")
-        buffer = jnp.zeros((total,) + inputs.shape[1:], inputs.dtype)
-        buffer = jax.lax.dynamic_update_slice_in_dim(buffer, inputs, 0, 0)
-
-        def full(buffer, xs):
-            i, k = xs
-            y = temporal.uncached_step(buffer, n_ctx - 1 + i)
-            z, codes = frame(y, k)
-            buffer = jax.lax.dynamic_update_index_in_dim(buffer, next_input(z, i), n_ctx + i, 0)
-            return buffer, codes
-
-        _, out = jax.lax.scan(full, buffer, (steps, keys))
-        return out
+        return windowed_rollout(
+            "TECO",
+            self.temporal,
+            context,
+            actions,
+            num_steps,
+            key=key,
+            window_inputs=window_inputs,
+            sample_frame=sample_frame,
+            next_input=next_input,
+            max_frames=c.max_frames if c.temporal == "transformer" else None,
+            stride=c.slide_stride,
+            cache=cache,
+        )
 
     # -- contract -------------------------------------------------------------------
 
