@@ -47,6 +47,10 @@ RELEASED = {
     ("convs5-latent", "habitat"): ("teco-habitat-128", 102_897_520),
     ("convs5-latent", "minecraft"): ("teco-minecraft-128", 136_988_528),
     ("transformer-latent", "dmlab"): ("teco-dmlab", 152_116_080 - 65_536),
+    # configs/3D_ENV_BENCHMARK/dmlab/dmlab_S5.yaml, counted from the shapes its modules
+    # create (S5.py, S5/diagonal_ssm.py, base.py): z_proj 71,303,168 + 8 S5 layers of
+    # 3,151,360 + z_unproj 134,217,728 + encoder 1,771,264 + decoder 21,772,800 + 112.
+    ("s5-latent", "dmlab"): ("teco-dmlab", 254_275_952),
 }
 
 
@@ -66,7 +70,7 @@ def test_released_configs_have_the_originals_parameter_counts(family, name):
     assert size(model) - size(model.tokenizer) == expected
 
 
-@pytest.mark.parametrize("family", ["convs5-latent", "transformer-latent"])
+@pytest.mark.parametrize("family", ["convs5-latent", "transformer-latent", "s5-latent"])
 def test_generation_steps_as_the_whole_sequence_predicts(family, tokenizer):
     """At a near-zero temperature the generated codes are the decoder's argmax; fed
     back through the whole-sequence (teacher-forced) pass they give the same argmax:

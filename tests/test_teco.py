@@ -52,6 +52,16 @@ TINY_CONVS5 = dataclasses.replace(
 )
 
 
+TINY_S5 = dataclasses.replace(
+    model_spec("teco-s5").preset("small"),
+    frame_size=32,
+    channels=1,
+    max_frames=12,
+    n_layers=1,
+    maskgit_layers=1,
+)
+
+
 def build(config, tokenizer, seed=1):
     """A TECO built inside one jit (eager construction compiles every initialiser)."""
     return eqx.filter_jit(lambda tok: TECO(config, key=jax.random.key(seed), tokenizer=tok))(
@@ -90,6 +100,10 @@ RELEASED = {
     ("teco-convs5", "dmlab"): ("teco-dmlab", 175_374_000),
     ("teco-convs5", "habitat"): ("teco-habitat-128", 351_100_784),
     ("teco-convs5", "minecraft"): ("teco-minecraft-128", 214_754_544),
+    # configs/3D_ENV_BENCHMARK/dmlab/dmlab_teco_S5.yaml, counted from the shapes of
+    # teco_S5.py's modules: 180,409,520, of which an unused `sos` (1×1×2048, created
+    # but never read) that eqvid leaves out; the S5 stack is 8 × 12,594,176.
+    ("teco-s5", "dmlab"): ("teco-dmlab", 180_409_520 - 2_048),
 }
 
 
@@ -223,6 +237,24 @@ def test_generation_slides_past_max_frames_as_tecos_sampler(teco, stride):
     np.testing.assert_array_equal(cached, run(short, codes[0, :3], False))
     convs5 = build(dataclasses.replace(TINY_CONVS5, max_frames=5), teco.tokenizer)
     assert run(convs5, codes[0, :3], True).shape == (10, 8, 8)
+
+
+def test_teco_s5_trains_every_part_and_steps_past_any_length(teco):
+    """TECO-S5 (the S5 stack over each frame's flattened latents): the loss reaches every
+    trained part, and generation steps the recurrence with no window (14 frames from a
+    model of max_frames 12); the core's steps equal its scan in tests/test_s5.py."""
+    codes, actions = codes_and_actions()
+    s5 = build(TINY_S5, teco.tokenizer)
+    grads = eqx.filter_jit(
+        eqx.filter_grad(lambda m: m.codes_loss(codes, actions, key=jax.random.key(0))[0])
+    )(s5)
+    for part in ("encoder", "codebook", "temporal", "prior", "decoder"):
+        leaves = jax.tree.leaves(eqx.filter(getattr(grads, part), eqx.is_array))
+        assert all(float(jnp.abs(g).max()) > 0 for g in leaves[:3]), part
+    out = eqx.filter_jit(lambda m, c: m.generate_codes(c, 12, key=jax.random.key(5)))(
+        s5, codes[0, :2]
+    )
+    assert out.shape == (12, 8, 8) and int(out.min()) >= 0 and int(out.max()) < 256
 
 
 def test_bad_inputs_name_the_value_and_the_fix(teco):

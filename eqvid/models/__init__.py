@@ -56,9 +56,13 @@ from ._teco import TECO_PRESETS as TECO_PRESETS  # isort: skip
 from ._teco import TECOConfig as TECOConfig  # isort: skip
 from ._teco import TECO_CONVS5_PRESETS as TECO_CONVS5_PRESETS  # isort: skip
 from ._teco import TECOConvS5Config as TECOConvS5Config  # isort: skip
+from ._teco import TECO_S5_PRESETS as TECO_S5_PRESETS  # isort: skip
+from ._teco import TECOS5Config as TECOS5Config  # isort: skip
 from ._latent_video import LATENT_CONVS5_PRESETS as LATENT_CONVS5_PRESETS  # isort: skip
 from ._latent_video import LATENT_TRANSFORMER_PRESETS as LATENT_TRANSFORMER_PRESETS  # isort: skip
 from ._latent_video import LatentConvS5Config as LatentConvS5Config  # isort: skip
+from ._latent_video import LATENT_S5_PRESETS as LATENT_S5_PRESETS  # isort: skip
+from ._latent_video import LatentS5Config as LatentS5Config  # isort: skip
 from ._latent_video import LatentTransformerConfig as LatentTransformerConfig  # isort: skip
 from ._latent_video import LatentVideoConfig as LatentVideoConfig  # isort: skip
 from ._latent_video import LatentVideoModel as LatentVideoModel  # isort: skip

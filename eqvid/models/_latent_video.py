@@ -18,7 +18,7 @@ from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, Scalar
 from ..kernels.attention import AttentionImpl
 from ..nn._resnet import ResNetDecoder, ResNetEncoder
 from ..nn._roles import role
-from ..nn._temporal_core import AbstractTemporalCore, ConvS5Core, TransformerCore
+from ..nn._temporal_core import AbstractTemporalCore, ConvS5Core, S5Core, TransformerCore
 from ._abstract import GroupSettings, KeyOrKeys, LossTerms, per_video_keys
 from ._frames import check_positive, embed_actions
 from ._latent import (
@@ -35,7 +35,7 @@ from ._registry import ModelSpec, preset_of, register_model
 from ._tokenizer import AbstractVideoTokenizer
 from ._windowed_rollout import windowed_rollout
 
-Temporal = typing.Literal["convs5", "transformer"]
+Temporal = typing.Literal["convs5", "transformer", "s5"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,8 +52,9 @@ class LatentVideoConfig:
     """The tokenizer folder or training run the model stands on (with --dataset codes:
     the one the codes were encoded with)."""
     temporal: Temporal = "convs5"
-    """The temporal model: a ConvS5 stack over the code grid, or a frame-causal
-    transformer over `(grid / patch_size)²` tokens per frame."""
+    """The temporal model: a ConvS5 stack over the code grid, a frame-causal
+    transformer over `(grid / patch_size)²` tokens per frame, or an S5 stack over each
+    frame's grid flattened into one vector."""
     encoder_depths: tuple[int, ...] = (256,)
     """Channels of the per-frame encoder's stages (`encoder.depths`)."""
     encoder_blocks: int = 1
@@ -65,11 +66,11 @@ class LatentVideoConfig:
     n_layers: int = 8
     """Layers of the temporal model (`seq_model.n_layers`, `z_tfm.num_layers`)."""
     d_model: int = 512
-    """Channels of the ConvS5 stack (`d_model`)."""
+    """Channels of the ConvS5 stack, or width of the S5 stack (`d_model`)."""
     ssm_size: int = 512
-    """HiPPO size N of each ConvS5 layer (`ssm.ssm_size`)."""
+    """HiPPO size N of each ConvS5 / S5 layer (`ssm.ssm_size`)."""
     ssm_blocks: int = 1
-    """HiPPO blocks J of each ConvS5 layer (`ssm.blocks`)."""
+    """HiPPO blocks J of each ConvS5 / S5 layer (`ssm.blocks`)."""
     clip_eigs: bool = False
     """Clamp the ConvS5 eigenvalues' real parts below zero (`ssm.clip_eigs`)."""
     patch_size: int = 16
@@ -81,8 +82,8 @@ class LatentVideoConfig:
     n_heads: int = 16
     """Attention heads of the transformer (`z_tfm.num_heads`)."""
     embedding_dim: int = 512
-    """Channels of the grid the transformer's transposed convolution gives the decoder
-    (`embedding_dim`)."""
+    """Channels of the grid the transformer's (or the S5 stack's) transposed
+    convolution gives the decoder (`embedding_dim`)."""
     max_frames: int = 300
     """Longest video the transformer is run on (`seq_len`): its window; generation
     slides the window past it (`slide_stride`). The ConvS5 stack has no window."""
@@ -174,6 +175,14 @@ class LatentTransformerConfig(LatentVideoConfig):
     """The temporal model (see `LatentVideoConfig`)."""
 
 
+@dataclasses.dataclass(frozen=True)
+class LatentS5Config(LatentVideoConfig):
+    """ConvSSM's latent S5 (`S5`): an S5 stack over each frame's flattened grid."""
+
+    temporal: Temporal = "s5"
+    """The temporal model (see `LatentVideoConfig`)."""
+
+
 LATENT_CONVS5_PRESETS: dict[str, LatentConvS5Config] = {
     # NVlabs/ConvSSM configs/3D_ENV_BENCHMARK/*/{dmlab_convs5,habitat_convS5,
     # minecraft_convS5}.yaml. DMLab trains with causal frame masking (144 context
@@ -190,6 +199,23 @@ LATENT_CONVS5_PRESETS: dict[str, LatentConvS5Config] = {
         n_layers=2,
         d_model=32,
         ssm_size=32,
+        action_embed_dim=4,
+    ),
+}
+
+LATENT_S5_PRESETS: dict[str, LatentS5Config] = {
+    # configs/3D_ENV_BENCHMARK/dmlab/dmlab_S5.yaml (the only S5 config): the 16×16 grid
+    # of 256 + 16 channels flattened into d_model 1024, 8 S5 layers (ssm 1024, one
+    # block), back to a 16×16×512 grid; causal frame masking as the ConvS5's.
+    "dmlab": LatentS5Config(causal_masking=True, d_model=1024, ssm_size=1024),
+    "small": LatentS5Config(
+        encoder_depths=(32,),
+        decoder_depths=(64,),
+        decoder_blocks=1,
+        n_layers=2,
+        d_model=64,
+        ssm_size=32,
+        embedding_dim=32,
         action_embed_dim=4,
     ),
 }
@@ -265,7 +291,21 @@ class LatentVideoModel(AbstractLatentVideoModel):
         self.action_embedding = jax.random.normal(
             ka, (c.action_dim + 1, c.action_embed_dim), jnp.float32
         )
-        if c.temporal == "convs5":
+        if c.temporal == "s5":
+            self.temporal = S5Core(
+                feat,
+                c.embedding_dim,
+                latent=latent,
+                d_model=c.d_model,
+                ssm_size=c.ssm_size,
+                n_layers=c.n_layers,
+                blocks=c.ssm_blocks,
+                clip_eigs=c.clip_eigs,
+                remat=c.remat,
+                key=kt,
+            )
+            out = c.embedding_dim
+        elif c.temporal == "convs5":
             self.temporal = ConvS5Core(
                 feat,
                 latent=latent,
@@ -496,4 +536,7 @@ register_model(
         LatentVideoModel,
         LATENT_TRANSFORMER_PRESETS,
     )
+)
+register_model(
+    ModelSpec("s5-latent", "S5 (latent)", LatentS5Config, LatentVideoModel, LATENT_S5_PRESETS)
 )

@@ -32,7 +32,7 @@ from ..nn._maskgit import (
 from ..nn._quantize import VectorQuantizer
 from ..nn._resnet import ResNetDecoder, ResNetEncoder
 from ..nn._roles import role
-from ..nn._temporal_core import AbstractTemporalCore, ConvS5Core, TransformerCore
+from ..nn._temporal_core import AbstractTemporalCore, ConvS5Core, S5Core, TransformerCore
 from ._abstract import GroupSettings, KeyOrKeys, LossTerms, per_video_keys
 from ._frames import check_positive, embed_actions
 from ._latent import (
@@ -50,7 +50,7 @@ from ._tokenizer import AbstractVideoTokenizer
 from ._windowed_rollout import windowed_rollout
 
 Sampler = typing.Literal["draft-revise", "confidence"]
-Temporal = typing.Literal["transformer", "convs5"]
+Temporal = typing.Literal["transformer", "convs5", "s5"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,8 +97,9 @@ class TECOConfig:
     label_smoothing: float = 0.01
     """Label smoothing of the decoder's cross-entropy (TECO: 0.01)."""
     temporal: Temporal = "transformer"
-    """The temporal model: TECO's frame-causal transformer, or a ConvS5 stack over the
-    full latent grid (ConvSSM's TECO-ConvS5)."""
+    """The temporal model: TECO's frame-causal transformer, a ConvS5 stack over the
+    full latent grid (ConvSSM's TECO-ConvS5), or an S5 stack over the flattened grid
+    (ConvSSM's TECO-S5)."""
     n_layers: int = 8
     """Blocks of the temporal model (`z_tfm.num_layers`, `seq_model.n_layers`)."""
     patch_size: int = 8
@@ -111,11 +112,13 @@ class TECOConfig:
     n_heads: int = 16
     """Attention heads of the temporal transformer (`z_tfm.num_heads`)."""
     d_model: int = 512
-    """Channels of the ConvS5 stack (`d_model`; temporal "convs5")."""
+    """Channels of the ConvS5 stack, or width of the S5 stack (`d_model`; temporal
+    "convs5", "s5")."""
     ssm_size: int = 1024
-    """HiPPO size N of each ConvS5 layer (`ssm.ssm_size`); the state has N/2 channels."""
+    """HiPPO size N of each ConvS5 / S5 layer (`ssm.ssm_size`); the state has N/2
+    channels."""
     ssm_blocks: int = 32
-    """HiPPO blocks J of each ConvS5 layer (`ssm.blocks`)."""
+    """HiPPO blocks J of each ConvS5 / S5 layer (`ssm.blocks`)."""
     clip_eigs: bool = False
     """Clamp the ConvS5 eigenvalues' real parts below zero (`ssm.clip_eigs`)."""
     max_frames: int = 300
@@ -381,7 +384,20 @@ class TECO(AbstractLatentVideoModel):
         self.action_embedding = jax.random.normal(
             ka, (c.action_dim + 1, c.action_embed_dim), jnp.float32
         )
-        if c.temporal == "convs5":
+        if c.temporal == "s5":
+            self.temporal = S5Core(
+                c.embedding_dim + c.action_embed_dim,
+                c.embedding_dim,
+                latent=latent,
+                d_model=c.d_model,
+                ssm_size=c.ssm_size,
+                n_layers=c.n_layers,
+                blocks=c.ssm_blocks,
+                clip_eigs=c.clip_eigs,
+                remat=c.remat,
+                key=kt,
+            )
+        elif c.temporal == "convs5":
             self.temporal = ConvS5Core(
                 c.embedding_dim + c.action_embed_dim,
                 latent=latent,
@@ -670,14 +686,29 @@ class TECOConvS5Config(TECOConfig):
     """The temporal model (see `TECOConfig`)."""
 
 
-def _with_convs5(base: TECOConfig, **changes: typing.Any) -> TECOConvS5Config:
-    """TECO's preset `base` with a ConvS5 stack as its temporal model: ConvSSM's
-    TECO-ConvS5 configs keep TECO's other settings and add the stack's."""
+@dataclasses.dataclass(frozen=True)
+class TECOS5Config(TECOConfig):
+    """TECO with an S5 stack as its temporal model (ConvSSM's TECO-S5: each frame's 8×8
+    latent grid flattened into one `d_model` vector, S5 layers over time, projected back
+    to the grid). Presets: `TECOS5Config.preset(name)`."""
+
+    temporal: Temporal = "s5"
+    """The temporal model (see `TECOConfig`)."""
+
+
+def _with_temporal(base: TECOConfig, config_class: type, temporal: str, **changes: typing.Any):
+    """TECO's preset `base` with another temporal model: ConvSSM's TECO-ConvS5 and
+    TECO-S5 configs keep TECO's other settings and add the stack's."""
     fields: dict[str, typing.Any] = {
         f.name: getattr(base, f.name) for f in dataclasses.fields(TECOConfig) if f.init
     }
-    fields.update(changes, temporal="convs5")
-    return TECOConvS5Config(**fields)
+    fields.update(changes, temporal=temporal)
+    return config_class(**fields)
+
+
+def _with_convs5(base: TECOConfig, **changes: typing.Any) -> TECOConvS5Config:
+    """TECO's preset `base` with a ConvS5 stack as its temporal model."""
+    return _with_temporal(base, TECOConvS5Config, "convs5", **changes)
 
 
 TECO_CONVS5_PRESETS: dict[str, TECOConvS5Config] = {
@@ -691,5 +722,19 @@ TECO_CONVS5_PRESETS: dict[str, TECOConvS5Config] = {
     "small": _with_convs5(TECO_PRESETS["small"], d_model=32, ssm_size=32, ssm_blocks=1),
 }
 
+TECO_S5_PRESETS: dict[str, TECOS5Config] = {
+    # NVlabs/ConvSSM configs/3D_ENV_BENCHMARK/dmlab/dmlab_teco_S5.yaml (the only
+    # TECO-S5 config): TECO's DMLab settings, 8 S5 layers of width 2048, ssm 2048 in one
+    # block.
+    "dmlab": _with_temporal(
+        TECO_PRESETS["dmlab"], TECOS5Config, "s5", d_model=2048, ssm_size=2048, ssm_blocks=1
+    ),
+    # CPU-sized: TECO's "small" with an S5 stack over the flattened 8×8 latents.
+    "small": _with_temporal(
+        TECO_PRESETS["small"], TECOS5Config, "s5", d_model=64, ssm_size=32, ssm_blocks=1
+    ),
+}
+
 register_model(ModelSpec("teco", "TECO", TECOConfig, TECO, TECO_PRESETS))
 register_model(ModelSpec("teco-convs5", "TECO-ConvS5", TECOConvS5Config, TECO, TECO_CONVS5_PRESETS))
+register_model(ModelSpec("teco-s5", "TECO-S5", TECOS5Config, TECO, TECO_S5_PRESETS))

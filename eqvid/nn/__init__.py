@@ -1,6 +1,6 @@
 """Layers: the generic building blocks every eqvid model family composes (dense,
 convolutions, up/down-sampling, norms, activations, embeddings, attention,
-transformer and ResNet blocks), the sequence layers (ConvS5, ConvLSTM), and the VQ
+transformer and ResNet blocks), the sequence layers (ConvS5, S5, ConvLSTM), and the VQ
 tokenizers' parts (vector quantiser, taming's 2D and TATS's 3D VQGAN encoders and
 decoders, PatchGAN discriminators). Equinox modules with typed array signatures,
 channels last."""
@@ -42,6 +42,7 @@ from ._roles import ParamRole as ParamRole
 from ._roles import parameter_roles as parameter_roles
 from ._roles import role as role
 from ._roles import role_filter as role_filter
+from ._s5 import S5 as S5
 from ._sampling import Downsample as Downsample
 from ._sampling import Upsample as Upsample
 from ._sampling import avg_pool_2x as avg_pool_2x
@@ -51,6 +52,7 @@ from ._sampling import upsample_nearest_2x as upsample_nearest_2x
 from ._sequence import AbstractSequenceLayer as AbstractSequenceLayer
 from ._temporal_core import AbstractTemporalCore as AbstractTemporalCore
 from ._temporal_core import ConvS5Core as ConvS5Core
+from ._temporal_core import S5Core as S5Core
 from ._temporal_core import TransformerCore as TransformerCore
 from ._temporal_transformer import TemporalTransformer as TemporalTransformer
 from ._transformer import KVCache as KVCache

@@ -13,6 +13,8 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray
 from ..kernels.attention import AttentionImpl
 from ._conv import Conv2d
 from ._convs5 import ConvS5
+from ._dense import Dense
+from ._s5 import S5
 from ._temporal_transformer import TemporalTransformer
 
 
@@ -206,3 +208,106 @@ class ConvS5Core(AbstractTemporalCore):
             s, h = layer.step(s, h)
             new.append(s)
         return tuple(new), h
+
+
+class S5Core(AbstractTemporalCore):
+    """An S5 stack as a temporal core (ConvSSM's TECO-S5 and latent S5): the whole
+    latent grid of a frame flattened and projected to one `d_model` vector (`z_proj`, an
+    `latent × latent` convolution with stride `latent` and no bias), `n_layers` S5
+    layers (`eqvid.nn.S5`) over time, and a projection back to a `latent × latent ×
+    out_channels` grid (`z_unproj`, a transposed convolution of the same size). Output
+    `j` is the stack's output at input `j`; generation steps each layer's recurrence,
+    O(1) per frame.
+
+    `project` is a bias-free `Dense` over the flattened `(latent, latent, in_channels)`
+    grid (row-major, so ConvSSM's kernel `(latent, latent, in, d_model)` reshapes into
+    it); `unproject` maps `d_model` to the flattened output grid (Flax's transposed
+    convolution reads its kernel flipped: output `(i, j)` is `K[latent-1-i,
+    latent-1-j]`). Both start as ConvSSM's: LeCun-normal with the convolutions' fan-in
+    (`latent² · in_channels` and `latent² · d_model`)."""
+
+    project: Dense
+    layers: tuple[S5, ...]
+    unproject: Dense
+    latent: int = eqx.field(static=True)
+    remat: bool = eqx.field(static=True)
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        latent: int,
+        d_model: int,
+        ssm_size: int,
+        n_layers: int,
+        blocks: int = 1,
+        clip_eigs: bool = False,
+        dt_min: float = 1e-3,
+        dt_max: float = 1e-1,
+        remat: bool = False,
+        key: PRNGKeyArray,
+    ):
+        kp, kl, ku = jax.random.split(key, 3)
+        cells = latent * latent
+        self.project = Dense(cells * in_channels, d_model, use_bias=False, key=kp)
+        unproject = Dense(d_model, cells * out_channels, use_bias=False, key=ku)
+        # Dense's fan-in is d_model; the transposed convolution's is latent² · d_model.
+        self.unproject = eqx.tree_at(lambda d: d.weight, unproject, unproject.weight / latent)
+        self.layers = tuple(
+            S5(
+                d_model,
+                ssm_size,
+                blocks=blocks,
+                clip_eigs=clip_eigs,
+                dt_min=dt_min,
+                dt_max=dt_max,
+                key=k,
+            )
+            for k in jax.random.split(kl, n_layers)
+        )
+        self.latent = latent
+        self.remat = remat
+
+    def _in(self, x):
+        return self.project(x.reshape(x.shape[:-3] + (-1,)))
+
+    def _out(self, h):
+        return self.unproject(h).reshape(h.shape[:-1] + (self.latent, self.latent, -1))
+
+    def __call__(
+        self, x: Float[Array, "n latent latent c_in"], *, key: PRNGKeyArray | None = None
+    ) -> Float[Array, "n latent latent c_out"]:
+        h = self._in(x)
+
+        def run(layer, h, key):
+            return layer(h, key=key)[0]
+
+        if self.remat:
+            run = eqx.filter_checkpoint(run)
+        keys = [None] * len(self.layers) if key is None else jax.random.split(key, len(self.layers))
+        for layer, k in zip(self.layers, keys):
+            h = run(layer, h, k)
+        return self._out(h)
+
+    def init_state(self, capacity: int) -> Any:
+        """Every layer's zero state (a recurrence: `capacity` does not matter)."""
+        del capacity
+        return tuple(layer.init_state() for layer in self.layers)
+
+    def prefill(self, state: Any, x: Float[Array, "n latent latent c_in"]):
+        h = self._in(x)
+        new = []
+        for layer, s in zip(self.layers, state):
+            h, s = layer(h, s)
+            new.append(s)
+        return tuple(new), self._out(h)
+
+    def step(self, state: Any, x: Float[Array, "latent latent c_in"], index: Int[Array, ""]):
+        del index
+        h = self._in(x)
+        new = []
+        for layer, s in zip(self.layers, state):
+            s, h = layer.step(s, h)
+            new.append(s)
+        return tuple(new), self._out(h)
