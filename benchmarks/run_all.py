@@ -113,6 +113,8 @@ def benchmark_args(bench: str, preset: str, smoke: bool) -> list[str]:
             ],
             "train": ["--lengths", "4", "6", "--batch", "1", "--repeats", "1"],
             "generation": [
+                "--modes",
+                *generation_speed.PIXEL_MODES,
                 "--context",
                 "2",
                 "--horizons",

@@ -174,6 +174,47 @@ def test_train_throughput_table(tmp_path):
     assert convs5_row.count("×") == 2  # both ratios measured
 
 
+def test_generation_speed_times_teco_per_frame_against_the_video_length(tmp_path):
+    """The TECO modes past the window: the cached rollout re-reading every 2 frames and
+    TECO-ConvS5's recurrence, per generated frame, with the ratio to the shortest video
+    (the other two TECO modes differ only in `cache` and the stride, tested in
+    tests/test_teco.py)."""
+    generation = load("generation_speed")
+    records = generation.main(
+        [
+            "--modes",
+            "teco-cache-stride",
+            "teco-convs5",
+            "--teco-context",
+            "2",
+            "--teco-lengths",
+            "4",
+            "7",
+            "--teco-window",
+            "5",
+            "--slide-stride",
+            "2",
+            "--batch",
+            "1",
+            "--repeats",
+            "1",
+            "--out-dir",
+            str(tmp_path),
+            "--name",
+            "generation",
+        ]
+    )
+    assert len(records) == 4 and all(r["seconds_per_frame"] > 0 for r in records), records
+    assert {(r["mode"], r["horizon"], r["slide_stride"]) for r in records} == {
+        (m, h, s) for m, s in (("teco-cache-stride", 2), ("teco-convs5", None)) for h in (2, 5)
+    }
+    text = (tmp_path / "generation.md").read_text()
+    assert "## TECO on VQ codes" in text and "re-reads the last 3 frames every 2 frames" in text
+    assert "| 2→4 | teco-convs5 |" in text and "1.00× |" in text
+    assert re.search(r"\| 2→7 \| teco-cache-stride \| [\d.]+ \| [\d.]+ \| \d\.\d\d× \|", text)
+    assert "ConvS5 vs" not in text  # no pixel modes were run
+
+
 def test_run_all_writes_readme_with_plots(tmp_path):
     run_all = load("run_all")
     readme = run_all.main(["--smoke", "--only", "scan", "generation", "--out-dir", str(tmp_path)])
