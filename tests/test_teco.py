@@ -257,6 +257,82 @@ def test_teco_s5_trains_every_part_and_steps_past_any_length(teco):
     assert out.shape == (12, 8, 8) and int(out.min()) >= 0 and int(out.max()) < 256
 
 
+def test_causal_masking_feeds_the_temporal_model_the_mask_constant(teco):
+    """ConvSSM's DMLab mode for the TECO family: videos that keep their actions give the
+    temporal model the mask constant in place of their latents from `open_loop_context`
+    on (the decoder still reads the true latents, every frame is scored); videos whose
+    actions were dropped see every frame. Generation given actions is open-loop."""
+    config = dataclasses.replace(
+        TINY_S5, causal_masking=True, open_loop_context=3, drop_loss_rate=0.0
+    )
+    model = build(config, teco.tokenizer)
+    codes, _ = codes_and_actions(b=4, t=6)
+    actions = jax.random.randint(jax.random.key(3), (4, 6), 0, 6)
+
+    def recon(m, video, acts, masked_from):
+        latents, z = m._posterior(video)[:2]
+        seen = jnp.where(jnp.arange(5)[:, None, None, None] >= masked_from, -2.0, latents[:-1])
+        deter = m.temporal(m._inputs(seen, acts))
+        logp = jax.nn.log_softmax(m._logits(deter, z[1:]))
+        labels = jax.nn.one_hot(video[1:], 256) * 0.99 + 0.01 / 256
+        return -jnp.sum(labels * logp, axis=(1, 2, 3))  # frames 1…5
+
+    # Evaluation (no key, actions given): every video open-loop from frame 3.
+    got = eqx.filter_jit(lambda m: m.codes_loss(codes, actions)[1]["recon_loss"])(model)
+    want = eqx.filter_jit(
+        lambda m: jnp.mean(jnp.stack([recon(m, codes[v], actions[v], 3) for v in range(4)]))
+    )(model)
+    np.testing.assert_allclose(float(got), float(want), rtol=1e-5)
+    # Without actions nothing is masked.
+    got = eqx.filter_jit(lambda m: m.codes_loss(codes, None)[1]["recon_loss"])(model)
+    none = jnp.full((6,), -1)
+    want = eqx.filter_jit(
+        lambda m: jnp.mean(jnp.stack([recon(m, codes[v], none, 99) for v in range(4)]))
+    )(model)
+    np.testing.assert_allclose(float(got), float(want), rtol=1e-5)
+    # Training: the dropped videos (drawn as the model draws them) see every frame.
+    from eqvid.models._abstract import per_video_keys
+    from eqvid.models._latent import action_drop_flags
+
+    key = jax.random.key(7)
+    drop = np.asarray(
+        action_drop_flags(jax.vmap(lambda k: jax.random.fold_in(k, 1))(per_video_keys(key, 4)), 0.5)
+    )
+    assert 0 < drop.sum() < 4, drop  # both kinds in the batch (else pick another key)
+    got = eqx.filter_jit(lambda m: m.codes_loss(codes, actions, key=key)[1]["recon_loss"])(model)
+
+    def restated(m):
+        per_video = [
+            recon(m, codes[v], none, 99) if drop[v] else recon(m, codes[v], actions[v], 3)
+            for v in range(4)
+        ]
+        return jnp.mean(jnp.stack(per_video))
+
+    np.testing.assert_allclose(float(got), float(eqx.filter_jit(restated)(model)), rtol=1e-5)
+
+    # Open-loop generation: every generated frame's temporal input is the mask constant,
+    # so the frames are those a teacher-forced pass over masked inputs samples.
+    key = jax.random.key(4)
+    out = eqx.filter_jit(lambda m: m.generate_codes(codes[0, :3], 3, key=key, actions=actions[0]))(
+        model
+    )
+
+    @eqx.filter_jit
+    def masked_pass(m):
+        latents = m._posterior(codes[0, :3])[0]
+        seen = jnp.concatenate([latents, jnp.full((2,) + latents.shape[1:], -2.0)])
+        deter = m.temporal(m._inputs(seen, actions[0]))[2:]
+        frames = []
+        for y, k in zip(deter, jax.random.split(key, 3)):
+            z = m.codebook.lookup(m._sample_latent(y, k))
+            frames.append(jnp.argmax(m._logits(y, z), axis=-1))
+        return jnp.stack(frames)
+
+    np.testing.assert_array_equal(masked_pass(model), out)
+    with pytest.raises(ValueError, match="causal masking needs windows longer than"):
+        model.codes_loss(codes[:, :4], actions[:, :4])
+
+
 def test_bad_inputs_name_the_value_and_the_fix(teco):
     codes, actions = codes_and_actions()
     np_codes, np_actions = np.asarray(codes), np.asarray(actions)

@@ -37,9 +37,9 @@ from ._abstract import GroupSettings, KeyOrKeys, LossTerms, per_video_keys
 from ._frames import check_positive, embed_actions
 from ._latent import (
     AbstractLatentVideoModel,
+    action_drop_flags,
     check_latent_batch,
     check_latent_frames,
-    drop_actions,
     drop_loss_frames,
     latent_actions,
     smoothed_code_loss,
@@ -96,6 +96,20 @@ class TECOConfig:
     (`dropout_actions` with p = 0.5); 0 never."""
     label_smoothing: float = 0.01
     """Label smoothing of the decoder's cross-entropy (TECO: 0.01)."""
+    causal_masking: bool = False
+    """ConvSSM's DMLab training of the TECO family (`causal_masking`): a sequence that
+    keeps its actions gives the temporal model `frame_mask_value` in place of its
+    latents from frame `open_loop_context` on, so the model learns to predict
+    open-loop from the actions; a sequence whose actions were dropped sees every
+    frame. The decoder and the prior still read the true latents, and the losses cover
+    every frame DropLoss keeps (as ConvSSM's runs computed them). Generation given
+    actions then runs open-loop after the context (the mask constant goes in, not the
+    sampled latents)."""
+    open_loop_context: int = 144
+    """Frames seen before the masked, open-loop part under `causal_masking`
+    (`open_loop_ctx_1`)."""
+    frame_mask_value: float = -2.0
+    """The constant that replaces masked latents (`frame_mask_id`)."""
     temporal: Temporal = "transformer"
     """The temporal model: TECO's frame-causal transformer, a ConvS5 stack over the
     full latent grid (ConvSSM's TECO-ConvS5), or an S5 stack over the flattened grid
@@ -165,7 +179,7 @@ class TECOConfig:
             "codebook_size", "codebook_dim", "n_cond", "action_dim", "action_embed_dim",
             "patch_size", "width", "mlp_dim", "n_heads", "n_layers", "maskgit_vocab_dim",
             "d_model", "ssm_size", "ssm_blocks", "maskgit_width", "maskgit_mlp_dim",
-            "maskgit_heads", "maskgit_layers", "t_draft", "t_revise",
+            "maskgit_heads", "maskgit_layers", "t_draft", "t_revise", "open_loop_context",
         )  # fmt: skip
         for name in ("revise_rounds", "top_k"):
             value = getattr(self, name)
@@ -470,14 +484,20 @@ class TECO(AbstractLatentVideoModel):
 
     # -- training ----------------------------------------------------------------
 
-    def _video_loss(self, codes, actions, key):
+    def _video_loss(self, codes, actions, key, open_loop):
         """Per video: `(recon CE sum over frames, (masked CE sum, mask count), frames,
-        commitment, codebook, perplexity)`."""
+        commitment, codebook, perplexity)`; `open_loop`: under `causal_masking`, the
+        temporal model sees the mask constant from `open_loop_context` on."""
         c = self.config
         t, n = codes.shape[0], c.n_cond
         latents, z, k, commitment, codebook_loss, perplexity = self._posterior(codes)
+        seen = latents[:-1]
+        if c.causal_masking:
+            masked = open_loop & (jnp.arange(t - 1) >= c.open_loop_context)
+            fill = jnp.asarray(c.frame_mask_value, seen.dtype)
+            seen = jnp.where(masked[:, None, None, None], fill, seen)
         k_temporal = None if key is None else jax.random.fold_in(key, 3)
-        deter = self.temporal(self._inputs(latents[:-1], actions), key=k_temporal)  # y_0 … y_{T-2}
+        deter = self.temporal(self._inputs(seen, actions), key=k_temporal)  # y_0 … y_{T-2}
         k_drop = k_mask = None
         if key is not None:
             k_drop, k_mask = jax.random.split(key)
@@ -528,18 +548,31 @@ class TECO(AbstractLatentVideoModel):
                 f"TECO: windows of {t} frames exceed max_frames = {c.max_frames}; train on "
                 "shorter windows (--seq-len) or raise max_frames."
             )
+        if c.causal_masking and t <= c.open_loop_context + 1:
+            raise ValueError(
+                f"TECO: causal masking needs windows longer than open_loop_context + 1 = "
+                f"{c.open_loop_context + 1} frames; got {t} (train on longer windows, "
+                "--seq-len, or lower open_loop_context)."
+            )
         keys = per_video_keys(key, b)
+        given = actions is not None and c.use_actions
         actions = latent_actions("TECO", actions, (b, t), c.use_actions)
+        # Under causal masking, the videos that keep their (given) actions run open-loop.
+        open_loop = jnp.full((b,), given)
         loss_keys = None
         if keys is not None:
             if c.action_dropout > 0:
                 action_keys = jax.vmap(lambda kk: jax.random.fold_in(kk, 1))(keys)
-                actions = drop_actions(action_keys, actions, c.action_dropout)
+                drop = action_drop_flags(action_keys, c.action_dropout)
+                actions = jnp.where(drop[:, None], -1, actions)
+                open_loop = open_loop & ~drop
             loss_keys = jax.vmap(lambda kk: jax.random.fold_in(kk, 2))(keys)
         if loss_keys is None:
-            out = jax.vmap(lambda cd, a: self._video_loss(cd, a, None))(codes, actions)
+            out = jax.vmap(lambda cd, a, o: self._video_loss(cd, a, None, o))(
+                codes, actions, open_loop
+            )
         else:
-            out = jax.vmap(self._video_loss)(codes, actions, loss_keys)
+            out = jax.vmap(self._video_loss)(codes, actions, loss_keys, open_loop)
         recon_sum, masked_sum, mask_count, frames, commitment, codebook_loss, perplexity = out
         grid = self.latent_size**2
         recon_loss = jnp.sum(recon_sum) / jnp.sum(frames).astype(recon_sum.dtype)
@@ -593,7 +626,10 @@ class TECO(AbstractLatentVideoModel):
         computes one frame's tokens); `cache=False`: it re-runs the whole sequence per
         frame, as TECO's sampler. Both give the same frames for the same key. Past
         `max_frames` the transformer slides its window as TECO's sampler
-        (`config.slide_stride`); the ConvS5 temporal model keeps stepping.
+        (`config.slide_stride`); the ConvS5 and S5 temporal models keep stepping. Under
+        `config.causal_masking`, given actions, generation is open-loop: the temporal
+        model takes the mask constant for every generated frame (the context's last
+        frame it sees, as in training).
         """
         c = self.config
         n_ctx = context.shape[0]
@@ -604,11 +640,19 @@ class TECO(AbstractLatentVideoModel):
             )
         if num_steps < 1:
             raise ValueError(f"TECO.generate: `num_frames` must be >= 1; got {num_steps}.")
+        open_loop = c.causal_masking and c.use_actions and actions is not None
         actions = latent_actions("TECO.generate", actions, (n_ctx + num_steps,), c.use_actions)
+        size = self.latent_size
+        fill = jnp.full((size, size, c.embedding_dim), c.frame_mask_value, jnp.float32)
 
         def window_inputs(codes, actions, start):
-            del start
-            return self._inputs(self._posterior(codes)[0], actions)
+            latents = self._posterior(codes)[0]
+            if open_loop:  # generated frames are masked, as they were fed
+                generated = start + jnp.arange(codes.shape[0]) >= n_ctx
+                latents = jnp.where(
+                    generated[:, None, None, None], fill.astype(latents.dtype), latents
+                )
+            return self._inputs(latents, actions)
 
         def sample_frame(y, k):
             z = self.codebook.lookup(self._sample_latent(y, k))
@@ -616,7 +660,7 @@ class TECO(AbstractLatentVideoModel):
 
         def next_input(z, codes, actions, index):
             del codes, index
-            return self._inputs(z[None], actions)[0]
+            return self._inputs((fill.astype(z.dtype) if open_loop else z)[None], actions)[0]
 
         return windowed_rollout(
             "TECO",
@@ -715,7 +759,7 @@ TECO_CONVS5_PRESETS: dict[str, TECOConvS5Config] = {
     # NVlabs/ConvSSM configs/3D_ENV_BENCHMARK/*/..._teco_convS5.yaml: TECO's settings,
     # a ConvS5 stack of d_model 512 (DMLab: ssm 1024 in 32 blocks; the released Habitat
     # and Minecraft models: ssm 512 in one block).
-    "dmlab": _with_convs5(TECO_PRESETS["dmlab"]),
+    "dmlab": _with_convs5(TECO_PRESETS["dmlab"], causal_masking=True),
     "habitat": _with_convs5(TECO_PRESETS["habitat"], ssm_size=512, ssm_blocks=1),
     "minecraft": _with_convs5(TECO_PRESETS["minecraft"], ssm_size=512, ssm_blocks=1),
     # CPU-sized: TECO's "small" with a ConvS5 stack over the 8×8 latents.
@@ -727,7 +771,13 @@ TECO_S5_PRESETS: dict[str, TECOS5Config] = {
     # TECO-S5 config): TECO's DMLab settings, 8 S5 layers of width 2048, ssm 2048 in one
     # block.
     "dmlab": _with_temporal(
-        TECO_PRESETS["dmlab"], TECOS5Config, "s5", d_model=2048, ssm_size=2048, ssm_blocks=1
+        TECO_PRESETS["dmlab"],
+        TECOS5Config,
+        "s5",
+        d_model=2048,
+        ssm_size=2048,
+        ssm_blocks=1,
+        causal_masking=True,
     ),
     # CPU-sized: TECO's "small" with an S5 stack over the flattened 8×8 latents.
     "small": _with_temporal(
