@@ -407,6 +407,29 @@ def test_model_state_is_threaded_through_accumulated_micro_batches():
     assert int(train_state.model_state.get(model.calls)) == 6  # 3 steps × 2 micro-batches
 
 
+def test_a_step_compiled_ahead_runs_the_same_program():
+    # Multi-process runs compile the step before its first call (then wait for every
+    # process): the compiled program must give what the jitted calls give, step after step.
+    model, state = toy()
+    plan = ParameterPlan(model)
+    mesh = make_mesh(devices=ONE_CPU)
+    optimizer = optax.adam(0.1)
+    states = []
+    for ahead in (False, True):
+        train_state, rest = init_train_state(model, state, optimizer, plan, mesh, ema=True)
+        step = make_train_step(optimizer, plan, mesh, ema_decay=0.75)
+        if ahead:
+            step.compile(train_state, rest, videos(seed=1), None, 1)
+        for i in range(1, 4):
+            train_state, _ = step(train_state, rest, videos(seed=i), None, i)
+        states.append((path_values(train_state.params), path_values(train_state.ema)))
+    assert step._compiled is not None
+    for want, got in zip(*states):
+        assert want.keys() == got.keys()
+        for k, v in want.items():
+            np.testing.assert_array_equal(got[k], v, err_msg=k)
+
+
 def test_generation_needs_a_key_and_draws_per_key():
     model, _ = toy()
     context = videos(batch=2).frames("test")

@@ -43,3 +43,22 @@ def initialize_distributed(config: DistributedConfig) -> bool:
         process_id=config.process_id,
     )
     return True
+
+
+def wait_for_all_processes(name: str, timeout_s: int = 3600) -> None:
+    """Block until every process of a multi-process run has called this with `name`
+    (a barrier through the coordination service, not a collective: it waits up to
+    `timeout_s` seconds where the CPU collectives give up after 30). Does nothing in
+    a single process."""
+    if jax.process_count() == 1:
+        return
+    # jax.distributed's client (the coordination service), as Orbax reaches it.
+    from jax._src import distributed
+
+    client = distributed.global_state.client
+    if client is None:
+        raise RuntimeError(
+            "wait_for_all_processes: jax.process_count() > 1 but jax.distributed was "
+            "not initialised through jax.distributed.initialize."
+        )
+    client.wait_at_barrier(name, timeout_in_ms=timeout_s * 1000)

@@ -22,6 +22,7 @@ from ..models import (
     rollout,
 )
 from ._config import TrainConfig
+from ._distributed import wait_for_all_processes
 from ._files import write_atomic
 from ._hooks import MetricsLog, ReconstructionWriter, SampleWriter
 from ._setup import TrainingRun, setup
@@ -221,9 +222,12 @@ def train(config: TrainConfig) -> TrainResult:
         stop.__enter__()
         for step in range(run.start + 1, rc.steps + 1):
             batch = run.put_batch(next(run.data_iter))
-            run.train_state, metrics = run.step_fn(
-                run.train_state, run.rest, batch, jax.random.fold_in(run.train_key, step), step
-            )
+            step_key = jax.random.fold_in(run.train_key, step)
+            if step == run.start + 1 and jax.process_count() > 1:
+                # Every process compiles, then all start the first step together.
+                run.step_fn.compile(run.train_state, run.rest, batch, step_key, step)
+                wait_for_all_processes(f"eqvid: train step compiled (from step {step})")
+            run.train_state, metrics = run.step_fn(run.train_state, run.rest, batch, step_key, step)
             steps_since += 1
             bar.update(1)
             if step % rc.log_every == 0 or step == rc.steps or step == run.start + 1:

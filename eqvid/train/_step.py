@@ -310,10 +310,11 @@ def make_train_step(
 
 class TrainStep:
     """The jitted train step (`make_train_step`): call it, or `lower` it to look at the
-    compiled program (memory, HLO)."""
+    compiled program (memory, HLO), or `compile` it ahead of the first call."""
 
     def __init__(self, jitted):
         self._jitted = jitted
+        self._compiled = None
 
     @staticmethod
     def _inputs(rest, batch, key, step):
@@ -329,7 +330,26 @@ class TrainStep:
     ) -> tuple[TrainState, dict[str, Scalar]]:
         """`(train_state, metrics)` after one step on `batch` (the train state passed in
         is donated: use the one returned)."""
-        return self._jitted(self._inputs(rest, batch, key, step), train_state)
+        inputs = self._inputs(rest, batch, key, step)
+        if self._compiled is not None:
+            return self._compiled(inputs, train_state)
+        return self._jitted(inputs, train_state)
+
+    def compile(
+        self,
+        train_state: TrainState,
+        rest: PyTree,
+        batch: VideoBatch,
+        key: Key[Array, ""] | None,
+        step: Int[Array, ""] | int,
+    ) -> None:
+        """Compile the step for arguments shaped and sharded as these (nothing runs, and
+        nothing is donated); every later call runs that program. A multi-process run
+        compiles first and then waits for every process, so that no process reaches the
+        step's first collective while another is still compiling (the CPU collectives
+        give up after 30 s)."""
+        inputs = self._inputs(rest, batch, key, step)
+        self._compiled = self._jitted.lower(inputs, train_state).compile()
 
     def lower(
         self,
