@@ -66,3 +66,6 @@ from ._latent_video import LatentS5Config as LatentS5Config  # isort: skip
 from ._latent_video import LatentTransformerConfig as LatentTransformerConfig  # isort: skip
 from ._latent_video import LatentVideoConfig as LatentVideoConfig  # isort: skip
 from ._latent_video import LatentVideoModel as LatentVideoModel  # isort: skip
+from ._mebt import MEBT_PRESETS as MEBT_PRESETS  # isort: skip
+from ._mebt import MeBTConfig as MeBTConfig  # isort: skip
+from ._mebt import MeBTVideoModel as MeBTVideoModel  # isort: skip

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from ..evaluate._reconstruction_report import ReconstructionReport, reconstruction_report
 from ..evaluate._rollout_report import RolloutReport, rollout_report
 from ..models import (
+    AbstractLatentVideoModel,
     AbstractModel,
     AbstractVideoModel,
     AbstractVideoTokenizer,
@@ -89,6 +90,10 @@ def _sample_writer(run: TrainingRun, log: MetricsLog) -> SampleWriter | Reconstr
     )
     videos = videos.astype(np.float32) / 127.5 - 1.0
     context = min(rc.eval_context, videos.shape[1] - 1)
+    model = run.model()
+    if isinstance(model, AbstractLatentVideoModel):  # whole steps of its tokenizer
+        k = model.frames_per_step(videos.shape[2], videos.shape[3])
+        context = max(k, context // k * k)
     return SampleWriter(run.run_dir, videos, actions, context, main=run.main, log=log)
 
 
