@@ -595,3 +595,18 @@ def test_latent_benchmark_reads_the_rollout_report_and_explains_itself(capsys):
     with pytest.raises(SystemExit):
         bench.main(["--help"])
     assert "--tokenizer" in capsys.readouterr().out
+
+
+def test_mebt_scaling_compares_mebt_with_full_attention(tmp_path, capsys):
+    mebt_scaling = load("mebt_scaling")
+    args = ["--tokens", "32", "64", "--dim", "16", "--heads", "2", "--latents", "4"]
+    args += ["--encoder-layers", "1", "--decoder-layers", "1", "--num-codes", "8"]
+    args += ["--sample-steps", "2", "--repeats", "1", "--out-dir", str(tmp_path), "--name", "m"]
+    records = mebt_scaling.main(args)
+    text = (tmp_path / "m.md").read_text()
+    assert "jax " in text and "command:" in text and "device:" in text
+    assert "| train step | 64 |" in text and "| sampling | 64 |" in text
+    assert "MeBT grows ≤ 2.3× from 32 to 64 tokens" in text
+    assert len(records) == 4 and all(r["mebt_seconds"] and r["full_seconds"] for r in records)
+    assert all(r["mebt_temp_bytes"] > 0 and r["full_temp_bytes"] > 0 for r in records)
+    assert "wrote" in capsys.readouterr().out

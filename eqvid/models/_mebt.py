@@ -18,6 +18,8 @@ from ..nn._mebt import MEBT_RELEASED_LAYERS, MeBTTransformer, mebt_layers
 from ..nn._mebt_maskgen import (
     MEBT_LENGTH_PRIORS,
     MEBT_SCHEDULES,
+    MeBTLengthPrior,
+    MeBTSchedule,
     maskgen_split,
     target_cross_entropy,
 )
@@ -61,15 +63,15 @@ class MeBTConfig:
     """Learned latent tokens, the bottleneck every layer goes through (`sos_emb`)."""
     layers: tuple[str, ...] = MEBT_RELEASED_LAYERS
     """The kind of each layer in order (`mode`): latent_enc, latent_self, latent_dec,
-    lt2l, maskgit (default: the released 24)."""
+    lt2l, maskgit; the released configs' 24 are `eqvid.nn.MEBT_RELEASED_LAYERS`."""
     dropout: float = 0.0
     """Embedding and residual dropout (`embd_pdrop`, `resid_pdrop`)."""
-    schedule: str = "linear"
+    schedule: MeBTSchedule = "linear"
     """Training mask-ratio schedule (`mask.schedule`): cosine, cosine_plus, linear,
     quadratic, square, cube, sqrt, convex."""
     budget: int = 0
     """Most targets per example (`max_token`); 0: every masked token."""
-    length_prior: str = "longest"
+    length_prior: MeBTLengthPrior = "longest"
     """Length curriculum (`t_prior`): longest, uniform, gaussian2, gaussian100000_2."""
     sample_steps: int = 128
     """MaskGit decoding steps (`vid_n_steps`)."""
@@ -80,7 +82,7 @@ class MeBTConfig:
     context_temp: float = 6.0
     """Context temperature τ_c of the Gumbel top-k choice of the tokens to keep
     (`vid_c_temp`), annealed as `τ_c·(1 − t)`."""
-    sample_schedule: str = "cosine"
+    sample_schedule: MeBTSchedule = "cosine"
     """The mask-ratio schedule of the sampler (the sampling scripts' `cosine`)."""
     bootstrap: int = 0
     """Steps before decoding that each fix one random token (`bootstrap`; 64 in the

@@ -94,12 +94,14 @@ def _reinit(module, key):
     return jax.tree.unflatten(treedef, new)
 
 
-def _select(a, n_a, b, n_b):
-    """`[a[:n_a]; b[:n_b]; padding]` in a buffer of `len(a) + len(b)` rows (a gather:
-    the counts may be traced), and the count `n_a + n_b`."""
-    i = jnp.arange(a.shape[0] + b.shape[0])
+def _select(a, n_a, b, n_b, rows=None):
+    """`[a[:n_a]; b[:n_b]; padding]` in a buffer of `rows` rows (default `len(a) +
+    len(b)`; fewer when the counts are known to fit) by a gather (the counts may be
+    traced), and the count `n_a + n_b`."""
+    size = a.shape[0] + b.shape[0]
+    i = jnp.arange(size if rows is None else min(rows, size))
     src = jnp.where(i < n_a, i, a.shape[0] + i - n_a)
-    return jnp.concatenate([a, b])[jnp.clip(src, 0, a.shape[0] + b.shape[0] - 1)], n_a + n_b
+    return jnp.concatenate([a, b])[jnp.clip(src, 0, size - 1)], n_a + n_b
 
 
 class MeBTBlock(eqx.Module):
@@ -180,13 +182,16 @@ class MeBTBlock(eqx.Module):
         targets: Float[Array, "targets dim"],
         n_targets: Int[Array, ""],
         *,
+        tokens: int | None = None,
         key: PRNGKeyArray | None = None,
     ) -> tuple[
         Float[Array, "latents dim"], Float[Array, "contexts dim"], Float[Array, "targets dim"]
     ]:
         """`(latents, contexts, targets)` after this layer (the streams it does not
         update come back as they went in). Rows past `n_contexts` / `n_targets` are
-        padding: never attended to, their outputs meaningless."""
+        padding: never attended to, their outputs meaningless. `tokens`: the volume's
+        size, a bound on `n_contexts + n_targets` (disjoint positions) that sizes the
+        `maskgit` kind's joint sequence."""
         n_latents = latents.shape[0]
         if self.kind == "latent_self":
             latents = self._update(latents, None, latents, None, key)
@@ -200,14 +205,15 @@ class MeBTBlock(eqx.Module):
             both, n_both = _select(latents, n_latents, targets, n_targets)
             latents = self._update(latents, None, both, n_both, key)
         else:  # maskgit: full attention over the contexts and targets together
-            both, n_both = _select(contexts, n_contexts, targets, n_targets)
+            both, n_both = _select(contexts, n_contexts, targets, n_targets, tokens)
             both = self._update(both, n_both, both, n_both, key)
-            c, t = contexts.shape[0], targets.shape[0]
-            i = jnp.arange(c + t)
+            c, t, rows = contexts.shape[0], targets.shape[0], both.shape[0]
             # The updated rows back in their buffers (padding rows keep their values).
-            contexts = jnp.where((i[:c] < n_contexts)[:, None], both[:c], contexts)
-            t_src = jnp.clip(n_contexts + i[:t], 0, c + t - 1)
-            targets = jnp.where((i[:t] < n_targets)[:, None], both[t_src], targets)
+            i_c, i_t = jnp.arange(c), jnp.arange(t)
+            c_src = jnp.clip(i_c, 0, rows - 1)
+            contexts = jnp.where((i_c < n_contexts)[:, None], both[c_src], contexts)
+            t_src = jnp.clip(n_contexts + i_t, 0, rows - 1)
+            targets = jnp.where((i_t < n_targets)[:, None], both[t_src], targets)
         return latents, contexts, targets
 
 
@@ -358,7 +364,7 @@ class MeBTTransformer(eqx.Module):
         targets = _dropout(targets, self.dropout, keys[2])
         for block, k in zip(self.blocks, keys[3:]):
             latents, contexts, targets = block(
-                latents, contexts, n_contexts, targets, n_targets, key=k
+                latents, contexts, n_contexts, targets, n_targets, tokens=codes.shape[0], key=k
             )
         return self.head(self.final_norm(targets))
 
