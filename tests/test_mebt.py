@@ -13,6 +13,7 @@ import pytest
 
 from eqvid.data import CodesConfig
 from eqvid.models import (
+    VQGAN3D,
     MeBTConfig,
     MeBTVideoModel,
     VQGAN3DConfig,
@@ -141,9 +142,9 @@ def test_bad_inputs_name_the_counts(mebt):
         MeBTVideoModel(
             dataclasses.replace(TINY, budget=65), key=jax.random.key(0), tokenizer=mebt.tokenizer
         )
-    with pytest.raises(ValueError, match="schedule"):
+    with pytest.raises((ValueError, TypeError), match="schedule"):  # the runtime type check
         dataclasses.replace(TINY, schedule="log")
-    with pytest.raises(ValueError, match="length_prior"):
+    with pytest.raises((ValueError, TypeError), match="length_prior"):  # the runtime type check
         dataclasses.replace(TINY, length_prior="gaussian")
 
 
@@ -156,6 +157,7 @@ def test_trains_on_codes_through_the_one_entry_and_evaluates(tmp_path):
     tok32, state = eqx.filter_jit(
         lambda: make_model(dataclasses.replace(TOKENIZER, frame_size=32), key=jax.random.key(0))
     )()
+    assert isinstance(tok32, VQGAN3D)
     folder = tmp_path / "tok"
     save_tokenizer(tok32.with_state(state), folder)
     args = ["--tokenizer", str(folder), "--out", str(tmp_path / "codes"), "--no-progress"]

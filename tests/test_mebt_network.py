@@ -158,10 +158,8 @@ def test_initialisation_and_parameter_count_follow_the_original(getkey):
     assert net.head.bias is None and net.blocks[0].attention.query_bias is not None
     a = net.blocks[0].attention
     assert float(jnp.std(a.query_weight)) == pytest.approx(0.02, rel=0.25)
-    assert (
-        float(jnp.abs(a.query_bias).max()) == 0.0
-        and float(jnp.abs(net.blocks[0].mlp_in.bias).max()) == 0
-    )
+    for bias in (a.query_bias, a.output_bias, net.blocks[0].mlp_in.bias):
+        assert bias is not None and float(jnp.abs(bias).max()) == 0.0
     assert float(jnp.std(net.token_embed)) == pytest.approx(0.02, rel=0.25)
     assert mebt_layers(7, 6) == MEBT_RELEASED_LAYERS and len(MEBT_RELEASED_LAYERS) == 24
 
