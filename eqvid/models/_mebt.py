@@ -29,6 +29,7 @@ from ._abstract import GroupSettings, KeyOrKeys, LossTerms, per_video_keys
 from ._frames import check_positive
 from ._latent import (
     AbstractLatentVideoModel,
+    _probe_length,
     check_latent_batch,
     check_latent_frames,
     tokenizer_argument,
@@ -209,17 +210,8 @@ class MeBTVideoModel(AbstractLatentVideoModel):
         c = config
         owner = type(self).__name__
         tok = tokenizer_argument(owner, c, tokenizer)
-        for length in (1, 2, 4, 8, 16):  # the tokenizer's shortest clip
-            try:
-                shape = tok.code_shape(length, c.frame_size, c.frame_size)
-                break
-            except ValueError:
-                continue
-        else:
-            raise ValueError(
-                f"{owner}: the tokenizer takes no clip of {c.frame_size}×{c.frame_size} frames."
-            )
-        h, w = shape[1], shape[2]
+        shortest = _probe_length(tok, c.frame_size, c.frame_size)
+        _, h, w = tok.code_shape(shortest, c.frame_size, c.frame_size)
         if c.budget > c.max_steps * h * w:
             raise ValueError(
                 f"{owner}: `budget` ({c.budget}) is more than the {c.max_steps * h * w} tokens "
