@@ -192,3 +192,20 @@ def test_trains_on_codes_through_the_one_entry_and_evaluates(tmp_path):
     resumed = train(config(25, True))  # the end-of-run report: rollouts decoded to frames
     assert resumed.step == 25 and isinstance(resumed.report, RolloutReport)
     assert resumed.report.horizon == 4
+
+    # MeBT's own evaluation: clips drawn from nothing against the training split's
+    # videos (here the codes decoded by their tokenizer), FVD/KVD per run.
+    from eqvid.evaluate import EvalConfig, evaluate_unconditional
+
+    def stats(videos):  # a cheap stand-in for I3D
+        v = np.asarray(videos, np.float64)
+        return np.stack([v.mean(axis=(1, 2, 3, 4)), v.std(axis=(1, 2, 3, 4))], 1)
+
+    settings = EvalConfig(
+        run_dir=str(tmp_path / "run"), protocol="mebt-16f", horizon=8, num_videos=4, runs=1,
+        batch_size=4, save_samples=False, progress=False,
+    )  # fmt: skip
+    report = evaluate_unconditional(settings, i3d=stats)
+    assert report.source.endswith("(step 25)") and "train split" in report.real
+    assert "decoded by their tokenizer" in report.real
+    assert np.isfinite(report.scores["fvd"].mean) and report.out_dir.endswith("eval/mebt-16f")

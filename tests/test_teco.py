@@ -429,7 +429,7 @@ def test_trains_on_codes_through_the_one_entry_and_resumes(tokenizer, tmp_path):
     folder = evaluate(eval_config(model_dir=str(tmp_path / "folder"), data_config=str(data_file)))
     assert folder.source == str(tmp_path / "folder")
     assert folder.scores["psnr"].mean == conditioned.scores["psnr"].mean  # same model, seed
-    with pytest.raises(ValueError, match="--model-dir and --data-config go together"):
+    with pytest.raises(ValueError, match="--model-dir needs --data-config"):
         evaluate(eval_config(model_dir=str(tmp_path / "folder")))
     (tmp_path / "bad.json").write_text('{"data": {}}')
     with pytest.raises(ValueError, match="expected a mapping with `dataset_name`"):

@@ -13,7 +13,13 @@ from .._cli import (
     read_config_file,
 )
 from . import __doc__ as package_doc
-from ._evaluate import EvalConfig, evaluate, evaluate_tokenizer, is_tokenizer_run
+from ._evaluate import (
+    EvalConfig,
+    evaluate,
+    evaluate_tokenizer,
+    is_tokenizer_run,
+    is_unconditional,
+)
 from ._protocols import PROTOCOLS
 
 PROG = "python -m eqvid.evaluate"
@@ -67,6 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     config = config_from_argv(argv)
     if config.run_dir and is_tokenizer_run(config.run_dir):
         report = evaluate_tokenizer(config)
+    elif is_unconditional(config):
+        from ._unconditional import evaluate_unconditional
+
+        report = evaluate_unconditional(config)
     else:
         report = evaluate(config)
     print(report.markdown())

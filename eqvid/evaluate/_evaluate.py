@@ -47,10 +47,12 @@ class EvalConfig:
     or `eqvid.models.save_model`, e.g. a released checkpoint) to generate from; its test
     videos come from --data-config."""
     data_config: str = ""
-    """With --model-dir: a YAML or JSON file naming the test data, `dataset_name` (teco,
-    codes, video_folder, …) and `data` (that dataset's options, as a run's config.json
-    holds them), e.g. {"dataset_name": "teco", "data": {"root": "data/dmlab",
-    "seq_len": 300}}."""
+    """A YAML or JSON file naming the real videos' data, `dataset_name` (teco, codes,
+    video_folder, …) and `data` (that dataset's options, as a run's config.json holds
+    them), e.g. {"dataset_name": "teco", "data": {"root": "data/dmlab", "seq_len":
+    300}}. Needed with --model-dir; with --run-dir it replaces the run's data (e.g. the
+    frame folder a codes dataset was encoded from, so that a latent model is scored
+    against the original frames rather than the tokenizer's reconstructions)."""
     samples: str = ""
     """Instead of generating: a sample file or folder of data_<i>.npz files (`real` and
     `fake` uint8 videos, e.g. from an earlier evaluation or another code base) to score."""
@@ -74,6 +76,11 @@ class EvalConfig:
     """Override the protocol's number of generated frames."""
     num_videos: int | None = None
     """Override the protocol's number of test videos."""
+    runs: int | None = None
+    """Override an unconditional protocol's number of runs (generations of --num-videos
+    clips each, scored against the same real videos)."""
+    real_split: Literal["test", "train"] | None = None
+    """Override the protocol's split of the real videos."""
     chunk: int | None = None
     """Override the protocol's videos per chunk (metrics are mean ± std over chunks)."""
     metrics: tuple[str, ...] = ()
@@ -89,7 +96,8 @@ class EvalConfig:
     """Where results go (default: <run_dir or model_dir>/eval/<protocol>, or
     <samples>/eval)."""
     save_samples: bool = True
-    """Write the real and generated videos as samples/data_<i>.npz (uint8)."""
+    """Write the real and generated videos as samples/data_<i>.npz (uint8); an
+    unconditional protocol writes each run's clips as samples/run<r>_<i>.npz (`fake`)."""
     lpips_weights: str = ""
     """Converted LPIPS file (default: lpips_alexnet.npz in the weights folder)."""
     i3d_weights: str = ""
@@ -319,7 +327,7 @@ def _settings(config: EvalConfig) -> EvalProtocol:
     base = protocol(_protocol_name(config))
     changes = {
         k: getattr(config, k)
-        for k in ("context", "horizon", "num_videos", "chunk")
+        for k in ("context", "horizon", "num_videos", "chunk", "runs", "real_split")
         if getattr(config, k) is not None
     }
     if config.metrics:
@@ -327,15 +335,40 @@ def _settings(config: EvalConfig) -> EvalProtocol:
         if bad:
             raise ValueError(f"--metrics: unknown {bad}; choose from {list(METRICS)}.")
         changes["metrics"] = tuple(config.metrics)
+    if config.real_split not in (None, "test", "train"):
+        raise ValueError(f"--real-split must be test or train, got {config.real_split!r}.")
     settings = dataclasses.replace(base, **changes)
-    for name in ("horizon", "num_videos", "chunk"):
+    if config.batch_size < 1:
+        raise ValueError(f"--batch-size must be ≥ 1, got {config.batch_size}.")
+    for name in ("horizon", "num_videos", "chunk", "runs"):
         if getattr(settings, name) < 1:
             flag = "--" + name.replace("_", "-")
             raise ValueError(f"{flag} must be ≥ 1, got {getattr(settings, name)}.")
-    if settings.context < 1:
-        raise ValueError(f"--context must be ≥ 1, got {settings.context}.")
-    if config.batch_size < 1:
-        raise ValueError(f"--batch-size must be ≥ 1, got {config.batch_size}.")
+    if settings.context < 0:
+        raise ValueError(f"--context must be ≥ 0 (0: unconditional), got {settings.context}.")
+    if settings.unconditional:
+        paired = [m for m in settings.metrics if m != "fvd"]
+        if paired or not settings.metrics:
+            raise ValueError(
+                f"--metrics {' '.join(settings.metrics)}: an unconditional protocol (context 0) "
+                "scores generated clips as a set against real ones, FVD (with KVD) only; "
+                f"{', '.join(paired) or 'no metric'} needs a true frame for each generated one."
+            )
+        if config.chunk is not None:
+            raise ValueError(
+                f"--chunk {config.chunk}: an unconditional protocol scores all the clips of a "
+                "run at once and reports its spread over runs; set --num-videos and --runs."
+            )
+        if settings.num_videos < 2:
+            raise ValueError(
+                f"--num-videos must be ≥ 2 for FVD/KVD (a covariance), got {settings.num_videos}."
+            )
+        return dataclasses.replace(settings, chunk=settings.num_videos)
+    if settings.runs != 1:
+        raise ValueError(
+            f"--runs {settings.runs}: runs are for unconditional protocols (context 0); a "
+            "conditional protocol reports its spread over chunks of videos (--chunk)."
+        )
     if config.run_dir or config.model_dir:  # before generating: will videos fill the chunks?
         _chunk_bounds(
             settings.num_videos,
@@ -371,27 +404,41 @@ def _networks(config: EvalConfig, metrics, lpips, i3d):
     return lpips_fn, features_fn
 
 
-def _generate(config, settings, out_dir, on_batch) -> str:
-    from ..data import evaluation_videos
-    from ..models import AbstractVideoModel, load_model, rollout
+def load_generator(config: EvalConfig) -> tuple[Any, Any, str, list[str]]:
+    """`(model, data, source, notes)`: the model of `--run-dir` (at `--step`, with its
+    EMA parameters unless `--no-ema`) or `--model-dir`, the data config of the real
+    videos (`--data-config` if given, else the run's), the source's path and notes on
+    it (the step) for reports.
+
+    **Raises:** `ValueError` if the run holds a model that does not generate videos."""
+    from ..models import AbstractVideoModel, load_model
     from ._trained_run import data_config_from_file, data_config_from_run, load_trained_run
 
-    unconditioned = [] if config.actions else ["without actions"]
+    # A data file's errors come before the weights load.
+    data = data_config_from_file(config.data_config) if config.data_config else None
     if config.model_dir:
-        data = data_config_from_file(config.data_config)  # its errors before the weights load
-        model = load_model(config.model_dir)
-        notes = unconditioned
-        source = str(config.model_dir)
+        return load_model(config.model_dir), data, str(config.model_dir), []
+    run = load_trained_run(config.run_dir, config.step, ema=config.ema)
+    if not isinstance(run.model, AbstractVideoModel):
+        raise ValueError(
+            f"{config.run_dir} holds a {type(run.model).__name__}, which does not generate "
+            "videos; evaluation protocols score generated frames."
+        )
+    notes = [f"step {run.step}"]
+    if data is None:
+        data = data_config_from_run(run.config)
     else:
-        run = load_trained_run(config.run_dir, config.step, ema=config.ema)
-        model, data = run.model, data_config_from_run(run.config)
-        notes = [f"step {run.step}", *unconditioned]
-        source = str(run.run_dir)
-        if not isinstance(model, AbstractVideoModel):
-            raise ValueError(
-                f"{config.run_dir} holds a {type(model).__name__}, which does not generate "
-                "videos; evaluation protocols score generated frames."
-            )
+        notes.append(f"real videos from {config.data_config}")
+    return run.model, data, str(run.run_dir), notes
+
+
+def _generate(config, settings, out_dir, on_batch) -> str:
+    from ..data import evaluation_videos
+    from ..models import rollout
+
+    model, data, source, notes = load_generator(config)
+    if not config.actions:
+        notes.append("without actions")
     ctx, horizon = settings.context, settings.horizon
     key = jax.random.key(config.seed)
     batches = evaluation_videos(
@@ -535,6 +582,38 @@ def evaluate_tokenizer(config: EvalConfig, *, lpips: Any = None) -> Reconstructi
     return report
 
 
+def check_sources(config: EvalConfig) -> None:
+    """Exactly one of --run-dir, --model-dir and --samples; --data-config with a model
+    to generate from (required with --model-dir)."""
+    if sum(map(bool, (config.run_dir, config.model_dir, config.samples))) != 1:
+        raise ValueError(
+            "give exactly one of --run-dir (a training run: generate, then score), "
+            "--model-dir (a model folder, with --data-config) and --samples (score existing "
+            f"files); got --run-dir {config.run_dir!r}, --model-dir {config.model_dir!r}, "
+            f"--samples {config.samples!r}."
+        )
+    if config.model_dir and not config.data_config:
+        raise ValueError(
+            "--model-dir needs --data-config (a model folder holds no data settings); got "
+            f"--model-dir {config.model_dir!r} and no --data-config."
+        )
+    if config.samples and config.data_config:
+        raise ValueError(
+            "--data-config names the real videos of a model's generations; sample files "
+            f"hold their own (got --samples {config.samples!r}, --data-config "
+            f"{config.data_config!r})."
+        )
+
+
+def is_unconditional(config: EvalConfig) -> bool:
+    """Whether `config` asks for an unconditional protocol (context 0, after its
+    overrides): scored by `eqvid.evaluate.evaluate_unconditional`."""
+    context = (
+        config.context if config.context is not None else protocol(_protocol_name(config)).context
+    )
+    return context == 0
+
+
 def evaluate(
     config: EvalConfig,
     *,
@@ -566,23 +645,17 @@ def evaluate(
     **Raises:** `ValueError` for bad settings; `FileNotFoundError` for a missing run,
     checkpoint, sample folder or weight file (the message says which file to get).
     """
-    if sum(map(bool, (config.run_dir, config.model_dir, config.samples))) != 1:
-        raise ValueError(
-            "give exactly one of --run-dir (a training run: generate, then score), "
-            "--model-dir (a model folder, with --data-config) and --samples (score existing "
-            f"files); got --run-dir {config.run_dir!r}, --model-dir {config.model_dir!r}, "
-            f"--samples {config.samples!r}."
-        )
-    if bool(config.model_dir) != bool(config.data_config):
-        raise ValueError(
-            "--model-dir and --data-config go together (a model folder holds no data "
-            f"settings); got --model-dir {config.model_dir!r}, --data-config "
-            f"{config.data_config!r}."
-        )
+    check_sources(config)
+    check_sources(config)
     if config.run_dir and is_tokenizer_run(config.run_dir):
         raise ValueError(
             f"{config.run_dir} is a tokenizer's run: score its reconstructions with "
             "evaluate_tokenizer(config) (python -m eqvid.evaluate does it by itself)."
+        )
+    if is_unconditional(config):
+        raise ValueError(
+            f"protocol {_protocol_name(config)!r} with context 0 is unconditional: score it "
+            "with evaluate_unconditional(config) (python -m eqvid.evaluate picks it by itself)."
         )
     settings = _settings(config)
     metrics = settings.metrics

@@ -9,14 +9,19 @@ Metric = Literal["psnr", "ssim", "lpips", "fvd"]
 @dataclasses.dataclass(frozen=True)
 class EvalProtocol:
     """How a model is evaluated: which frames it sees, how far it generates, on how
-    many test videos, and which metrics are reported how."""
+    many test videos, and which metrics are reported how.
+
+    A protocol with `context=0` is *unconditional*: the model draws whole clips of
+    `horizon` frames from nothing (`AbstractUnconditionalVideoModel`), and the clips
+    are compared as sets with real ones (FVD / KVD; no frame metrics, there is no truth
+    to pair a generated frame with)."""
 
     context: int
-    """Ground-truth frames given to the model."""
+    """Ground-truth frames given to the model; 0: none (unconditional generation)."""
     horizon: int
-    """Frames generated after the context."""
+    """Frames generated after the context (unconditional: the clip length)."""
     num_videos: int
-    """Test videos generated and compared."""
+    """Videos generated and compared (and real videos they are compared with)."""
     chunk: int = 256
     """Videos per chunk: metrics are reported as mean ± std over chunks (the papers use
     256)."""
@@ -25,8 +30,19 @@ class EvalProtocol:
     then videos); FVD on the whole video, context included."""
     ssim_form: Literal["tf", "skimage"] = "tf"
     """`tf` (TECO / ConvS5, `tf.image.ssim`) or `skimage` (MCVD)."""
+    runs: int = 1
+    """Unconditional protocols: independent generations of `num_videos` clips each
+    (seeds `seed`, `seed + 1`, …), each scored against the same real videos; FVD and
+    KVD are reported as mean ± std over runs (MeBT's 10 runs of 2048)."""
+    real_split: Literal["test", "train"] = "test"
+    """The split the real videos come from (MeBT compares with training videos)."""
     description: str = ""
     """Where the protocol comes from."""
+
+    @property
+    def unconditional(self) -> bool:
+        """Whether clips are generated from nothing (`context == 0`)."""
+        return self.context == 0
 
 
 PROTOCOLS: dict[str, EvalProtocol] = {
@@ -55,6 +71,32 @@ PROTOCOLS: dict[str, EvalProtocol] = {
         horizon=156,
         num_videos=256,
         description="ConvSSM DMLab: 144 context → 156 generated frames, actions given",
+    ),
+    # MeBT (Yoo et al. 2023), scripts/valid_dnr_*_16f.sh and measure_fvd_with_numpy.py:
+    # 2048 unconditional 16-frame clips per run, 10 runs, FVD and KVD (I3D logits, all
+    # 2048 at once) against 2048 training videos.
+    "mebt-16f": EvalProtocol(
+        context=0,
+        horizon=16,
+        num_videos=2048,
+        chunk=2048,
+        metrics=("fvd",),
+        runs=10,
+        real_split="train",
+        description="MeBT 16 frames: 2048 unconditional clips × 10 runs, FVD/KVD vs 2048 "
+        "training videos",
+    ),
+    # scripts/valid_dnr_*_128f.sh: 512 clips of 128 frames per run, 5 runs.
+    "mebt-128f": EvalProtocol(
+        context=0,
+        horizon=128,
+        num_videos=512,
+        chunk=512,
+        metrics=("fvd",),
+        runs=5,
+        real_split="train",
+        description="MeBT 128 frames: 512 unconditional clips × 5 runs, FVD/KVD vs 512 "
+        "training videos",
     ),
     # A quick look on a CPU (no pretrained networks needed).
     "quick": EvalProtocol(

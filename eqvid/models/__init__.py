@@ -9,6 +9,7 @@ then build it by name, with no edit to either.
 """
 
 from ._abstract import AbstractModel as AbstractModel
+from ._abstract import AbstractUnconditionalVideoModel as AbstractUnconditionalVideoModel
 from ._abstract import AbstractVideoModel as AbstractVideoModel
 from ._abstract import GroupSettings as GroupSettings
 from ._abstract import LossTerms as LossTerms
@@ -27,6 +28,7 @@ from ._registry import make_model as make_model
 from ._registry import model_spec as model_spec
 from ._registry import register_model as register_model
 from ._rollout import rollout as rollout
+from ._rollout import sample_unconditional as sample_unconditional
 from ._tokenizer import AbstractVideoTokenizer as AbstractVideoTokenizer
 from ._tokenizer import decode_codes as decode_codes
 from ._tokenizer import encode_videos as encode_videos

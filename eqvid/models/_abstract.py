@@ -191,6 +191,24 @@ class AbstractVideoModel(AbstractModel):
         state returns itself)."""
 
 
+class AbstractUnconditionalVideoModel(AbstractVideoModel):
+    """A video model that also draws whole clips from nothing (no context frames): MeBT
+    and the diffusion models. `eqvid.evaluate` scores it under the unconditional
+    protocols (FVD / KVD of generated clips against real ones, e.g. `mebt-16f`).
+
+    **Generation from nothing.** `generate_unconditional(num_frames, key=...)` returns
+    one clip `(num_frames, height, width, channels)` in `[-1, 1]` inside `jit`; the
+    same key gives the same clip. Use `eqvid.models.sample_unconditional` for a batch.
+    A family that is also a latent model lists both kinds as bases.
+    """
+
+    @abc.abstractmethod
+    def generate_unconditional(
+        self, num_frames: int, *, key: PRNGKeyArray
+    ) -> Float[Array, "{num_frames} height width channels"]:
+        """One clip of `num_frames` frames drawn from nothing, in `[-1, 1]`."""
+
+
 def per_video_keys(key: KeyOrKeys | None, batch_size: int) -> Key[Array, " {batch_size}"] | None:
     """One key per video: `key` itself if it already has shape `(batch_size,)`, else
     `jax.random.split(key, batch_size)`; `None` stays `None`."""

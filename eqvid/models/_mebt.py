@@ -25,7 +25,13 @@ from ..nn._mebt_maskgen import (
 )
 from ..nn._mebt_sampling import mebt_revise, mebt_sample
 from ..nn._roles import role
-from ._abstract import GroupSettings, KeyOrKeys, LossTerms, per_video_keys
+from ._abstract import (
+    AbstractUnconditionalVideoModel,
+    GroupSettings,
+    KeyOrKeys,
+    LossTerms,
+    per_video_keys,
+)
 from ._frames import check_positive
 from ._latent import (
     AbstractLatentVideoModel,
@@ -176,7 +182,7 @@ MEBT_PRESETS: dict[str, MeBTConfig] = {
 }  # fmt: skip
 
 
-class MeBTVideoModel(AbstractLatentVideoModel):
+class MeBTVideoModel(AbstractLatentVideoModel, AbstractUnconditionalVideoModel):
     """MeBT on a frozen 3D tokenizer's codes (see the module docstring and
     `eqvid.nn.MeBTTransformer`).
 
