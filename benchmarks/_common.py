@@ -302,3 +302,17 @@ def measure(fn, args, repeats: int) -> Timing:
     except Exception as error:
         return Timing(error=short_reason(error))
     return Timing(seconds=seconds, temp=temp)
+
+
+def fmt_ms(t: Timing | None, digits: int = 1) -> str:
+    """A measurement's median in milliseconds (`–` when absent, the reason if it failed)."""
+    if t is None:
+        return "–"
+    return t.error if t.seconds is None else f"{t.seconds * 1e3:.{digits}f}"
+
+
+def fmt_mib(t: Timing | None) -> str:
+    """A measurement's temporary memory in MiB (`–` when unknown)."""
+    if t is None or not t.ok or t.temp is None or t.temp < 0:
+        return "–"
+    return f"{t.temp / 2**20:.1f}"

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import Timing, begin_run, markdown_table, measure, publish
+from _common import Timing, begin_run, fmt_mib, fmt_ms, markdown_table, measure, publish
 
 from eqvid._cli import add_config_arguments, config_from_args
 
@@ -136,21 +136,13 @@ def fmt_ratio(value: float | None) -> str:
 
 
 def fmt_time(t: Timing | None) -> str:
-    if t is None:
-        return "–"
-    return t.error if t.seconds is None else f"{t.seconds * 1e3:.3f}"
+    return fmt_ms(t, digits=3)
 
 
 def fmt_tflops(t: Timing | None, flops: float) -> str:
     if t is None or t.seconds is None:
         return "–"
     return f"{flops / t.seconds / 1e12:.3g}"
-
-
-def fmt_mib(t: Timing | None) -> str:
-    if t is None or not t.ok or t.temp is None or t.temp < 0:
-        return "–"
-    return f"{t.temp / 2**20:.1f}"
 
 
 def target_line(label: str, cases: list[tuple[str, float]], goal: float, above: bool = True):

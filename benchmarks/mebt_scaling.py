@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import Timing, begin_run, markdown_table, measure, publish
+from _common import Timing, begin_run, fmt_mib, fmt_ms, markdown_table, measure, publish
 
 from eqvid._cli import add_config_arguments, config_from_args
 from eqvid.nn import MeBTTransformer, mebt_layers, mebt_sample
@@ -118,18 +118,6 @@ def sampling(network, keys, steps):
         return mebt_sample(network, codes, known, key=key, num_steps=steps, context_temp=4.0)[0]
 
     return jax.vmap(one)(keys)
-
-
-def fmt_ms(t: Timing | None) -> str:
-    if t is None:
-        return "–"
-    return t.error if t.seconds is None else f"{t.seconds * 1e3:.1f}"
-
-
-def fmt_mib(t: Timing | None) -> str:
-    if t is None or not t.ok or t.temp is None or t.temp < 0:
-        return "–"
-    return f"{t.temp / 2**20:.1f}"
 
 
 def fmt_ratio(a: float | None, b: float | None) -> str:

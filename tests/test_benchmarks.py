@@ -610,3 +610,18 @@ def test_mebt_scaling_compares_mebt_with_full_attention(tmp_path, capsys):
     assert len(records) == 4 and all(r["mebt_seconds"] and r["full_seconds"] for r in records)
     assert all(r["mebt_temp_bytes"] > 0 and r["full_temp_bytes"] > 0 for r in records)
     assert "wrote" in capsys.readouterr().out
+
+
+def test_selective_scan_speed_compares_the_scan_forms(tmp_path, capsys):
+    bench = load("selective_scan_speed")
+    args = ["--lengths", "8", "16", "--batch", "2", "--d-model", "8", "--d-state", "4"]
+    args += ["--headdim", "4", "--chunks", "4", "--repeats", "1"]
+    records = bench.main([*args, "--out-dir", str(tmp_path), "--name", "s"])
+    text = (tmp_path / "s.md").read_text()
+    assert "jax " in text and "command:" in text and "device:" in text
+    assert "| 16 | forward + backward | mamba2 chunked/4 |" in text
+    assert "16 steps, forward + backward: **mamba2" in text
+    forms = {"mamba2 linear/sequential", "mamba2 linear/xla", "mamba2 chunked/4"}
+    assert {r["form"] for r in records} == forms | {"mamba linear/sequential"}
+    assert len(records) == 2 * 4 * 2 and all(r["seconds"] for r in records)
+    assert "wrote" in capsys.readouterr().out

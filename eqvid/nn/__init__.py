@@ -1,7 +1,7 @@
 """Layers: the generic building blocks every eqvid model family composes (dense,
 convolutions, up/down-sampling, norms, activations, embeddings, attention,
-transformer and ResNet blocks), the sequence layers (ConvS5, S5, ConvLSTM), and the VQ
-tokenizers' parts (vector quantiser, taming's 2D and TATS's 3D VQGAN encoders and
+transformer and ResNet blocks), the sequence layers (ConvS5, S5, ConvLSTM; the
+selective SSMs Mamba and Mamba2), and the VQ tokenizers' parts (vector quantiser, taming's 2D and TATS's 3D VQGAN encoders and
 decoders, PatchGAN discriminators). Equinox modules with typed array signatures,
 channels last."""
 
@@ -19,12 +19,16 @@ from ._convlstm import ConvLSTMCell as ConvLSTMCell
 from ._convs5 import ConvS5 as ConvS5
 from ._convs5 import ResNetOutput as ResNetOutput
 from ._dense import Dense as Dense
+from ._dense import torch_linear as torch_linear
 from ._embeddings import Embedding as Embedding
 from ._embeddings import FactorisedPositionEmbedding as FactorisedPositionEmbedding
 from ._embeddings import sinusoidal_positions as sinusoidal_positions
 from ._embeddings import timestep_embedding as timestep_embedding
 from ._hippo import discretize_zoh as discretize_zoh
 from ._hippo import hippo_block_init as hippo_block_init
+from ._mamba import Mamba as Mamba
+from ._mamba2 import Mamba2 as Mamba2
+from ._mamba2 import mamba2_chunked_scan as mamba2_chunked_scan
 from ._maskgit import MaskGitPrior as MaskGitPrior
 from ._maskgit import sample_confidence as sample_confidence
 from ._maskgit import sample_draft_and_revise as sample_draft_and_revise
@@ -46,6 +50,7 @@ from ._mebt_sampling import context_temperature as context_temperature
 from ._mebt_sampling import mebt_revise as mebt_revise
 from ._mebt_sampling import mebt_sample as mebt_sample
 from ._mebt_sampling import sample_tokens as sample_tokens
+from ._norm import GatedRMSNorm as GatedRMSNorm
 from ._norm import GroupNorm as GroupNorm
 from ._norm import LayerNorm as LayerNorm
 from ._patch_discriminator import BatchNorm as BatchNorm
@@ -66,6 +71,8 @@ from ._sampling import avg_pool_2x as avg_pool_2x
 from ._sampling import depth_to_space as depth_to_space
 from ._sampling import space_to_depth as space_to_depth
 from ._sampling import upsample_nearest_2x as upsample_nearest_2x
+from ._selective_ssm import SelectiveSSMState as SelectiveSSMState
+from ._selective_ssm import causal_depthwise_conv1d as causal_depthwise_conv1d
 from ._sequence import AbstractSequenceLayer as AbstractSequenceLayer
 from ._temporal_core import AbstractTemporalCore as AbstractTemporalCore
 from ._temporal_core import ConvS5Core as ConvS5Core

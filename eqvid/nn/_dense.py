@@ -57,3 +57,18 @@ class Dense(eqx.Module):
             )
         y = x @ self.weight.astype(x.dtype)
         return y if self.bias is None else y + jnp.broadcast_to(self.bias.astype(y.dtype), y.shape)
+
+
+def torch_linear(
+    in_features: int, out_features: int, *, use_bias: bool = True, key: PRNGKeyArray
+) -> Dense:
+    """A `Dense` initialised as PyTorch's `nn.Linear`: weight and bias `U(±1/√in)`
+    (kaiming-uniform with `a = √5`), for ports of PyTorch models that keep that init."""
+    kw, kb = jax.random.split(key)
+    bound = 1.0 / in_features**0.5
+    layer = Dense(in_features, out_features, use_bias=use_bias, key=kw)
+    weight = jax.random.uniform(kw, (in_features, out_features), jnp.float32, -bound, bound)
+    bias = jax.random.uniform(kb, (out_features,), jnp.float32, -bound, bound) if use_bias else None
+    return eqx.tree_at(
+        lambda d: (d.weight, d.bias), layer, (weight, bias), is_leaf=lambda x: x is None
+    )

@@ -70,3 +70,35 @@ class GroupNorm(eqx.Module):
         weight = jnp.broadcast_to(self.weight.astype(x.dtype), x.shape)
         bias = jnp.broadcast_to(self.bias.astype(x.dtype), x.shape)
         return y * weight + bias
+
+
+class GatedRMSNorm(eqx.Module):
+    """Mamba2's gated RMSNorm (state-spaces/mamba `RMSNormGated`, `norm_before_gate =
+    False`): `rms_norm(x ⊙ silu(z)) ⊙ weight`, the root mean square taken over groups
+    of `group_size` channels (the whole axis by default), in float32; no bias."""
+
+    weight: Float[Array, " channels"]
+    eps: float = eqx.field(static=True)
+    group_size: int = eqx.field(static=True)
+
+    def __init__(self, channels: int, *, eps: float = 1e-5, group_size: int | None = None):
+        group_size = channels if group_size is None else group_size
+        if group_size < 1 or channels % group_size:
+            raise ValueError(
+                f"GatedRMSNorm: `group_size` must divide the {channels} channels; got {group_size}."
+            )
+        self.weight = jnp.ones((channels,), jnp.float32)
+        self.eps = eps
+        self.group_size = group_size
+
+    def __call__(
+        self, x: Float[Array, "*batch channels"], z: Float[Array, "*batch channels"] | None = None
+    ) -> Float[Array, "*batch channels"]:
+        """`x` normalised (after the gate `silu(z)` if given), in the dtype of `x`."""
+        check_channels("GatedRMSNorm", x, self.weight.shape[0])
+        y = x.astype(jnp.float32)
+        if z is not None:
+            y = y * jax.nn.silu(z.astype(jnp.float32))
+        g = y.reshape(*y.shape[:-1], -1, self.group_size)
+        g = g * jax.lax.rsqrt(jnp.mean(jnp.square(g), axis=-1, keepdims=True) + self.eps)
+        return (g.reshape(y.shape) * jnp.broadcast_to(self.weight, y.shape)).astype(x.dtype)
