@@ -184,7 +184,7 @@ class Mamba2(eqx.Module):
         - `scan`: `"chunked"` (the SSD form, `chunk_size` steps per chunk; the
           original's default chunk is 256) or `"linear"` (`eqvid.kernels.linear_scan`
           over `(time, heads, head_dim, d_state)` decays and inputs). On CPU the
-          chunked form with 32-step chunks was 3–6× faster than the linear scan,
+          chunked form with 32-step chunks was 3–7× faster than the linear scan,
           forward and backward (`benchmarks/results/selective_scan_speed_cpu.md`).
         - `scan_impl`: the `linear_scan` implementation.
         - `key`: a `jax.random` key.
