@@ -1,7 +1,7 @@
 """Layers: the generic building blocks every eqvid model family composes (dense,
 convolutions, up/down-sampling, norms, activations, embeddings, attention,
 transformer and ResNet blocks), the sequence layers (ConvS5, S5, ConvLSTM; the
-selective SSMs Mamba and Mamba2), and the VQ tokenizers' parts (vector quantiser, taming's 2D and TATS's 3D VQGAN encoders and
+selective SSMs Mamba and Mamba2, and SlotSSM's blocks), and the VQ tokenizers' parts (vector quantiser, taming's 2D and TATS's 3D VQGAN encoders and
 decoders, PatchGAN discriminators). Equinox modules with typed array signatures,
 channels last."""
 
@@ -74,6 +74,10 @@ from ._sampling import upsample_nearest_2x as upsample_nearest_2x
 from ._selective_ssm import SelectiveSSMState as SelectiveSSMState
 from ._selective_ssm import causal_depthwise_conv1d as causal_depthwise_conv1d
 from ._sequence import AbstractSequenceLayer as AbstractSequenceLayer
+from ._slot_attention import SlotReadIn as SlotReadIn
+from ._slot_attention import SlotSelfAttention as SlotSelfAttention
+from ._slotssm import SlotSSM as SlotSSM
+from ._slotssm import SlotSSMBlock as SlotSSMBlock
 from ._temporal_core import AbstractTemporalCore as AbstractTemporalCore
 from ._temporal_core import ConvS5Core as ConvS5Core
 from ._temporal_core import S5Core as S5Core
