@@ -78,6 +78,8 @@ from ._slot_attention import SlotReadIn as SlotReadIn
 from ._slot_attention import SlotSelfAttention as SlotSelfAttention
 from ._slotssm import SlotSSM as SlotSSM
 from ._slotssm import SlotSSMBlock as SlotSSMBlock
+from ._spatial_broadcast import SpatialBroadcastDecoder as SpatialBroadcastDecoder
+from ._spatial_broadcast import TorchConvTranspose2d as TorchConvTranspose2d
 from ._temporal_core import AbstractTemporalCore as AbstractTemporalCore
 from ._temporal_core import ConvS5Core as ConvS5Core
 from ._temporal_core import S5Core as S5Core
@@ -85,6 +87,10 @@ from ._temporal_core import TransformerCore as TransformerCore
 from ._temporal_transformer import TemporalTransformer as TemporalTransformer
 from ._transformer import KVCache as KVCache
 from ._transformer import TransformerBlock as TransformerBlock
+from ._vit import TorchTransformerLayer as TorchTransformerLayer
+from ._vit import ViTDecoder as ViTDecoder
+from ._vit import ViTEncoder as ViTEncoder
+from ._vit import sincos_2d_positions as sincos_2d_positions
 from ._vqgan3d_codec import BatchNorm3d as BatchNorm3d
 from ._vqgan3d_codec import PatchDiscriminator3D as PatchDiscriminator3D
 from ._vqgan3d_codec import ResBlock3d as ResBlock3d
