@@ -71,3 +71,6 @@ from ._latent_video import LatentVideoModel as LatentVideoModel  # isort: skip
 from ._mebt import MEBT_PRESETS as MEBT_PRESETS  # isort: skip
 from ._mebt import MeBTConfig as MeBTConfig  # isort: skip
 from ._mebt import MeBTVideoModel as MeBTVideoModel  # isort: skip
+from ._slotssm import SLOTSSM_PRESETS as SLOTSSM_PRESETS  # isort: skip
+from ._slotssm import SlotSSMConfig as SlotSSMConfig  # isort: skip
+from ._slotssm import SlotSSMVideoModel as SlotSSMVideoModel  # isort: skip
