@@ -378,7 +378,8 @@ def test_moving_mnist_config_and_source_still_work():
 
 def test_configs_and_their_command_line():
     assert set(DATASETS) == {
-        "moving_mnist", "teco", "frame_folder", "video_folder", "array_record", "codes"
+        "moving_mnist", "bouncing_balls", "teco", "frame_folder", "video_folder",
+        "array_record", "codes",
     }  # fmt: skip
     with pytest.raises(ValueError, match="unknown dataset 'dmlab'.*teco"):
         dataset_config_class("dmlab")

@@ -60,7 +60,7 @@ def test_trains_through_the_one_entry_and_the_loss_falls(tmp_path):
             steps=40,
             batch_size=4,
             log_every=1,
-            sample_every=0,
+            sample_every=40,
             checkpoint_every=40,
             eval_sequences=2,
             eval_context=3,
@@ -75,6 +75,28 @@ def test_trains_through_the_one_entry_and_the_loss_falls(tmp_path):
         losses = [float(r["mse"]) for r in csv.DictReader(f)]
     assert len(losses) == 40 and np.mean(losses[-8:]) < 0.8 * np.mean(losses[:8])
     assert result.step == 40 and result.report is not None
+    # The sample pictures: the rollout strip and each slot's mask over the frames.
+    from PIL import Image
+
+    with Image.open(tmp_path / "run" / "samples" / "step_000040_slots.png") as slots:
+        height = slots.size[1]
+    rows = 2 * (2 + TINY.num_slots)  # two videos: frames, segmentation, one row per slot
+    assert height == rows * (32 + 2)
+    assert (tmp_path / "run" / "samples" / "step_000040.png").is_file()
+
+
+@pytest.mark.parametrize("decoder", ["spatial_broadcast", "vit"])
+def test_object_masks_split_every_pixel_between_the_slots(decoder):
+    model = SlotSSMVideoModel(dataclasses.replace(TINY, decoder=decoder), key=jax.random.key(5))
+    frames = jax.random.uniform(jax.random.key(6), (3, 32, 32, 1), minval=-1, maxval=1)
+    masks = model.object_masks(frames)
+    assert masks.shape == (3, TINY.num_slots, 32, 32)
+    np.testing.assert_allclose(masks.sum(1), 1.0, rtol=1e-5)
+    assert float(masks.min()) >= 0.0
+    if decoder == "vit":  # one value per patch
+        np.testing.assert_array_equal(
+            masks[:, :, :4, :4], masks[:, :, :1, :1] * jnp.ones((1, 1, 4, 4))
+        )
 
 
 def test_bad_input_is_refused_by_name():
@@ -95,5 +117,7 @@ def test_bad_input_is_refused_by_name():
         dataclasses.replace(TINY, patch=5)
     with pytest.raises(ValueError, match="8 or 16"):
         dataclasses.replace(TINY, broadcast_size=3)
+    with pytest.raises(ValueError, match="8 or 16"):
+        dataclasses.replace(TINY, frame_size=36, patch=4)  # not a multiple of 8
     loss, terms, _ = model.loss(VideoBatch(video=jnp.asarray(video)))
     assert set(terms) == {"mse"} and np.isfinite(float(loss))

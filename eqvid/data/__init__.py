@@ -6,13 +6,14 @@
   iterators. Batches are `{"video": float32 (batch, time, height, width, channels),
   "actions": int32 (batch, time)}` (actions when the data has them).
 - Dataset configs, by `--dataset` name (`DATASETS`, `dataset_config_class`):
-  `MovingMNISTConfig` (generated), `TecoConfig` (TECO's `.npz` / `.mp4` + actions),
+  `MovingMNISTConfig` and `BouncingBallsConfig` (generated on the fly; both a
+  `GeneratedVideosConfig`), `TecoConfig` (TECO's `.npz` / `.mp4` + actions),
   `FrameFolderConfig` (MeBT's `[VIDEO_ID]_[FRAME].png` folders),
   `VideoFolderConfig` (mp4 / webm / gif files, decoded with PyAV) and
   `ArrayRecordConfig` (shards packed by `python -m eqvid.data.convert`).
   `frame_spec(config)` tells the frame size, channels and actions they yield.
 - Sources (Grain random-access, `source[i]` = one whole video as uint8):
-  `MovingMNIST`, `TecoVideos`, `FrameFolderVideos`, `VideoFolderVideos`,
+  `MovingMNIST`, `BouncingBalls`, `TecoVideos`, `FrameFolderVideos`, `VideoFolderVideos`,
   `ArrayRecordVideos`; `pack_array_record(source, folder)` packs any of them.
 - Bad files raise `BadVideoError` naming the file, or with `on_bad_file="skip"` are
   skipped with a counted `BadVideoWarning`.
@@ -29,6 +30,7 @@
 
 from ._array_record import ArrayRecordVideos
 from ._bad_video import BadVideoError, BadVideoWarning
+from ._bouncing_balls import BouncingBalls, BouncingBallsConfig
 from ._codes import CodesConfig, CodesVideos, check_tokenizer, codes_to_frames
 from ._config import MovingMNISTConfig, moving_mnist_splits
 from ._datasets import DATASETS, FrameSpec, dataset_config_class, frame_spec, open_source
@@ -41,6 +43,7 @@ from ._file_config import (
     VideoFolderConfig,
 )
 from ._frame_folder import FrameFolderVideos
+from ._generated import GeneratedVideosConfig
 from ._mnist_digits import load_digits, load_idx_images, sklearn_digits
 from ._moving_mnist import MovingMNIST
 from ._pack import PackSummary, pack_array_record
@@ -55,11 +58,14 @@ __all__ = [
     "ArrayRecordVideos",
     "BadVideoError",
     "BadVideoWarning",
+    "BouncingBalls",
+    "BouncingBallsConfig",
     "CodesConfig",
     "CodesVideos",
     "FrameFolderConfig",
     "FrameFolderVideos",
     "FrameSpec",
+    "GeneratedVideosConfig",
     "MovingMNIST",
     "MovingMNISTConfig",
     "PackSummary",

@@ -4,12 +4,13 @@ import dataclasses
 
 import numpy as np
 
+from ._generated import GeneratedVideosConfig
 from ._mnist_digits import load_digits
 from ._moving_mnist import MovingMNIST
 
 
 @dataclasses.dataclass(frozen=True)
-class MovingMNISTConfig:
+class MovingMNISTConfig(GeneratedVideosConfig):
     """Moving-MNIST data: digits, frame size, motion and split sizes."""
 
     mnist_path: str | None = None
@@ -40,6 +41,19 @@ class MovingMNISTConfig:
                 "MovingMNISTConfig: `held_out_digit_fraction` must be in (0, 1), got "
                 f"{self.held_out_digit_fraction}."
             )
+
+    @property
+    def channels(self) -> int:
+        """Grey frames: one channel."""
+        return 1
+
+    def splits(
+        self, *, test_sequences: int, test_seq_len: int | None = None
+    ) -> tuple[MovingMNIST, MovingMNIST]:
+        """`(train, held_out)` sources (`moving_mnist_splits`)."""
+        return moving_mnist_splits(
+            self, held_out_sequences=test_sequences, held_out_seq_len=test_seq_len
+        )
 
 
 _HELD_OUT_SEED_OFFSET = 1 << 40

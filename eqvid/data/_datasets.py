@@ -5,8 +5,9 @@ from typing import Any
 
 from ._array_record import ArrayRecordVideos
 from ._bad_video import BadVideoError
+from ._bouncing_balls import BouncingBallsConfig
 from ._codes import CodesConfig
-from ._config import MovingMNISTConfig, moving_mnist_splits
+from ._config import MovingMNISTConfig
 from ._file_config import (
     ArrayRecordConfig,
     FrameFolderConfig,
@@ -15,6 +16,7 @@ from ._file_config import (
     VideoFolderConfig,
 )
 from ._frame_folder import FrameFolderVideos
+from ._generated import GeneratedVideosConfig
 from ._teco import TecoVideos
 from ._transforms import resize_crop
 from ._video_files import VideoFiles
@@ -24,6 +26,7 @@ __all__ = ["DATASETS", "FrameSpec", "dataset_config_class", "frame_spec", "open_
 
 DATASETS: dict[str, type] = {
     "moving_mnist": MovingMNISTConfig,
+    "bouncing_balls": BouncingBallsConfig,
     "teco": TecoConfig,
     "frame_folder": FrameFolderConfig,
     "video_folder": VideoFolderConfig,
@@ -47,7 +50,8 @@ def dataset_config_class(name: str) -> type:
 
 def open_source(config: Any, split: str = "train") -> Any:
     """The random-access source of `split` (`"train"` or `"test"`) that `config` describes:
-    a `MovingMNIST` for `MovingMNISTConfig` (the test split is its held-out videos),
+    a `MovingMNIST` for `MovingMNISTConfig` (the test split is its held-out videos), a
+    `BouncingBalls` for `BouncingBallsConfig` (any `GeneratedVideosConfig`'s `splits`),
     `CodesVideos` for `CodesConfig`, else a `VideoFiles` source of whole videos.
 
     **Raises** `ValueError` for an unknown config type or split, and whatever the source
@@ -55,8 +59,8 @@ def open_source(config: Any, split: str = "train") -> Any:
     """
     if split not in SPLITS:
         raise ValueError(f"open_source: `split` must be one of {SPLITS}; got {split!r}.")
-    if isinstance(config, MovingMNISTConfig):
-        train, test = moving_mnist_splits(config, held_out_sequences=config.test_sequences)
+    if isinstance(config, GeneratedVideosConfig):
+        train, test = config.splits(test_sequences=config.test_sequences)
         return train if split == "train" else test
     if isinstance(config, CodesConfig):
         from ._codes_pipeline import open_codes
@@ -101,9 +105,9 @@ def frame_spec(config: Any, split: str = "train") -> FrameSpec:
     **Raises** `ValueError` if no video of the split can be read.
     """
     source = open_source(config, split)
-    if isinstance(config, MovingMNISTConfig):
+    if isinstance(config, GeneratedVideosConfig):
         size = config.frame_size
-        return FrameSpec(size, size, 1, config.seq_len, False, len(source))
+        return FrameSpec(size, size, config.channels, config.seq_len, False, len(source))
     if isinstance(config, CodesConfig):  # the frames the codes decode to
         h, w, c = source.frame_shape
         frames = config.seq_len * source.frames_per_step

@@ -9,8 +9,8 @@ from typing import Any, Literal
 import numpy as np
 
 from ._codes import CodesConfig
-from ._config import MovingMNISTConfig, moving_mnist_splits
 from ._file_config import VideoFilesConfig
+from ._generated import GeneratedVideosConfig
 
 __all__ = ["evaluation_videos"]
 
@@ -31,9 +31,9 @@ def evaluation_videos(
     `(batch, length)` or None. Every process gets the same videos (evaluation is
     not split over processes).
 
-    Moving MNIST's test split is its held-out videos (digit images training never
-    shows), its training split the first of its training videos, generated `length`
-    frames long. A codes dataset's frames are its codes
+    A generated dataset's (Moving MNIST, bouncing balls) test split is its held-out
+    videos (for Moving MNIST of digit images training never shows), its training split
+    the first of its training videos, generated `length` frames long. A codes dataset's frames are its codes
     decoded by the tokenizer they were encoded with (`CodesVideos.tokenizer`).
 
     **Raises** `ValueError` if the split has fewer than `num_videos` videos that are at
@@ -48,8 +48,8 @@ def evaluation_videos(
             raise ValueError(f"evaluation_videos: `{name}` must be an int >= 1; got {value!r}.")
     if split not in ("test", "train"):
         raise ValueError(f"evaluation_videos: `split` must be 'test' or 'train'; got {split!r}.")
-    if isinstance(config, MovingMNISTConfig):
-        yield from _moving_mnist(config, num_videos, length, batch_size, require_all, split)
+    if isinstance(config, GeneratedVideosConfig):
+        yield from _generated(config, num_videos, length, batch_size, require_all, split)
         return
     if isinstance(config, CodesConfig):
         yield from _decoded_codes(config, num_videos, length, batch_size, require_all, split)
@@ -91,8 +91,8 @@ def evaluation_videos(
     )
 
 
-def _moving_mnist(
-    config: MovingMNISTConfig,
+def _generated(
+    config: GeneratedVideosConfig,
     num_videos: int,
     length: int,
     batch_size: int,
@@ -100,9 +100,7 @@ def _moving_mnist(
     split: str,
 ) -> Iterator[tuple[np.ndarray, None]]:
     if split == "test":
-        _, videos = moving_mnist_splits(
-            config, held_out_sequences=num_videos, held_out_seq_len=length
-        )
+        _, videos = config.splits(test_sequences=num_videos, test_seq_len=length)
     else:  # the training videos, `length` frames long (a video is fixed by seed and index)
         available = min(num_videos, config.train_sequences)
         if available < num_videos and require_all:
@@ -111,10 +109,8 @@ def _moving_mnist(
                 f"(--train-sequences), fewer than the {num_videos} asked for."
             )
         num_videos = available
-        videos, _ = moving_mnist_splits(
-            dataclasses.replace(config, seq_len=length, train_sequences=num_videos),
-            held_out_sequences=1,
-        )
+        longer = dataclasses.replace(config, seq_len=length, train_sequences=num_videos)  # type: ignore[type-var]
+        videos, _ = longer.splits(test_sequences=1)
     for start in range(0, num_videos, batch_size):
         stop = min(start + batch_size, num_videos)
         yield np.stack([videos[i]["video"] for i in range(start, stop)]), None

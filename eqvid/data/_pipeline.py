@@ -21,10 +21,10 @@ import numpy as np
 
 from ._bad_video import BadVideoError, BadVideoWarning
 from ._codes import CodesConfig
-from ._config import MovingMNISTConfig
 from ._datasets import open_source
 from ._epochs import EpochOrder
 from ._file_config import VideoFilesConfig
+from ._generated import GeneratedVideosConfig
 from ._hot_path import hot_path
 from ._transforms import resize_crop, scale_video
 from ._video_files import VideoFiles
@@ -267,7 +267,7 @@ def make_dataset(
             process_count=process_count,
             mark_flags=_mark_absl_flags_parsed,
         )
-    if isinstance(source, (MovingMNISTConfig, VideoFilesConfig)):
+    if isinstance(source, (GeneratedVideosConfig, VideoFilesConfig)):
         config, source = source, open_source(source, split)
     elif not (hasattr(source, "__len__") and hasattr(source, "__getitem__")):
         raise ValueError(

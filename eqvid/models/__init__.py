@@ -9,6 +9,7 @@ then build it by name, with no edit to either.
 """
 
 from ._abstract import AbstractModel as AbstractModel
+from ._abstract import AbstractObjectCentricVideoModel as AbstractObjectCentricVideoModel
 from ._abstract import AbstractUnconditionalVideoModel as AbstractUnconditionalVideoModel
 from ._abstract import AbstractVideoModel as AbstractVideoModel
 from ._abstract import GroupSettings as GroupSettings

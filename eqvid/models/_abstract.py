@@ -209,6 +209,20 @@ class AbstractUnconditionalVideoModel(AbstractVideoModel):
         """One clip of `num_frames` frames drawn from nothing, in `[-1, 1]`."""
 
 
+class AbstractObjectCentricVideoModel(AbstractVideoModel):
+    """A video model that splits each frame into slots (objects): SlotSSM. Training's
+    sample pictures then also show, per slot, its mask over the frames
+    (`samples/step_XXXXXX_slots.png`), so a person sees whether slots separate
+    objects."""
+
+    @abc.abstractmethod
+    def object_masks(
+        self, frames: Float[Array, "time height width channels"]
+    ) -> Float[Array, "time slots height width"]:
+        """Each slot's share of each pixel of `frames` (in `[0, 1]`, summing to one
+        over the slots)."""
+
+
 def per_video_keys(key: KeyOrKeys | None, batch_size: int) -> Key[Array, " {batch_size}"] | None:
     """One key per video: `key` itself if it already has shape `(batch_size,)`, else
     `jax.random.split(key, batch_size)`; `None` stays `None`."""

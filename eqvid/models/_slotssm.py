@@ -26,7 +26,7 @@ from ..nn._slotssm import SlotSSM
 from ..nn._spatial_broadcast import SpatialBroadcastDecoder
 from ..nn._vit import ViTDecoder, ViTEncoder
 from ._abstract import (
-    AbstractVideoModel,
+    AbstractObjectCentricVideoModel,
     GroupSettings,
     KeyOrKeys,
     LossTerms,
@@ -90,9 +90,10 @@ class SlotSSMConfig:
     """Attention heads of the ViT decoder."""
     broadcast_hidden: int = 192
     """Channels of the spatial broadcast decoder."""
-    broadcast_size: int = 8
+    broadcast_size: int = 0
     """Grid the spatial broadcast decoder starts from (`frame_size` must be 8 or 16
-    times it)."""
+    times it); 0: `frame_size / 8` (three 2× transposed convolutions, then a
+    convolution)."""
     attention_impl: AttentionImpl = "auto"
     """`eqvid.kernels.attention` implementation of every attention."""
 
@@ -102,7 +103,7 @@ class SlotSSMConfig:
             self, "frame_size", "channels", "patch", "encoder_dim", "encoder_layers",
             "encoder_heads", "num_slots", "slot_dim", "num_blocks", "read_in_heads",
             "space_heads", "d_state", "headdim", "expand", "decoder_dim", "decoder_layers",
-            "decoder_heads", "broadcast_hidden", "broadcast_size",
+            "decoder_heads", "broadcast_hidden",
         )  # fmt: skip
         for field, allowed in (
             ("task", ("reconstruct", "predict")),
@@ -134,14 +135,23 @@ class SlotSSMConfig:
                 f"{name}: `headdim` ({self.headdim}) must divide expand · slot_dim = "
                 f"{self.expand * self.slot_dim}."
             )
+        if self.broadcast_size < 0:
+            raise ValueError(f"{name}: `broadcast_size` must be ≥ 0, got {self.broadcast_size}.")
         if self.decoder == "spatial_broadcast" and self.frame_size not in (
-            8 * self.broadcast_size,
-            16 * self.broadcast_size,
+            8 * self.start_size,
+            16 * self.start_size,
         ):
             raise ValueError(
                 f"{name}: with the spatial broadcast decoder `frame_size` ({self.frame_size}) "
-                f"must be 8 or 16 × `broadcast_size` ({self.broadcast_size})."
+                f"must be 8 or 16 × `broadcast_size` ({self.broadcast_size}; 0: frame_size / 8, "
+                "a multiple of 8)."
             )
+
+    @property
+    def start_size(self) -> int:
+        """The spatial broadcast decoder's starting grid (`broadcast_size`, or
+        `frame_size / 8` for 0)."""
+        return self.broadcast_size or max(1, self.frame_size // 8)
 
     @classmethod
     def preset(cls, name: str) -> "SlotSSMConfig":
@@ -155,8 +165,8 @@ SLOTSSM_PRESETS: dict[str, SlotSSMConfig] = {
     # MAE decoder of 4 layers): 12,500,768 parameters (67,072 of them the decoder's
     # frozen positions).
     "clevrer": SlotSSMConfig(),
-    # CPU-sized: 32² frames, patches of 4, 4 slots of 64, 2 blocks, the spatial
-    # broadcast decoder (alpha masks per slot).
+    # CPU-sized: patches of 4, 4 slots of 64, 2 blocks, the spatial broadcast decoder
+    # (alpha masks per slot) from a frame_size / 8 grid (32², 48², 64² frames alike).
     "small": SlotSSMConfig(
         frame_size=32,
         patch=4,
@@ -171,12 +181,11 @@ SLOTSSM_PRESETS: dict[str, SlotSSMConfig] = {
         headdim=16,
         decoder="spatial_broadcast",
         broadcast_hidden=32,
-        broadcast_size=4,
     ),
 }
 
 
-class SlotSSMVideoModel(AbstractVideoModel):
+class SlotSSMVideoModel(AbstractObjectCentricVideoModel):
     """SlotSSM on frames (see the module docstring). Deterministic.
 
     **Loss**: the mean squared error of the decoded frames (`mse`: frames `0…T-1` for
@@ -220,7 +229,7 @@ class SlotSSMVideoModel(AbstractVideoModel):
         else:
             self.decoder = SpatialBroadcastDecoder(
                 c.slot_dim, channels=c.channels, hidden=c.broadcast_hidden,
-                initial_size=c.broadcast_size, output_resolution=c.frame_size, key=kd,
+                initial_size=c.start_size, output_resolution=c.frame_size, key=kd,
             )  # fmt: skip
         self.config = config
 
@@ -237,6 +246,24 @@ class SlotSSMVideoModel(AbstractVideoModel):
 
     def _decode(self, slots):
         return self.decode_with_masks(slots)[0]
+
+    def object_masks(
+        self, frames: Float[Array, "time height width channels"]
+    ) -> Float[Array, "time slots height width"]:
+        """Each slot's share of each pixel: the spatial broadcast decoder's alpha masks
+        of the slots that read the frame; with the ViT decoder, the last block's read-in
+        weights of each patch (mean over heads, renormalised over the slots, each patch
+        its pixels)."""
+        check_frames(self, frames, "frames")
+        slots, _, weights = self.slots(jax.vmap(self.encoder)(frames))
+        if isinstance(self.decoder, SpatialBroadcastDecoder):
+            return jax.vmap(lambda s: self.decoder(s)[1])(slots)
+        w = jnp.mean(weights[-1], axis=1)  # (time, slots, patches)
+        w = w / (jnp.sum(w, axis=1, keepdims=True) + 1e-12)
+        c = self.config
+        g = c.frame_size // c.patch
+        w = w.reshape(*w.shape[:2], g, g)
+        return jnp.repeat(jnp.repeat(w, c.patch, axis=-2), c.patch, axis=-1)
 
     def __call__(
         self, frames: Float[Array, "time height width channels"]

@@ -16,7 +16,13 @@ from .._cli import (
     config_from_mapping,
     read_config_file,
 )
-from ..data import DATASETS, MovingMNISTConfig, dataset_config_class, frame_spec
+from ..data import (
+    DATASETS,
+    BouncingBallsConfig,
+    MovingMNISTConfig,
+    dataset_config_class,
+    frame_spec,
+)
 from ..models import MODELS, model_spec
 from ._config import OptimizerConfig, RunConfig, TrainConfig
 from ._distributed import DistributedConfig
@@ -323,6 +329,8 @@ def main(argv: list[str] | None = None, defaults: CommandDefaults = CommandDefau
     if isinstance(config.data, MovingMNISTConfig):
         digits = config.data.mnist_path or "scikit-learn's bundled handwritten digits (offline)"
         print(f"eqvid: training {title} on Moving MNIST; digits: {digits}")
+    elif isinstance(config.data, BouncingBallsConfig):
+        print(f"eqvid: training {title} on bouncing balls (generated on the fly)")
     else:
         print(f"eqvid: training {title} on {type(config.data).__name__}(root={config.data.root!r})")
     print(f"eqvid: writing to {config.run.run_dir}/")

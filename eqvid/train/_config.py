@@ -3,6 +3,7 @@
 import dataclasses
 from typing import Any, Literal
 
+from ..data._bouncing_balls import BouncingBallsConfig
 from ..data._codes import CodesConfig
 from ..data._config import MovingMNISTConfig
 from ..data._file_config import ArrayRecordConfig, FrameFolderConfig, TecoConfig, VideoFolderConfig
@@ -12,6 +13,7 @@ from ._mesh import MeshConfig
 
 DatasetConfig = (
     MovingMNISTConfig
+    | BouncingBallsConfig
     | TecoConfig
     | FrameFolderConfig
     | VideoFolderConfig

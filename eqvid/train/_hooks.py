@@ -11,7 +11,12 @@ import numpy as np
 from PIL import Image
 
 from ._files import write_atomic
-from ._samples import save_prediction_gif, save_prediction_strip, save_reconstruction_strip
+from ._samples import (
+    save_prediction_gif,
+    save_prediction_strip,
+    save_reconstruction_strip,
+    save_slot_strip,
+)
 
 FIXED_COLUMNS = ("lr", "grad_norm", "frames_per_s", "elapsed_s")
 
@@ -120,7 +125,8 @@ def _format(name: str, value: float) -> str:
 class SampleWriter:
     """Sample pictures of held-out videos: `samples/step_XXXXXX.png` (context |
     prediction | ground truth strips) and `.gif` (model next to truth), and the strip
-    in TensorBoard."""
+    in TensorBoard; for an object-centric model also `step_XXXXXX_slots.png` (each
+    slot's mask over the frames, `slots` in TensorBoard)."""
 
     def __init__(
         self,
@@ -139,8 +145,10 @@ class SampleWriter:
         self.main = main
         self.log = log
 
-    def __call__(self, generate: Any, step: int) -> None:
-        """`generate(context, horizon, actions)` gives the model's frames."""
+    def __call__(self, generate: Any, step: int, masks: Any = None) -> None:
+        """`generate(context, horizon, actions)` gives the model's frames; `masks(videos)`
+        (object-centric models) each slot's share of each pixel `(batch, time, slots,
+        height, width)`."""
         horizon = self.videos.shape[1] - self.context
         pred = np.asarray(generate(self.videos[:, : self.context], horizon, self.actions))
         if not self.main:  # every process computes (the model spans them all); one writes
@@ -149,6 +157,12 @@ class SampleWriter:
         strip = save_prediction_strip(self.folder / f"step_{step:06d}.png", *args)
         save_prediction_gif(self.folder / f"step_{step:06d}.gif", *args)
         self.log.image("samples", strip, step)
+        if masks is not None:
+            shown = self.videos[:2]
+            slots = save_slot_strip(
+                self.folder / f"step_{step:06d}_slots.png", shown, np.asarray(masks(shown))
+            )
+            self.log.image("slots", slots, step)
 
 
 class ReconstructionWriter:

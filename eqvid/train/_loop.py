@@ -3,10 +3,12 @@
 the final held-out report)."""
 
 import dataclasses
+import functools
 import json
 import pathlib
 import time
 
+import equinox as eqx
 import jax
 import numpy as np
 from tqdm.auto import tqdm
@@ -16,6 +18,7 @@ from ..evaluate._rollout_report import RolloutReport, rollout_report
 from ..models import (
     AbstractLatentVideoModel,
     AbstractModel,
+    AbstractObjectCentricVideoModel,
     AbstractVideoModel,
     AbstractVideoTokenizer,
     model_spec,
@@ -57,6 +60,12 @@ def _side_keys(run: TrainingRun) -> jax.Array:
     """Keys of the sample pictures and of the final report (step `s` trains with
     `fold_in(key, s)`, `s ≥ 1`; these come from `fold_in(key, 0)`)."""
     return jax.random.split(jax.random.fold_in(run.train_key, 0))
+
+
+@eqx.filter_jit
+def _object_masks(model: AbstractObjectCentricVideoModel, videos):
+    """Each slot's share of each pixel of a batch of videos."""
+    return jax.vmap(model.object_masks)(videos)
 
 
 def _is_tokenizer(run: TrainingRun) -> bool:
@@ -194,9 +203,13 @@ def train(config: TrainConfig) -> TrainResult:
                 samples(lambda v: reconstruct_videos(model, v), step)
                 return
             assert isinstance(model, AbstractVideoModel)
+            masks = None
+            if isinstance(model, AbstractObjectCentricVideoModel):
+                masks = functools.partial(_object_masks, model)
             samples(
                 lambda c, n, a: rollout(model, c, n, key=sample_key, actions=a),
                 step,
+                masks,
             )
 
         def diverged(step: int, what: str) -> FloatingPointError:

@@ -169,3 +169,58 @@ def save_reconstruction_strip(
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path)
     return path
+
+
+_SLOT_COLOURS = np.array(
+    [
+        [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
+        [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 212],
+    ],
+    np.float32,
+)  # fmt: skip
+
+
+def save_slot_strip(
+    path: str | pathlib.Path,
+    videos: Float[np.ndarray, "batch time height width channels"],
+    masks: Float[np.ndarray, "batch time slots height width"],
+    *,
+    gap: int = 2,
+) -> pathlib.Path:
+    """Write a PNG of how an object-centric model splits frames into slots: per video,
+    a row of frames (`[-1, 1]`), a row of the segmentation (each pixel in the colour
+    of its largest slot, brightness its share), then one row per slot: the frames
+    weighted by that slot's mask (what the slot holds)."""
+    if masks.shape[:2] != videos.shape[:2] or masks.shape[3:] != videos.shape[2:4]:
+        raise ValueError(
+            f"save_slot_strip: `masks` must be (batch, time, slots, height, width) = "
+            f"{videos.shape[:2]} + (slots,) + {videos.shape[2:4]}; got {masks.shape}."
+        )
+    frames = _rgb(to_uint8(videos)).astype(np.float32)
+    m = np.clip(np.asarray(masks, np.float32), 0.0, 1.0)
+    k = m.shape[2]
+    colours = _SLOT_COLOURS[np.arange(k) % len(_SLOT_COLOURS)]
+    rows, labels = [], []
+    for b in range(videos.shape[0]):
+        seg = np.take(colours, np.argmax(m[b], axis=1), axis=0) * np.max(m[b], axis=1)[..., None]
+        rows.append(_row(frames[b].astype(np.uint8), gap))
+        labels.append("frames")
+        rows.append(_row(np.clip(seg, 0, 255).astype(np.uint8), gap))
+        labels.append("slots")
+        for s in range(k):
+            part = frames[b] * m[b, :, s, ..., None]
+            rows.append(_row(np.clip(part, 0, 255).astype(np.uint8), gap))
+            labels.append(f"slot {s}")
+    label_w = 48
+    h, width = rows[0].shape[0], rows[0].shape[1] + label_w
+    canvas = np.full((len(rows) * (h + gap), width, 3), 255, np.uint8)
+    for i, r in enumerate(rows):
+        canvas[i * (h + gap) : i * (h + gap) + h, label_w:] = r
+    image = Image.fromarray(canvas)
+    draw = ImageDraw.Draw(image)
+    for i, label in enumerate(labels):
+        draw.text((2, i * (h + gap) + max(0, h // 2 - 6)), label, fill=(0, 0, 0))
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+    return path
