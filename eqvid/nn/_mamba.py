@@ -190,15 +190,14 @@ class Mamba(eqx.Module):
         if u.shape != (self.d_model,):
             raise ValueError(f"Mamba.step: `u` must be ({self.d_model},); got {u.shape}.")
         x, z = jnp.split(self.in_proj(u), 2, axis=-1)
-        window = jnp.concatenate([state.conv.astype(x.dtype), x[None]], axis=0)
-        xc = jnp.sum(window.T * self.conv_weight.astype(x.dtype), axis=-1)
-        if self.conv_bias is not None:
-            xc = xc + self.conv_bias.astype(x.dtype)
-        xc = jax.nn.silu(xc)
+        history = conv_history(state.conv, x[None].astype(jnp.float32))
+        xc = jax.nn.silu(
+            causal_depthwise_conv1d(x[None], self.conv_weight, self.conv_bias, state.conv)[0]
+        )
         dt, B, C = (v[0] for v in self._selective_inputs(xc[None]))
         xf = xc.astype(jnp.float32)
         A = -jnp.exp(self.A_log)
         h = jnp.exp(dt[:, None] * A) * state.ssm + (dt * xf)[:, None] * B[None, :]
         y = h @ C + self.D * xf
         y = (y * jax.nn.silu(z.astype(jnp.float32))).astype(u.dtype)
-        return SelectiveSSMState(conv=window[1:].astype(jnp.float32), ssm=h), self.out_proj(y)
+        return SelectiveSSMState(conv=history, ssm=h), self.out_proj(y)

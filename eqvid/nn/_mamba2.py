@@ -296,10 +296,8 @@ class Mamba2(eqx.Module):
         if u.shape != (self.d_model,):
             raise ValueError(f"Mamba2.step: `u` must be ({self.d_model},); got {u.shape}.")
         z, xbc, dt = self._split(self.in_proj(u))
-        window = jnp.concatenate([state.conv.astype(xbc.dtype), xbc[None]], axis=0)
-        conv = jnp.sum(window.T * self.conv_weight.astype(xbc.dtype), axis=-1)
-        if self.conv_bias is not None:
-            conv = conv + self.conv_bias.astype(xbc.dtype)
+        history = conv_history(state.conv, xbc[None].astype(jnp.float32))
+        conv = causal_depthwise_conv1d(xbc[None], self.conv_weight, self.conv_bias, state.conv)[0]
         x, B, C, dt = self._ssm_inputs(jax.nn.silu(conv), dt)
         A = -jnp.exp(self.A_log)
         s = (
@@ -308,4 +306,4 @@ class Mamba2(eqx.Module):
         )
         y = jnp.einsum("hpn,hn->hp", s, C) + self.D[:, None] * x
         y = self.norm(y.reshape(self.d_inner), z).astype(u.dtype)
-        return SelectiveSSMState(conv=window[1:].astype(jnp.float32), ssm=s), self.out_proj(y)
+        return SelectiveSSMState(conv=history, ssm=s), self.out_proj(y)

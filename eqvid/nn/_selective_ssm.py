@@ -10,6 +10,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from ._vqgan3d_codec import _torch_uniform
+
 
 class SelectiveSSMState(eqx.Module):
     """The state a Mamba-style layer carries from one call (or step) to the next.
@@ -79,10 +81,8 @@ def torch_depthwise_conv_init(
     """PyTorch's default init of a depthwise `nn.Conv1d` (`fan_in = kernel`): weight
     and bias `U(±1/√kernel)`."""
     kw, kb = jax.random.split(key)
-    bound = 1.0 / math.sqrt(kernel)
-    weight = jax.random.uniform(kw, (channels, kernel), jnp.float32, -bound, bound)
-    b = jax.random.uniform(kb, (channels,), jnp.float32, -bound, bound) if bias else None
-    return weight, b
+    weight = _torch_uniform(kw, (channels, kernel), kernel)
+    return weight, _torch_uniform(kb, (channels,), kernel) if bias else None
 
 
 def check_sequence(owner: str, u, d_model: int) -> None:

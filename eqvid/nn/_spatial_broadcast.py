@@ -4,19 +4,13 @@ by transposed convolutions to colour and an alpha logit; the alphas are a softma
 the slots, so each slot's alpha is its segmentation mask, and the frame is the
 alpha-weighted sum of the colours."""
 
-import math
-
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._norm import GroupNorm, LayerNorm
-
-
-def _torch_uniform(key, shape, fan_in):
-    bound = 1.0 / math.sqrt(fan_in)
-    return jax.random.uniform(key, shape, jnp.float32, -bound, bound)
+from ._vqgan3d_codec import _torch_uniform
 
 
 class TorchConvTranspose2d(eqx.Module):
