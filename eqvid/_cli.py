@@ -71,6 +71,18 @@ def _parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
 
 
+def _one_or_many(tp: Any) -> Any:
+    """`X` for a field type `X | tuple[X, ...]` (one value or several), else `None`."""
+    if typing.get_origin(tp) not in (typing.Union, types.UnionType):
+        return None
+    args = typing.get_args(tp)
+    scalars = [a for a in args if typing.get_origin(a) is not tuple]
+    tuples = [a for a in args if typing.get_origin(a) is tuple]
+    if len(scalars) == 1 and len(tuples) == 1 and typing.get_args(tuples[0])[0] is scalars[0]:
+        return scalars[0]
+    return None
+
+
 def _argument_kwargs(tp: Any) -> dict[str, Any]:
     """argparse keyword arguments for a field type."""
     origin = typing.get_origin(tp)
@@ -87,6 +99,9 @@ def _argument_kwargs(tp: Any) -> dict[str, Any]:
         kw["type"] = optional
         kw["metavar"] = "VALUE|none"
         return kw
+    one_or_many = _one_or_many(tp)
+    if one_or_many is not None:  # `int | tuple[int, ...]`: one value, or several
+        return {"type": one_or_many, "nargs": "+"}
     if tp is bool:
         return {"action": argparse.BooleanOptionalAction}
     if origin is tuple:
@@ -150,8 +165,11 @@ def config_from_args(args: argparse.Namespace, title: str, base: Any) -> Any:
     given: Mapping[str, Any] = vars(args)
     prefix = title + "."
     changes = {k[len(prefix) :]: v for k, v in given.items() if k.startswith(prefix)}
+    hints = typing.get_type_hints(type(base))
     for name, value in changes.items():
-        if isinstance(getattr(base, name), tuple):
+        if _one_or_many(hints.get(name)) is not None and isinstance(value, list):
+            changes[name] = value[0] if len(value) == 1 else tuple(value)
+        elif isinstance(getattr(base, name), tuple):
             changes[name] = tuple(value)
     return dataclasses.replace(base, **changes)
 
@@ -195,6 +213,12 @@ def _value_from_file(value: Any, tp: Any, where: str) -> Any:
     `5e-4` as a string: numbers may be written as strings)."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
+    one_or_many = _one_or_many(tp)
+    if one_or_many is not None:
+        if isinstance(value, list | tuple):
+            items = tuple(_value_from_file(v, one_or_many, where) for v in value)
+            return items[0] if len(items) == 1 else items
+        return _value_from_file(value, one_or_many, where)
     if origin in (typing.Union, types.UnionType) and type(None) in args:
         if value is None:
             return None

@@ -1,7 +1,8 @@
 """SlotSSM's blocks: the read-in (standard and inverted) and the slot self-attention
 restated in NumPy from the original's code, a block's composition restated from its
-parts, the stack's parameter count (CLEVRER example), whole video == frame by frame,
-and bad input."""
+parts, the stack's parameter count (CLEVRER example), whole video == frame by frame
+(with a selective SSM or attention over time, one slot count or one per block), the
+regrouping between blocks of different counts, and bad input."""
 
 import equinox as eqx
 import jax
@@ -9,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from eqvid.nn import SlotReadIn, SlotSelfAttention, SlotSSM, SlotSSMBlock
+from eqvid.nn import SlotReadIn, SlotRegroup, SlotSelfAttention, SlotSSM, SlotSSMBlock
 
 
 def _linear(layer, x):
@@ -89,7 +90,7 @@ def test_the_clevrer_stack_has_the_originals_parameter_count():
     model = eqx.filter_eval_shape(lambda: SlotSSM(key=jax.random.key(0)))
     count = sum(x.size for x in jax.tree.leaves(model) if hasattr(x, "size"))
     assert count == 4_238_944  # 4 blocks × 1,059,352 + 6 × 256 initial slots
-    mamba1 = eqx.filter_eval_shape(lambda: SlotSSM(mamba="mamba1", key=jax.random.key(0)))
+    mamba1 = eqx.filter_eval_shape(lambda: SlotSSM(time_mixer="mamba1", key=jax.random.key(0)))
     assert sum(x.size for x in jax.tree.leaves(mamba1) if hasattr(x, "size")) == 4_817_408
 
 
@@ -100,7 +101,7 @@ def test_a_video_in_parallel_equals_frame_by_frame():
     )  # fmt: skip
     tokens = jax.random.normal(jax.random.key(9), (6, 5, 12))
     slots, state, weights = model(tokens)
-    assert slots.shape == (6, 3, 16) and weights.shape == (2, 6, 1, 3, 5)
+    assert slots.shape == (6, 3, 16) and [w.shape for w in weights] == [(6, 1, 3, 5)] * 2
 
     def one(s, x):
         s, y, w = model.step(s, x)
@@ -108,7 +109,8 @@ def test_a_video_in_parallel_equals_frame_by_frame():
 
     step_state, (step_slots, step_w) = jax.lax.scan(one, model.init_state(), tokens)
     np.testing.assert_allclose(step_slots, slots, rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(step_w, weights.transpose(1, 0, 2, 3, 4), rtol=1e-4, atol=1e-6)
+    for a, b in zip(step_w, weights):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
     for a, b in zip(jax.tree.leaves(step_state), jax.tree.leaves(state)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     # The first frames in parallel, the rest step by step from their state.
@@ -125,5 +127,58 @@ def test_bad_input_is_refused_by_name():
         model.step(model.init_state(), jnp.zeros((4, 6)))
     with pytest.raises(ValueError, match="num_heads"):
         SlotReadIn(8, 3, key=jax.random.key(0))
-    with pytest.raises(ValueError, match="num_slots"):
+    with pytest.raises(ValueError, match="slot count must be ≥ 1"):
         SlotSSM(num_slots=0, key=jax.random.key(0))
+    with pytest.raises(ValueError, match=r"one per block \(2\); got 3 counts \(4, 4, 2\)"):
+        SlotSSM(num_slots=(4, 4, 2), num_blocks=2, key=jax.random.key(0))
+    # A streaming state from another configuration (other slot counts) is named.
+    other = SlotSSM(num_slots=3, dim=8, num_blocks=1, d_state=2, headdim=4, key=jax.random.key(0))
+    with pytest.raises(ValueError, match=r"slots per block \(2,\).*got \[\(3, 3, 20\)"):
+        model.step(other.init_state(), jnp.zeros((4, 8)))
+    with pytest.raises(ValueError, match="does not belong to this stack"):
+        model(jnp.zeros((3, 4, 8)), other.init_state())
+
+
+@pytest.mark.parametrize("time_mixer", ["mamba2", "attention"])
+def test_slot_counts_per_block_regroup_and_stream(time_mixer):
+    model = SlotSSM(
+        num_slots=(3, 3, 5), dim=16, input_dim=12, num_blocks=3, space_heads=2, d_state=4,
+        headdim=8, time_mixer=time_mixer, time_heads=2, max_frames=8, attention_impl="xla",
+        key=jax.random.key(10),
+    )  # fmt: skip
+    assert model.regroup[0] is None and model.regroup[1] is None
+    regroup = model.regroup[2]
+    assert isinstance(regroup, SlotRegroup) and regroup.init_slots.shape == (5, 16)
+    tokens = jax.random.normal(jax.random.key(11), (6, 7, 12))
+    slots, _, weights = model(tokens)
+    assert slots.shape == (6, 5, 16) and model.num_slots == 5
+    assert [w.shape for w in weights] == [(6, 1, 3, 7), (6, 1, 3, 7), (6, 1, 5, 7)]
+
+    # Block 3 starts from its own slots, which read in block 2's output.
+    s2 = model.blocks[0](jnp.broadcast_to(model.init_slots, (6, 3, 16)), tokens)[0]
+    s2 = model.blocks[1](s2, tokens)[0]
+    init = np.asarray(regroup.init_slots)
+    queries = np.asarray(regroup.input_norm(regroup.init_slots))
+    new = []
+    for t in range(6):
+        out, _ = read_in_reference(regroup.read_in, queries, np.asarray(regroup.ref_norm(s2[t])))
+        new.append(init + out)
+    want = model.blocks[2](jnp.asarray(np.stack(new)), tokens)[0]
+    np.testing.assert_allclose(slots, want, rtol=1e-4, atol=1e-5)
+
+    def one(s, x):
+        s, y, _ = model.step(s, x)
+        return s, y
+
+    _, stepped = jax.lax.scan(one, model.init_state(), tokens)
+    np.testing.assert_allclose(stepped, slots, rtol=1e-4, atol=1e-5)
+    first, mid, _ = model(tokens[:4])
+    rest, _, _ = model(tokens[4:], mid)
+    np.testing.assert_allclose(jnp.concatenate([first, rest]), slots, rtol=1e-4, atol=1e-5)
+    # The regrouping has its own parameters: initial slots, two norms, a read-in.
+    base = SlotSSM(
+        num_slots=3, dim=16, input_dim=12, num_blocks=3, space_heads=2, d_state=4, headdim=8,
+        time_mixer=time_mixer, time_heads=2, max_frames=8, key=jax.random.key(10),
+    )  # fmt: skip
+    count = lambda m: sum(x.size for x in jax.tree.leaves(eqx.filter(m, eqx.is_array)))
+    assert count(model) - count(base) == 5 * 16 + 2 * 2 * 16 + 4 * (16 * 16 + 16)

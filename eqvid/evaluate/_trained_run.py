@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import pathlib
+import types
 import typing
 from collections.abc import Callable
 from typing import Any
@@ -11,6 +12,9 @@ import equinox as eqx
 import jax
 
 from ..models import MODELS, AbstractModel, make_model, model_spec
+
+
+_UNIONS = (typing.Union, types.UnionType)
 
 
 def config_from_dict(cls: type, values: dict[str, Any]) -> Any:
@@ -22,7 +26,9 @@ def config_from_dict(cls: type, values: dict[str, Any]) -> Any:
         raise ValueError(f"{cls.__name__} has no field(s) {unknown}.")
     out = {}
     for name, value in values.items():
-        if isinstance(value, list) and typing.get_origin(hints[name]) is tuple:
+        hint = hints[name]
+        kinds = typing.get_args(hint) if typing.get_origin(hint) in _UNIONS else (hint,)
+        if isinstance(value, list) and any(typing.get_origin(k) is tuple for k in kinds):
             value = tuple(value)
         out[name] = value
     return cls(**out)

@@ -22,7 +22,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, Scalar
 
 from ..kernels.attention import AttentionImpl
-from ..nn._slotssm import SlotSSM
+from ..nn._slotssm import SlotSSM, TimeMixer
 from ..nn._spatial_broadcast import SpatialBroadcastDecoder
 from ..nn._vit import ViTDecoder, ViTEncoder
 from ._abstract import (
@@ -57,8 +57,10 @@ class SlotSSMConfig:
     """Post-LN transformer layers of the encoder."""
     encoder_heads: int = 4
     """Attention heads of the encoder."""
-    num_slots: int = 6
-    """Slots per frame."""
+    num_slots: int | tuple[int, ...] = 6
+    """Slots per frame: one count for every block, or one per block (where it changes,
+    the block's own learned slots read in the previous block's; see `eqvid.nn.SlotSSM`).
+    The decoder gets the last block's."""
     slot_dim: int = 256
     """Width of each slot."""
     num_blocks: int = 4
@@ -69,14 +71,21 @@ class SlotSSMConfig:
     """Inverted read-in (slots compete for each token), as the official example."""
     space_heads: int = 4
     """Heads of the slot self-attention."""
-    mamba: Literal["mamba2", "mamba1"] = "mamba2"
-    """The per-slot time mixer."""
+    time_mixer: TimeMixer = "mamba2"
+    """The per-slot time mixer: `mamba2` (the official example's), `mamba1`, or
+    `attention` (causal self-attention over each slot's past frames: the SlotTransformer
+    baseline)."""
     d_state: int = 128
     """The selective SSM's state size."""
     headdim: int = 64
     """Mamba2's channels per head."""
     expand: int = 2
     """The selective SSM's inner width over `slot_dim`."""
+    time_heads: int = 4
+    """Heads of the `attention` time mixer."""
+    max_frames: int = 1024
+    """The most frames the `attention` time mixer attends over (training videos, and
+    context plus generated frames; its cache's size)."""
     ffn: bool = False
     """An FFN after the slot self-attention in each block."""
     decoder: Literal["vit", "spatial_broadcast"] = "vit"
@@ -101,13 +110,21 @@ class SlotSSMConfig:
         name = "SlotSSMConfig"
         check_positive(
             self, "frame_size", "channels", "patch", "encoder_dim", "encoder_layers",
-            "encoder_heads", "num_slots", "slot_dim", "num_blocks", "read_in_heads",
-            "space_heads", "d_state", "headdim", "expand", "decoder_dim", "decoder_layers",
-            "decoder_heads", "broadcast_hidden",
+            "encoder_heads", "slot_dim", "num_blocks", "read_in_heads", "space_heads",
+            "d_state", "headdim", "expand", "time_heads", "max_frames", "decoder_dim",
+            "decoder_layers", "decoder_heads", "broadcast_hidden",
         )  # fmt: skip
+        counts = self.slot_counts
+        if len(counts) != self.num_blocks or any(
+            not isinstance(n, int) or isinstance(n, bool) or n < 1 for n in counts
+        ):
+            raise ValueError(
+                f"{name}: `num_slots` must be one count ≥ 1 or one per block "
+                f"(`num_blocks` = {self.num_blocks}); got {self.num_slots!r}."
+            )
         for field, allowed in (
             ("task", ("reconstruct", "predict")),
-            ("mamba", ("mamba2", "mamba1")),
+            ("time_mixer", typing.get_args(TimeMixer)),
             ("decoder", ("vit", "spatial_broadcast")),
             ("attention_impl", typing.get_args(AttentionImpl)),
         ):
@@ -123,6 +140,7 @@ class SlotSSMConfig:
             ("encoder_dim", "encoder_heads"),
             ("slot_dim", "space_heads"),
             ("slot_dim", "read_in_heads"),
+            ("slot_dim", "time_heads"),
             ("decoder_dim", "decoder_heads"),
         ):
             if getattr(self, width) % getattr(self, heads):
@@ -130,7 +148,7 @@ class SlotSSMConfig:
                     f"{name}: `{heads}` ({getattr(self, heads)}) must divide `{width}` "
                     f"({getattr(self, width)})."
                 )
-        if self.mamba == "mamba2" and (self.expand * self.slot_dim) % self.headdim:
+        if self.time_mixer == "mamba2" and (self.expand * self.slot_dim) % self.headdim:
             raise ValueError(
                 f"{name}: `headdim` ({self.headdim}) must divide expand · slot_dim = "
                 f"{self.expand * self.slot_dim}."
@@ -146,6 +164,12 @@ class SlotSSMConfig:
                 f"must be 8 or 16 × `broadcast_size` ({self.broadcast_size}; 0: frame_size / 8, "
                 "a multiple of 8)."
             )
+
+    @property
+    def slot_counts(self) -> tuple[int, ...]:
+        """The slots of each block."""
+        n = self.num_slots
+        return (n,) * self.num_blocks if isinstance(n, int) else tuple(n)
 
     @property
     def start_size(self) -> int:
@@ -214,14 +238,16 @@ class SlotSSMVideoModel(AbstractObjectCentricVideoModel):
             key=ke,
         )  # fmt: skip
         self.slots = SlotSSM(
-            num_slots=c.num_slots, dim=c.slot_dim, input_dim=c.encoder_dim,
-            num_blocks=c.num_blocks, read_in_heads=c.read_in_heads, inverted=c.inverted,
-            space_heads=c.space_heads, mamba=c.mamba, d_state=c.d_state, expand=c.expand,
-            headdim=c.headdim, ffn=c.ffn, attention_impl=c.attention_impl, key=ks,
+            num_slots=c.slot_counts,
+            dim=c.slot_dim, input_dim=c.encoder_dim, num_blocks=c.num_blocks,
+            read_in_heads=c.read_in_heads, inverted=c.inverted, space_heads=c.space_heads,
+            time_mixer=c.time_mixer, d_state=c.d_state, expand=c.expand, headdim=c.headdim,
+            time_heads=c.time_heads, max_frames=c.max_frames, ffn=c.ffn,
+            attention_impl=c.attention_impl, key=ks,
         )  # fmt: skip
         if c.decoder == "vit":
             self.decoder = ViTDecoder(
-                num_slots=c.num_slots, slot_dim=c.slot_dim, image_size=c.frame_size,
+                num_slots=c.slot_counts[-1], slot_dim=c.slot_dim, image_size=c.frame_size,
                 patch=c.patch, channels=c.channels, dim=c.decoder_dim,
                 num_layers=c.decoder_layers, num_heads=c.decoder_heads,
                 impl=c.attention_impl, key=kd,
@@ -337,6 +363,13 @@ class SlotSSMVideoModel(AbstractObjectCentricVideoModel):
             raise ValueError(f"{owner}: `num_frames` must be ≥ 1, got {num_frames}.")
         if actions is not None:
             raise ValueError(f"{owner}: SlotSSM takes no actions; got `actions`.")
+        total = context.shape[0] + num_frames - 1
+        if self.config.time_mixer == "attention" and total > self.config.max_frames:
+            raise ValueError(
+                f"{owner}: the attention time mixer sees at most `max_frames` = "
+                f"{self.config.max_frames} frames; {context.shape[0]} context + "
+                f"{num_frames - 1} fed back need {total}."
+            )
         slots, state, _ = self.slots(jax.vmap(self.encoder)(context))
         first = self._decode(slots[-1])
 

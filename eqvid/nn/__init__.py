@@ -76,8 +76,10 @@ from ._selective_ssm import causal_depthwise_conv1d as causal_depthwise_conv1d
 from ._sequence import AbstractSequenceLayer as AbstractSequenceLayer
 from ._slot_attention import SlotReadIn as SlotReadIn
 from ._slot_attention import SlotSelfAttention as SlotSelfAttention
+from ._slotssm import SlotRegroup as SlotRegroup
 from ._slotssm import SlotSSM as SlotSSM
 from ._slotssm import SlotSSMBlock as SlotSSMBlock
+from ._slotssm import TimeMixer as TimeMixer
 from ._spatial_broadcast import SpatialBroadcastDecoder as SpatialBroadcastDecoder
 from ._spatial_broadcast import TorchConvTranspose2d as TorchConvTranspose2d
 from ._temporal_core import AbstractTemporalCore as AbstractTemporalCore
@@ -85,6 +87,8 @@ from ._temporal_core import ConvS5Core as ConvS5Core
 from ._temporal_core import S5Core as S5Core
 from ._temporal_core import TransformerCore as TransformerCore
 from ._temporal_transformer import TemporalTransformer as TemporalTransformer
+from ._time_attention import CausalTimeAttention as CausalTimeAttention
+from ._time_attention import TimeAttentionState as TimeAttentionState
 from ._transformer import KVCache as KVCache
 from ._transformer import TransformerBlock as TransformerBlock
 from ._vit import TorchTransformerLayer as TorchTransformerLayer
