@@ -173,10 +173,12 @@ def test_parallel_sequential_and_stepwise_agree_and_carry_the_state(make):
     np.testing.assert_allclose(y3, y_par[5:], rtol=1e-5, atol=1e-5)
 
 
-def test_mamba2_chunked_form_and_its_gradients_match_the_scan():
+@pytest.mark.parametrize("ngroups", [1, 2])
+def test_mamba2_chunked_form_and_its_gradients_match_the_scan(ngroups):
     key = jax.random.key(8)
-    linear = Mamba2(8, d_state=4, headdim=4, scan="linear", scan_impl="xla", key=key)
-    chunked = Mamba2(8, d_state=4, headdim=4, scan="chunked", chunk_size=4, key=key)
+    settings = dict(d_state=4, headdim=4, ngroups=ngroups, key=key)
+    linear = Mamba2(8, scan="linear", scan_impl="xla", use_mem_eff_path=False, **settings)
+    chunked = Mamba2(8, scan="chunked", chunk_size=4, **settings)  # recomputed in backward
     u = jax.random.normal(jax.random.key(9), (10, 8))  # not a multiple of the chunk
     state = SelectiveSSMState(
         conv=jax.random.normal(jax.random.key(10), linear.init_state().conv.shape),

@@ -13,7 +13,6 @@ import jax
 
 from ..models import MODELS, AbstractModel, make_model, model_spec
 
-
 _UNIONS = (typing.Union, types.UnionType)
 
 

@@ -41,21 +41,24 @@ from ._selective_ssm import (
 _FLOAT32_NO_DECAY = role(weight_decay=False, keep_float32=True)
 
 
-def _segment_sums(log_a: Float[Array, "... length"]) -> Float[Array, "... length length"]:
-    """`out[..., i, j] = Σ_{j < k ≤ i} log_a[k]` for `j ≤ i`, `-inf` above the diagonal
-    (the log of the decay from step `j` to step `i` within a chunk)."""
+def _decay_matrix(log_a: Float[Array, "... length"]) -> Float[Array, "... length length"]:
+    """`out[..., i, j] = exp(Σ_{j < k ≤ i} log_a[k])` for `j ≤ i`, 0 above the diagonal
+    (the decay from step `j` to step `i` within a chunk). The sums are differences of a
+    cumulative sum; above the diagonal they are zeroed before the exponential (so
+    nothing overflows) and the result after it, by a constant mask (so the backward
+    pass keeps only the result)."""
     n = log_a.shape[-1]
     cum = jnp.cumsum(log_a, axis=-1)
-    diff = cum[..., :, None] - cum[..., None, :]
-    return jnp.where(jnp.tril(jnp.ones((n, n), bool)), diff, -jnp.inf)
+    lower = jnp.tril(jnp.ones((n, n), log_a.dtype)).reshape((1,) * (log_a.ndim - 1) + (n, n))
+    return jnp.exp((cum[..., :, None] - cum[..., None, :]) * lower) * lower
 
 
 def mamba2_chunked_scan(
     x: Float[Array, "time heads head_dim"],
     dt: Float[Array, "time heads"],
     A: Float[Array, " heads"],
-    B: Float[Array, "time heads d_state"],
-    C: Float[Array, "time heads d_state"],
+    B: Float[Array, "time groups d_state"],
+    C: Float[Array, "time groups d_state"],
     state: Float[Array, "heads head_dim d_state"],
     *,
     chunk: int,
@@ -63,34 +66,58 @@ def mamba2_chunked_scan(
     """Mamba2's recurrence in the chunked SSD form (`ssd_minimal.py`): within each
     chunk of `chunk` steps the outputs are matrix products with the decay matrix
     `exp(segment sums of Δ·A)`; a recurrence over the chunks carries the state.
-    Returns `(Σ_n S_t C_t` per step, the last state); no `D` term. The time axis is
-    padded to a multiple of `chunk` with steps of `Δ = 0` (no decay, no input)."""
-    t = x.shape[0]
+
+    `B` and `C` are per group of heads (`heads / groups` consecutive heads share
+    one), as the layer computes them: products with them are formed once per group,
+    not per head. Returns `(Σ_n S_t C_t` per step, the last state); no `D` term. The
+    time axis is padded to a multiple of `chunk` with steps of `Δ = 0` (no decay, no
+    input)."""
+    t, heads, p = x.shape
+    g = B.shape[1]
+    if heads % g or C.shape[1] != g:
+        raise ValueError(
+            f"mamba2_chunked_scan: the groups of `B` ({g}) and `C` ({C.shape[1]}) must be "
+            f"equal and divide the {heads} heads of `x`."
+        )
+    k = heads // g
     pad = -t % chunk
     if pad:
         x, dt, B, C = (jnp.pad(v, [(0, pad)] + [(0, 0)] * (v.ndim - 1)) for v in (x, dt, B, C))
     n = (t + pad) // chunk
-    xs = (x * dt[..., None]).reshape(n, chunk, *x.shape[1:])  # Δ·x
-    la = (dt * A[None]).reshape(n, chunk, -1).transpose(0, 2, 1)  # (n, heads, chunk): log decay
-    Bs, Cs = B.reshape(n, chunk, *B.shape[1:]), C.reshape(n, chunk, *C.shape[1:])
-    cum = jnp.cumsum(la, axis=-1)  # (n, heads, chunk)
+    # Chunks and groups share one batch axis b = (chunk index, group): the products
+    # below are batched over it (and over the heads of a group). A separate group axis
+    # of size 1 (one group, as SlotSSM's) made jaxlib 0.10.2's CPU backend crash in
+    # the backward pass under two `vmap`s (videos × slots).
+    xs = (x * dt[..., None]).reshape(n, chunk, g, k, p).transpose(0, 2, 3, 1, 4)
+    xs = xs.reshape(n * g, k, chunk, p)  # Δ·x
+    la = (dt * A[None]).reshape(n, chunk, g, k).transpose(0, 2, 3, 1).reshape(n * g, k, chunk)
+
+    def per_chunk(v):  # (time, g, N) → (n·g, chunk, N)
+        return v.reshape(n, chunk, g, -1).transpose(0, 2, 1, 3).reshape(n * g, chunk, -1)
+
+    Bs, Cs = per_chunk(B), per_chunk(C)
+    cum = jnp.cumsum(la, axis=-1)  # (b, k, chunk)
     # Within chunks: y_i = Σ_{j ≤ i} (C_i·B_j) exp(Σ_{j<k≤i} la_k) Δ_j x_j.
-    L = jnp.exp(_segment_sums(la))  # (n, heads, chunk, chunk)
-    y_diag = jnp.einsum("clhn,cshn,chls,cshp->clhp", Cs, Bs, L, xs)
+    CB = jnp.einsum("bln,bsn->bls", Cs, Bs)
+    y_diag = jnp.einsum("bkls,bksp->bklp", CB[:, None] * _decay_matrix(la), xs)
     # Each chunk's own contribution to the state at its end.
-    decay_to_end = jnp.exp(cum[..., -1:] - cum)  # (n, heads, chunk)
-    chunk_states = jnp.einsum("cshn,chs,cshp->chpn", Bs, decay_to_end, xs)
-    chunk_decay = jnp.exp(cum[..., -1])  # (n, heads)
+    decay_to_end = jnp.exp(cum[..., -1:] - cum)  # (b, k, chunk)
+    chunk_states = jnp.einsum("bsn,bksp->bkpn", Bs, xs * decay_to_end[..., None])
+    chunk_decay = jnp.exp(cum[..., -1])  # (b, k)
 
     def carry(s, inputs):
         decay, own = inputs
         new = decay[:, None, None] * s + own
         return new, s  # the state entering the chunk
 
-    last, entering = jax.lax.scan(carry, state, (chunk_decay, chunk_states))
+    last, entering = jax.lax.scan(
+        carry, state, (chunk_decay.reshape(n, heads), chunk_states.reshape(n, heads, p, -1))
+    )
     # The state entering a chunk, decayed to each step, read by C.
-    y_off = jnp.einsum("clhn,chpn,chl->clhp", Cs, entering, jnp.exp(cum))
-    y = (y_diag + y_off).reshape(n * chunk, *x.shape[1:])
+    entering = entering.reshape(n * g, k, p, -1)
+    y_off = jnp.einsum("bln,bkpn->bklp", Cs, entering) * jnp.exp(cum)[..., None]
+    y = (y_diag + y_off).reshape(n, g, k, chunk, p).transpose(0, 3, 1, 2, 4)
+    y = y.reshape(n * chunk, heads, p)
     return y[:t], last
 
 
@@ -146,6 +173,7 @@ class Mamba2(eqx.Module):
     scan: Literal["linear", "chunked"] = eqx.field(static=True)
     chunk_size: int = eqx.field(static=True)
     scan_impl: ScanImpl = eqx.field(static=True)
+    use_mem_eff_path: bool = eqx.field(static=True)
 
     def __init__(
         self,
@@ -166,6 +194,7 @@ class Mamba2(eqx.Module):
         scan: Literal["linear", "chunked"] = "chunked",
         chunk_size: int = 32,
         scan_impl: ScanImpl = "auto",
+        use_mem_eff_path: bool = True,
         key: PRNGKeyArray,
     ):
         """**Arguments** (the original's names and defaults, except the scan's):
@@ -187,6 +216,11 @@ class Mamba2(eqx.Module):
           chunked form with 32-step chunks was 3–7× faster than the linear scan,
           forward and backward (`benchmarks/results/selective_scan_speed_cpu.md`).
         - `scan_impl`: the `linear_scan` implementation.
+        - `use_mem_eff_path`: as the original's fused training path
+          (`mamba_split_conv1d_scan_combined`), keep only the input projection's output
+          for the backward pass and recompute the convolution, the scan and the norm
+          there (`jax.checkpoint`): a fraction of the memory for a second forward of
+          that part. The values are the same either way.
         - `key`: a `jax.random` key.
         """
         for name, value in (
@@ -213,6 +247,7 @@ class Mamba2(eqx.Module):
         self.headdim, self.ngroups = headdim, ngroups
         self.dt_limit = (float(dt_limit[0]), float(dt_limit[1]))
         self.scan, self.chunk_size, self.scan_impl = scan, chunk_size, scan_impl
+        self.use_mem_eff_path = use_mem_eff_path
         conv_dim = d_inner + 2 * ngroups * d_state
         k_in, k_conv, k_dt, k_a, k_out = jax.random.split(key, 5)
         self.in_proj = torch_linear(d_model, d_inner + conv_dim + heads, use_bias=bias, key=k_in)
@@ -243,16 +278,18 @@ class Mamba2(eqx.Module):
         conv_dim = self.d_inner + 2 * self.ngroups * self.d_state
         return jnp.split(zxbcdt, [self.d_inner, self.d_inner + conv_dim], axis=-1)
 
+    def _per_head(self, v):
+        """`(…, groups, N)` → `(…, heads, N)`: each head its group's."""
+        return jnp.repeat(v, self.heads // self.ngroups, axis=-2)
+
     def _ssm_inputs(self, xbc, dt):
-        """Per step: x `(…, heads, head_dim)`, B and C `(…, heads, N)` (each head its
-        group's), Δ `(…, heads)`, float32."""
+        """Per step: x `(…, heads, head_dim)`, B and C `(…, groups, N)`, Δ `(…, heads)`,
+        float32."""
         g, n = self.ngroups, self.d_state
         x, B, C = jnp.split(xbc.astype(jnp.float32), [self.d_inner, self.d_inner + g * n], axis=-1)
         lead = x.shape[:-1]
         x = x.reshape(*lead, self.heads, self.headdim)
-        per_group = self.heads // g
-        B = jnp.repeat(B.reshape(*lead, g, n), per_group, axis=-2)
-        C = jnp.repeat(C.reshape(*lead, g, n), per_group, axis=-2)
+        B, C = B.reshape(*lead, g, n), C.reshape(*lead, g, n)
         dt = dt.astype(jnp.float32)
         dt = jax.nn.softplus(dt + jnp.broadcast_to(self.dt_bias, dt.shape))
         dt = jnp.clip(dt, *self.dt_limit)
@@ -270,7 +307,16 @@ class Mamba2(eqx.Module):
         del key
         check_sequence("Mamba2", u, self.d_model)
         state = self.init_state() if state is None else state
-        z, xbc, dt = self._split(self.in_proj(u))
+        inner = lambda zxbcdt, state: self._inner(zxbcdt, state)
+        if self.use_mem_eff_path:
+            inner = jax.checkpoint(inner)
+        y, history, last = inner(self.in_proj(u), state)
+        return self.out_proj(y.astype(u.dtype)), SelectiveSSMState(conv=history, ssm=last)
+
+    def _inner(self, zxbcdt, state):
+        """From the input projection's output to the gated norm's: `(y, conv history,
+        last ssm state)` (what `use_mem_eff_path` recomputes in the backward pass)."""
+        z, xbc, dt = self._split(zxbcdt)
         history = conv_history(state.conv, xbc.astype(jnp.float32))
         xbc = jax.nn.silu(
             causal_depthwise_conv1d(xbc, self.conv_weight, self.conv_bias, state.conv)
@@ -280,13 +326,14 @@ class Mamba2(eqx.Module):
         if self.scan == "chunked":
             y, last = mamba2_chunked_scan(x, dt, A, B, C, state.ssm, chunk=self.chunk_size)
         else:
+            B, C = self._per_head(B), self._per_head(C)
             a = jnp.exp(dt * A[None])[:, :, None, None]  # (time, heads, 1, 1)
             b = (dt[:, :, None] * x)[..., None] * B[:, :, None, :]  # (time, heads, P, N)
             s = linear_scan(a, b, state.ssm, impl=self.scan_impl)
             y, last = jnp.einsum("thpn,thn->thp", s, C), s[-1]
         y = y + self.D[None, :, None] * x
-        y = self.norm(y.reshape(u.shape[0], self.d_inner), z).astype(u.dtype)
-        return self.out_proj(y), SelectiveSSMState(conv=history, ssm=last)
+        y = self.norm(y.reshape(zxbcdt.shape[0], self.d_inner), z).astype(zxbcdt.dtype)
+        return y, history, last
 
     def step(
         self, state: SelectiveSSMState, u: Float[Array, " d_model"]
@@ -299,6 +346,7 @@ class Mamba2(eqx.Module):
         history = conv_history(state.conv, xbc[None].astype(jnp.float32))
         conv = causal_depthwise_conv1d(xbc[None], self.conv_weight, self.conv_bias, state.conv)[0]
         x, B, C, dt = self._ssm_inputs(jax.nn.silu(conv), dt)
+        B, C = self._per_head(B), self._per_head(C)
         A = -jnp.exp(self.A_log)
         s = (
             jnp.exp(dt * A)[:, None, None] * state.ssm
