@@ -625,3 +625,23 @@ def test_selective_scan_speed_compares_the_scan_forms(tmp_path, capsys):
     assert {r["form"] for r in records} == forms | {"mamba linear/sequential"}
     assert len(records) == 2 * 4 * 2 and all(r["seconds"] for r in records)
     assert "wrote" in capsys.readouterr().out
+
+
+def test_slotssm_speed_compares_slotssm_with_the_slot_transformer(tmp_path, capsys):
+    bench = load("slotssm_speed")
+    args = ["--lengths", "8", "64", "128", "--batch", "1", "--tokens", "4", "--slots", "2"]
+    args += ["--dim", "16", "--blocks", "1", "--d-state", "4", "--headdim", "8"]
+    args += ["--time-heads", "2", "--repeats", "1", "--out-dir", str(tmp_path), "--name", "s"]
+    records = bench.main(args)
+    text = (tmp_path / "s.md").read_text()
+    assert "jax " in text and "command:" in text and "device:" in text
+    assert "| 128 | SlotSSM |" in text and "| 128 | SlotTransformer |" in text
+    assert "training at T = 128: SlotSSM" in text and "memory at T = 128" in text
+    # The streaming target counts from the shortest length ≥ 64.
+    assert "SlotSSM streaming per frame from T = 64 to 128" in text
+    assert {(r["length"], r["model"]) for r in records} == {
+        (n, m) for n in (8, 64, 128) for m in ("SlotSSM", "SlotTransformer")
+    }
+    assert all(r["train_seconds"] and r["stream_seconds_per_frame"] for r in records)
+    assert all(r["train_temp_bytes"] > 0 for r in records)
+    assert "wrote" in capsys.readouterr().out
