@@ -41,9 +41,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import Timing, begin_run, fmt_mib, fmt_ms, markdown_table, measure, publish
 
 from eqvid._cli import add_config_arguments, config_from_args
-from eqvid.nn import SlotSSM
+from eqvid.nn import SlotSSM, TimeMixer
 
-MODELS = {"SlotSSM": "mamba2", "SlotTransformer": "attention"}
+MODELS: dict[str, TimeMixer] = {"SlotSSM": "mamba2", "SlotTransformer": "attention"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +78,7 @@ class SlotSpeedConfig:
     """Write into benchmarks/results/ itself: replace the committed reference result."""
 
 
-def _stack(config: SlotSpeedConfig, time_mixer: str, max_frames: int) -> SlotSSM:
+def _stack(config: SlotSpeedConfig, time_mixer: TimeMixer, max_frames: int) -> SlotSSM:
     return SlotSSM(
         num_slots=config.slots, dim=config.dim, num_blocks=config.blocks,
         time_mixer=time_mixer, d_state=config.d_state, headdim=config.headdim,
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     ref = _reference_length(config.lengths)
     per_frame = {
-        k: Timing(seconds=v.seconds / k[1], temp=v.temp) if v.ok else v for k, v in stream.items()
+        k: Timing(seconds=v.time / k[1], temp=v.temp) if v.ok else v for k, v in stream.items()
     }
     rows = []
     for n in config.lengths:

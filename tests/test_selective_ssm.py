@@ -176,9 +176,13 @@ def test_parallel_sequential_and_stepwise_agree_and_carry_the_state(make):
 @pytest.mark.parametrize("ngroups", [1, 2])
 def test_mamba2_chunked_form_and_its_gradients_match_the_scan(ngroups):
     key = jax.random.key(8)
-    settings = dict(d_state=4, headdim=4, ngroups=ngroups, key=key)
-    linear = Mamba2(8, scan="linear", scan_impl="xla", use_mem_eff_path=False, **settings)
-    chunked = Mamba2(8, scan="chunked", chunk_size=4, **settings)  # recomputed in backward
+    linear = Mamba2(
+        8, d_state=4, headdim=4, ngroups=ngroups, scan="linear", scan_impl="xla",
+        use_mem_eff_path=False, key=key,
+    )  # fmt: skip
+    chunked = Mamba2(  # recomputed in the backward pass (use_mem_eff_path)
+        8, d_state=4, headdim=4, ngroups=ngroups, scan="chunked", chunk_size=4, key=key
+    )
     u = jax.random.normal(jax.random.key(9), (10, 8))  # not a multiple of the chunk
     state = SelectiveSSMState(
         conv=jax.random.normal(jax.random.key(10), linear.init_state().conv.shape),

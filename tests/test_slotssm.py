@@ -166,7 +166,7 @@ def test_a_model_with_slot_counts_per_block_saves_and_loads(tmp_path):
     from eqvid.models import load_model, save_model
 
     config = dataclasses.replace(TINY, num_slots=(2, 3), time_mixer="attention", max_frames=4)
-    model = make_model(config, key=jax.random.key(7))[0]
+    model = SlotSSMVideoModel(config, key=jax.random.key(7))
     save_model(model, tmp_path / "model")
     loaded = load_model(tmp_path / "model")
     assert isinstance(loaded, SlotSSMVideoModel) and loaded.config == config
