@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 from helpers import TINY_RUN_ARGS, run_python
 
@@ -645,3 +646,37 @@ def test_slotssm_speed_compares_slotssm_with_the_slot_transformer(tmp_path, caps
     assert all(r["train_seconds"] and r["stream_seconds_per_frame"] for r in records)
     assert all(r["train_temp_bytes"] > 0 for r in records)
     assert "wrote" in capsys.readouterr().out
+
+
+def test_slotssm_bouncing_balls_records_prediction_and_slots(tmp_path):
+    """slotssm_bouncing_balls.py trains SlotSSM through the one entry in its own process
+    (options after `--` override the recipe) and records the rollout report, the slot
+    pictures and FG-ARI; the true segmentation it scores against is the drawn balls."""
+    bench = load("slotssm_bouncing_balls")
+    tiny = ["--steps", "2", "--sample-every", "2", "--eval-sequences", "2", "--seq-len", "4"]
+    tiny += ["--eval-context", "2", "--eval-horizon", "2", "--train-sequences", "8"]
+    tiny += ["--encoder-dim", "16", "--slot-dim", "16", "--num-blocks", "1", "--no-tensorboard"]
+    assert bench.main(["--out-dir", str(tmp_path), "--tasks", "predict", "--", *tiny]) == 0
+    cpu = bench.jax.default_backend() != "gpu"
+    name = "slotssm_bouncing_balls" + ("_cpu" if cpu else "")
+    ends = ("_strip.png", "_slots.png", "_curve.png", "_eval.json", "_metrics.csv")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["logs", f"{name}.md", *(f"{name}_predict{end}" for end in ends)]
+    )
+    text = (tmp_path / f"{name}.md").read_text()
+    assert "python -m eqvid.train --model slotssm" in text and shlex.join(tiny) in text
+    assert re.search(r"FG-ARI of the slots on 64 held-out videos: \*\*-?\d\.\d{3}\*\*", text)
+    assert re.search(r"Target .*: \*\*(met|not met)\*\*", text)
+    assert "| predict | " in text and "copy last frame" in text
+
+    from eqvid.data import BouncingBallsConfig
+    from eqvid.data._bouncing_balls import _PALETTE
+
+    _, test = BouncingBallsConfig(frame_size=32, num_balls=3, seq_len=5).splits(test_sequences=2)
+    seg, video = bench.ball_segmentation(test, 1), test[1]["video"]
+    assert seg.shape == video.shape[:3] and set(np.unique(seg)) == {0, 1, 2, 3}
+    assert (video[seg == 0] == 0).all(axis=-1).mean() > 0.9  # black but for the balls' rims
+    for k in (1, 2, 3):  # most of each ball's pixels in its own colour (its rim blends)
+        colours, counts = np.unique(video[seg == k], axis=0, return_counts=True)
+        assert counts.max() > 0.5 * counts.sum(), (k, colours, counts)
+        np.testing.assert_array_equal(colours[counts.argmax()], _PALETTE[k - 1])

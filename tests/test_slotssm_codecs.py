@@ -117,22 +117,40 @@ def test_clevrer_sizes_and_the_decoders_frozen_positions():
     assert np.flatnonzero(np.asarray(g.pred.bias)).tolist() == [1]
 
 
-def test_transposed_convolution_is_pytorchs():
+@pytest.mark.parametrize(
+    "k, s, p, op",
+    [(5, 2, 2, 1), (4, 2, 1, 0), (3, 2, 0, 1), (5, 3, 1, 2), (2, 2, 0, 1), (3, 1, 1, 0)],
+)
+def test_transposed_convolution_is_pytorchs(k, s, p, op):
+    """Restated from PyTorch's definition (every input pixel scatters its kernel at
+    stride `s`, `p` cropped from each side, `op` added at the end), float64; the
+    strided ones run in the polyphase form, their gradients too."""
     conv = TorchConvTranspose2d(
-        2, 3, 5, stride=2, padding=2, output_padding=1, key=jax.random.key(6)
+        2, 3, k, stride=s, padding=p, output_padding=op, key=jax.random.key(6)
     )
-    x = np.asarray(jax.random.normal(jax.random.key(7), (3, 3, 2)), np.float64)
+    n, n2 = 3, 2  # height, width
+    x = np.asarray(jax.random.normal(jax.random.key(7), (n, n2, 2)), np.float64)
     w = np.asarray(conv.weight)  # (k, k, in, out)
-    n, k, s, p = 3, 5, 2, 2
-    size = (n - 1) * s - 2 * p + k + 1
-    full = np.zeros((size + 2 * p + k, size + 2 * p + k, 3))
+    size, size2 = ((a - 1) * s - 2 * p + k + op for a in (n, n2))
+    full = np.zeros((size + 2 * p + k, size2 + 2 * p + k, 3))
     for i in range(n):
-        for j in range(n):
+        for j in range(n2):
             full[i * s : i * s + k, j * s : j * s + k] += np.einsum("c,abco->abo", x[i, j], w)
-    want = full[p : p + size, p : p + size] + np.asarray(conv.bias)
+    want = full[p : p + size, p : p + size2] + np.asarray(conv.bias)
     got = conv(jnp.asarray(x, jnp.float32))
-    assert got.shape == (6, 6, 3)
+    assert got.shape == (size, size2, 3)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    # The gradient of a weighted sum of the output is the input's correlation with it.
+    g = np.asarray(jax.random.normal(jax.random.key(8), (size, size2, 3)), np.float64)
+    grad = jax.grad(lambda m: jnp.sum(m(jnp.asarray(x, jnp.float32)) * g))(conv)
+    gfull = np.zeros_like(full)
+    gfull[p : p + size, p : p + size2] = g
+    want_w = sum(
+        np.einsum("c,abo->abco", x[i, j], gfull[i * s : i * s + k, j * s : j * s + k])
+        for i in range(n)
+        for j in range(n2)
+    )
+    np.testing.assert_allclose(grad.weight, want_w, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("resolution", [32, 64])

@@ -6,6 +6,8 @@
 - Networks (Equinox, weights converted once from the public PyTorch files with
   `python -m eqvid.metrics.convert_weights`): `LPIPS` (AlexNet), `I3D`
   (Kinetics-400 logits for FVD), `preprocess_for_i3d`, `i3d_features`.
+- Segmentations: `adjusted_rand_index` and `foreground_ari` (FG-ARI, whether an
+  object-centric model's slots separate the objects).
 - Feature distances (float64 on the host): `gaussian_statistics`,
   `frechet_distance`, `fvd_from_features`, `kvd`; the same in pure JAX for use
   inside `jit` (a training loop): `fvd_jax`, `kvd_jax`.
@@ -14,6 +16,8 @@
   `load_samples_npz` (`real` / `fake` uint8 videos).
 """
 
+from ._ari import adjusted_rand_index as adjusted_rand_index
+from ._ari import foreground_ari as foreground_ari
 from ._frechet import frechet_distance as frechet_distance
 from ._frechet import fvd_from_features as fvd_from_features
 from ._frechet import gaussian_statistics as gaussian_statistics

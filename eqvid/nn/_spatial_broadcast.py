@@ -50,17 +50,61 @@ class TorchConvTranspose2d(eqx.Module):
     def __call__(
         self, x: Float[Array, "height width in_channels"]
     ) -> Float[Array, "h2 w2 out_channels"]:
-        k = self.weight.shape[0]
-        lo, hi = k - 1 - self.padding, k - 1 - self.padding + self.output_padding
-        y = jax.lax.conv_general_dilated(
-            x[None],
-            jnp.flip(self.weight, (0, 1)).astype(x.dtype),
-            window_strides=(1, 1),
-            padding=((lo, hi), (lo, hi)),
-            lhs_dilation=(self.stride, self.stride),
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        )[0]
+        """The transposed convolution of one image. A stride above 1 runs in the
+        polyphase form (`stride²` small convolutions of the input, then interleaved:
+        one matrix product of the input's patches and a depth-to-space), which
+        computes the same sums as the zero-dilated form without the `1 - 1/stride²`
+        of its products that multiply inserted zeros."""
+        y = (
+            _transposed_polyphase(x, self.weight, self.stride)
+            if self.stride > 1
+            else _transposed_dilated(x, self.weight, 1)
+        )
+        k, s, p = self.weight.shape[0], self.stride, self.padding
+        h, w = ((n - 1) * s - 2 * p + k + self.output_padding for n in x.shape[:2])
+        # Output padding past the whole result: zeros.
+        short = (max(0, p + h - y.shape[0]), max(0, p + w - y.shape[1]))
+        y = jnp.pad(y, ((0, short[0]), (0, short[1]), (0, 0)))[p : p + h, p : p + w]
         return y + self.bias.astype(y.dtype)[None, None]
+
+
+def _transposed_dilated(x, weight, stride: int):
+    """The whole transposed convolution (no padding cropped, no bias), size
+    `(n - 1)·stride + k`: a convolution of the zero-dilated input with the flipped
+    kernel."""
+    k = weight.shape[0]
+    return jax.lax.conv_general_dilated(
+        x[None],
+        jnp.flip(weight, (0, 1)).astype(x.dtype),
+        window_strides=(1, 1),
+        padding=((k - 1, k - 1), (k - 1, k - 1)),
+        lhs_dilation=(stride, stride),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )[0]
+
+
+def _transposed_polyphase(x, weight, stride: int):
+    """`_transposed_dilated`'s result (at least its size, zeros past it) computed by
+    phases: output `s·q + r` (per axis) is `Σ_m x[q - m] · w[s·m + r]`, a plain
+    convolution of the input with the phase's taps `w[r], w[s + r], …`. All `s²`
+    phases as one matrix product of the input's patches (their taps stacked on the
+    output channels), then interleaved: on XLA's CPU backend 2× (forward) to 9×
+    (weight gradient) faster than the zero-dilated convolution at stride 2."""
+    k, _, c_in, c_out = weight.shape
+    s = stride
+    m = -(-k // s)  # taps per phase
+    padded = jnp.pad(weight, ((0, s * m - k), (0, s * m - k), (0, 0), (0, 0)))
+    # (m, r) per axis: tap s·m + r; flipped over m for the correlation below.
+    phases = padded.reshape(m, s, m, s, c_in, c_out)[::-1, :, ::-1]
+    kernel = phases.transpose(0, 2, 4, 1, 3, 5).reshape(m * m * c_in, s * s * c_out)
+    qh, qw = x.shape[0] + m - 1, x.shape[1] + m - 1
+    xp = jnp.pad(x, ((m - 1, m - 1), (m - 1, m - 1), (0, 0)))
+    patches = jnp.concatenate(
+        [xp[i : i + qh, j : j + qw] for i in range(m) for j in range(m)], axis=-1
+    )
+    y = patches @ kernel.astype(x.dtype)  # (q, q', (r, r', out))
+    y = y.reshape(qh, qw, s, s, c_out).transpose(0, 2, 1, 3, 4)
+    return y.reshape(qh * s, qw * s, c_out)
 
 
 class SpatialBroadcastDecoder(eqx.Module):
