@@ -19,7 +19,7 @@ slot, 0 = chance). Writes, into a new folder under `benchmarks/results/runs/` (w
   segmentation, each slot's part), `…_<task>_curve.png`, `…_<task>_eval.json`,
   `…_<task>_metrics.csv` and `logs/`.
 
-    python benchmarks/slotssm_bouncing_balls.py                       # about 25 minutes on 2 cores
+    python benchmarks/slotssm_bouncing_balls.py                       # about 30 minutes on 2 cores
     python benchmarks/slotssm_bouncing_balls.py --tasks predict -- --steps 500
 """
 
@@ -43,9 +43,9 @@ from demo_mmnist import LoadSampler, plot_curve, run_example
 TASKS = ("predict", "reconstruct")
 RECIPE = (
     *("--model", "slotssm", "--preset", "small", "--dataset", "bouncing_balls"),
-    *("--frame-size", "32", "--num-balls", "3", "--seq-len", "12"),
-    *("--steps", "2000", "--batch-size", "8", "--lr", "1e-3", "--warmup-steps", "100"),
-    *("--sample-every", "500", "--checkpoint-every", "1000"),
+    *("--frame-size", "32", "--num-balls", "3", "--seq-len", "12", "--broadcast-hidden", "16"),
+    *("--steps", "1500", "--batch-size", "8", "--lr", "1e-3", "--warmup-steps", "100"),
+    *("--log-every", "20", "--sample-every", "500", "--checkpoint-every", "500"),
 )
 """The training command's options (then `--task`, then any given after `--`)."""
 ARI_VIDEOS = 64
