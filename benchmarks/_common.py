@@ -130,6 +130,56 @@ def begin_run(
         parser.error(str(error))
 
 
+def split_run_options(argv: list[str] | None) -> tuple[list[str], list[str]]:
+    """`(this script's options, the options after `--`)`: the scripts that record a
+    training run pass everything after `--` on to it."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--" not in argv:
+        return argv, []
+    i = argv.index("--")
+    return argv[:i], argv[i + 1 :]
+
+
+def record_parser(
+    doc: str | None, *, timeout_help: str, usage: str | None = None
+) -> argparse.ArgumentParser:
+    """The parser of a script that records a training run (description and epilog from
+    its docstring) with the options every such script has: `--out-dir`,
+    `--update-reference` and `--timeout`."""
+    parser = argparse.ArgumentParser(
+        description=(doc or "").partition("\n\n")[0],
+        epilog=(doc or "").partition("\n\n")[2],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        usage=usage,
+    )
+    parser.add_argument("--out-dir", default="", help="write the results here")
+    parser.add_argument(
+        "--update-reference",
+        action="store_true",
+        help="write into benchmarks/results/, replacing the committed record",
+    )
+    parser.add_argument("--timeout", type=float, default=3600, help=timeout_help)
+    return parser
+
+
+def begin_recorded_run(
+    parser: argparse.ArgumentParser,
+    script: str,
+    own: list[str],
+    extra: list[str],
+    args: argparse.Namespace,
+) -> pathlib.Path:
+    """`begin_run` for a `record_parser` script: its command line is its own options
+    then `-- extra`."""
+    return begin_run(
+        parser,
+        script,
+        [*own, *(["--", *extra] if extra else [])],
+        out_dir=args.out_dir,
+        update_reference=args.update_reference,
+    )
+
+
 def current_run() -> Run:
     """The run begun last (`begin_run`), else this process since it imported this module."""
     return _current or _IMPORTED

@@ -22,7 +22,6 @@ replacing the committed record):
     python benchmarks/demo_mmnist.py --update-reference   # refresh the committed record
 """
 
-import argparse
 import os
 import pathlib
 import shlex
@@ -37,7 +36,14 @@ import time
 import jax
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import REPO, begin_run, environment, load_average
+from _common import (
+    REPO,
+    begin_recorded_run,
+    environment,
+    load_average,
+    record_parser,
+    split_run_options,
+)
 
 EXAMPLE = REPO / "examples" / "train_mmnist.py"
 
@@ -195,37 +201,17 @@ def save_closeup(run_dir: pathlib.Path, path: pathlib.Path, scale: int = 4) -> N
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    example_args: list[str] = []
-    if "--" in argv:
-        i = argv.index("--")
-        argv, example_args = argv[:i], argv[i + 1 :]
-    parser = argparse.ArgumentParser(
-        description=(__doc__ or "").partition("\n\n")[0],
-        epilog=(__doc__ or "").partition("\n\n")[2],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    argv, example_args = split_run_options(argv)
+    parser = record_parser(
+        __doc__,
+        timeout_help="stop the example after this many seconds",
         usage="%(prog)s [-h] [--out-dir DIR | --update-reference] [--timeout S] [-- EXAMPLE OPTIONS]",
-    )
-    parser.add_argument("--out-dir", default="", help="write the results here")
-    parser.add_argument(
-        "--update-reference",
-        action="store_true",
-        help="write into benchmarks/results/, replacing the committed record",
-    )
-    parser.add_argument(
-        "--timeout", type=float, default=3600, help="stop the example after this many seconds"
     )
     parser.add_argument(
         "--keep-run", default="", help="also keep the example's whole run folder here"
     )
     args = parser.parse_args(argv)
-    folder = begin_run(
-        parser,
-        str(pathlib.Path(__file__)),
-        [*argv, *(["--", *example_args] if example_args else [])],
-        out_dir=args.out_dir,
-        update_reference=args.update_reference,
-    )
+    folder = begin_recorded_run(parser, str(pathlib.Path(__file__)), argv, example_args, args)
     name = (
         "demo_mmnist" if jax.default_backend() == "gpu" else f"demo_mmnist_{jax.default_backend()}"
     )

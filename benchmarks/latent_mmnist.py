@@ -21,7 +21,6 @@ into `benchmarks/results/`):
     python benchmarks/latent_mmnist.py --models teco -- --lr 5e-4         # options after -- go to each run
 """
 
-import argparse
 import json
 import os
 import pathlib
@@ -33,7 +32,7 @@ import tempfile
 import jax
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import begin_run, environment
+from _common import begin_recorded_run, environment, record_parser, split_run_options
 from demo_mmnist import LoadSampler, run_example
 from tokenizer_mmnist import RECIPE as TOKENIZER_RECIPE
 
@@ -63,22 +62,8 @@ def summary(report: dict) -> tuple[float, float, list[int]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    extra: list[str] = []
-    if "--" in argv:
-        i = argv.index("--")
-        argv, extra = argv[:i], argv[i + 1 :]
-    parser = argparse.ArgumentParser(
-        description=(__doc__ or "").partition("\n\n")[0],
-        epilog=(__doc__ or "").partition("\n\n")[2],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--out-dir", default="", help="write the results here")
-    parser.add_argument(
-        "--update-reference",
-        action="store_true",
-        help="write into benchmarks/results/, replacing the committed record",
-    )
+    argv, extra = split_run_options(argv)
+    parser = record_parser(__doc__, timeout_help="stop each run after this many seconds")
     parser.add_argument(
         "--tokenizer", default="", help="a trained tokenizer (folder or run); default: train one"
     )
@@ -89,17 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--train-sequences", type=int, default=2000, help="Moving MNIST videos encoded for training"
     )
-    parser.add_argument(
-        "--timeout", type=float, default=3600, help="stop each run after this many seconds"
-    )
     args = parser.parse_args(argv)
-    folder = begin_run(
-        parser,
-        str(pathlib.Path(__file__)),
-        [*argv, *(["--", *extra] if extra else [])],
-        out_dir=args.out_dir,
-        update_reference=args.update_reference,
-    )
+    folder = begin_recorded_run(parser, str(pathlib.Path(__file__)), argv, extra, args)
     backend = jax.default_backend()
     name = "latent_mmnist" if backend == "gpu" else f"latent_mmnist_{backend}"
     folder.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,6 @@ slot, 0 = chance). Writes, into a new folder under `benchmarks/results/runs/` (w
     python benchmarks/slotssm_bouncing_balls.py --tasks predict -- --steps 500
 """
 
-import argparse
 import json
 import os
 import pathlib
@@ -37,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import begin_run, environment
+from _common import begin_recorded_run, environment, record_parser, split_run_options
 from demo_mmnist import LoadSampler, plot_curve, run_example
 
 TASKS = ("predict", "reconstruct")
@@ -92,35 +91,15 @@ def slot_ari(run_dir: pathlib.Path, task: str, num_videos: int = ARI_VIDEOS) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    extra: list[str] = []
-    if "--" in argv:
-        i = argv.index("--")
-        argv, extra = argv[:i], argv[i + 1 :]
-    parser = argparse.ArgumentParser(
-        description=(__doc__ or "").partition("\n\n")[0],
-        epilog=(__doc__ or "").partition("\n\n")[2],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        usage="%(prog)s [-h] [--tasks T ...] [--out-dir DIR | --update-reference] [-- TRAIN OPTIONS]",
+    argv, extra = split_run_options(argv)
+    parser = record_parser(
+        __doc__,
+        timeout_help="stop a run after this many seconds",
+        usage="%(prog)s [-h] [--tasks T ...] [--out-dir DIR | --update-reference] [--timeout S] [-- TRAIN OPTIONS]",
     )
     parser.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
-    parser.add_argument("--out-dir", default="", help="write the results here")
-    parser.add_argument(
-        "--update-reference",
-        action="store_true",
-        help="write into benchmarks/results/, replacing the committed record",
-    )
-    parser.add_argument(
-        "--timeout", type=float, default=3600, help="stop a run after this many seconds"
-    )
     args = parser.parse_args(argv)
-    folder = begin_run(
-        parser,
-        str(pathlib.Path(__file__)),
-        [*argv, *(["--", *extra] if extra else [])],
-        out_dir=args.out_dir,
-        update_reference=args.update_reference,
-    )
+    folder = begin_recorded_run(parser, str(pathlib.Path(__file__)), argv, extra, args)
     backend = jax.default_backend()
     name = "slotssm_bouncing_balls" + ("" if backend == "gpu" else f"_{backend}")
     folder.mkdir(parents=True, exist_ok=True)

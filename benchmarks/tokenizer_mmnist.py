@@ -22,7 +22,6 @@ machine load; then loads the trained run and times `encode_videos` and
     python benchmarks/tokenizer_mmnist.py --update-reference   # refresh the committed record
 """
 
-import argparse
 import os
 import pathlib
 import shlex
@@ -34,7 +33,7 @@ import time
 import jax
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import begin_run, environment
+from _common import begin_recorded_run, environment, record_parser, split_run_options
 from demo_mmnist import LoadSampler, plot_curve, run_example
 
 RECIPE = shlex.split(
@@ -80,25 +79,11 @@ def throughput(run_dir: pathlib.Path, frames: int = 256, repeats: int = 3) -> di
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    extra: list[str] = []
-    if "--" in argv:
-        i = argv.index("--")
-        argv, extra = argv[:i], argv[i + 1 :]
-    parser = argparse.ArgumentParser(
-        description=(__doc__ or "").partition("\n\n")[0],
-        epilog=(__doc__ or "").partition("\n\n")[2],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    argv, extra = split_run_options(argv)
+    parser = record_parser(
+        __doc__,
+        timeout_help="stop the run after this many seconds",
         usage="%(prog)s [-h] [--out-dir DIR | --update-reference] [--timeout S] [--throughput-frames N] [-- RUN OPTIONS]",
-    )
-    parser.add_argument("--out-dir", default="", help="write the results here")
-    parser.add_argument(
-        "--update-reference",
-        action="store_true",
-        help="write into benchmarks/results/, replacing the committed record",
-    )
-    parser.add_argument(
-        "--timeout", type=float, default=3600, help="stop the run after this many seconds"
     )
     parser.add_argument(
         "--throughput-frames",
@@ -107,13 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         help="frames per encode/decode call when measuring throughput (default: 256)",
     )
     args = parser.parse_args(argv)
-    folder = begin_run(
-        parser,
-        str(pathlib.Path(__file__)),
-        [*argv, *(["--", *extra] if extra else [])],
-        out_dir=args.out_dir,
-        update_reference=args.update_reference,
-    )
+    folder = begin_recorded_run(parser, str(pathlib.Path(__file__)), argv, extra, args)
     backend = jax.default_backend()
     name = "tokenizer_mmnist" if backend == "gpu" else f"tokenizer_mmnist_{backend}"
     folder.mkdir(parents=True, exist_ok=True)

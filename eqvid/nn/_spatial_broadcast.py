@@ -58,7 +58,7 @@ class TorchConvTranspose2d(eqx.Module):
         y = (
             _transposed_polyphase(x, self.weight, self.stride)
             if self.stride > 1
-            else _transposed_dilated(x, self.weight, 1)
+            else _transposed_stride_one(x, self.weight)
         )
         k, s, p = self.weight.shape[0], self.stride, self.padding
         h, w = ((n - 1) * s - 2 * p + k + self.output_padding for n in x.shape[:2])
@@ -68,24 +68,22 @@ class TorchConvTranspose2d(eqx.Module):
         return y + self.bias.astype(y.dtype)[None, None]
 
 
-def _transposed_dilated(x, weight, stride: int):
-    """The whole transposed convolution (no padding cropped, no bias), size
-    `(n - 1)·stride + k`: a convolution of the zero-dilated input with the flipped
-    kernel."""
+def _transposed_stride_one(x, weight):
+    """The whole stride-1 transposed convolution (no padding cropped, no bias), size
+    `n + k - 1`: a convolution with the flipped kernel and `k - 1` zeros around."""
     k = weight.shape[0]
     return jax.lax.conv_general_dilated(
         x[None],
         jnp.flip(weight, (0, 1)).astype(x.dtype),
         window_strides=(1, 1),
         padding=((k - 1, k - 1), (k - 1, k - 1)),
-        lhs_dilation=(stride, stride),
         dimension_numbers=("NHWC", "HWIO", "NHWC"),
     )[0]
 
 
 def _transposed_polyphase(x, weight, stride: int):
-    """`_transposed_dilated`'s result (at least its size, zeros past it) computed by
-    phases: output `s·q + r` (per axis) is `Σ_m x[q - m] · w[s·m + r]`, a plain
+    """The whole transposed convolution at `stride` (no padding cropped, no bias;
+    size at least `(n - 1)·stride + k`, zeros past it) computed by phases: output `s·q + r` (per axis) is `Σ_m x[q - m] · w[s·m + r]`, a plain
     convolution of the input with the phase's taps `w[r], w[s + r], …`. All `s²`
     phases as one matrix product of the input's patches (their taps stacked on the
     output channels), then interleaved: on XLA's CPU backend 2× (forward) to 9×
