@@ -248,3 +248,61 @@ def test_bad_input_is_refused_by_name():
         Mamba2(8, headdim=4, ngroups=3, key=jax.random.key(0))
     with pytest.raises((ValueError, TypeError), match="scan"):  # the runtime type check
         Mamba2(8, headdim=4, scan="fft", key=jax.random.key(0))  # type: ignore[arg-type]
+
+
+def _make_pair(kind, segment):
+    """The same layer with and without the segmented memory-efficient path."""
+    key = jax.random.key(13)
+    if kind == "mamba":
+        make = lambda **kw: Mamba(8, d_state=4, scan_impl="xla", key=key, **kw)
+    else:
+        make = lambda **kw: Mamba2(8, d_state=4, headdim=4, chunk_size=2, key=key, **kw)
+    return make(use_mem_eff_path=False), make(checkpoint_segment=segment)
+
+
+@pytest.mark.parametrize("kind", ["mamba", "mamba2"])
+@pytest.mark.parametrize("segment", [3, 4, 16])  # a remainder, whole segments, one short one
+def test_segmented_memory_efficient_path_gives_the_same_values_and_gradients(kind, segment):
+    plain, segmented = _make_pair(kind, segment)
+    init = plain.init_state()
+    state = SelectiveSSMState(
+        conv=jax.random.normal(jax.random.key(14), init.conv.shape),
+        ssm=jax.random.normal(jax.random.key(15), init.ssm.shape),
+    )
+    u = jax.random.normal(jax.random.key(16), (11, 8))
+    (y_p, s_p), (y_s, s_s) = plain(u, state), segmented(u, state)
+    np.testing.assert_allclose(y_s, y_p, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(s_s.ssm, s_p.ssm, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(s_s.conv, s_p.conv, rtol=1e-6, atol=1e-6)
+
+    def loss(layer, u, state):
+        y, s = layer(u, state)
+        return jnp.sum(jnp.sin(y)) + jnp.sum(s.ssm**2) + jnp.sum(jnp.cos(s.conv))
+
+    g_p = eqx.filter_grad(loss)(plain, u, state)
+    g_s = eqx.filter_grad(loss)(segmented, u, state)
+    for a, b in zip(jax.tree.leaves(g_p), jax.tree.leaves(g_s)):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
+    gu_p = jax.grad(loss, argnums=(1, 2))(plain, u, state)
+    gu_s = jax.grad(loss, argnums=(1, 2))(segmented, u, state)
+    for a, b in zip(jax.tree.leaves(gu_p), jax.tree.leaves(gu_s)):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["mamba", "mamba2"])
+def test_segmented_path_bounds_the_backward_passs_memory(kind):
+    # The compiled gradient's temporary memory (XLA's own count, not a timing):
+    # recomputing 32-step segments one at a time must hold far less than keeping the
+    # whole 1,024-step sequence's intermediates.
+    plain, segmented = _make_pair(kind, 32)
+    u = jnp.zeros((1024, 8))
+
+    def temp_bytes(layer):
+        params, static = eqx.partition(layer, eqx.is_array)
+        loss = lambda params, u: jnp.sum(eqx.combine(params, static)(u)[0] ** 2)
+        analysis = jax.jit(jax.grad(loss)).lower(params, u).compile().memory_analysis()
+        assert analysis is not None
+        return analysis.temp_size_in_bytes
+
+    plain_bytes, segmented_bytes = temp_bytes(plain), temp_bytes(segmented)
+    assert segmented_bytes < 0.5 * plain_bytes, (segmented_bytes, plain_bytes)

@@ -30,6 +30,7 @@ from ._selective_ssm import (
     SelectiveSSMState,
     causal_depthwise_conv1d,
     check_sequence,
+    checkpointed_segments,
     conv_history,
     init_dt_bias,
     torch_depthwise_conv_init,
@@ -82,6 +83,8 @@ class Mamba(eqx.Module):
     d_conv: int = eqx.field(static=True)
     dt_rank: int = eqx.field(static=True)
     scan_impl: ScanImpl = eqx.field(static=True)
+    use_mem_eff_path: bool = eqx.field(static=True)
+    checkpoint_segment: int = eqx.field(static=True)
 
     def __init__(
         self,
@@ -98,6 +101,8 @@ class Mamba(eqx.Module):
         conv_bias: bool = True,
         bias: bool = False,
         scan_impl: ScanImpl = "auto",
+        use_mem_eff_path: bool = True,
+        checkpoint_segment: int = 256,
         key: PRNGKeyArray,
     ):
         """**Arguments** (the original's names and defaults):
@@ -111,9 +116,18 @@ class Mamba(eqx.Module):
         - `conv_bias`, `bias`: biases of the convolution (yes) and of the in/out
           projections (no).
         - `scan_impl`: the `eqvid.kernels.linear_scan` implementation.
+        - `use_mem_eff_path`: as the original's fused path (`use_fast_path`,
+          `mamba_inner_fn`), keep only the input projection's output for the backward
+          pass and recompute the convolution and the scan there, over segments of
+          `checkpoint_segment` steps one after another (the state carried), so the
+          backward pass holds one segment's `(time, d_inner, d_state)` scan, not the
+          whole sequence's. The values are the same either way.
         - `key`: a `jax.random` key.
         """
-        for name, value in (("d_model", d_model), ("d_state", d_state), ("d_conv", d_conv)):
+        for name, value in (
+            ("d_model", d_model), ("d_state", d_state), ("d_conv", d_conv),
+            ("checkpoint_segment", checkpoint_segment),
+        ):  # fmt: skip
             if value < 1:
                 raise ValueError(f"Mamba: `{name}` must be ≥ 1, got {value}.")
         if expand < 1:
@@ -124,6 +138,7 @@ class Mamba(eqx.Module):
         if self.dt_rank < 1:
             raise ValueError(f"Mamba: `dt_rank` must be ≥ 1 or 'auto', got {dt_rank!r}.")
         self.scan_impl = scan_impl
+        self.use_mem_eff_path, self.checkpoint_segment = use_mem_eff_path, checkpoint_segment
         k_in, k_conv, k_x, k_dtw, k_dtb, k_out = jax.random.split(key, 6)
         self.in_proj = torch_linear(d_model, 2 * d_inner, use_bias=bias, key=k_in)
         self.conv_weight, self.conv_bias = torch_depthwise_conv_init(
@@ -169,7 +184,18 @@ class Mamba(eqx.Module):
         del key
         check_sequence("Mamba", u, self.d_model)
         state = self.init_state() if state is None else state
-        x, z = jnp.split(self.in_proj(u), 2, axis=-1)
+        if self.use_mem_eff_path:
+            y, state = checkpointed_segments(
+                self._inner, self.in_proj(u), state, self.checkpoint_segment
+            )
+        else:
+            y, state = self._inner(self.in_proj(u), state)
+        return self.out_proj(y.astype(u.dtype)), state
+
+    def _inner(self, xz, state):
+        """From the input projection's output to the gated output, before `out_proj`:
+        `(y, state after)` (what `use_mem_eff_path` recomputes in the backward pass)."""
+        x, z = jnp.split(xz, 2, axis=-1)
         history = conv_history(state.conv, x.astype(jnp.float32))
         x = jax.nn.silu(causal_depthwise_conv1d(x, self.conv_weight, self.conv_bias, state.conv))
         dt, B, C = self._selective_inputs(x)
@@ -179,8 +205,8 @@ class Mamba(eqx.Module):
         b = (dt * xf)[:, :, None] * B[:, None, :]
         h = linear_scan(a, b, state.ssm, impl=self.scan_impl)
         y = jnp.einsum("tdn,tn->td", h, C) + self.D[None] * xf
-        y = (y * jax.nn.silu(z.astype(jnp.float32))).astype(u.dtype)
-        return self.out_proj(y), SelectiveSSMState(conv=history, ssm=h[-1])
+        y = (y * jax.nn.silu(z.astype(jnp.float32))).astype(xz.dtype)
+        return y, SelectiveSSMState(conv=history, ssm=h[-1])
 
     def step(
         self, state: SelectiveSSMState, u: Float[Array, " d_model"]

@@ -33,6 +33,7 @@ from ._selective_ssm import (
     SelectiveSSMState,
     causal_depthwise_conv1d,
     check_sequence,
+    checkpointed_segments,
     conv_history,
     init_dt_bias,
     torch_depthwise_conv_init,
@@ -174,6 +175,7 @@ class Mamba2(eqx.Module):
     chunk_size: int = eqx.field(static=True)
     scan_impl: ScanImpl = eqx.field(static=True)
     use_mem_eff_path: bool = eqx.field(static=True)
+    checkpoint_segment: int = eqx.field(static=True)
 
     def __init__(
         self,
@@ -195,6 +197,7 @@ class Mamba2(eqx.Module):
         chunk_size: int = 32,
         scan_impl: ScanImpl = "auto",
         use_mem_eff_path: bool = True,
+        checkpoint_segment: int = 256,
         key: PRNGKeyArray,
     ):
         """**Arguments** (the original's names and defaults, except the scan's):
@@ -221,12 +224,18 @@ class Mamba2(eqx.Module):
           for the backward pass and recompute the convolution, the scan and the norm
           there (`jax.checkpoint`): a fraction of the memory for a second forward of
           that part. The values are the same either way.
+        - `checkpoint_segment`: with `use_mem_eff_path`, that part runs over
+          segments of this many steps, one after another with the state carried, and
+          the backward pass recomputes one segment at a time: it holds one segment's
+          intermediates, not the whole sequence's, as the original's fused kernel
+          keeps its chunk's in on-chip memory (256; a multiple of `chunk_size`
+          wastes no padding).
         - `key`: a `jax.random` key.
         """
         for name, value in (
             ("d_model", d_model), ("d_state", d_state), ("d_conv", d_conv),
             ("expand", expand), ("headdim", headdim), ("ngroups", ngroups),
-            ("chunk_size", chunk_size),
+            ("chunk_size", chunk_size), ("checkpoint_segment", checkpoint_segment),
         ):  # fmt: skip
             if value < 1:
                 raise ValueError(f"Mamba2: `{name}` must be ≥ 1, got {value}.")
@@ -248,6 +257,7 @@ class Mamba2(eqx.Module):
         self.dt_limit = (float(dt_limit[0]), float(dt_limit[1]))
         self.scan, self.chunk_size, self.scan_impl = scan, chunk_size, scan_impl
         self.use_mem_eff_path = use_mem_eff_path
+        self.checkpoint_segment = checkpoint_segment
         conv_dim = d_inner + 2 * ngroups * d_state
         k_in, k_conv, k_dt, k_a, k_out = jax.random.split(key, 5)
         self.in_proj = torch_linear(d_model, d_inner + conv_dim + heads, use_bias=bias, key=k_in)
@@ -307,15 +317,17 @@ class Mamba2(eqx.Module):
         del key
         check_sequence("Mamba2", u, self.d_model)
         state = self.init_state() if state is None else state
-        inner = lambda zxbcdt, state: self._inner(zxbcdt, state)
         if self.use_mem_eff_path:
-            inner = jax.checkpoint(inner)
-        y, history, last = inner(self.in_proj(u), state)
-        return self.out_proj(y.astype(u.dtype)), SelectiveSSMState(conv=history, ssm=last)
+            y, state = checkpointed_segments(
+                self._inner, self.in_proj(u), state, self.checkpoint_segment
+            )
+        else:
+            y, state = self._inner(self.in_proj(u), state)
+        return self.out_proj(y.astype(u.dtype)), state
 
     def _inner(self, zxbcdt, state):
-        """From the input projection's output to the gated norm's: `(y, conv history,
-        last ssm state)` (what `use_mem_eff_path` recomputes in the backward pass)."""
+        """From the input projection's output to the gated norm's: `(y, state after)`
+        (what `use_mem_eff_path` recomputes in the backward pass)."""
         z, xbc, dt = self._split(zxbcdt)
         history = conv_history(state.conv, xbc.astype(jnp.float32))
         xbc = jax.nn.silu(
@@ -333,7 +345,7 @@ class Mamba2(eqx.Module):
             y, last = jnp.einsum("thpn,thn->thp", s, C), s[-1]
         y = y + self.D[None, :, None] * x
         y = self.norm(y.reshape(zxbcdt.shape[0], self.d_inner), z).astype(zxbcdt.dtype)
-        return y, history, last
+        return y, SelectiveSSMState(conv=history, ssm=last)
 
     def step(
         self, state: SelectiveSSMState, u: Float[Array, " d_model"]

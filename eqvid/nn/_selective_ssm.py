@@ -4,6 +4,7 @@ initialisation of the step size Δ (state-spaces/mamba `mamba_simple.py`,
 `mamba2.py`)."""
 
 import math
+from collections.abc import Callable
 
 import equinox as eqx
 import jax
@@ -83,6 +84,39 @@ def torch_depthwise_conv_init(
     kw, kb = jax.random.split(key)
     weight = _torch_uniform(kw, (channels, kernel), kernel)
     return weight, _torch_uniform(kb, (channels,), kernel) if bias else None
+
+
+def checkpointed_segments(
+    inner: Callable[[Array, SelectiveSSMState], tuple[Array, SelectiveSSMState]],
+    inputs: Float[Array, "time features"],
+    state: SelectiveSSMState,
+    segment: int,
+) -> tuple[Array, SelectiveSSMState]:
+    """`inner(inputs, state) → (outputs, last state)` run over consecutive segments of
+    `segment` steps, one after another (a `lax.scan`, the state carried; a shorter
+    last segment on its own), each segment under `jax.checkpoint`: the backward pass
+    keeps only the inputs and the state entering each segment, and recomputes one
+    segment's intermediates at a time, so its memory holds one segment's, not the
+    whole sequence's. `inner` must be causal with its whole history in the state (as
+    a selective SSM's convolution and recurrence are): the result is then the same as
+    `inner(inputs, state)`."""
+    fn = inner
+    inner = jax.checkpoint(lambda xs, s: fn(xs, s))  # `fn` may be a (bound) Module method
+    t = inputs.shape[0]
+    n = t // segment
+    outputs = []
+    if n:
+
+        def body(carry, xs):
+            y, carry = inner(xs, carry)
+            return carry, y
+
+        state, y = jax.lax.scan(body, state, inputs[: n * segment].reshape(n, segment, -1))
+        outputs.append(y.reshape(n * segment, *y.shape[2:]))
+    if t > n * segment:
+        y, state = inner(inputs[n * segment :], state)
+        outputs.append(y)
+    return (outputs[0] if len(outputs) == 1 else jnp.concatenate(outputs)), state
 
 
 def check_sequence(owner: str, u, d_model: int) -> None:
