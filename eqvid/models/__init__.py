@@ -75,3 +75,7 @@ from ._mebt import MeBTVideoModel as MeBTVideoModel  # isort: skip
 from ._slotssm import SLOTSSM_PRESETS as SLOTSSM_PRESETS  # isort: skip
 from ._slotssm import SlotSSMConfig as SlotSSMConfig  # isort: skip
 from ._slotssm import SlotSSMVideoModel as SlotSSMVideoModel  # isort: skip
+from ._mcvd import MCVD_PRESETS as MCVD_PRESETS  # isort: skip
+from ._mcvd import MCVDConfig as MCVDConfig  # isort: skip
+from ._mcvd import MCVDVideoModel as MCVDVideoModel  # isort: skip
+from ._mcvd import block_autoregressive as block_autoregressive  # isort: skip

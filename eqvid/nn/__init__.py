@@ -1,8 +1,10 @@
 """Layers: the generic building blocks every eqvid model family composes (dense,
 convolutions, up/down-sampling, norms, activations, embeddings, attention,
 transformer and ResNet blocks), the sequence layers (ConvS5, S5, ConvLSTM; the
-selective SSMs Mamba and Mamba2, and SlotSSM's blocks), and the VQ tokenizers' parts (vector quantiser, taming's 2D and TATS's 3D VQGAN encoders and
-decoders, PatchGAN discriminators). Equinox modules with typed array signatures,
+selective SSMs Mamba and Mamba2, and SlotSSM's blocks), the diffusion parts (MCVD's
+NCSN++ U-Net, noise schedules, DDPM/DDIM sampling), and the VQ tokenizers' parts
+(vector quantiser, taming's 2D and TATS's 3D VQGAN encoders and decoders, PatchGAN
+discriminators). Equinox modules with typed array signatures,
 channels last."""
 
 from ._activations import ActivationName as ActivationName
@@ -20,6 +22,11 @@ from ._convs5 import ConvS5 as ConvS5
 from ._convs5 import ResNetOutput as ResNetOutput
 from ._dense import Dense as Dense
 from ._dense import torch_linear as torch_linear
+from ._diffusion_sampling import Sampler as Sampler
+from ._diffusion_sampling import diffusion_sample as diffusion_sample
+from ._diffusion_schedule import DiffusionSchedule as DiffusionSchedule
+from ._diffusion_schedule import ScheduleKind as ScheduleKind
+from ._diffusion_schedule import beta_schedule as beta_schedule
 from ._embeddings import Embedding as Embedding
 from ._embeddings import FactorisedPositionEmbedding as FactorisedPositionEmbedding
 from ._embeddings import sinusoidal_positions as sinusoidal_positions
@@ -50,6 +57,13 @@ from ._mebt_sampling import context_temperature as context_temperature
 from ._mebt_sampling import mebt_revise as mebt_revise
 from ._mebt_sampling import mebt_sample as mebt_sample
 from ._mebt_sampling import sample_tokens as sample_tokens
+from ._ncsnpp import NCSNppAttention as NCSNppAttention
+from ._ncsnpp import NCSNppResBlock as NCSNppResBlock
+from ._ncsnpp import NCSNppUNet as NCSNppUNet
+from ._ncsnpp import SpatialAdaptiveNorm as SpatialAdaptiveNorm
+from ._ncsnpp import fir_downsample as fir_downsample
+from ._ncsnpp import fir_upsample as fir_upsample
+from ._ncsnpp import mcvd_groups as mcvd_groups
 from ._norm import GatedRMSNorm as GatedRMSNorm
 from ._norm import GroupNorm as GroupNorm
 from ._norm import LayerNorm as LayerNorm
