@@ -270,3 +270,26 @@ def test_make_dataset_worker_processes(digits):
         np.testing.assert_array_equal(next(resumed)["video"], want[3])
     finally:
         resumed.close()
+
+
+def test_stochastic_mode_turns_at_bounces_and_keeps_the_speed(digits):
+    size, step = 64, 0.15
+    kw = dict(seq_len=200, frame_size=size, num_digits=1, step_length=step)
+    plain, stochastic = _source(digits, **kw), _source(digits, stochastic=True, **kw)
+    # Same start (the same draws until the first bounce), then another path.
+    a = plain._trajectory(np.random.default_rng(3))
+    b = stochastic._trajectory(np.random.default_rng(3))
+    differ = np.flatnonzero(np.any(a != b, axis=1))
+    assert 0 < differ[0] < 200
+    np.testing.assert_array_equal(a[: differ[0]], b[: differ[0]])
+    # A mirror reflection keeps |v_x| and |v_y|; a new direction changes them: the
+    # per-frame moves after the first bounce are not those of the plain video.
+    video = stochastic[0]["video"]
+    np.testing.assert_array_equal(video, stochastic[0]["video"])  # deterministic per index
+    assert not np.array_equal(video, plain[0]["video"])
+    moves = np.linalg.norm(np.diff(_centroids(video), axis=0), axis=1)
+    step_px = step * (size - 28)
+    assert moves.max() <= step_px + np.sqrt(2) + 1e-6  # still inside, still the speed
+    assert abs(np.median(moves) - step_px) <= 1.0
+    with pytest.raises(ValueError, match="stochastic.*needs `bounce=True`"):
+        _source(digits, stochastic=True, bounce=False, **kw)

@@ -26,6 +26,9 @@ class MovingMNISTConfig(GeneratedVideosConfig):
     """Motion per frame as a fraction of the free canvas (0.15 ≈ 5.4 px at 64x64)."""
     bounce: bool = True
     """Digits bounce off the borders (otherwise they drift out of the frame)."""
+    stochastic: bool = False
+    """Stochastic Moving MNIST (SMMNIST, MCVD's data): a new random direction at each
+    bounce, so the future is not a function of the past."""
     train_sequences: int = 1_000_000
     """Size of the (generated on the fly) training set."""
     held_out_digit_fraction: float = 0.1
@@ -77,6 +80,7 @@ def moving_mnist_splits(
         num_digits=config.num_digits,
         step_length=config.step_length,
         bounce=config.bounce,
+        stochastic=config.stochastic,
     )
     held_out = MovingMNIST(
         digits=digits[np.sort(order[:n_held])],
@@ -87,5 +91,6 @@ def moving_mnist_splits(
         num_digits=config.num_digits,
         step_length=config.step_length,
         bounce=config.bounce,
+        stochastic=config.stochastic,
     )
     return train, held_out

@@ -9,6 +9,10 @@ component. The digit's top-left corner is the position scaled to the free canvas
 and floored to whole pixels; overlapping digits are combined with `max`. As in
 the original, the first frame is taken after one step.
 
+With `stochastic=True` (Stochastic Moving MNIST, Denton & Fergus 2018, MCVD's
+SMMNIST) a digit takes a new random direction at every bounce, its component across
+the wall pointing away from it; the speed stays `step_length`.
+
 Each sequence is a pure function of `(seed, index)`, so the source is
 deterministic, order-independent and needs no storage.
 """
@@ -51,6 +55,8 @@ class MovingMNIST:
     - `bounce`: if `True`, digits bounce off the borders and never leave the frame;
       if `False`, they keep moving in a straight line and drift out of the frame
       (drawn clipped).
+    - `stochastic`: a new random direction at each bounce (SMMNIST's motion; needs
+      `bounce`).
     - `seed`: non-negative base seed; video `i` is drawn from
       `np.random.default_rng([seed, i])`.
 
@@ -68,6 +74,7 @@ class MovingMNIST:
         num_digits: int = 2,
         step_length: float | int = 0.15,
         bounce: bool = True,
+        stochastic: bool = False,
         seed: int = 0,
     ) -> None:
         if not isinstance(digits, np.ndarray):
@@ -117,6 +124,16 @@ class MovingMNIST:
                 f"MovingMNIST: `bounce` must be a bool; got {bounce!r} ({type(bounce).__name__})."
             )
         self.bounce = bool(bounce)
+        if not isinstance(stochastic, (bool, np.bool_)):
+            raise ValueError(
+                f"MovingMNIST: `stochastic` must be a bool; got {stochastic!r} "
+                f"({type(stochastic).__name__})."
+            )
+        if stochastic and not bounce:
+            raise ValueError(
+                "MovingMNIST: `stochastic` (a new direction at each bounce) needs `bounce=True`."
+            )
+        self.stochastic = bool(stochastic)
         self.seed = _check_int("seed", seed, 0)
         view = digits.view()
         view.flags.writeable = False
@@ -129,7 +146,8 @@ class MovingMNIST:
         return (
             f"MovingMNIST(num_sequences={self.num_sequences}, seq_len={self.seq_len}, "
             f"frame_size={self.frame_size}, num_digits={self.num_digits}, "
-            f"step_length={self.step_length}, bounce={self.bounce}, seed={self.seed}, "
+            f"step_length={self.step_length}, bounce={self.bounce}, "
+            f"stochastic={self.stochastic}, seed={self.seed}, "
             f"digits=<{self.digits.shape[0]} x 28x28 uint8>) -> "
             f"{{'video': uint8 ({self.seq_len}, {self.frame_size}, {self.frame_size}, 1)}}"
         )
@@ -146,14 +164,21 @@ class MovingMNIST:
             y += v_y * step
             x += v_x * step
             if self.bounce:
-                if x <= 0.0:
-                    x, v_x = 0.0, -v_x
-                if x >= 1.0:
-                    x, v_x = 1.0, -v_x
-                if y <= 0.0:
-                    y, v_y = 0.0, -v_y
-                if y >= 1.0:
-                    y, v_y = 1.0, -v_y
+                # (hit, clamp to, sign of the velocity across the wall after the bounce)
+                for axis, hit, wall, away in (
+                    (1, x <= 0.0, 0.0, 1.0), (1, x >= 1.0, 1.0, -1.0),
+                    (0, y <= 0.0, 0.0, 1.0), (0, y >= 1.0, 1.0, -1.0),
+                ):  # fmt: skip
+                    if not hit:
+                        continue
+                    if axis == 1:
+                        x, v_x = wall, -v_x
+                    else:
+                        y, v_y = wall, -v_y
+                    if self.stochastic:  # a new direction, away from this wall
+                        theta = rng.random() * 2.0 * math.pi
+                        across, along = abs(math.cos(theta)) * away, math.sin(theta)
+                        v_x, v_y = (across, along) if axis == 1 else (along, across)
             positions[t] = (y, x)
         return np.floor(positions * (self.frame_size - _DIGIT_SIZE)).astype(np.int64)
 
