@@ -680,3 +680,18 @@ def test_slotssm_bouncing_balls_records_prediction_and_slots(tmp_path):
         colours, counts = np.unique(video[seg == k], axis=0, return_counts=True)
         assert counts.max() > 0.5 * counts.sum(), (k, colours, counts)
         np.testing.assert_array_equal(colours[counts.argmax()], _PALETTE[k - 1])
+
+
+def test_mcvd_speed_times_the_samplers_side_by_side(tmp_path, capsys):
+    bench = load("mcvd_speed")
+    args = ["--samplers", "ddpm:20", "ddim:4", "--videos", "1", "--batch", "1"]
+    records = bench.main([*args, "--repeats", "1", "--out-dir", str(tmp_path), "--name", "m"])
+    text = (tmp_path / "m.md").read_text()
+    assert "jax " in text and "command:" in text and "device:" in text
+    assert "| DDPM-20 |" in text and "| DDIM-4 |" in text and "speed-up over DDPM-20" in text
+    assert "(DDPM-1000 or DDIM-25 not measured)" in text
+    assert [(r.get("sampler"), r.get("steps")) for r in records[:2]] == [("ddpm", 20), ("ddim", 4)]
+    assert all(r["seconds_per_frame"] for r in records[:2]) and records[2]["train_seconds"]
+    with pytest.raises(SystemExit):
+        bench.main(["--samplers", "ddim:30", "--out-dir", str(tmp_path)])  # 30 ∤ 1000
+    assert "wrote" in capsys.readouterr().out

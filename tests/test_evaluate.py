@@ -361,3 +361,45 @@ def test_cli_prints_the_report_once_and_where_it_wrote(tmp_path, capsys):
     assert text.strip().splitlines()[-1] == (
         f"eqvid: wrote metrics.json, metrics.md, per_frame.csv, per_frame.png to {out}"
     )
+
+
+def test_best_of_k_scores_each_video_by_its_best_sample_per_metric(run_dir, tmp_path, monkeypatch):
+    # A stand-in for a stochastic model: each key gives another noisy copy of the truth's
+    # last context frame, so the samples of a video differ and best-of-k has a choice.
+    drawn = []
+
+    def noisy_rollout(model, context, horizon, *, key, actions=None):
+        del model, actions
+        noise = jax.random.uniform(key, (context.shape[0], horizon, *context.shape[2:]))
+        pred = np.clip(np.asarray(context[:, -1:]) + 0.8 * np.asarray(noise) - 0.4, -1, 1)
+        drawn.append(pred)
+        return pred
+
+    monkeypatch.setattr(eqvid.models, "rollout", noisy_rollout)
+    common = dict(run_dir=str(run_dir), context=3, horizon=2, num_videos=4, chunk=4)
+    common |= dict(batch_size=4, metrics=("psnr", "ssim"), progress=False)
+    report = evaluate(EvalConfig(samples_per_video=3, out_dir=str(tmp_path / "k3"), **common))
+    assert len(drawn) == 3 and report.samples_per_video == 3
+    real = load_samples_npz(tmp_path / "k3" / "samples").real
+    ctx = real[:, :3]
+    scores = {}
+    for pred in drawn:
+        fake = np.concatenate(
+            [ctx, np.round((pred + 1) * np.float32(127.5)).astype(np.uint8)], axis=1
+        )
+        values = eqvid.metrics.frame_metrics(real, fake, context=3, value_range="uint8")
+        for name in ("psnr", "ssim"):
+            scores.setdefault(name, []).append(values[name].mean(axis=1))
+    for name in ("psnr", "ssim"):
+        best = np.max(scores[name], axis=0)  # per video, this metric's own best sample
+        np.testing.assert_allclose(report.scores[name].mean, best.mean(), rtol=1e-5)
+        assert report.scores[name].mean > np.mean(scores[name][0])  # better than sample 0
+    assert (
+        "best of its 3 samples, chosen per frame metric"
+        in (tmp_path / "k3" / "metrics.md").read_text()
+    )
+    # The saved samples are each video's first.
+    saved = load_samples_npz(tmp_path / "k3" / "samples").fake[:, 3:]
+    np.testing.assert_array_equal(saved, np.round((drawn[0] + 1) * np.float32(127.5)))
+    with pytest.raises(ValueError, match="--samples-per-video must be ≥ 1, got 0"):
+        evaluate(EvalConfig(samples_per_video=0, out_dir=str(tmp_path / "k0"), **common))

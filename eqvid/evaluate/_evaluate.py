@@ -76,6 +76,10 @@ class EvalConfig:
     """Override the protocol's number of generated frames."""
     num_videos: int | None = None
     """Override the protocol's number of test videos."""
+    samples_per_video: int | None = None
+    """Override the protocol's samples per test video (k): each video is scored by its
+    best sample per frame metric (best-of-k, as MCVD reports stochastic models); FVD
+    takes each video's first sample."""
     runs: int | None = None
     """Override an unconditional protocol's number of runs (generations of --num-videos
     clips each, scored against the same real videos)."""
@@ -155,6 +159,9 @@ class EvalReport:
     psnr_cap: float | None = None
     """The PSNR (dB) given to frames identical to the truth: `psnr_ceiling` of the frame
     size, the PSNR of one value off by one level."""
+    samples_per_video: int = 1
+    """Samples per video (k); > 1: frame metrics of the best sample per metric, FVD of
+    the first."""
     out_dir: str = ""
     """The folder the files were written to."""
     files: tuple[str, ...] = ()
@@ -203,18 +210,29 @@ class EvalReport:
                     (self.num_videos == base.num_videos, f"{base.num_videos} videos"),
                     (self.chunk == base.chunk, f"chunks of {base.chunk}"),
                     (
+                        self.samples_per_video == base.samples_per_video,
+                        f"best of {base.samples_per_video} samples",
+                    ),
+                    (
                         set(self.scores) == set(base.metrics),
                         "metrics " + "/".join(m.upper() for m in base.metrics),
                     ),
                 )
                 if not same
             ]
+        k = self.samples_per_video
+        best = (
+            f" Each video is scored by the best of its {k} samples, chosen per frame metric"
+            f"{'; FVD takes its first sample' if 'fvd' in self.scores else ''}."
+            if k > 1
+            else ""
+        )
         if not changed:
-            return f"Protocol {self.protocol}: {self.description}. Source: {self.source}."
+            return f"Protocol {self.protocol}: {self.description}. Source: {self.source}.{best}"
         return (
             f"{self.num_videos} videos from {self.source}: {self.context} context frames → "
             f"{self.horizon} predicted frames. Settings differ from protocol "
-            f"{self.protocol}'s: {', '.join(changed)}."
+            f"{self.protocol}'s: {', '.join(changed)}.{best}"
         )
 
     def markdown(self) -> str:
@@ -323,13 +341,15 @@ def _protocol_name(config: EvalConfig) -> str:
     return config.protocol or "quick"
 
 
+_OVERRIDABLE = (
+    "context", "horizon", "num_videos", "chunk", "runs", "real_split", "samples_per_video",
+)  # fmt: skip
+"""The protocol settings an `EvalConfig` field of the same name overrides."""
+
+
 def _settings(config: EvalConfig) -> EvalProtocol:
     base = protocol(_protocol_name(config))
-    changes = {
-        k: getattr(config, k)
-        for k in ("context", "horizon", "num_videos", "chunk", "runs", "real_split")
-        if getattr(config, k) is not None
-    }
+    changes = {k: getattr(config, k) for k in _OVERRIDABLE if getattr(config, k) is not None}
     if config.metrics:
         bad = sorted(set(config.metrics) - set(METRICS))
         if bad:
@@ -340,7 +360,7 @@ def _settings(config: EvalConfig) -> EvalProtocol:
     settings = dataclasses.replace(base, **changes)
     if config.batch_size < 1:
         raise ValueError(f"--batch-size must be ≥ 1, got {config.batch_size}.")
-    for name in ("horizon", "num_videos", "chunk", "runs"):
+    for name in ("horizon", "num_videos", "chunk", "runs", "samples_per_video"):
         if getattr(settings, name) < 1:
             flag = "--" + name.replace("_", "-")
             raise ValueError(f"{flag} must be ≥ 1, got {getattr(settings, name)}.")
@@ -363,7 +383,17 @@ def _settings(config: EvalConfig) -> EvalProtocol:
             raise ValueError(
                 f"--num-videos must be ≥ 2 for FVD/KVD (a covariance), got {settings.num_videos}."
             )
+        if settings.samples_per_video != 1:
+            raise ValueError(
+                f"--samples-per-video {settings.samples_per_video}: best-of-k needs a true "
+                "video to pick the best sample against; an unconditional protocol has none."
+            )
         return dataclasses.replace(settings, chunk=settings.num_videos)
+    if settings.samples_per_video > 1 and config.samples:
+        raise ValueError(
+            f"--samples-per-video {settings.samples_per_video}: sample files hold one generated "
+            "video per real one; best-of-k needs a run or model to sample from."
+        )
     if settings.runs != 1:
         raise ValueError(
             f"--runs {settings.runs}: runs are for unconditional protocols (context 0); a "
@@ -457,26 +487,30 @@ def _generate(config, settings, out_dir, on_batch) -> str:
         unit="video",
         dynamic_ncols=True,
     )
+    k = settings.samples_per_video
     with bar:
         for i, (real, actions) in enumerate(batches):
             context = real[:, :ctx].astype(np.float32) / 127.5 - 1.0
-            pred = np.asarray(
-                rollout(
-                    model,
-                    context,
-                    horizon,
-                    key=jax.random.fold_in(key, i),
-                    actions=actions if config.actions else None,
+            fakes = []
+            for j in range(k):  # sample j of every video (k = 1: the key as before)
+                batch_key = jax.random.fold_in(key, i)
+                pred = np.asarray(
+                    rollout(
+                        model,
+                        context,
+                        horizon,
+                        key=batch_key if k == 1 else jax.random.fold_in(batch_key, j),
+                        actions=actions if config.actions else None,
+                    )
                 )
-            )
-            # Predictions are clipped to the frame range before they become uint8 frames.
-            pred = videos_to_uint8(
-                np.clip(pred, -1.0, 1.0), value_range="[-1,1]", name="prediction"
-            )
-            fake = np.concatenate([real[:, :ctx], pred], axis=1)
-            if config.save_samples:
-                save_samples_npz(out_dir / "samples" / f"data_{i}.npz", real, fake, context=ctx)
-            on_batch(real, fake)
+                # Predictions are clipped to the frame range before they become uint8 frames.
+                pred = videos_to_uint8(
+                    np.clip(pred, -1.0, 1.0), value_range="[-1,1]", name="prediction"
+                )
+                fakes.append(np.concatenate([real[:, :ctx], pred], axis=1))
+            if config.save_samples:  # the first sample of each video
+                save_samples_npz(out_dir / "samples" / f"data_{i}.npz", real, fakes[0], context=ctx)
+            on_batch(real, np.stack(fakes))
             bar.update(len(real))
     return source + (f" ({', '.join(notes)})" if notes else "")
 
@@ -511,7 +545,7 @@ def _score_files(config, samples, on_batch) -> str:
     for start in range(0, len(samples.real), config.batch_size):
         on_batch(
             samples.real[start : start + config.batch_size],
-            samples.fake[start : start + config.batch_size],
+            samples.fake[None, start : start + config.batch_size],
         )
     return config.samples
 
@@ -690,33 +724,49 @@ def evaluate(
     identical = dict.fromkeys(frame_values, 0)
     cap: list[float] = []
 
-    def on_batch(real: np.ndarray, fake: np.ndarray) -> None:
+    def scored_frames(
+        real: np.ndarray, videos: np.ndarray, who: str, count: bool = True
+    ) -> dict[str, np.ndarray]:
+        values = frame_metrics(
+            real,
+            videos,
+            context=context,
+            value_range="uint8",
+            ssim_form=settings.ssim_form,
+            lpips_fn=lpips_fn,
+        )
+        if "psnr" in values:  # identical frames: +inf → the finite ceiling
+            exact = np.isposinf(values["psnr"])
+            if not cap:
+                cap.append(psnr_ceiling(*(int(d) for d in real.shape[2:])))
+            identical[who] += int(exact.sum()) if count else 0
+            values["psnr"] = np.where(exact, np.float32(cap[0]), values["psnr"])
+        return values
+
+    def on_batch(real: np.ndarray, fakes: np.ndarray) -> None:
+        """`fakes`: `(k, videos, time, …)`, k samples of each video (k = 1 mostly)."""
         scored[0] += len(real)
+        fake = fakes[0]
         if names:
             ctx = real[:, :context]
-            predicted = {"model": fake} | {
+            baselines = {
                 b: np.concatenate([ctx, frames], axis=1)
                 for b, frames in baseline_predictions(
                     real, context=context, horizon=real.shape[1] - context, empty=0.0
                 ).items()
             }
-            for who, videos in predicted.items():
-                values = frame_metrics(
-                    real,
-                    videos,
-                    context=context,
-                    value_range="uint8",
-                    ssim_form=settings.ssim_form,
-                    lpips_fn=lpips_fn,
-                )
-                if "psnr" in values:  # identical frames: +inf → the finite ceiling
-                    exact = np.isposinf(values["psnr"])
-                    if not cap:
-                        cap.append(psnr_ceiling(*(int(d) for d in real.shape[2:])))
-                    identical[who] += int(exact.sum())
-                    values["psnr"] = np.where(exact, np.float32(cap[0]), values["psnr"])
+            for who, videos in baselines.items():
+                values = scored_frames(real, videos, who)
                 for name in names:
                     frame_values[who][name].append(values[name])
+            per_sample = [  # frames equal to the truth counted in the first sample
+                scored_frames(real, videos, "model", count=j == 0) for j, videos in enumerate(fakes)
+            ]
+            for name in names:  # best of k per video, for each metric on its own
+                stacked = np.stack([v[name] for v in per_sample])  # (k, videos, horizon)
+                video_mean = stacked.mean(axis=2)
+                best = (np.argmin if name in _LOWER_IS_BETTER else np.argmax)(video_mean, axis=0)
+                frame_values["model"][name].append(stacked[best, np.arange(len(real))])
         if features_fn is not None:
             for name, videos in (("real", real), ("fake", fake)):
                 features[name].append(
@@ -767,6 +817,7 @@ def evaluate(
         baseline_per_frame={b: curves(values[b]) for b in BASELINES if names},
         identical=identical if "psnr" in names else {},
         psnr_cap=cap[0] if cap else None,
+        samples_per_video=settings.samples_per_video,
         out_dir=str(out_dir),
         files=(
             "metrics.json",

@@ -34,6 +34,10 @@ class EvalProtocol:
     """Unconditional protocols: independent generations of `num_videos` clips each
     (seeds `seed`, `seed + 1`, …), each scored against the same real videos; FVD and
     KVD are reported as mean ± std over runs (MeBT's 10 runs of 2048)."""
+    samples_per_video: int = 1
+    """Samples drawn per test video (k); with k > 1 each video is scored by its best
+    sample, chosen per frame metric (highest PSNR and SSIM, lowest LPIPS: MCVD's and
+    SRVP's best-of-k), and FVD takes each video's first sample."""
     real_split: Literal["test", "train"] = "test"
     """The split the real videos come from (MeBT compares with training videos)."""
     description: str = ""
@@ -97,6 +101,18 @@ PROTOCOLS: dict[str, EvalProtocol] = {
         real_split="train",
         description="MeBT 128 frames: 512 unconditional clips × 5 runs, FVD/KVD vs 512 "
         "training videos",
+    ),
+    # MCVD (Voleti et al. 2022) SMMNIST: 5 past → 10 predicted frames on 256 test
+    # videos, best of 10 samples per video (chosen per metric, as runners/ncsn_runner.py),
+    # skimage's SSIM (Gaussian window, σ 1.5), FVD of the 15-frame clips.
+    "mcvd-smmnist": EvalProtocol(
+        context=5,
+        horizon=10,
+        num_videos=256,
+        ssim_form="skimage",
+        samples_per_video=10,
+        description="MCVD SMMNIST: 5 context → 10 predicted frames, 256 videos, best of 10 "
+        "samples per video",
     ),
     # A quick look on a CPU (no pretrained networks needed).
     "quick": EvalProtocol(
