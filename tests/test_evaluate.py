@@ -2,6 +2,7 @@
 (RGB, actions) → generation under a protocol → sample files, metrics (checked
 against the saved files), plot; scoring existing samples; errors."""
 
+import dataclasses
 import json
 
 import jax
@@ -376,9 +377,12 @@ def test_best_of_k_scores_each_video_by_its_best_sample_per_metric(run_dir, tmp_
         return pred
 
     monkeypatch.setattr(eqvid.models, "rollout", noisy_rollout)
-    common = dict(run_dir=str(run_dir), context=3, horizon=2, num_videos=4, chunk=4)
-    common |= dict(batch_size=4, metrics=("psnr", "ssim"), progress=False)
-    report = evaluate(EvalConfig(samples_per_video=3, out_dir=str(tmp_path / "k3"), **common))
+    base = EvalConfig(
+        run_dir=str(run_dir), context=3, horizon=2, num_videos=4, chunk=4, batch_size=4,
+        metrics=("psnr", "ssim"), progress=False,
+    )  # fmt: skip
+    config = dataclasses.replace(base, samples_per_video=3, out_dir=str(tmp_path / "k3"))
+    report = evaluate(config)
     assert len(drawn) == 3 and report.samples_per_video == 3
     real = load_samples_npz(tmp_path / "k3" / "samples").real
     ctx = real[:, :3]
@@ -402,4 +406,4 @@ def test_best_of_k_scores_each_video_by_its_best_sample_per_metric(run_dir, tmp_
     saved = load_samples_npz(tmp_path / "k3" / "samples").fake[:, 3:]
     np.testing.assert_array_equal(saved, np.round((drawn[0] + 1) * np.float32(127.5)))
     with pytest.raises(ValueError, match="--samples-per-video must be ≥ 1, got 0"):
-        evaluate(EvalConfig(samples_per_video=0, out_dir=str(tmp_path / "k0"), **common))
+        evaluate(dataclasses.replace(base, samples_per_video=0, out_dir=str(tmp_path / "k0")))
