@@ -13,7 +13,7 @@ import eqvid
 from eqvid.data import TecoConfig, evaluation_videos
 from eqvid.evaluate import EvalConfig, evaluate, load_trained_run
 from eqvid.evaluate.__main__ import main as cli_main
-from eqvid.metrics import LPIPS, load_samples_npz, psnr_ceiling, save_samples_npz
+from eqvid.metrics import LPIPS, frame_metrics, load_samples_npz, psnr_ceiling, save_samples_npz
 from eqvid.metrics._lpips import lpips_weight_shapes
 from eqvid.models import rollout
 from eqvid.train import MeshConfig, OptimizerConfig, RunConfig, TrainConfig, train
@@ -391,7 +391,7 @@ def test_best_of_k_scores_each_video_by_its_best_sample_per_metric(run_dir, tmp_
         fake = np.concatenate(
             [ctx, np.round((pred + 1) * np.float32(127.5)).astype(np.uint8)], axis=1
         )
-        values = eqvid.metrics.frame_metrics(real, fake, context=3, value_range="uint8")
+        values = frame_metrics(real, fake, context=3, value_range="uint8")
         for name in ("psnr", "ssim"):
             scores.setdefault(name, []).append(values[name].mean(axis=1))
     for name in ("psnr", "ssim"):
