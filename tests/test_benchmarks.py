@@ -682,9 +682,15 @@ def test_slotssm_bouncing_balls_records_prediction_and_slots(tmp_path):
         np.testing.assert_array_equal(colours[counts.argmax()], _PALETTE[k - 1])
 
 
-def test_mcvd_speed_times_the_samplers_side_by_side(tmp_path, capsys):
+def test_mcvd_speed_times_the_samplers_side_by_side(tmp_path, capsys, monkeypatch):
     bench = load("mcvd_speed")
-    args = ["--samplers", "ddpm:20", "ddim:4", "--videos", "1", "--batch", "1"]
+    tiny = bench.MCVDConfig(
+        frame_size=8, num_frames_cond=2, num_frames=2, ngf=8, ch_mult=(1, 2),
+        num_res_blocks=1, attn_resolutions=(4,), n_head_channels=-1,
+    )  # fmt: skip
+    monkeypatch.setitem(bench.MCVD_PRESETS, "test-tiny", tiny)
+    args = ["--preset", "test-tiny", "--samplers", "ddpm:20", "ddim:4", "--videos", "1"]
+    args += ["--batch", "1"]
     records = bench.main([*args, "--repeats", "1", "--out-dir", str(tmp_path), "--name", "m"])
     text = (tmp_path / "m.md").read_text()
     assert "jax " in text and "command:" in text and "device:" in text
