@@ -701,3 +701,31 @@ def test_mcvd_speed_times_the_samplers_side_by_side(tmp_path, capsys, monkeypatc
     with pytest.raises(SystemExit):
         bench.main(["--samplers", "ddim:30", "--out-dir", str(tmp_path)])  # 30 ∤ 1000
     assert "wrote" in capsys.readouterr().out
+
+
+def test_mcvd_mmnist_trains_evaluates_best_of_k_and_records(tmp_path):
+    """mcvd_mmnist.py trains through the README's command and evaluates with the MCVD
+    protocol (best of k) in their own processes; the record states the SSIM target."""
+    bench = load("mcvd_mmnist")
+    tiny = ["--steps", "2", "--sample-every", "2", "--checkpoint-every", "2", "--ngf", "8"]
+    tiny += ["--ch-mult", "1", "2", "--attn-resolutions", "24", "--sampling-steps", "2"]
+    tiny += ["--train-sequences", "8", "--eval-sequences", "2", "--no-tensorboard"]
+    args = ["--out-dir", str(tmp_path), "--eval-videos", "2", "--samples", "2", "--", *tiny]
+    assert bench.main(args) == 0
+    name = "mcvd_mmnist" + ("_cpu" if bench.jax.default_backend() != "gpu" else "")
+    ends = ("_strip.png", "_per_frame.png", "_curve.png", "_metrics.json", "_train.csv")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["logs", f"{name}.md", *(f"{name}{end}" for end in ends)]
+    )
+    text = (tmp_path / f"{name}.md").read_text()
+    assert "python -m eqvid.train --model mcvd" in text and shlex.join(tiny) in text
+    assert "python -m eqvid.evaluate --protocol mcvd-smmnist" in text
+    assert re.search(r"Target .*: \*\*(met|not met)\*\*: best-of-2 SSIM", text)
+    assert "| 10 | SSIM |" in text and "| 10 | PSNR |" in text
+    metrics = json.loads((tmp_path / f"{name}_metrics.json").read_text())
+    assert metrics["samples_per_video"] == 2 and metrics["num_videos"] == 2
+    met, sentence = bench.ssim_verdict(
+        {"samples_per_video": 4, "per_frame": {"ssim": [0.9, 0.5]},
+         "baseline_per_frame": {"copy_last": {"ssim": [0.6, 0.7]}}}
+    )  # fmt: skip
+    assert met and "below copy-last at predicted frame(s) 2" in sentence
