@@ -8,6 +8,7 @@ and import the file below. Training (`eqvid.train`) and evaluation (`eqvid.evalu
 then build it by name, with no edit to either.
 """
 
+from ._abstract import AbstractInfillingVideoModel as AbstractInfillingVideoModel
 from ._abstract import AbstractModel as AbstractModel
 from ._abstract import AbstractObjectCentricVideoModel as AbstractObjectCentricVideoModel
 from ._abstract import AbstractUnconditionalVideoModel as AbstractUnconditionalVideoModel

@@ -209,6 +209,28 @@ class AbstractUnconditionalVideoModel(AbstractVideoModel):
         """One clip of `num_frames` frames drawn from nothing, in `[-1, 1]`."""
 
 
+class AbstractInfillingVideoModel(AbstractVideoModel):
+    """A video model that fills in frames between given ones: MCVD's interpolation and
+    past prediction. `infill_frames()` says how many frames it takes before and after
+    and how many it draws between; `infill(before, after, key=...)` draws them, either
+    side `None` when not given (its frames masked). `python -m eqvid.evaluate.sample
+    --task interpolate|past` runs it on held-out videos."""
+
+    @abc.abstractmethod
+    def infill_frames(self) -> tuple[int, int, int]:
+        """`(before, between, after)`: the frames given before, drawn, given after."""
+
+    @abc.abstractmethod
+    def infill(
+        self,
+        before: Float[Array, "before height width channels"] | None,
+        after: Float[Array, "after height width channels"] | None,
+        *,
+        key: PRNGKeyArray,
+    ) -> Float[Array, "between height width channels"]:
+        """The frames between `before` and `after` (`None`: not given), in `[-1, 1]`."""
+
+
 class AbstractObjectCentricVideoModel(AbstractVideoModel):
     """A video model that splits each frame into slots (objects): SlotSSM. Training's
     sample pictures then also show, per slot, its mask over the frames

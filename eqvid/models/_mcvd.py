@@ -35,6 +35,7 @@ from ..nn._diffusion_sampling import Sampler, diffusion_sample
 from ..nn._diffusion_schedule import DiffusionSchedule, ScheduleKind
 from ..nn._ncsnpp import NCSNppUNet
 from ._abstract import (
+    AbstractInfillingVideoModel,
     AbstractUnconditionalVideoModel,
     GroupSettings,
     KeyOrKeys,
@@ -228,7 +229,7 @@ def block_autoregressive(
     return gens.reshape(-1, *gens.shape[2:])[:num_frames]
 
 
-class MCVDVideoModel(AbstractUnconditionalVideoModel):
+class MCVDVideoModel(AbstractUnconditionalVideoModel, AbstractInfillingVideoModel):
     """MCVD on frames (see the module docstring): `network` is the NCSN++ denoiser.
 
     **Loss** (term `denoising`; `eps_mse`: the mean square error of ε̂ per pixel): on a
@@ -472,6 +473,22 @@ class MCVDVideoModel(AbstractUnconditionalVideoModel):
                 "(num_frames_future = 0); train one with --num-frames-future."
             )
         return self.sample_block(None, future, key=key)
+
+    def infill_frames(self) -> tuple[int, int, int]:
+        """`(num_frames_cond, num_frames, num_frames_future)`."""
+        c = self.config
+        return c.num_frames_cond, c.num_frames, c.num_frames_future
+
+    def infill(
+        self,
+        before: Float[Array, "before height width channels"] | None,
+        after: Float[Array, "after height width channels"] | None,
+        *,
+        key: PRNGKeyArray,
+    ) -> Float[Array, "between height width channels"]:
+        """One block between `before` (past) and `after` (future), `None` masked:
+        `sample_block`."""
+        return self.sample_block(before, after, key=key)
 
     def optimizer_groups(self) -> dict[str, GroupSettings]:
         """One group (MCVD trains every parameter with one Adam)."""
