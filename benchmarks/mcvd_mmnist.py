@@ -17,7 +17,7 @@ a new folder under `benchmarks/results/runs/` (with `--update-reference`: into
 - `mcvd_mmnist_cpu_strip.png` (context | samples | truth at the last step),
   `…_per_frame.png`, `…_curve.png`, `…_metrics.json`, `…_train.csv` and `logs/`.
 
-    python benchmarks/mcvd_mmnist.py                          # about 15 minutes on 2 cores
+    python benchmarks/mcvd_mmnist.py                          # about 50 minutes on 2 cores
     python benchmarks/mcvd_mmnist.py -- --steps 500            # options after -- go to training
 """
 
@@ -38,10 +38,10 @@ from demo_mmnist import LoadSampler, plot_curve, run_example
 
 RECIPE = (
     *("--model", "mcvd", "--dataset", "moving_mnist", "--stochastic", "--frame-size", "48"),
-    *("--seq-len", "10", "--steps", "1500", "--batch-size", "8", "--lr", "5e-4"),
-    *("--warmup-steps", "100", "--ema-decay", "0.995", "--eval-context", "5"),
-    *("--eval-horizon", "10", "--eval-sequences", "64", "--sample-every", "500"),
-    *("--checkpoint-every", "500", "--log-every", "50"),
+    *("--seq-len", "10", "--steps", "6000", "--batch-size", "8", "--lr", "5e-4"),
+    *("--warmup-steps", "200", "--ema-decay", "0.999", "--eval-context", "5"),
+    *("--eval-horizon", "10", "--eval-sequences", "64", "--sample-every", "2000"),
+    *("--checkpoint-every", "1000", "--log-every", "50"),
 )
 """The training command's options (then any given after `--`)."""
 EVALUATION = ("--protocol", "mcvd-smmnist", "--metrics", "psnr", "ssim")
