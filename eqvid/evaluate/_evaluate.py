@@ -492,8 +492,8 @@ def _generate(config, settings, out_dir, on_batch) -> str:
         for i, (real, actions) in enumerate(batches):
             context = real[:, :ctx].astype(np.float32) / 127.5 - 1.0
             fakes = []
+            batch_key = jax.random.fold_in(key, i)
             for j in range(k):  # sample j of every video (k = 1: the key as before)
-                batch_key = jax.random.fold_in(key, i)
                 pred = np.asarray(
                     rollout(
                         model,

@@ -262,12 +262,9 @@ class MCVDVideoModel(AbstractUnconditionalVideoModel, AbstractInfillingVideoMode
     # -- pieces --------------------------------------------------------------------------
 
     def _cond(self, past, future):
-        c = self.config
-        parts = [past, future][: 1 + (c.num_frames_future > 0)]
-        parts = [p for p in parts if p.shape[0]]
-        if not parts:
-            return None
-        return _stack(jnp.concatenate(parts))
+        """The conditioning frames stacked on channels (`None` when there are none)."""
+        parts = [p for p in (past, future) if p.shape[0]]
+        return _stack(jnp.concatenate(parts)) if parts else None
 
     def denoise(
         self,

@@ -65,7 +65,6 @@ def diffusion_sample(
         x0 = (x - jnp.sqrt(1 - a) * eps) / jnp.sqrt(a)
         if clip_x0:
             x0 = jnp.clip(x0, -1, 1)
-        z = jax.random.normal(k, x.shape, dtype)
         if sampler == "ddpm":
             beta = 1 - a / a_next
             mean = (
@@ -73,11 +72,12 @@ def diffusion_sample(
                 + jnp.sqrt(1 - beta) * (1 - a_next) / (1 - a) * x
             )
             std = jnp.sqrt((1 - a_next) / (1 - a) * beta)
-            x = mean + jnp.where(is_last, 0.0, std) * z
+            x = mean + jnp.where(is_last, 0.0, std) * jax.random.normal(k, x.shape, dtype)
         else:
             sigma = eta * jnp.sqrt((1 - a_next) / (1 - a)) * jnp.sqrt(1 - a / a_next)
             x = jnp.sqrt(a_next) * x0 + jnp.sqrt(jnp.maximum(1 - a_next - sigma**2, 0)) * eps
-            x = x + sigma * z
+            if eta > 0:  # η = 0 (deterministic DDIM) draws no noise
+                x = x + sigma * jax.random.normal(k, x.shape, dtype)
         return x.astype(dtype), None
 
     as_f = lambda v: jnp.asarray(v, jnp.float32)
