@@ -440,15 +440,19 @@ def test_example_cli_help_and_overrides(capsys):
     assert config.model.frame_size == 32 == config.data.frame_size
     assert config.optimizer.lr == 5e-4 and config.run.resume and config.data.mnist_path is None
     default = example_config([])
-    small = eqvid.ConvS5Config.preset("small")
-    assert default.model == dataclasses.replace(small, frame_size=48)
-    assert (default.run.steps, default.run.run_dir, default.data.seq_len) == (
-        1600,
+    demo = eqvid.ConvS5Config.preset("demo")
+    assert default.model == dataclasses.replace(demo, frame_size=48)
+    assert default.model.latent_size == 12 and default.model.decoder_skip
+    assert (default.run.steps, default.run.batch_size, default.run.run_dir) == (
+        2400,
+        4,
         "runs/convs5-mmnist",
-        20,
     )
-    assert isinstance(default.data, MovingMNISTConfig)
-    assert (default.data.frame_size, default.optimizer.lr) == (48, 2e-3)
+    assert isinstance(default.data, MovingMNISTConfig) and default.data.seq_len == 20
+    assert (default.data.frame_size, default.optimizer.lr) == (48, 4e-3)
+    # A model without a `demo` preset starts from its `small` one.
+    baseline = example_config(["--model", "convlstm"])
+    assert baseline.model == dataclasses.replace(eqvid.ConvLSTMConfig.preset("small"), frame_size=48)
     # `python -m eqvid.train` is the same command with the library's defaults.
     library = config_from_argv(["--steps", "7"])
     assert library.run.steps == 7 and library.run.batch_size == RunConfig().batch_size
