@@ -1,6 +1,6 @@
 """Train a video model (ConvS5 by default; ConvLSTM or Transformer) on Moving MNIST or any eqvid dataset.
 
-With no arguments this trains the `demo` preset for 2400 steps of 4 videos on 48x48
+With no arguments this trains the `demo` preset for 3600 steps of 4 videos on 48x48
 Moving MNIST (two digits; the papers use 64x64, `--frame-size 64`), about 8 minutes
 on a 2-core CPU, and writes everything to `runs/convs5-mmnist/`: metrics.csv, sample
 videos (samples/*.png, *.gif: context | prediction | ground truth), Orbax
@@ -33,7 +33,7 @@ from eqvid.train._cli import CommandDefaults
 from eqvid.train._cli import main as train_main
 
 # Defaults of this example (the library's own defaults are in the config classes).
-# The demo's recipe: on 48x48 frames the demo preset learns, in 2400 steps of 4 videos
+# The demo's recipe: on 48x48 frames the demo preset learns, in 3600 steps of 4 videos
 # (about 8 minutes on 2 CPU cores), to beat copying the last frame and an empty frame
 # on MSE and SSIM at every one of the 10 predicted frames
 # (benchmarks/results/demo_mmnist_cpu.md). Screened on the same CPU on as many videos:
@@ -41,7 +41,7 @@ from eqvid.train._cli import main as train_main
 # beats 2e-3; an SSIM loss term and the L1 loss alone did not help.
 EXAMPLE_RUN = RunConfig(
     run_dir="runs/convs5-mmnist",
-    steps=2400,
+    steps=3600,
     batch_size=4,
     log_every=20,
     sample_every=400,

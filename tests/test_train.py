@@ -444,7 +444,7 @@ def test_example_cli_help_and_overrides(capsys):
     assert default.model == dataclasses.replace(demo, frame_size=48)
     assert default.model.latent_size == 12 and default.model.decoder_skip
     assert (default.run.steps, default.run.batch_size, default.run.run_dir) == (
-        2400,
+        3600,
         4,
         "runs/convs5-mmnist",
     )
@@ -452,7 +452,9 @@ def test_example_cli_help_and_overrides(capsys):
     assert (default.data.frame_size, default.optimizer.lr) == (48, 4e-3)
     # A model without a `demo` preset starts from its `small` one.
     baseline = example_config(["--model", "convlstm"])
-    assert baseline.model == dataclasses.replace(eqvid.ConvLSTMConfig.preset("small"), frame_size=48)
+    assert baseline.model == dataclasses.replace(
+        eqvid.ConvLSTMConfig.preset("small"), frame_size=48
+    )
     # `python -m eqvid.train` is the same command with the library's defaults.
     library = config_from_argv(["--steps", "7"])
     assert library.run.steps == 7 and library.run.batch_size == RunConfig().batch_size
