@@ -17,7 +17,7 @@ replacing the committed record):
 - `demo_mmnist_cpu_eval.json`, `demo_mmnist_cpu_metrics.csv`: the raw numbers;
 - `logs/demo_mmnist_cpu.log`: everything the example printed.
 
-    python benchmarks/demo_mmnist.py                      # the README's command (about 8 minutes on 2 cores)
+    python benchmarks/demo_mmnist.py                      # the README's command (about 9 minutes on 2 cores)
     python benchmarks/demo_mmnist.py -- --steps 1500      # any option of the example after --
     python benchmarks/demo_mmnist.py --update-reference   # refresh the committed record
 """
