@@ -27,6 +27,18 @@ DESCRIPTION_WIDTH = 76
 eqvid's commands print them as they are)."""
 
 
+def command_parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
+    """A command's parser from its module docstring: the first paragraph is the
+    description, the rest the epilog (examples), both printed as written."""
+    description, _, epilog = (doc or "").partition("\n\n")
+    return argparse.ArgumentParser(
+        prog=prog,
+        description=description,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
 @functools.cache
 def field_docs(cls: type) -> dict[str, str]:
     """Attribute docstrings of a dataclass: `{field: "the string under it"}`."""

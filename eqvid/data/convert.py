@@ -19,7 +19,7 @@ import os
 import sys
 import warnings
 
-from .._cli import add_config_arguments, config_from_args
+from .._cli import add_config_arguments, command_parser, config_from_args
 from .._cli import description as group_description
 from ._bad_video import BadVideoError, BadVideoWarning
 from ._datasets import DATASETS, open_source
@@ -49,13 +49,7 @@ class ConvertConfig:
 
 
 def main(argv: list[str] | None = None) -> list:
-    description, _, epilog = (__doc__ or "").partition("\n\n")
-    parser = argparse.ArgumentParser(
-        prog="python -m eqvid.data.convert",
-        description=description,
-        epilog=epilog,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = command_parser("python -m eqvid.data.convert", __doc__)
     formats = parser.add_subparsers(
         dest="format",
         required=True,

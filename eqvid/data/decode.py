@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from .._cli import add_config_arguments, config_from_args
+from .._cli import add_config_arguments, command_parser, config_from_args
 from ._bad_video import BadVideoError
 from ._codes import META_FILE, CodesVideos, codes_to_frames, read_meta
 
@@ -382,13 +382,7 @@ def _tokenizer_for(decode: DecodeConfig, meta: dict[str, Any]) -> Any:
 
 
 def _parser() -> argparse.ArgumentParser:
-    description, _, epilog = (__doc__ or "").partition("\n\n")
-    parser = argparse.ArgumentParser(
-        prog="python -m eqvid.data.decode",
-        description=description,
-        epilog=epilog,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = command_parser("python -m eqvid.data.decode", __doc__)
     add_config_arguments(parser, "decode", DecodeConfig)
     return parser
 

@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from .._cli import add_config_arguments, config_from_args
+from .._cli import add_config_arguments, command_parser, config_from_args
 from ._bad_video import BadVideoError, BadVideoWarning
 from ._codes import (
     CODES_FORMAT,
@@ -548,13 +548,7 @@ def _load_part(path: str) -> dict[str, Any]:
 
 
 def _parser(dataset: str) -> argparse.ArgumentParser:
-    description, _, epilog = (__doc__ or "").partition("\n\n")
-    parser = argparse.ArgumentParser(
-        prog="python -m eqvid.data.encode",
-        description=description,
-        epilog=epilog,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = command_parser("python -m eqvid.data.encode", __doc__)
     parser.add_argument(
         "--dataset",
         default="moving_mnist",

@@ -20,7 +20,6 @@ C), `truth`, uint8) and prints where. The default `<out>` is
     python -m eqvid.evaluate.sample --run-dir runs/mcvd-interp --task interpolate --samples-per-video 4
 """
 
-import argparse
 import dataclasses
 import pathlib
 import sys
@@ -31,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .._cli import add_config_arguments, config_from_args
+from .._cli import add_config_arguments, command_parser, config_from_args
 
 SampleTask = Literal["predict", "generate", "interpolate", "past"]
 
@@ -212,13 +211,7 @@ def sample_model(model: Any, data: Any, config: SampleConfig, out: pathlib.Path)
 
 
 def main(argv: list[str] | None = None) -> int:
-    description, _, epilog = (__doc__ or "").partition("\n\n")
-    parser = argparse.ArgumentParser(
-        prog="python -m eqvid.evaluate.sample",
-        description=description,
-        epilog=epilog,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = command_parser("python -m eqvid.evaluate.sample", __doc__)
     add_config_arguments(parser, "sample", SampleConfig)
     config = config_from_args(parser.parse_args(argv), "sample", SampleConfig())
     try:
