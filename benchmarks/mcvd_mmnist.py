@@ -135,9 +135,9 @@ def main(argv: list[str] | None = None) -> int:
         plot_curve(
             run_dir / "metrics.csv",
             folder / f"{name}_curve.png",
-            terms=("eps_mse",),
-            ylabel="mean square error of the predicted noise (log)",
-            title="training loss (ε-prediction)",
+            terms=("eps_mse", "v_mse"),  # whichever the preset predicts
+            ylabel="mean square error of the network's target (log)",
+            title="training loss (denoising)",
         )
         metrics = json.loads((run_dir / "best" / "metrics.json").read_text())
         table = (run_dir / "best" / "metrics.md").read_text().strip()

@@ -21,6 +21,7 @@ from eqvid.nn import (
     NCSNppAttention,
     beta_schedule,
     diffusion_sample,
+    eps_and_x0,
     fir_downsample,
     fir_upsample,
     mcvd_groups,
@@ -148,6 +149,47 @@ def test_ddim_with_eta_zero_is_deterministic_and_an_oracle_recovers_x0():
     # MCVD's final denoising step scales even a perfect sample by √ᾱ of the last step.
     final = run(oracle, "ddim", jax.random.key(6), final=True)
     np.testing.assert_allclose(final, x0 * math.sqrt(schedule.alpha_bars[39]), atol=1e-4)
+
+
+def test_v_prediction_converts_exactly_and_an_oracle_recovers_x0():
+    schedule = DiffusionSchedule("linear", 1000)
+    x0 = jax.random.uniform(jax.random.key(2), (5, 5), minval=-0.9, maxval=0.9)
+    ab = jnp.asarray(schedule.alpha_bars, jnp.float32)
+    eps_of = lambda x, t: (x - jnp.sqrt(ab[t]) * x0) / jnp.sqrt(1 - ab[t])
+    v_oracle = lambda x, t: jnp.sqrt(ab[t]) * eps_of(x, t) - jnp.sqrt(1 - ab[t]) * x0
+    x = jax.random.normal(jax.random.key(3), x0.shape)
+    for t in (999, 500, 39):
+        eps, got_x0 = eps_and_x0(v_oracle(x, t), x, ab[t], "v")
+        np.testing.assert_allclose(eps, eps_of(x, t), atol=2e-5)
+        np.testing.assert_allclose(got_x0, x0, atol=2e-5)
+    run = lambda fn, prediction, sampler: diffusion_sample(
+        fn, x, schedule, steps=25, sampler=sampler, final_denoise=False,
+        prediction=prediction, key=jax.random.key(6),
+    )  # fmt: skip
+    for sampler in ("ddim", "ddpm"):
+        np.testing.assert_allclose(run(v_oracle, "v", sampler), x0, atol=1e-4)
+        # The same oracle read as ε̂ is wrong: the parameterisation is honoured.
+        assert not np.allclose(run(v_oracle, "eps", sampler), x0, atol=1e-2)
+    with pytest.raises(TypeError, match="parameter 'prediction'"):  # the run-time check
+        diffusion_sample(v_oracle, x, schedule, steps=25, prediction="x0", key=jax.random.key(0))  # type: ignore[arg-type]
+
+
+def test_v_prediction_loss_regresses_v():
+    config = dataclasses.replace(_TINY, prob_mask_cond=0.0, prob_mask_future=0.0, prediction="v")
+    model = _visible(MCVDVideoModel(config, key=jax.random.key(10)))
+    video = jax.random.uniform(jax.random.key(11), (1, 5, 8, 8, 1), minval=-1, maxval=1)
+    loss, terms, _ = model.loss(VideoBatch(video), key=None)  # the fixed draws: t, noise
+    # Restated: key(0) split as the loss does; first window, no masks, no dropout.
+    _, _, _, k_t, k_noise, _ = jax.random.split(jax.random.key(0), 6)
+    t = jax.random.randint(k_t, (), 0, config.diffusion_steps)
+    a = jnp.asarray(config.diffusion_schedule.alpha_bars, jnp.float32)[t]
+    current = video[0, 2:4]
+    noise = jax.random.normal(k_noise, current.shape, jnp.float32)
+    x_t = jnp.sqrt(a) * current + jnp.sqrt(1 - a) * noise
+    out = model.denoise(x_t, t, video[0, :2], video[0, 4:])
+    v = jnp.sqrt(a) * noise - jnp.sqrt(1 - a) * current
+    np.testing.assert_allclose(loss, 0.5 * jnp.sum((out - v) ** 2), rtol=1e-5)
+    assert set(terms) == {"denoising", "v_mse"}
 
 
 # -- the U-Net's parts -----------------------------------------------------------------

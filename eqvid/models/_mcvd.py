@@ -13,6 +13,9 @@ noise:
     t ~ U{0 … T-1},  x_t = √ᾱ_t current + √(1 - ᾱ_t) ε
     loss = ½ Σ_pixels (ε - ε̂(x_t, t, [past, future]))²,  averaged over clips
 
+or, with `prediction="v"` (the CPU preset's), v = √ᾱ_t ε - √(1 - ᾱ_t) current in
+place of ε (Salimans & Ho 2022).
+
 Masked frames are zeros in eqvid's `[-1, 1]` range (mid-grey), as the original's.
 Sampling (`eqvid.nn.diffusion_sample`: DDPM or DDIM on a subsampled grid) draws one
 block of `num_frames` frames; long videos come block by block, the conditioning
@@ -31,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, Scalar
 
-from ..nn._diffusion_sampling import Sampler, diffusion_sample
+from ..nn._diffusion_sampling import Prediction, Sampler, diffusion_sample
 from ..nn._diffusion_schedule import DiffusionSchedule, ScheduleKind
 from ..nn._ncsnpp import NCSNppUNet
 from ._abstract import (
@@ -94,6 +97,9 @@ class MCVDConfig:
     spade_dim: int = 0
     """0: condition by stacking frames on channels (MCVD-concat); > 0: SPATIN, SPADE
     normalisation from the conditioning frames with this hidden width."""
+    prediction: Prediction = "eps"
+    """What the network predicts: `eps`, the noise ε (MCVD), or `v` = √ᾱ ε - √(1-ᾱ) x₀
+    (Salimans & Ho 2022; the CPU preset's: see `docs/models/mcvd.md`)."""
     sampler: Sampler = "ddpm"
     """`ddpm` (ancestral) or `ddim`."""
     sampling_steps: int = 100
@@ -128,6 +134,8 @@ class MCVDConfig:
                 f"{name}: `schedule` must be 'linear' or 'cosine' and `sampler` 'ddpm' or "
                 f"'ddim'; got {self.schedule!r}, {self.sampler!r}."
             )
+        if self.prediction not in ("eps", "v"):
+            raise ValueError(f"{name}: `prediction` must be 'eps' or 'v', got {self.prediction!r}.")
         if not 0 <= self.dropout < 1 or self.eta < 0:
             raise ValueError(
                 f"{name}: `dropout` must be in [0, 1) and `eta` ≥ 0; got {self.dropout}, {self.eta}."
@@ -178,9 +186,12 @@ MCVD_PRESETS: dict[str, MCVDConfig] = {
         _SMMNIST_BIG, channels=3, num_frames_cond=2, ngf=96, n_head_channels=96
     ),
     # CPU-sized: 48² frames (two 28-pixel digits have room to move), 5 past → 5, a
-    # three-level U-Net of width 32 with attention at 12², sampled with DDIM-25.
+    # three-level U-Net of width 32 with attention at 12², sampled with DDIM-25. It
+    # predicts v, not ε: a short run's ε̂ is not precise enough at the noisiest steps,
+    # where x̂₀ multiplies its error by 1/√ᾱ (docs/models/mcvd.md).
     "small": dataclasses.replace(
         _SMMNIST_BIG,
+        prediction="v",
         frame_size=48,
         ngf=32,
         ch_mult=(1, 2, 2),
@@ -232,9 +243,10 @@ def block_autoregressive(
 class MCVDVideoModel(AbstractUnconditionalVideoModel, AbstractInfillingVideoModel):
     """MCVD on frames (see the module docstring): `network` is the NCSN++ denoiser.
 
-    **Loss** (term `denoising`; `eps_mse`: the mean square error of ε̂ per pixel): on a
-    random window of `clip_length` frames of each training video, MCVD's masked
-    ε-prediction objective, summed over the block's pixels as the original.
+    **Loss** (term `denoising`; `eps_mse` or `v_mse`: the mean square error of ε̂ or
+    v̂ per pixel): on a random window of `clip_length` frames of each training video,
+    MCVD's masked ε-prediction objective (or its v form), summed over the block's
+    pixels as the original.
 
     **Sampling**: `sample_block(past, future, key=…)` draws one block (`None` for a
     masked side); `generate` continues a video block by block (prediction);
@@ -275,8 +287,9 @@ class MCVDVideoModel(AbstractUnconditionalVideoModel, AbstractInfillingVideoMode
         *,
         key: PRNGKeyArray | None = None,
     ) -> Float[Array, "frames height width channels"]:
-        """ε̂ for the noisy block `x_t` at step `t`, given `past` (`num_frames_cond`)
-        and `future` (`num_frames_future`) frames, masked ones zero. `key`: dropout."""
+        """The network's output for the noisy block `x_t` at step `t` (ε̂, or v̂ with
+        `prediction="v"`), given `past` (`num_frames_cond`) and `future`
+        (`num_frames_future`) frames, masked ones zero. `key`: dropout."""
         c = self.config
         eps = self.network(_stack(x_t), jnp.asarray(t), self._cond(past, future), key=key)
         return _unstack(eps, c.channels)
@@ -314,10 +327,11 @@ class MCVDVideoModel(AbstractUnconditionalVideoModel, AbstractInfillingVideoMode
         k_noise, k_steps = jax.random.split(key)
         shape = (c.num_frames, c.frame_size, c.frame_size, c.channels)
         noise = jax.random.normal(k_noise, shape, jnp.float32)
-        eps_fn = lambda x, t: self.denoise(x, t, past, future)
+        model_fn = lambda x, t: self.denoise(x, t, past, future)
         x = diffusion_sample(
-            eps_fn, noise, c.diffusion_schedule, steps=c.sampling_steps, sampler=c.sampler,
-            eta=c.eta, clip_x0=c.clip_x0, final_denoise=c.final_denoise, key=k_steps,
+            model_fn, noise, c.diffusion_schedule, steps=c.sampling_steps, sampler=c.sampler,
+            eta=c.eta, clip_x0=c.clip_x0, final_denoise=c.final_denoise,
+            prediction=c.prediction, key=k_steps,
         )  # fmt: skip
         return jnp.clip(x, -1.0, 1.0)
 
@@ -358,7 +372,7 @@ class MCVDVideoModel(AbstractUnconditionalVideoModel, AbstractInfillingVideoMode
         key: KeyOrKeys | None = None,
         step: Int[ArrayLike, ""] = 0,
     ) -> tuple[Scalar, LossTerms, eqx.nn.State | None]:
-        """MCVD's masked ε-prediction loss (see the class), averaged over the batch.
+        """MCVD's masked ε- (or v-) prediction loss (see the class), averaged over the batch.
         `key` draws windows, masks, steps, noise and dropout; `None` (evaluation) uses
         fixed ones: the first window, no masks, no dropout."""
         del step
@@ -389,9 +403,13 @@ class MCVDVideoModel(AbstractUnconditionalVideoModel, AbstractInfillingVideoMode
             noise = jax.random.normal(k_noise, current.shape, jnp.float32)
             a = alpha_bars[t]
             x_t = jnp.sqrt(a) * current + jnp.sqrt(1 - a) * noise
-            eps = self.denoise(x_t, t, past, future, key=None if fixed else k_drop)
-            err = jnp.square(eps.astype(jnp.float32) - noise)
-            return 0.5 * jnp.sum(err), {"eps_mse": jnp.mean(err)}
+            out = self.denoise(x_t, t, past, future, key=None if fixed else k_drop)
+            if c.prediction == "v":
+                target = jnp.sqrt(a) * noise - jnp.sqrt(1 - a) * current
+            else:
+                target = noise
+            err = jnp.square(out.astype(jnp.float32) - target)
+            return 0.5 * jnp.sum(err), {f"{c.prediction}_mse": jnp.mean(err)}
 
         loss, terms = mean_over_videos(one, VideoBatch(video, None), key)
         return loss, {"denoising": loss, **terms}, state

@@ -22,8 +22,10 @@ from ._convs5 import ConvS5 as ConvS5
 from ._convs5 import ResNetOutput as ResNetOutput
 from ._dense import Dense as Dense
 from ._dense import torch_linear as torch_linear
+from ._diffusion_sampling import Prediction as Prediction
 from ._diffusion_sampling import Sampler as Sampler
 from ._diffusion_sampling import diffusion_sample as diffusion_sample
+from ._diffusion_sampling import eps_and_x0 as eps_and_x0
 from ._diffusion_schedule import DiffusionSchedule as DiffusionSchedule
 from ._diffusion_schedule import ScheduleKind as ScheduleKind
 from ._diffusion_schedule import beta_schedule as beta_schedule
