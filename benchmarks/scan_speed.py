@@ -32,7 +32,7 @@ from eqvid._cli import add_config_arguments, config_from_args
 
 # `eqvid.kernels` is the kernels/ folder ([tool.setuptools.package-dir]); Python finds it
 # through setuptools' editable-install finder, which pyright cannot follow.
-from eqvid.kernels import linear_scan, linear_scan_split
+from eqvid.kernels import linear_scan, linear_scan_split, pallas_backends
 
 # name: (T, batch, height=width, P) — the layers of the papers' models.
 SIZES = {
@@ -45,8 +45,10 @@ SIZES = {
 GPU_SIZES = ("mnist-300", "teco", "long", "few-channels", "cpu-small")
 CPU_SIZES = ("cpu-small",)
 # Benchmark name -> `linear_scan` implementation; "pallas-split" is `linear_scan_split`.
-SCAN_IMPLS: dict[str, Literal["pallas", "xla", "sequential"]] = {
+SCAN_IMPLS: dict[str, Literal["pallas", "mosaic", "triton", "xla", "sequential"]] = {
     "pallas": "pallas",
+    "mosaic": "mosaic",
+    "triton": "triton",
     "xla": "xla",
     "sequential": "sequential",
 }
@@ -61,9 +63,11 @@ class ScanBenchConfig:
     """Named sizes to run (cpu-small, mnist-300, teco, long, few-channels); default:
     all on GPU, cpu-small elsewhere."""
     impls: tuple[str, ...] = ()
-    """Implementations (pallas-split, pallas, xla, sequential); default: both Pallas
-    forms on GPU plus both references. `pallas-split` is the ConvS5 layer's path:
-    states in split layout [Re | Im], no complex arrays around the kernel."""
+    """Implementations (pallas-split, pallas, mosaic, triton, xla, sequential);
+    default on GPU: the split form, both kernels (Mosaic GPU and Triton, those this
+    machine can run) side by side, and both references. `pallas-split` is the ConvS5
+    layer's path (the kernel `impl="pallas"` picks): states in split layout [Re |
+    Im], no complex arrays around the kernel."""
     repeats: int = 10
     """Timed calls per measurement (the median is reported)."""
     name: str = ""
@@ -122,8 +126,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     config = config_from_args(parser.parse_args(argv), "bench", ScanBenchConfig())
     gpu = jax.default_backend() == "gpu"
     sizes = config.sizes or (GPU_SIZES if gpu else CPU_SIZES)
+    kernels = [k for k, why in pallas_backends().items() if why is None]
     impls = config.impls or (
-        ("pallas-split", "pallas", "xla", "sequential") if gpu else ("xla", "sequential")
+        ("pallas-split", *kernels, "xla", "sequential") if gpu else ("xla", "sequential")
     )
     for name in sizes:
         if name not in SIZES:

@@ -1,8 +1,9 @@
 """Diagonal linear recurrence `x_t = a_t ⊙ x_{t-1} + b_t` along axis 0.
 
-This file holds the Pallas GPU kernel, the pure-JAX references (a parallel
+This file holds the Pallas Triton kernel, the pure-JAX references (a parallel
 `lax.associative_scan` and a sequential `lax.scan`), the `custom_vjp` wiring
-shared by every implementation, and the dispatcher.
+shared by every implementation, and the dispatcher. The Mosaic GPU kernel lives
+beside it in `_linear_scan_mosaic.py`.
 
 The backward pass of a linear recurrence is itself a linear recurrence run the
 other way: with `g_t` the cotangent of `x_t`,
@@ -22,8 +23,11 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Inexact
 
-ScanImpl = Literal["auto", "pallas", "xla", "sequential"]
-_IMPLS = ("auto", "pallas", "xla", "sequential")
+from . import _kernel_backends
+from ._linear_scan_mosaic import mosaic_modules, mosaic_scan
+
+ScanImpl = Literal["auto", "pallas", "mosaic", "triton", "xla", "sequential"]
+_IMPLS = ("auto", "pallas", "mosaic", "triton", "xla", "sequential")
 
 
 # ----------------------------------------------------------------------------
@@ -339,17 +343,46 @@ def _planes_mul(a, x, planes):
     return _to_split(_to_complex(a) * _to_complex(x))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def _pallas_split(a, b, x0, reverse, planes):
-    return _kernel_scan(a, b, x0, reverse, planes=planes)
+def _mosaic_kernel_scan(a, b, x0, reverse, *, planes, interpret=None):
+    """The Mosaic GPU kernel on split-layout arrays (`_kernel_scan`'s contract): to
+    its planar layout `(planes, T, M·P)` and back. `interpret=None`: compiled on
+    GPUs, interpreted elsewhere (`_mosaic_interpret`)."""
+    length, m, width = b.shape
+    p = width // planes
+
+    def planar(z):
+        z = z.reshape(z.shape[0], m, planes, p)
+        return jnp.transpose(z, (2, 0, 1, 3)).reshape(planes, z.shape[0], m * p)
+
+    interpret = _mosaic_interpret() if interpret is None else interpret
+    xs = mosaic_scan(planar(a), planar(b), planar(x0[None])[:, 0], reverse, interpret=interpret)
+    xs = jnp.transpose(xs.reshape(planes, length, m, p), (1, 2, 0, 3))
+    return xs.reshape(length, m, width)
 
 
-def _pallas_split_fwd(a, b, x0, reverse, planes):
-    xs = _kernel_scan(a, b, x0, reverse, planes=planes)
+def _mosaic_interpret():
+    """Mosaic GPU's interpreter settings off GPUs, `None` (compiled) on them. Decided
+    when tracing, not at lowering as the Triton kernel does: the interpreter's
+    ordered callbacks cannot sit in a `platform_dependent` branch."""
+    if jax.default_backend() == "gpu":
+        return None
+    return mosaic_modules()[1]()
+
+
+_KERNELS = {"triton": _kernel_scan, "mosaic": _mosaic_kernel_scan}
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _pallas_split(a, b, x0, reverse, planes, backend):
+    return _KERNELS[backend](a, b, x0, reverse, planes=planes)
+
+
+def _pallas_split_fwd(a, b, x0, reverse, planes, backend):
+    xs = _KERNELS[backend](a, b, x0, reverse, planes=planes)
     return xs, (a, x0, xs)
 
 
-def _pallas_split_bwd(reverse, planes, res, g):
+def _pallas_split_bwd(reverse, planes, backend, res, g):
     """Reverse-time kernel for λ, then `∂b = λ`, `∂a = Σ λ·x_prev`, `∂x0 = M(a₀)ᵀ λ₀`.
 
     All primals are real split-layout arrays here, so cotangents are ordinary real
@@ -364,12 +397,12 @@ def _pallas_split_bwd(reverse, planes, res, g):
         ones = ones.at[..., ones.shape[-1] // 2 :].set(0)
     if reverse:
         shifted = jnp.concatenate([ones, at[:-1]], 0) if per_step else at
-        lam = _kernel_scan(shifted, g, jnp.zeros_like(x0), False, planes=planes)
+        lam = _KERNELS[backend](shifted, g, jnp.zeros_like(x0), False, planes=planes)
         prev = jnp.concatenate([xs[1:].astype(x0.dtype), x0[None]], axis=0)
         first, lam_first = at[-1], lam[-1]
     else:
         shifted = jnp.concatenate([at[1:], ones], 0) if per_step else at
-        lam = _kernel_scan(shifted, g, jnp.zeros_like(x0), True, planes=planes)
+        lam = _KERNELS[backend](shifted, g, jnp.zeros_like(x0), True, planes=planes)
         prev = jnp.concatenate([x0[None], xs[:-1].astype(x0.dtype)], axis=0)
         first, lam_first = at[0], lam[0]
     if planes == 1:
@@ -386,7 +419,7 @@ def _pallas_split_bwd(reverse, planes, res, g):
 _pallas_split.defvjp(_pallas_split_fwd, _pallas_split_bwd)
 
 
-def _pallas(a, b, x0, reverse):
+def _pallas(a, b, x0, reverse, backend):
     """`linear_scan` with the kernel: complex/real arrays to split layout and back.
 
     `a` has the rank of `b` (leading 1 or T). Differentiable through the kernel's
@@ -402,23 +435,43 @@ def _pallas(a, b, x0, reverse):
         return _to_split(z) if cplx else z
 
     a_s = split(jnp.broadcast_to(a, a.shape[:1] + rest))
-    xs = cast(Array, _pallas_split(a_s, split(b), split(x0[None])[0], reverse, 2 if cplx else 1))
+    planes = 2 if cplx else 1
+    xs = cast(Array, _pallas_split(a_s, split(b), split(x0[None])[0], reverse, planes, backend))
     return (_to_complex(xs) if cplx else xs).reshape(b.shape)
 
 
 _FORWARD = {"xla": _associative, "sequential": _sequential}
 
 
-def _resolve(impl: str) -> str:
+def _resolve(impl: str, dtype, name: str = "linear_scan") -> str:
+    """The implementation to run: a kernel backend (`"mosaic"`, `"triton"`) or a
+    reference (`"xla"`, `"sequential"`). `"auto"` and `"pallas"` choose through
+    `_kernel_backends.choose` (on a GPU: Mosaic GPU on Hopper or newer, Triton on
+    older GPUs, with one warning when the preferred backend cannot run); a forced
+    backend that cannot run raises, naming what this machine has."""
     if impl not in _IMPLS:
-        raise ValueError(f"linear_scan: `impl` must be one of {_IMPLS}, got {impl!r}.")
-    if impl == "auto":
-        # The kernel on GPU. Elsewhere the references: on CPU the work-efficient
-        # sequential scan beats the associative one at every length
-        # (benchmarks/scan_speed.py); other accelerators take the parallel scan.
-        backend = jax.default_backend()
-        return {"gpu": "pallas", "cpu": "sequential"}.get(backend, "xla")
-    return impl
+        raise ValueError(f"{name}: `impl` must be one of {_IMPLS}, got {impl!r}.")
+    if impl in ("xla", "sequential"):
+        return impl
+    f64 = jnp.dtype(dtype) in (jnp.float64, jnp.complex128)
+    if impl == "auto" and jax.default_backend() != "gpu":
+        # Off GPUs the references: on CPU the work-efficient sequential scan beats
+        # the associative one at every length (benchmarks/scan_speed.py); other
+        # accelerators take the parallel scan.
+        return "sequential" if jax.default_backend() == "cpu" else "xla"
+    if impl in ("mosaic", "triton"):
+        _kernel_backends.require(impl, name, float64=f64)
+        return impl
+    fallback = "xla" if impl == "auto" else None
+    return _kernel_backends.choose(name, float64=f64, fallback=fallback, probe=_probe)
+
+
+def _probe(backend: str) -> None:
+    """Compile a tiny scan with `backend`'s kernel for this machine (raises if it
+    cannot): real, per-step, 64 steps of 2 × 128 channels."""
+    a = jnp.full((64, 2, 128), 0.5, jnp.float32)
+    run = lambda a, b, x0: _KERNELS[backend](a, b, x0, False, planes=1)
+    jax.jit(run).lower(a, a, a[0]).compile()
 
 
 # ----------------------------------------------------------------------------
@@ -490,10 +543,16 @@ def linear_scan(
     - `x0`: the state before the first step (`x_{-1}`), broadcastable to
       `b.shape[1:]`. Zero when absent.
     - `reverse`: run from the end: `x_t = a_t ⊙ x_{t+1} + b_t` with `x_T = x0`.
-    - `impl`: `"pallas"` (the fused GPU kernel; in interpret mode on CPU),
-      `"xla"` (parallel `lax.associative_scan`, O(log T) depth), `"sequential"`
-      (`lax.scan`), or `"auto"`: the kernel on GPU, the sequential scan on CPU
-      (faster there), the associative scan elsewhere.
+    - `impl`: `"mosaic"` (the Pallas Mosaic GPU kernel: Hopper or newer),
+      `"triton"` (the Pallas Triton kernel, while the installed jax has that
+      backend), `"pallas"` (whichever of the two suits this GPU; off GPUs both run
+      interpreted, Triton first), `"xla"` (parallel `lax.associative_scan`,
+      O(log T) depth), `"sequential"` (`lax.scan`), or `"auto"`: on a GPU Mosaic
+      GPU from compute capability 9.0, Triton below, the associative scan when
+      neither can run (one warning says why); the sequential scan on CPU (faster
+      there); the associative scan elsewhere. A forced kernel that cannot run here
+      (float64 on Mosaic GPU, a backend this jax lacks) raises, naming the
+      implementations this machine has.
 
     **Returns:** all states `x_0 … x_{T-1}`, shape `b.shape`, in the promoted
     dtype of the inputs (real or complex).
@@ -501,12 +560,12 @@ def linear_scan(
     Gradients with respect to `a`, `b` and `x0` are computed by a reverse scan
     of the same implementation (no stored tree levels).
     """
-    resolved = _resolve(impl)
     # The casts in `_check_inputs` are differentiable JAX ops, so autodiff maps
     # cotangents back to the callers' dtypes (real parts for real inputs) and shapes.
     a, b, x0 = _check_inputs(a, b, x0)
-    if resolved == "pallas":
-        return _pallas(a, b, x0, reverse)
+    resolved = _resolve(impl, b.dtype)
+    if resolved in _KERNELS:
+        return _pallas(a, b, x0, reverse, resolved)
     return _scan(a, b, x0, reverse, resolved)
 
 
@@ -539,9 +598,10 @@ def linear_scan_split(
         )
     p = b.shape[-1] // 2
     complex_shape = b.shape[:-1] + (p,)
-    if _resolve(impl) != "pallas":
+    resolved = _resolve(impl, b.dtype, "linear_scan_split")
+    if resolved not in _KERNELS:
         b_c = _to_complex(b.astype(_promoted_dtype(b.dtype, jnp.float32)))
-        x = linear_scan(a, b_c, x0, reverse=reverse, impl=impl)
+        x = linear_scan(a, b_c, x0, reverse=reverse, impl=resolved)
         return _to_split(x).astype(b.dtype)
     a, x0 = _check_shapes(a, complex_shape, x0, b.dtype, "linear_scan_split")
     # The decay and the initial state stay in (at least) float32 planes; the kernel
@@ -556,6 +616,7 @@ def linear_scan_split(
 
     a_s = split(jnp.broadcast_to(a, a.shape[:1] + rest))
     xs = cast(
-        Array, _pallas_split(a_s, b.reshape(length, m, 2 * p), split(x0[None])[0], reverse, 2)
+        Array,
+        _pallas_split(a_s, b.reshape(length, m, 2 * p), split(x0[None])[0], reverse, 2, resolved),
     )
     return xs.reshape(b.shape)
