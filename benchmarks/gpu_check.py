@@ -22,16 +22,17 @@ that fails, crashes or runs out of time is recorded (error and output kept) befo
 next one starts:
 
   environment     device, driver (nvidia-smi), jax/jaxlib/CUDA versions, git state
-  kernel-tests    correctness: tests/test_linear_scan.py and tests/test_attention.py
-                  under pytest on this device. Their `impl="pallas"` / `"auto"` cases
+  kernel-tests    correctness: tests/test_linear_scan.py, test_linear_scan_mosaic.py and
+                  tests/test_attention.py under pytest on this device. Their `impl="pallas"` / `"auto"` cases
                   compile the kernels on a GPU; cases pinned to `interpret=True` stay
                   interpreted (hence the next section). --quick runs only the cases that
                   reach the kernels through the public functions.
-  kernel-compare  correctness: `impl="pallas"` against the `impl="xla"` reference at
-                  realistic sizes (ConvS5 layers, transformer attention with every mask
-                  kind) in float32 and bfloat16, outputs and gradients, with the tests'
-                  tolerances; checks that the kernels were compiled (Triton calls in the
-                  lowered program) and logs every maximum error.
+  kernel-compare  correctness: the kernels against the `impl="xla"` reference at
+                  realistic sizes (ConvS5 layers, each once per Pallas backend this GPU
+                  runs, Mosaic GPU and Triton side by side; transformer attention with
+                  every mask kind) in float32 and bfloat16, outputs and gradients, with
+                  the tests' tolerances; checks that the kernels were compiled (Triton or
+                  Mosaic GPU calls in the lowered program) and logs every maximum error.
   scan            linear-scan GB/s against this run's copy bandwidth at the ConvS5
                   layer sizes (scan_speed.py).
   attention       attention TFLOP/s against cuDNN (`jax.nn.dot_product_attention`) and
@@ -45,7 +46,7 @@ A benchmark section fails when its script fails or runs out of time, or when a
 measurement of eqvid's own code records an error (an OOM included); failed reference
 measurements (XLA, cuDNN, lax.scan) are reported but do not fail it.
 
-Time budget: the section limits add up to 460 s (full) and 170 s (--quick), so with
+Time budget: the section limits add up to 460 s (full) and 175 s (--quick), so with
 process start-up a run ends within 8 and 3 minutes; a section that would overrun is
 stopped and the rest still run. `--budget` scales every limit. The sections share a
 JAX compilation cache (--cache-dir), so a full run after --quick compiles less.
@@ -116,10 +117,17 @@ class Section:
     args: dict[str, str] = dataclasses.field(default_factory=dict)  # per mode
 
 
-KERNEL_TESTS = ["tests/test_linear_scan.py", "tests/test_attention.py"]
+KERNEL_TESTS = [
+    "tests/test_linear_scan.py",
+    "tests/test_linear_scan_mosaic.py",
+    "tests/test_attention.py",
+]
 # --quick: the cases that reach the kernels through `impl="pallas"` / `"auto"` (compiled
 # on a GPU), not the ones pinned to interpret mode.
-QUICK_TESTS = "(pallas or auto or cuda or split_layout) and not kernel_matches_numpy_loop"
+QUICK_TESTS = (
+    "(pallas or auto or cuda or split_layout or through_linear_scan) "
+    "and not kernel_matches_numpy_loop"
+)
 # --cpu: two cheap cases, one per file: the section's plumbing, not the kernels.
 CPU_TESTS = "auto_dispatch or mask_fields_are_validated"
 
@@ -141,8 +149,8 @@ SECTIONS = (
     Section(
         "kernel-compare",
         "correctness",
-        'impl="pallas" (compiled) vs impl="xla": outputs and gradients, fp32 and bf16',
-        {"full": 85, "quick": 25, "cpu": 180},
+        'the kernels (compiled; scans per backend) vs impl="xla": outputs and gradients',
+        {"full": 95, "quick": 30, "cpu": 180},
     ),
     Section(
         "scan",
@@ -190,7 +198,7 @@ SECTIONS = (
         "generation",
         "benchmark",
         "100 → 800 frames: ConvS5 vs Transformer with / without KV cache",
-        {"full": 65, "quick": 25, "cpu": 300},
+        {"full": 55, "quick": 25, "cpu": 300},
         script="generation_speed.py",
         result="generation_speed",
         args={
@@ -907,12 +915,13 @@ class ScanCase:
     dtype: str  # "float32" (complex64 for complex) or "bfloat16"
     per_step: bool = False
     reverse: bool = False
+    impl: str = "pallas"  # the kernel: "mosaic", "triton" or "pallas" (the machine's)
 
     @property
     def label(self) -> str:
         kind = {"complex": "complex64", "split": "split [Re, Im]", "real": "real"}[self.layout]
         extra = (", per-step a" if self.per_step else "") + (", reverse" if self.reverse else "")
-        return f"scan: {self.name} ({kind}{extra})"
+        return f"scan ({self.impl}): {self.name} ({kind}{extra})"
 
     @property
     def shape(self) -> str:
@@ -960,14 +969,14 @@ class ScanCase:
 
     def run(self, impl: str, a, b, ct):
         """The scan's output and its gradients with respect to `a` and `b` (for the
-        cotangent `ct`); `impl != "pallas"` computes in float32 on the same values."""
+        cotangent `ct`); a reference `impl` computes in float32 on the same values."""
         import jax
         import jax.numpy as jnp
 
         from eqvid.kernels import linear_scan, linear_scan_split
         from eqvid.kernels.linear_scan import ScanImpl
 
-        if impl != "pallas" and b.dtype == jnp.bfloat16:
+        if impl in ("xla", "sequential") and b.dtype == jnp.bfloat16:
             b, ct = b.astype(jnp.float32), ct.astype(jnp.float32)
             if self.layout == "real":
                 a = a.astype(jnp.float32)
@@ -1037,15 +1046,20 @@ def compare_cases(mode: str) -> list[ScanCase | AttentionCase]:
 
     # `eqvid.kernels` is the kernels/ folder, found through setuptools' editable finder,
     # which pyright cannot follow.
-    from eqvid.kernels import AttentionMask
+    from eqvid.kernels import AttentionMask, pallas_backends
 
+    # Every scan case once per Pallas backend this machine runs, side by side.
+    kernels = [k for k, why in pallas_backends().items() if why is None] or ["pallas"]
+    per_backend = lambda scans: [dataclasses.replace(c, impl=k) for c in scans for k in kernels]
     causal = AttentionMask(causal=True)
     if mode == "cpu":  # tiny: the kernels are interpreted
         # Four cases, every code path of this check, each a few seconds interpreted.
-        scans = [
-            ScanCase("ConvS5 layer", 12, (2, 3, 3, 8), "split", "bfloat16"),
-            ScanCase("few channels, time chunks", 256, (2,), "complex", "float32", True, True),
-        ]
+        scans = per_backend(
+            [
+                ScanCase("ConvS5 layer", 12, (2, 3, 3, 8), "split", "bfloat16"),
+                ScanCase("few channels, time chunks", 256, (2,), "complex", "float32", True, True),
+            ]
+        )
         window = AttentionMask.frame_causal(8, window=2).with_lengths(
             q_lengths=np.array([40]), kv_lengths=np.array([33])
         )
@@ -1059,9 +1073,14 @@ def compare_cases(mode: str) -> list[ScanCase | AttentionCase]:
     # attention case in float32 then bfloat16.
     layer = (300, (8, 16, 16, 128))  # the ConvS5 MNIST-300 layer at train length 300
     cases: list[ScanCase | AttentionCase] = [
-        ScanCase("ConvS5 MNIST-300 layer", *layer, "complex", "float32"),
-        ScanCase("ConvS5 MNIST-300 layer", *layer, "split", "bfloat16"),
+        *per_backend(
+            [
+                ScanCase("ConvS5 MNIST-300 layer", *layer, "complex", "float32"),
+                ScanCase("ConvS5 MNIST-300 layer", *layer, "split", "bfloat16"),
+            ]
+        )
     ]
+    quick_scans = len(cases)
     decode = AttentionMask(causal=True, tokens_per_frame=256, q_offset=1792)
     frames = AttentionMask.frame_causal(256)  # a 16×16 latent per frame
     attn = [
@@ -1069,20 +1088,22 @@ def compare_cases(mode: str) -> list[ScanCase | AttentionCase]:
         ("KV-cache decode: 256 queries at 1792", 2, 256, 2048, 8, 8, 64, decode),
     ]
     if mode == "full":
-        cases += [
-            ScanCase("ConvS5 MNIST-300 layer", *layer, "split", "float32"),
-            ScanCase("TECO layer", 300, (16, 8, 8, 512), "split", "float32"),
-            ScanCase(
-                "few channels, T=4096: time chunks",
-                4096,
-                (1, 8, 8, 32),
-                "complex",
-                "float32",
-                per_step=True,
-                reverse=True,
-            ),
-            ScanCase("selective", 1200, (8, 8, 8, 64), "real", "bfloat16", per_step=True),
-        ]
+        cases += per_backend(
+            [
+                ScanCase("ConvS5 MNIST-300 layer", *layer, "split", "float32"),
+                ScanCase("TECO layer", 300, (16, 8, 8, 512), "split", "float32"),
+                ScanCase(
+                    "few channels, T=4096: time chunks",
+                    4096,
+                    (1, 8, 8, 32),
+                    "complex",
+                    "float32",
+                    per_step=True,
+                    reverse=True,
+                ),
+                ScanCase("selective", 1200, (8, 8, 8, 64), "real", "bfloat16", per_step=True),
+            ]
+        )
         padded = AttentionMask.frame_causal(64, window=4).with_lengths(
             q_lengths=np.array([2048, 1500]), kv_lengths=np.array([2048, 1200])
         )
@@ -1099,8 +1120,8 @@ def compare_cases(mode: str) -> list[ScanCase | AttentionCase]:
         for spec in attn
         for dtype in ("float32", "bfloat16")
     ]
-    # Interleave: the quick cases (2 scans, 2 × 2 attention) come first.
-    return cases[:2] + attention_cases[:4] + cases[2:] + attention_cases[4:]
+    # Interleave: the quick cases (2 scans per backend, 2 × 2 attention) come first.
+    return cases[:quick_scans] + attention_cases[:4] + cases[quick_scans:] + attention_cases[4:]
 
 
 def _errors(got, want, bound):
@@ -1151,16 +1172,25 @@ def tolerance(case, gradient: bool, kernel_dtype) -> tuple[str, Callable]:
     return f"{tol:g}·(1 + abs(want))", lambda mag: tol * (1 + mag)
 
 
+def kernel_calls(text: str) -> str:
+    """What runs the kernel in a lowered program: `Triton ×n`, `Mosaic GPU ×n` (its
+    custom calls) or `interpreted`."""
+    triton, mosaic = text.count("xla.gpu.triton"), text.count("@mosaic_gpu")
+    if mosaic:
+        return f"Mosaic GPU ×{mosaic}"
+    return f"Triton ×{triton}" if triton else "interpreted"
+
+
 def compare_one(case, key) -> list[dict]:
     """Run `case` with the kernel and the reference; one record per output/gradient."""
     import jax
 
     args = case.inputs(key)
-    pallas = jax.jit(lambda *a: case.run("pallas", *a)).lower(*args)
-    triton = pallas.as_text().count("xla.gpu.triton")
-    got = pallas.compile()(*args)
+    kernel = case.impl if isinstance(case, ScanCase) else "pallas"
+    lowered = jax.jit(lambda *a: case.run(kernel, *a)).lower(*args)
+    compiled = kernel_calls(lowered.as_text())
+    got = lowered.compile()(*args)
     want = jax.jit(lambda *a: case.run("xla", *a))(*args)
-    compiled = f"Triton ×{triton}" if triton else "interpreted"
     names = ["output"] + (["da", "db"] if isinstance(case, ScanCase) else ["dq", "dk", "dv"])
     flat_got = [got[0], *got[1]]
     flat_want = [want[0], *want[1]]
@@ -1238,8 +1268,9 @@ def write_compare_report(out_dir: str, records: list[dict], done: int, total: in
         "output and the gradients (a vector-Jacobian product with a random cotangent). "
         "bfloat16 scans are compared with the float32 reference on the same "
         "(bf16-valued) inputs; bfloat16 attention with the reference on the same inputs "
-        "(it computes in float32 and rounds). `kernel`: Triton calls in the lowered "
-        "program (compiled), or `interpreted`. `worst err / bound` ≤ 1 passes. Bounds "
+        "(it computes in float32 and rounds). `kernel`: Triton or Mosaic GPU calls in the "
+        "lowered program (compiled), or `interpreted`; each scan runs once per Pallas "
+        "backend this machine has (`scan (mosaic)`, `scan (triton)`). `worst err / bound` ≤ 1 passes. Bounds "
         "from the tests: scan float32 1e-4 (outputs) and 1e-3 (gradients) element-wise "
         "(atol = rtol); scan bfloat16 outputs one bf16 ulp (plus the float32 bound for "
         "sums reordered at these lengths), gradients 2e-2 (the attention half-precision "
@@ -1266,7 +1297,7 @@ def child_compare(mode: str, out_dir: str) -> int:
             found = compare_one(case, jax.random.key(index))
             if on_gpu and found[0]["compiled"] == "interpreted":
                 for r in found:
-                    r["ok"], r["error"] = False, "no Triton call in the lowered program"
+                    r["ok"], r["error"] = False, "no kernel call in the lowered program"
         except Exception as error:  # recorded; the next case still runs
             text = f"{type(error).__name__}: {error}".strip().splitlines()[0][:300]
             found = [

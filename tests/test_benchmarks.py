@@ -479,6 +479,8 @@ def test_gpu_check_cpu_runs_every_section(tmp_path):
     compare = json.loads((out / "kernel_compare.json").read_text())
     assert len(compare["records"]) >= 4 * 3 and all(r["ok"] for r in compare["records"])
     assert {r["compiled"] for r in compare["records"]} == {"interpreted"}
+    scans = {r["case"].split(":")[0] for r in compare["records"] if r["case"].startswith("scan")}
+    assert scans == {"scan (mosaic)", "scan (triton)"}  # both backends, side by side
 
 
 def lower_for_cuda(fn, *args):
@@ -492,24 +494,33 @@ def lower_for_cuda(fn, *args):
         return jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
 
 
-def test_gpu_check_comparisons_lower_for_cuda():
+def test_gpu_check_comparisons_lower_for_cuda(monkeypatch):
     """Every kernel comparison of the full GPU run (a superset of --quick's) traces and
-    lowers to Triton calls at its real sizes: forward and gradient kernels."""
+    lowers to Triton or Mosaic GPU calls at its real sizes: forward and gradient
+    kernels; each scan once per backend."""
+    import importlib
+
+    scan_module = importlib.import_module("eqvid.kernels.linear_scan")
+    monkeypatch.setattr(scan_module, "_mosaic_interpret", lambda: None)  # compiled
     gpu_check = load("gpu_check")
     quick = {(c.label, c.dtype) for c in gpu_check.compare_cases("quick")}
     cases = gpu_check.compare_cases("full")
     assert quick <= {(c.label, c.dtype) for c in cases}
+    assert {c.impl for c in cases if isinstance(c, gpu_check.ScanCase)} == {"mosaic", "triton"}
     failures = []
     for case in cases:
+        kernel = getattr(case, "impl", "pallas")
         try:
-            text = lower_for_cuda(lambda *a, case=case: case.run("pallas", *a), *case.structs())
+            run = lambda *a, case=case, kernel=kernel: case.run(kernel, *a)
+            text = lower_for_cuda(run, *case.structs())
         except Exception as error:
             failures.append(f"{case.label} {case.dtype}: {type(error).__name__}: {error}"[:400])
             continue
-        calls = text.count("xla.gpu.triton")
+        calls = gpu_check.kernel_calls(text)
         wanted = 3 if isinstance(case, gpu_check.AttentionCase) else 2  # fwd, dQ, dK/dV
-        if calls < wanted:
-            failures.append(f"{case.label} {case.dtype}: {calls} Triton calls")
+        expect = "Mosaic GPU" if kernel == "mosaic" else "Triton"
+        if not calls.startswith(expect) or int(calls.split("×")[1]) < wanted:
+            failures.append(f"{case.label} {case.dtype}: {calls}")
     assert not failures, "\n".join(failures)
 
 
