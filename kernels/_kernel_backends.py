@@ -88,14 +88,24 @@ def pallas_backends() -> dict[str, str | None]:
     return {b: _cannot(b, float64=False, capability=capability) for b in BACKENDS}
 
 
-def require(backend: str, name: str, *, float64: bool = False) -> None:
-    """Raise a clear error when a forced `backend` cannot run these inputs here."""
+def require(
+    backend: str,
+    name: str,
+    *,
+    float64: bool = False,
+    kernels: tuple[str, ...] = BACKENDS,
+    references: tuple[str, ...] = ("xla", "sequential"),
+    impl: str | None = None,
+) -> None:
+    """Raise a clear error when a forced `backend` (asked for as `impl`, by default
+    its own name) cannot run these inputs here, naming the implementations of kernel
+    `name` (its `kernels`, then its `references`) this machine has."""
     why = _cannot(backend, float64=float64, capability=gpu_compute_capability())
     if why is not None:
-        have = [b for b, reason in pallas_backends().items() if reason is None]
+        have = [b for b, reason in pallas_backends().items() if reason is None and b in kernels]
         raise ValueError(
-            f"{name}: impl={backend!r} cannot run here: {why}. This machine has "
-            f"{', '.join(map(repr, have + ['xla', 'sequential']))}."
+            f"{name}: impl={impl or backend!r} cannot run here: {why}. This machine has "
+            f"{', '.join(map(repr, have + list(references)))}."
         )
 
 
@@ -106,18 +116,20 @@ def choose(
     fallback: str | None = "xla",
     capability: tuple[int, int] | Literal["detect"] | None = "detect",
     probe: Callable[[str], None] | None = None,
+    kernels: tuple[str, ...] = BACKENDS,
 ) -> str:
-    """The backend for kernel `name`: on a GPU (`capability`, detected by default)
-    Mosaic GPU from compute capability 9.0, else Triton; off GPUs (interpreted)
-    Triton, else Mosaic GPU. A preferred backend that cannot run (or whose `probe`,
-    a tiny lowering, raises) is skipped with one warning; with none left, `fallback`
-    (a reference implementation), or an error when `fallback` is `None`."""
+    """The backend for kernel `name`, among the backends it is written for
+    (`kernels`): on a GPU (`capability`, detected by default) Mosaic GPU from
+    compute capability 9.0, else Triton; off GPUs (interpreted) Triton, else Mosaic
+    GPU. A preferred backend that cannot run (or whose `probe`, a tiny lowering,
+    raises) is skipped with one warning; with none left, `fallback` (a reference
+    implementation), or an error when `fallback` is `None`."""
     if capability == "detect":
         capability = gpu_compute_capability()
     if capability is not None and capability >= (9, 0):
-        order = ("mosaic", "triton")
+        order = tuple(b for b in ("mosaic", "triton") if b in kernels)
     else:
-        order = ("triton", "mosaic")
+        order = tuple(b for b in ("triton", "mosaic") if b in kernels)
     skipped = []
     for backend in order:
         if capability is not None and capability < (9, 0) and backend == "mosaic":

@@ -29,6 +29,8 @@ import numpy as np
 from jax.core import Tracer
 from jaxtyping import Array, ArrayLike, Float, Integer
 
+from . import _kernel_backends
+
 AttentionImpl = Literal["auto", "pallas", "xla", "cudnn"]
 _IMPLS = ("auto", "pallas", "xla", "cudnn")
 _LOG2E = math.log2(math.e)
@@ -869,12 +871,26 @@ def _check_inputs(q, k, v):
         raise TypeError(f"attention: inputs must be floating point, got {q.dtype}.")
 
 
+_REFERENCES = ("xla", "cudnn")
+
+
 def _resolve(impl: str, dtype) -> str:
+    """`"pallas"` (the Triton kernel), `"xla"` or `"cudnn"`. `"auto"` takes the
+    kernel on GPUs for float32/bfloat16/float16 while the installed jax has Pallas's
+    Triton backend, else the reference (one warning says why); a forced `"pallas"`
+    that cannot run raises, naming what this machine has."""
     if impl not in _IMPLS:
         raise ValueError(f"attention: `impl` must be one of {_IMPLS}, got {impl!r}.")
+    if impl == "pallas":
+        _kernel_backends.require(
+            "triton", "attention", kernels=("triton",), references=_REFERENCES, impl="pallas"
+        )
     if impl == "auto":
         kernel_dtype = dtype in (jnp.float32, jnp.bfloat16, jnp.float16)
-        return "pallas" if jax.default_backend() == "gpu" and kernel_dtype else "xla"
+        if jax.default_backend() != "gpu" or not kernel_dtype:
+            return "xla"
+        chosen = _kernel_backends.choose("attention", kernels=("triton",))
+        return "pallas" if chosen == "triton" else "xla"
     return impl
 
 
@@ -903,12 +919,13 @@ def attention(
     - `mask`: an `AttentionMask` (causal / frame-block-causal, window, padding
       lengths, query offset), or `None` for bidirectional attention.
     - `scale`: the score scale; `1/sqrt(head_dim)` when `None`.
-    - `impl`: `"pallas"` (the fused kernel: compiled on GPU, interpreted
-      elsewhere, slow), `"xla"` (the dense pure-JAX reference, O(L²) memory),
-      `"cudnn"` (`jax.nn.dot_product_attention(implementation="cudnn")`, GPU
-      only, for masks cuDNN has natively: none, causal with one token per frame,
-      padding), or `"auto"`: the kernel on GPU for float32/bfloat16/float16
-      inputs, the reference otherwise.
+    - `impl`: `"pallas"` (the fused Pallas Triton kernel: compiled on GPU,
+      interpreted elsewhere, slow), `"xla"` (the dense pure-JAX reference, O(L²)
+      memory), `"cudnn"` (`jax.nn.dot_product_attention(implementation="cudnn")`,
+      GPU only, for masks cuDNN has natively: none, causal with one token per
+      frame, padding), or `"auto"`: the kernel on GPU for float32/bfloat16/float16
+      inputs, the reference otherwise, and the reference with one warning naming
+      why when the installed jax has no Pallas Triton backend.
 
     **Returns:** `(batch, q_len, heads, head_dim)` in the dtype of `q`. Query rows
     that see no key (padding, or an empty window) are zeros, with zero gradients.

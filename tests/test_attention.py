@@ -438,3 +438,24 @@ def test_traced_lengths_and_offset_outside_the_sequences_give_nan(impl):
     ]
     for args in bad:
         assert np.isnan(np.asarray(run(*args))).all(), args
+
+
+def test_dispatch_never_breaks_without_the_triton_backend(monkeypatch):
+    """A jax without Pallas's Triton backend (simulated): `"auto"` on a GPU falls back
+    to the reference with one warning naming why; a forced `"pallas"` raises, naming
+    what the machine has."""
+    import importlib
+
+    backends = importlib.import_module("eqvid.kernels._kernel_backends")
+    attention_module = importlib.import_module("eqvid.kernels.attention")
+    real = backends.missing
+    reason = "jax 0.13 has no Pallas Triton backend (removed after 0.11)"
+    monkeypatch.setattr(backends, "missing", lambda b: reason if b == "triton" else real(b))
+    q = jnp.ones((1, 8, 2, 16), jnp.float32)
+    with pytest.raises(
+        ValueError, match=r"impl='pallas' cannot run here: jax 0.13 .*has 'xla', 'cudnn'"
+    ):
+        attention(q, q, q, impl="pallas")
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")  # as on a GPU machine
+    with pytest.warns(RuntimeWarning, match="attention: running on 'xla' because triton: jax 0.13"):
+        assert attention_module._resolve("auto", jnp.bfloat16) == "xla"
