@@ -35,6 +35,8 @@ next one starts:
                   Mosaic GPU calls in the lowered program) and logs every maximum error.
   scan            linear-scan GB/s against this run's copy bandwidth at the ConvS5
                   layer sizes (scan_speed.py).
+  selective       Mamba's fused selective scan (Mosaic GPU) against the unfused layer,
+                  time and memory, and the Mamba2 forms (selective_scan_speed.py).
   attention       attention TFLOP/s against cuDNN (`jax.nn.dot_product_attention`) and
                   XLA, bidirectional, causal and frame-block-causal (attention_speed.py).
   train           ConvS5 vs ConvLSTM training frames/s at T=300 with the MNIST-300
@@ -144,7 +146,7 @@ SECTIONS = (
         "kernel-tests",
         "correctness",
         "pytest " + " ".join(KERNEL_TESTS) + " on this device",
-        {"full": 100, "quick": 30, "cpu": 120},
+        {"full": 90, "quick": 30, "cpu": 120},
     ),
     Section(
         "kernel-compare",
@@ -168,10 +170,25 @@ SECTIONS = (
         },
     ),
     Section(
+        "selective",
+        "benchmark",
+        "Mamba's fused selective scan (Mosaic GPU) vs the unfused layer; Mamba2 forms",
+        {"full": 30, "quick": 15, "cpu": 120},
+        script="selective_scan_speed.py",
+        result="selective_scan_speed",
+        args={
+            "full": "--lengths 1024 4096 --batch 8 --d-model 768 --d-state 16 --chunks 64 "
+            "--repeats 3",
+            "quick": "--lengths 1024 --batch 8 --d-model 768 --d-state 16 --chunks 64 --repeats 2",
+            "cpu": "--lengths 8 --batch 2 --d-model 8 --d-state 4 --headdim 4 --chunks 4 "
+            "--repeats 1",
+        },
+    ),
+    Section(
         "attention",
         "benchmark",
         "attention TFLOP/s vs cuDNN and XLA, dense and frame-block-causal",
-        {"full": 70, "quick": 20, "cpu": 120},
+        {"full": 60, "quick": 20, "cpu": 120},
         script="attention_speed.py",
         result="attention_speed",
         args={
@@ -185,7 +202,7 @@ SECTIONS = (
         "train",
         "benchmark",
         "ConvS5 vs ConvLSTM training frames/s, T=300, MNIST-300 presets",
-        {"full": 75, "quick": 40, "cpu": 300},
+        {"full": 65, "quick": 30, "cpu": 300},
         script="train_throughput.py",
         result="train_throughput",
         args={
@@ -198,7 +215,7 @@ SECTIONS = (
         "generation",
         "benchmark",
         "100 → 800 frames: ConvS5 vs Transformer with / without KV cache",
-        {"full": 55, "quick": 25, "cpu": 300},
+        {"full": 55, "quick": 20, "cpu": 300},
         script="generation_speed.py",
         result="generation_speed",
         args={
@@ -440,8 +457,16 @@ def generation_headline(markdown: str) -> list[str]:
     return lines
 
 
+def selective_headline(markdown: str) -> list[str]:
+    """The fused kernel's speed-up and memory lines, else the fastest Mamba2 forms."""
+    lines = [line[2:] for line in markdown.splitlines() if line.startswith("- ")]
+    fused = [line for line in lines if "fused" in line]
+    return fused or [line for line in lines if "steps," in line][:2]
+
+
 HEADLINES: dict[str, Callable[[str], list[str]]] = {
     "scan": scan_headline,
+    "selective": selective_headline,
     "attention": attention_headline,
     "train": train_headline,
     "generation": generation_headline,

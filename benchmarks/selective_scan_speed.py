@@ -11,7 +11,13 @@ length in `--lengths`, it times the layer's forward pass and its forward + backw
 - `mamba2 chunked/<c>`: the chunked SSD form (`eqvid.nn.mamba2_chunked_scan`, chunks
   of `c` steps from `--chunks`): matrix products within a chunk, a recurrence across;
 - `mamba linear/sequential`: Mamba1 for reference (its state is `d_state` per channel,
-  `expand · d_model · d_state` numbers per step).
+  `expand · d_model · d_state` numbers per step);
+- on GPUs, `mamba linear/auto` (Mamba1 unfused: the `(T, d_inner, d_state)` decays
+  and inputs built by XLA, the recurrence by `linear_scan`'s kernel) against `mamba
+  fused/mosaic` (`eqvid.kernels.selective_scan`'s fused Mosaic GPU kernel, which
+  never writes them), with the fused form's speed-up and memory ratio (issue 22's
+  target: ≥ 3× faster with ≤ 1/4 of the memory). Off GPUs the kernel would run in
+  its interpreter, so these two are left out.
 
 It reports the median time, the compiled program's temporary memory and each Mamba2
 form's time relative to `linear/sequential`, and says which form is fastest at each
@@ -68,7 +74,7 @@ class SelectiveScanConfig:
     """Write into benchmarks/results/ itself: replace the committed reference result."""
 
 
-def _forms(config: SelectiveScanConfig) -> dict[str, eqx.Module]:
+def _forms(config: SelectiveScanConfig, gpu: bool) -> dict[str, eqx.Module]:
     key = jax.random.key(0)
 
     def mamba2(
@@ -85,10 +91,31 @@ def _forms(config: SelectiveScanConfig) -> dict[str, eqx.Module]:
     }
     for c in config.chunks:
         forms[f"mamba2 chunked/{c}"] = mamba2("chunked", chunk=c)
-    forms["mamba linear/sequential"] = Mamba(
-        config.d_model, d_state=config.d_state, scan_impl="sequential", key=key
-    )
+    mamba = lambda impl: Mamba(config.d_model, d_state=config.d_state, scan_impl=impl, key=key)
+    forms["mamba linear/sequential"] = mamba("sequential")
+    if gpu:
+        forms["mamba linear/auto"] = mamba("auto")
+        forms["mamba fused/mosaic"] = mamba("mosaic")
     return forms
+
+
+def fused_summary(timings: dict, length: int) -> list[str]:
+    """The fused kernel against the unfused layer at one length, per phase."""
+    lines = []
+    for phase in ("forward", "forward + backward"):
+        fused, unfused = (
+            timings[("mamba fused/mosaic", phase)],
+            timings[("mamba linear/auto", phase)],
+        )
+        if fused.ok and unfused.ok:
+            memory = fused.memory / unfused.memory if unfused.memory > 0 else float("nan")
+            met = unfused.time / fused.time >= 3 and memory <= 0.25
+            lines.append(
+                f"- {length} steps, {phase}: fused {unfused.time / fused.time:.2f}× as fast "
+                f"as unfused, {memory:.2f}× its memory (target ≥ 3× and ≤ 0.25×: "
+                f"{'met' if met else 'not met'})"
+            )
+    return lines
 
 
 def forward(layer, u):
@@ -119,9 +146,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     out = begin_run(
         parser, __file__, argv, out_dir=config.out_dir, update_reference=config.update_reference
     )
-    forms = _forms(config)
+    gpu = jax.default_backend() == "gpu"
+    forms = _forms(config, gpu)
     base = "mamba2 linear/sequential"
-    rows, records, fastest = [], [], []
+    rows, records, fastest, fused = [], [], [], []
     for n in config.lengths:
         u = jax.random.normal(jax.random.key(n), (config.batch, n, config.d_model))
         timings: dict[tuple[str, str], Timing] = {}
@@ -150,6 +178,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 rows.append([str(n), phase, name, fmt_ms(t), fmt_mib(t), ratio])
             if best is not None:
                 fastest.append(f"- {n} steps, {phase}: **{best[0]}**")
+        if gpu:
+            fused += fused_summary(timings, n)
     table = markdown_table(
         ["steps", "phase", "form", "ms", "MiB", "time / mamba2 linear/sequential"], rows
     )
@@ -160,6 +190,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "after compilation. MiB: the compiled program's temporary memory.\n\n"
         f"{table}\n\nFastest Mamba2 form:\n\n" + "\n".join(fastest) + "\n"
     )
+    if fused:
+        body += (
+            "\nMamba1, the fused kernel against the unfused layer:\n\n" + "\n".join(fused) + "\n"
+        )
     publish(
         "selective_scan_speed",
         "Selective SSM scan forms",

@@ -10,5 +10,13 @@ from .attention import AttentionMask as AttentionMask
 from .attention import attention as attention
 from .linear_scan import linear_scan as linear_scan
 from .linear_scan import linear_scan_split as linear_scan_split
+from .selective_scan import selective_scan as selective_scan
 
-__all__ = ["AttentionMask", "attention", "linear_scan", "linear_scan_split", "pallas_backends"]
+__all__ = [
+    "AttentionMask",
+    "attention",
+    "linear_scan",
+    "linear_scan_split",
+    "pallas_backends",
+    "selective_scan",
+]

@@ -474,7 +474,8 @@ def test_gpu_check_cpu_runs_every_section(tmp_path):
     for extra in ("git.txt", "nvidia-smi.txt", "kernel_tests.xml"):
         assert (out / "raw" / extra).is_file(), extra
     assert "GPU_CHECK_ENV " in (out / "raw" / "environment.log").read_text()
-    for result in ("scan_speed", "attention_speed", "train_throughput", "generation_speed"):
+    results = ("scan_speed", "selective_scan_speed", "attention_speed", "train_throughput")
+    for result in (*results, "generation_speed"):
         assert "git commit: " in (out / f"{result}.md").read_text(), result
     compare = json.loads((out / "kernel_compare.json").read_text())
     assert len(compare["records"]) >= 4 * 3 and all(r["ok"] for r in compare["records"])
@@ -637,6 +638,26 @@ def test_selective_scan_speed_compares_the_scan_forms(tmp_path, capsys):
     assert {r["form"] for r in records} == forms | {"mamba linear/sequential"}
     assert len(records) == 2 * 4 * 2 and all(r["seconds"] for r in records)
     assert "wrote" in capsys.readouterr().out
+    # On GPUs the fused kernel joins, against the unfused layer.
+    config = bench.SelectiveScanConfig(d_model=8, d_state=4, headdim=4, chunks=(4,))
+    gpu_forms = bench._forms(config, gpu=True)
+    assert gpu_forms["mamba fused/mosaic"].scan_impl == "mosaic"
+    assert gpu_forms["mamba linear/auto"].scan_impl == "auto"
+    timing = lambda t: bench.Timing(seconds=t, temp=int(1000 * t))
+    timings = {
+        ("mamba fused/mosaic", "forward"): timing(1.0),
+        ("mamba linear/auto", "forward"): timing(4.0),
+        ("mamba fused/mosaic", "forward + backward"): timing(2.0),
+        ("mamba linear/auto", "forward + backward"): timing(4.0),
+    }
+    lines = bench.fused_summary(timings, 64)
+    assert lines[0] == (
+        "- 64 steps, forward: fused 4.00× as fast as unfused, 0.25× its memory "
+        "(target ≥ 3× and ≤ 0.25×: met)"
+    )
+    assert lines[1].endswith(
+        "2.00× as fast as unfused, 0.50× its memory (target ≥ 3× and ≤ 0.25×: not met)"
+    )
 
 
 def test_slotssm_speed_compares_slotssm_with_the_slot_transformer(tmp_path, capsys):

@@ -9,8 +9,10 @@
     y_t = h_t C_t + D ⊙ x_t
     out = out_proj(y ⊙ silu(z))
 
-The recurrence runs through `eqvid.kernels.linear_scan` with a per-step decay, in
-float32 whatever the input's dtype, as the original's reference scan.
+The recurrence runs through `eqvid.kernels.selective_scan`, in float32 whatever
+the input's dtype, as the original's reference scan: on a Hopper GPU the fused
+Mosaic GPU kernel (the state dimension in registers, as Mamba's CUDA kernel), else
+`linear_scan` with a per-step decay (`scan_impl`).
 """
 
 import math
@@ -21,8 +23,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from eqvid.kernels import linear_scan
 from eqvid.kernels.linear_scan import ScanImpl
+from eqvid.kernels.selective_scan import selective_scan
 
 from ._dense import Dense, torch_linear
 from ._roles import role
@@ -115,7 +117,10 @@ class Mamba(eqx.Module):
         - `dt_min`, `dt_max`, `dt_scale`, `dt_init_floor`: Δ's initialisation.
         - `conv_bias`, `bias`: biases of the convolution (yes) and of the in/out
           projections (no).
-        - `scan_impl`: the `eqvid.kernels.linear_scan` implementation.
+        - `scan_impl`: the `eqvid.kernels.selective_scan` implementation: `"auto"`
+          (the fused Mosaic GPU kernel on Hopper GPUs, else `linear_scan`'s
+          choice), `"mosaic"` (the fused kernel), or a `linear_scan`
+          implementation for the unfused form.
         - `use_mem_eff_path`: as the original's fused path (`use_fast_path`,
           `mamba_inner_fn`), keep only the input projection's output for the backward
           pass and recompute the convolution and the scan there, over segments of
@@ -199,14 +204,12 @@ class Mamba(eqx.Module):
         history = conv_history(state.conv, x.astype(jnp.float32))
         x = jax.nn.silu(causal_depthwise_conv1d(x, self.conv_weight, self.conv_bias, state.conv))
         dt, B, C = self._selective_inputs(x)
-        xf = x.astype(jnp.float32)
         A = -jnp.exp(self.A_log)
-        a = jnp.exp(dt[:, :, None] * A[None])
-        b = (dt * xf)[:, :, None] * B[:, None, :]
-        h = linear_scan(a, b, state.ssm, impl=self.scan_impl)
-        y = jnp.einsum("tdn,tn->td", h, C) + self.D[None] * xf
-        y = (y * jax.nn.silu(z.astype(jnp.float32))).astype(xz.dtype)
-        return y, SelectiveSSMState(conv=history, ssm=h[-1])
+        y, h_last = selective_scan(
+            x.astype(jnp.float32), dt, A, B, C, self.D, z.astype(jnp.float32), state.ssm,
+            impl=self.scan_impl,
+        )  # fmt: skip
+        return y.astype(xz.dtype), SelectiveSSMState(conv=history, ssm=h_last)
 
     def step(
         self, state: SelectiveSSMState, u: Float[Array, " d_model"]
