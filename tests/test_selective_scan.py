@@ -116,8 +116,10 @@ def test_dispatch_and_bad_input():
         )
     with pytest.raises(TypeError, match="parameter 'B'"):  # the run-time type check
         selective_scan(*args[:3], args[3][:, :3], *args[4:])
+    x, dt, A, B, C, D, z, h0 = args
+    assert z is not None
     with pytest.raises(TypeError, match="parameter 'z'"):
-        selective_scan(*args[:6], args[6][:4], args[7])
+        selective_scan(x, dt, A, B, C, D, z[:4], h0)
 
 
 def test_forced_kernel_without_mosaic_gpu_names_what_the_machine_has(monkeypatch):
