@@ -469,9 +469,11 @@ def _resolve(impl: str, dtype, name: str = "linear_scan") -> str:
 def _probe(backend: str) -> None:
     """Compile a tiny scan with `backend`'s kernel for this machine (raises if it
     cannot): real, per-step, 64 steps of 2 × 128 channels."""
-    a = jnp.full((64, 2, 128), 0.5, jnp.float32)
+    # Shapes only: the probe may run while an outer function is being traced.
+    a = jax.ShapeDtypeStruct((64, 2, 128), jnp.float32)
+    x0 = jax.ShapeDtypeStruct((2, 128), jnp.float32)
     run = lambda a, b, x0: _KERNELS[backend](a, b, x0, False, planes=1)
-    jax.jit(run).lower(a, a, a[0]).compile()
+    jax.jit(run).lower(a, a, x0).compile()
 
 
 # ----------------------------------------------------------------------------
