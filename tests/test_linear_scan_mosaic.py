@@ -213,3 +213,27 @@ def test_forced_backend_that_is_missing_names_what_the_machine_has(monkeypatch):
     # "pallas" (any kernel) takes the one that is left.
     with pytest.warns(RuntimeWarning, match="running on 'mosaic' because triton: jax 0.13"):
         assert scan_module._resolve("pallas", jnp.float32, "t6") == "mosaic"
+
+
+def test_convs5_layer_on_the_mosaic_kernel():
+    """The ConvS5 layer's split-layout path through the Mosaic GPU kernel: outputs,
+    last state and parameter gradients as with the sequential scan."""
+    import equinox as eqx
+
+    from eqvid.nn import ConvS5
+
+    layer = ConvS5(4, 8, impl="sequential", key=jax.random.key(0))
+    u = jax.random.normal(jax.random.key(1), (6, 5, 5, 4))
+
+    def run(layer, impl):
+        y, state = layer(u, impl=impl)
+        return jnp.sum(jnp.sin(y)) + jnp.sum(jnp.abs(state)), (y, state)
+
+    (_, (y, state)), grads = eqx.filter_value_and_grad(run, has_aux=True)(layer, "mosaic")
+    (_, (y_ref, state_ref)), grads_ref = eqx.filter_value_and_grad(run, has_aux=True)(
+        layer, "sequential"
+    )
+    np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(state, state_ref, rtol=1e-5, atol=1e-5)
+    for g, g_ref in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_ref), strict=True):
+        np.testing.assert_allclose(g, g_ref, rtol=1e-4, atol=1e-4)
