@@ -29,8 +29,8 @@ next one starts:
                   reach the kernels through the public functions.
   kernel-compare  correctness: the kernels against the `impl="xla"` reference at
                   realistic sizes (ConvS5 layers, each once per Pallas backend this GPU
-                  runs, Mosaic GPU and Triton side by side; transformer attention with
-                  every mask kind) in float32 and bfloat16, outputs and gradients, with
+                  runs, Mosaic GPU and Triton side by side; Mamba's fused selective
+                  scan; transformer attention with every mask kind) in float32 and bfloat16, outputs and gradients, with
                   the tests' tolerances; checks that the kernels were compiled (Triton or
                   Mosaic GPU calls in the lowered program) and logs every maximum error.
   scan            linear-scan GB/s against this run's copy bandwidth at the ConvS5
@@ -1015,6 +1015,60 @@ class ScanCase:
 
 
 @dataclasses.dataclass(frozen=True)
+class SelectiveCase:
+    """Mamba's selective scan (`eqvid.kernels.selective_scan`) on one sequence of
+    `length` steps, `channels` channels and `d_state` states, gated: the fused kernel
+    (`impl="mosaic"`) against the reference (`impl="xla"`), float32."""
+
+    name: str
+    length: int
+    channels: int
+    d_state: int
+    dtype: str = "float32"
+    impl: str = "mosaic"
+    quantities = ("output", "dx", "ddt", "dA", "dB", "dC", "dD", "dz")
+
+    @property
+    def label(self) -> str:
+        return f"selective scan ({self.impl}): {self.name}"
+
+    @property
+    def shape(self) -> str:
+        return f"T{self.length} D{self.channels} N{self.d_state}"
+
+    def structs(self):
+        import jax
+        import jax.numpy as jnp
+
+        s = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)
+        t, d, n = self.length, self.channels, self.d_state
+        return s(t, d), s(t, d), s(d, n), s(t, n), s(t, n), s(d), s(t, d), s(t, d)
+
+    def inputs(self, key):
+        """Mamba-like values (Δ = softplus, A < 0) and a random cotangent of `y`."""
+        import jax
+        import jax.numpy as jnp
+
+        k = jax.random.split(key, 8)
+        x, dt, A, B, C, D, z, ct = (
+            jax.random.normal(kk, s.shape) for kk, s in zip(k, self.structs(), strict=True)
+        )
+        return x, jax.nn.softplus(dt - 1), -jnp.exp(0.5 * A), B, C, D, z, ct
+
+    def run(self, impl: str, x, dt, A, B, C, D, z, ct):
+        """The outputs `y` and the gradients of `y · ct` with respect to every input."""
+        import jax
+
+        from eqvid.kernels import selective_scan
+
+        def f(x, dt, A, B, C, D, z):
+            return selective_scan(x, dt, A, B, C, D, z, impl=impl)[0]  # type: ignore[arg-type]
+
+        out, vjp = jax.vjp(f, x, dt, A, B, C, D, z)
+        return out, vjp(ct)
+
+
+@dataclasses.dataclass(frozen=True)
 class AttentionCase:
     name: str
     batch: int
@@ -1065,7 +1119,10 @@ class AttentionCase:
         return out, vjp(ct)
 
 
-def compare_cases(mode: str) -> list[ScanCase | AttentionCase]:
+Case = ScanCase | SelectiveCase | AttentionCase
+
+
+def compare_cases(mode: str) -> list[Case]:
     """The comparisons kernel-compare runs in `mode` (GPU sizes in full and quick)."""
     import numpy as np
 
@@ -1076,6 +1133,8 @@ def compare_cases(mode: str) -> list[ScanCase | AttentionCase]:
     # Every scan case once per Pallas backend this machine runs, side by side.
     kernels = [k for k, why in pallas_backends().items() if why is None] or ["pallas"]
     per_backend = lambda scans: [dataclasses.replace(c, impl=k) for c in scans for k in kernels]
+    # The fused selective scan exists for Mosaic GPU only.
+    fused = lambda cases: cases if "mosaic" in kernels else []
     causal = AttentionMask(causal=True)
     if mode == "cpu":  # tiny: the kernels are interpreted
         # Four cases, every code path of this check, each a few seconds interpreted.
@@ -1091,19 +1150,21 @@ def compare_cases(mode: str) -> list[ScanCase | AttentionCase]:
         decode = AttentionMask(causal=True, tokens_per_frame=8, q_offset=40)
         return [
             *scans,
+            *fused([SelectiveCase("Mamba, 2 channel blocks", 20, 130, 6)]),
             AttentionCase("frame window, GQA, padding", 1, 48, 48, 2, 1, 24, window, "float32"),
             AttentionCase("KV-cache decode", 1, 8, 48, 2, 2, 16, decode, "bfloat16"),
         ]
     # --quick's cases first (a full run cut short has checked at least those), each
     # attention case in float32 then bfloat16.
     layer = (300, (8, 16, 16, 128))  # the ConvS5 MNIST-300 layer at train length 300
-    cases: list[ScanCase | AttentionCase] = [
+    cases: list[Case] = [
         *per_backend(
             [
                 ScanCase("ConvS5 MNIST-300 layer", *layer, "complex", "float32"),
                 ScanCase("ConvS5 MNIST-300 layer", *layer, "split", "bfloat16"),
             ]
-        )
+        ),
+        *fused([SelectiveCase("Mamba layer, d_inner 1536", 1024, 1536, 16)]),
     ]
     quick_scans = len(cases)
     decode = AttentionMask(causal=True, tokens_per_frame=256, q_offset=1792)
@@ -1129,6 +1190,7 @@ def compare_cases(mode: str) -> list[ScanCase | AttentionCase]:
                 ScanCase("selective", 1200, (8, 8, 8, 64), "real", "bfloat16", per_step=True),
             ]
         )
+        cases += fused([SelectiveCase("long, d_state 64", 4096, 256, 64)])
         padded = AttentionMask.frame_causal(64, window=4).with_lengths(
             q_lengths=np.array([2048, 1500]), kv_lengths=np.array([2048, 1200])
         )
@@ -1145,7 +1207,8 @@ def compare_cases(mode: str) -> list[ScanCase | AttentionCase]:
         for spec in attn
         for dtype in ("float32", "bfloat16")
     ]
-    # Interleave: the quick cases (2 scans per backend, 2 × 2 attention) come first.
+    # Interleave: the quick cases (2 scans per backend, a fused selective scan, 2 × 2
+    # attention) come first.
     return cases[:quick_scans] + attention_cases[:4] + cases[quick_scans:] + attention_cases[4:]
 
 
@@ -1211,12 +1274,15 @@ def compare_one(case, key) -> list[dict]:
     import jax
 
     args = case.inputs(key)
-    kernel = case.impl if isinstance(case, ScanCase) else "pallas"
+    kernel = getattr(case, "impl", "pallas")
     lowered = jax.jit(lambda *a: case.run(kernel, *a)).lower(*args)
     compiled = kernel_calls(lowered.as_text())
     got = lowered.compile()(*args)
     want = jax.jit(lambda *a: case.run("xla", *a))(*args)
-    names = ["output"] + (["da", "db"] if isinstance(case, ScanCase) else ["dq", "dk", "dv"])
+    if isinstance(case, SelectiveCase):
+        names = list(case.quantities)
+    else:
+        names = ["output"] + (["da", "db"] if isinstance(case, ScanCase) else ["dq", "dk", "dv"])
     flat_got = [got[0], *got[1]]
     flat_want = [want[0], *want[1]]
     records = []

@@ -480,8 +480,9 @@ def test_gpu_check_cpu_runs_every_section(tmp_path):
     compare = json.loads((out / "kernel_compare.json").read_text())
     assert len(compare["records"]) >= 4 * 3 and all(r["ok"] for r in compare["records"])
     assert {r["compiled"] for r in compare["records"]} == {"interpreted"}
-    scans = {r["case"].split(":")[0] for r in compare["records"] if r["case"].startswith("scan")}
-    assert scans == {"scan (mosaic)", "scan (triton)"}  # both backends, side by side
+    scans = {r["case"].split(":")[0] for r in compare["records"] if "scan" in r["case"]}
+    # Both scan backends side by side, and the fused selective scan.
+    assert scans == {"scan (mosaic)", "scan (triton)", "selective scan (mosaic)"}
 
 
 def lower_for_cuda(fn, *args):
@@ -503,11 +504,14 @@ def test_gpu_check_comparisons_lower_for_cuda(monkeypatch):
 
     scan_module = importlib.import_module("eqvid.kernels.linear_scan")
     monkeypatch.setattr(scan_module, "_mosaic_interpret", lambda: None)  # compiled
+    selective = importlib.import_module("eqvid.kernels.selective_scan")
+    monkeypatch.setattr(selective, "_interpret", lambda: None)
     gpu_check = load("gpu_check")
     quick = {(c.label, c.dtype) for c in gpu_check.compare_cases("quick")}
     cases = gpu_check.compare_cases("full")
     assert quick <= {(c.label, c.dtype) for c in cases}
     assert {c.impl for c in cases if isinstance(c, gpu_check.ScanCase)} == {"mosaic", "triton"}
+    assert any(isinstance(c, gpu_check.SelectiveCase) for c in cases)
     failures = []
     for case in cases:
         kernel = getattr(case, "impl", "pallas")
