@@ -188,10 +188,13 @@ MCVD_PRESETS: dict[str, MCVDConfig] = {
     # CPU-sized: 48² frames (two 28-pixel digits have room to move), 5 past → 5, a
     # three-level U-Net of width 32 with attention at 12², sampled with DDIM-25. It
     # predicts v, not ε: a short run's ε̂ is not precise enough at the noisiest steps,
-    # where x̂₀ multiplies its error by 1/√ᾱ (docs/models/mcvd.md).
+    # where x̂₀ multiplies its error by 1/√ᾱ. Its x̂₀ is not clipped: clipping a noisy
+    # estimate at the black of the background biases it upward, step after step, into
+    # a grey haze (docs/models/mcvd.md).
     "small": dataclasses.replace(
         _SMMNIST_BIG,
         prediction="v",
+        clip_x0=False,
         frame_size=48,
         ngf=32,
         ch_mult=(1, 2, 2),
