@@ -94,6 +94,10 @@ def test_a_checkpoint_that_reads_back_other_values_is_refused(tmp_path):
     ],
     ids=["flipped-bytes", "deleted-item", "truncated-item", "broken-iterator-json"],
 )
+# Orbax's failed restore of a damaged file can leave asyncio objects that are
+# collected after their event loop closed ("Event loop is closed", raised in no
+# caller; seen once under heavy load): not what this test checks.
+@pytest.mark.filterwarnings("ignore:Exception ignored in:pytest.PytestUnraisableExceptionWarning")
 def test_resume_falls_back_to_the_newest_intact_checkpoint(
     straight_run, tmp_path, capsys, damage, item
 ):
