@@ -15,7 +15,7 @@ shared memory, barriers and TMA on the CPU).
 import functools
 import importlib
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Literal
 
 import jax
@@ -61,11 +61,14 @@ def missing(backend: str) -> str | None:
     raise ValueError(f"unknown Pallas backend {backend!r}; expected one of {BACKENDS}.")
 
 
-def _cannot(backend: str, *, float64: bool, capability) -> str | None:
-    """Why `backend` cannot run these inputs here, from what is installed."""
+def _cannot(backend: str, *, float64: bool, capability, unsupported=None) -> str | None:
+    """Why `backend` cannot run these inputs here, from what is installed and from the
+    kernel's own limits (`unsupported`: backend → why it cannot take these inputs)."""
     why = missing(backend)
     if why is None and backend == "mosaic" and float64:
         why = "Mosaic GPU has no float64"
+    if why is None and unsupported and backend in unsupported:
+        why = unsupported[backend]
     if why is None and backend == "mosaic" and capability is not None and capability < (9, 0):
         why = f"Mosaic GPU kernels here need compute capability ≥ 9.0, this GPU has {capability}"
     return why
@@ -96,11 +99,14 @@ def require(
     kernels: tuple[str, ...] = BACKENDS,
     references: tuple[str, ...] = ("xla", "sequential"),
     impl: str | None = None,
+    unsupported: Mapping[str, str] | None = None,
 ) -> None:
     """Raise a clear error when a forced `backend` (asked for as `impl`, by default
     its own name) cannot run these inputs here, naming the implementations of kernel
-    `name` (its `kernels`, then its `references`) this machine has."""
-    why = _cannot(backend, float64=float64, capability=gpu_compute_capability())
+    `name` (its `kernels`, then its `references`) this machine has. `unsupported`:
+    backends of this kernel that cannot take these inputs, and why."""
+    capability = gpu_compute_capability()
+    why = _cannot(backend, float64=float64, capability=capability, unsupported=unsupported)
     if why is not None:
         have = [b for b, reason in pallas_backends().items() if reason is None and b in kernels]
         raise ValueError(
@@ -117,13 +123,17 @@ def choose(
     capability: tuple[int, int] | Literal["detect"] | None = "detect",
     probe: Callable[[str], None] | None = None,
     kernels: tuple[str, ...] = BACKENDS,
+    unsupported: Mapping[str, str] | None = None,
+    references: tuple[str, ...] = ("xla", "sequential"),
 ) -> str:
     """The backend for kernel `name`, among the backends it is written for
     (`kernels`): on a GPU (`capability`, detected by default) Mosaic GPU from
     compute capability 9.0, else Triton; off GPUs (interpreted) Triton, else Mosaic
     GPU. A preferred backend that cannot run (or whose `probe`, a tiny lowering,
     raises) is skipped with one warning; with none left, `fallback` (a reference
-    implementation), or an error when `fallback` is `None`."""
+    implementation), or an error naming the kernel's `references` when `fallback`
+    is `None`. `unsupported`: backends that cannot take these inputs (dtype, sizes),
+    and why."""
     if capability == "detect":
         capability = gpu_compute_capability()
     if capability is not None and capability >= (9, 0):
@@ -134,7 +144,7 @@ def choose(
     for backend in order:
         if capability is not None and capability < (9, 0) and backend == "mosaic":
             continue  # not preferred below Hopper, so not worth a warning
-        why = _cannot(backend, float64=float64, capability=capability)
+        why = _cannot(backend, float64=float64, capability=capability, unsupported=unsupported)
         if why is None and probe is not None and capability is not None:
             why = _lowering_error(name, backend, probe)
         if why is None:
@@ -143,9 +153,23 @@ def choose(
             return backend
         skipped.append(f"{backend}: {why}")
     if fallback is None:
-        raise ValueError(f"{name}: no Pallas backend can run here ({'; '.join(skipped)}).")
+        raise ValueError(
+            f"{name}: impl='pallas': no Pallas backend can run here ({'; '.join(skipped)}). "
+            f"This machine has {', '.join(map(repr, references))}."
+        )
     _warn_once(name, fallback, tuple(skipped))
     return fallback
+
+
+def mosaic_interpret():
+    """Mosaic GPU's interpreter settings off GPUs, `None` (compiled) on them. Decided
+    when tracing, not at lowering as the Triton kernels do: the interpreter's ordered
+    callbacks cannot sit in a `platform_dependent` branch."""
+    if jax.default_backend() == "gpu":
+        return None
+    from ._linear_scan_mosaic import mosaic_modules
+
+    return mosaic_modules()[1]()
 
 
 @functools.cache

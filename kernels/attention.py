@@ -1,8 +1,8 @@
 """Fused masked attention (flash-style) with block skipping.
 
 This file holds the mask description (`AttentionMask`), the pure-JAX reference,
-the Pallas GPU kernels (forward, dQ, dK/dV), their `custom_vjp` wiring and the
-dispatcher `attention`.
+the Pallas Triton kernels (forward, dQ, dK/dV), the `custom_vjp` wiring shared with
+the Mosaic GPU kernels (`_attention_mosaic.py`) and the dispatcher `attention`.
 
 Every mask eqvid needs is, per query row, one *contiguous range of keys*
 `[lo, hi)`: causal (`hi = q + 1`), frame-block-causal with `F` tokens per frame
@@ -29,10 +29,10 @@ import numpy as np
 from jax.core import Tracer
 from jaxtyping import Array, ArrayLike, Float, Integer
 
-from . import _kernel_backends
+from . import _attention_mosaic, _kernel_backends
 
-AttentionImpl = Literal["auto", "pallas", "xla", "cudnn"]
-_IMPLS = ("auto", "pallas", "xla", "cudnn")
+AttentionImpl = Literal["auto", "pallas", "mosaic", "triton", "xla", "cudnn"]
+_IMPLS = ("auto", "pallas", "mosaic", "triton", "xla", "cudnn")
 _LOG2E = math.log2(math.e)
 
 
@@ -735,19 +735,42 @@ def _kernel_backward(q, k, v, lo, hi, out, lse, do, scale, blocks, interpret):
     return dq, dk, dv
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
-def _flash(q, k, v, lo, hi, scale, blocks, interpret):
-    return _kernel_forward(q, k, v, lo, hi, scale, blocks, interpret)[0]
+def _mosaic_forward(q, k, v, lo, hi, scale, blocks, interpret):
+    ranges = _q_block_ranges(lo, hi, _attention_mosaic.ROWS, blocks.kv)
+    return _attention_mosaic.forward(
+        q, k, v, lo, hi, ranges, scale=scale, block_kv=blocks.kv, interpret=interpret
+    )
 
 
-def _flash_fwd(q, k, v, lo, hi, scale, blocks, interpret):
-    out, lse = _kernel_forward(q, k, v, lo, hi, scale, blocks, interpret)
+def _mosaic_backward(q, k, v, lo, hi, out, lse, do, scale, blocks, interpret):
+    rows = _attention_mosaic.ROWS
+    delta = jnp.einsum("bqhd,bqhd->bhq", out.astype(jnp.float32), do.astype(jnp.float32))
+    dq_ranges = _q_block_ranges(lo, hi, rows, blocks.dq_kv)
+    kv_blocks = k.shape[1] // blocks.dkv_kv
+    kv_ranges = _kv_block_ranges(_q_block_ranges(lo, hi, rows, blocks.dkv_kv), kv_blocks)
+    return _attention_mosaic.backward(
+        q, k, v, do, lse, delta, lo, hi, dq_ranges, kv_ranges, scale=scale,
+        block_kv_dq=blocks.dq_kv, block_kv_dkv=blocks.dkv_kv, interpret=interpret,
+    )  # fmt: skip
+
+
+_FORWARD = {"triton": _kernel_forward, "mosaic": _mosaic_forward}
+_BACKWARD = {"triton": _kernel_backward, "mosaic": _mosaic_backward}
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8))
+def _flash(q, k, v, lo, hi, scale, blocks, interpret, backend):
+    return _FORWARD[backend](q, k, v, lo, hi, scale, blocks, interpret)[0]
+
+
+def _flash_fwd(q, k, v, lo, hi, scale, blocks, interpret, backend):
+    out, lse = _FORWARD[backend](q, k, v, lo, hi, scale, blocks, interpret)
     return out, (q, k, v, lo, hi, out, lse)
 
 
-def _flash_bwd(scale, blocks, interpret, res, do):
+def _flash_bwd(scale, blocks, interpret, backend, res, do):
     q, k, v, lo, hi, out, lse = res
-    dq, dk, dv = _kernel_backward(q, k, v, lo, hi, out, lse, do, scale, blocks, interpret)
+    dq, dk, dv = _BACKWARD[backend](q, k, v, lo, hi, out, lse, do, scale, blocks, interpret)
     return dq, dk, dv, None, None
 
 
@@ -762,31 +785,94 @@ def _pad_axis(x, axis, size):
     return jnp.pad(x, pad)
 
 
-def _pallas(q, k, v, mask, scale, blocks: BlockSizes | None = None, interpret=None):
-    """The kernel path: pad lengths to whole blocks and the head dim to a power of
-    two ≥ 16 (zeros change neither scores nor outputs), run, slice back."""
-    if q.dtype not in (jnp.float32, jnp.bfloat16, jnp.float16):
-        raise TypeError(
-            f"attention(impl='pallas'): the kernel takes float32, bfloat16 or float16 inputs, "
-            f"got {q.dtype}; use impl='xla' for other dtypes."
-        )
+def _pallas(
+    q, k, v, mask, scale, blocks: BlockSizes | None = None, interpret=None, backend="triton"
+):
+    """The kernel path on `backend` (`"triton"` or `"mosaic"`): pad lengths to whole
+    blocks and the head dim (Triton: a power of two ≥ 16; Mosaic GPU: a multiple of
+    64) with zeros, which change neither scores nor outputs; run; slice back.
+    `interpret`: Triton: a bool (None: compiled on GPUs, interpreted elsewhere);
+    Mosaic GPU: `InterpretGPUParams` (None: compiled on GPUs, interpreted elsewhere)."""
     batch, q_len, _heads, dim = q.shape
     kv_len = k.shape[1]
-    dim_pad = max(16, _next_pow2(dim))
-    if blocks is None:
-        blocks = BlockSizes()
-        if q.dtype.itemsize == 4 and dim_pad >= 128:
-            # fp32 tiles at d ≥ 128: halve the query block to stay within shared memory.
-            blocks = dataclasses.replace(blocks, q=64)
-    blocks = blocks.fitted(q_len, kv_len)
+    if backend == "mosaic":
+        why = _mosaic_cannot(q.dtype, dim)
+        if why is not None:
+            raise TypeError(f"attention(impl='mosaic'): {why}.")
+        dim_pad = -(-dim // 64) * 64
+        blocks = _mosaic_blocks(blocks, dim_pad, kv_len)
+        interpret = _mosaic_interpret() if interpret is None else interpret
+    else:
+        if q.dtype not in (jnp.float32, jnp.bfloat16, jnp.float16):
+            raise TypeError(
+                f"attention(impl={backend!r}): the kernel takes float32, bfloat16 or float16 "
+                f"inputs, got {q.dtype}; use impl='xla' for other dtypes."
+            )
+        dim_pad = max(16, _next_pow2(dim))
+        if blocks is None:
+            blocks = BlockSizes()
+            if q.dtype.itemsize == 4 and dim_pad >= 128:
+                # fp32 tiles at d ≥ 128: halve the query block to stay within shared memory.
+                blocks = dataclasses.replace(blocks, q=64)
+        blocks = blocks.fitted(q_len, kv_len)
     q_pad = -(-q_len // blocks.q_unit) * blocks.q_unit
     kv_pad = -(-kv_len // blocks.kv_unit) * blocks.kv_unit
     lo, hi = row_ranges(mask, batch, q_len, kv_len, padded_q_len=q_pad)
     qp = _pad_axis(_pad_axis(q, 1, q_pad), 3, dim_pad)
     kp = _pad_axis(_pad_axis(k, 1, kv_pad), 3, dim_pad)
     vp = _pad_axis(_pad_axis(v, 1, kv_pad), 3, dim_pad)
-    out = cast(Array, _flash(qp, kp, vp, lo, hi, float(scale), blocks, interpret))
+    out = cast(Array, _flash(qp, kp, vp, lo, hi, float(scale), blocks, interpret, backend))
     return out[:, :q_len, :, :dim]
+
+
+def _mosaic_interpret():
+    """Mosaic GPU's interpreter off GPUs, `None` (compiled) on them (a seam for tests)."""
+    return _kernel_backends.mosaic_interpret()
+
+
+_MOSAIC_DTYPES = (jnp.bfloat16, jnp.float16)
+_MOSAIC_MAX_DIM = 256
+
+
+def _mosaic_cannot(dtype, dim: int) -> str | None:
+    """Why the Mosaic GPU kernels cannot take these inputs (`None`: they can)."""
+    if dtype == jnp.float32:
+        return (
+            "the Mosaic GPU kernels take bfloat16 or float16: their tensor-core products "
+            "would read float32 as TF32 (10-bit mantissa), so float32 runs on Triton "
+            "(full-precision dots) or XLA"
+        )
+    if dtype not in _MOSAIC_DTYPES:
+        return f"the Mosaic GPU kernels take bfloat16 or float16, got {jnp.dtype(dtype)}"
+    if dim > _MOSAIC_MAX_DIM:
+        return f"the Mosaic GPU kernels take head_dim ≤ {_MOSAIC_MAX_DIM}, got {dim}"
+    return None
+
+
+def _mosaic_blocks(blocks: BlockSizes | None, dim: int, kv_len: int) -> BlockSizes:
+    """The Mosaic GPU kernels' tiles: query blocks of 64 rows (one warpgroup MMA);
+    key blocks of 128 (64 at head_dim > 128, for shared memory) in the forward pass
+    and 64 in the backward; no larger than the sequence needs; checked if given."""
+    rows = _attention_mosaic.ROWS
+    if blocks is None:
+        kv = 128 if dim <= 128 else 64
+        blocks = BlockSizes(q=rows, kv=kv, dq_q=rows, dq_kv=64, dkv_q=rows, dkv_kv=64)
+    for name in ("q", "dq_q", "dkv_q"):
+        if getattr(blocks, name) != rows:
+            raise ValueError(
+                f"attention(impl='mosaic'): BlockSizes.{name} must be {rows} (one warpgroup "
+                f"MMA), got {getattr(blocks, name)}."
+            )
+    for name in ("kv", "dq_kv", "dkv_kv"):
+        size = getattr(blocks, name)
+        if size not in (64, 128, 256):
+            raise ValueError(
+                f"attention(impl='mosaic'): BlockSizes.{name} must be 64, 128 or 256, got {size}."
+            )
+    cap = max(64, _next_pow2(kv_len))
+    return dataclasses.replace(
+        blocks, kv=min(blocks.kv, cap), dq_kv=min(blocks.dq_kv, cap), dkv_kv=min(blocks.dkv_kv, cap)
+    )
 
 
 # ----------------------------------------------------------------------------
@@ -872,26 +958,61 @@ def _check_inputs(q, k, v):
 
 
 _REFERENCES = ("xla", "cudnn")
+_KERNELS = ("mosaic", "triton")
 
 
-def _resolve(impl: str, dtype) -> str:
-    """`"pallas"` (the Triton kernel), `"xla"` or `"cudnn"`. `"auto"` takes the
-    kernel on GPUs for float32/bfloat16/float16 while the installed jax has Pallas's
-    Triton backend, else the reference (one warning says why); a forced `"pallas"`
-    that cannot run raises, naming what this machine has."""
+def _unsupported(dtype, dim: int) -> dict[str, str]:
+    """The kernel backends that cannot take these inputs, and why."""
+    why = _mosaic_cannot(dtype, dim)
+    return {} if why is None else {"mosaic": why}
+
+
+def _resolve(impl: str, dtype, dim: int = 64) -> str:
+    """The implementation to run: a kernel backend (`"mosaic"`, `"triton"`) or a
+    reference (`"xla"`, `"cudnn"`). `"auto"` takes a kernel on GPUs for
+    float32/bfloat16/float16 (Mosaic GPU on Hopper or newer for bfloat16/float16,
+    else Triton while the installed jax has it), else the XLA reference, with one
+    warning naming why when a preferred kernel cannot run; `"pallas"` takes the
+    kernel that suits the machine; a forced kernel that cannot run raises, naming
+    what this machine has."""
     if impl not in _IMPLS:
         raise ValueError(f"attention: `impl` must be one of {_IMPLS}, got {impl!r}.")
-    if impl == "pallas":
+    if impl in _REFERENCES:
+        return impl
+    unsupported = _unsupported(dtype, dim)
+    if impl in _KERNELS:
         _kernel_backends.require(
-            "triton", "attention", kernels=("triton",), references=_REFERENCES, impl="pallas"
-        )
+            impl, "attention", kernels=_KERNELS, references=_REFERENCES,
+            unsupported=unsupported,
+        )  # fmt: skip
+        return impl
     if impl == "auto":
         kernel_dtype = dtype in (jnp.float32, jnp.bfloat16, jnp.float16)
         if jax.default_backend() != "gpu" or not kernel_dtype:
             return "xla"
-        chosen = _kernel_backends.choose("attention", kernels=("triton",))
-        return "pallas" if chosen == "triton" else "xla"
-    return impl
+    return _kernel_backends.choose(
+        "attention",
+        kernels=_KERNELS,
+        fallback="xla" if impl == "auto" else None,
+        probe=_probe,
+        unsupported=unsupported,
+        references=_REFERENCES,
+    )
+
+
+def _probe(backend: str) -> None:
+    """Compile the attention kernels' forward and backward passes on `backend` for
+    this machine on a tiny problem (raises if they cannot): bfloat16, 128 tokens in
+    frames of 16, two heads sharing one key/value head, head_dim 64."""
+    q = jax.ShapeDtypeStruct((1, 128, 2, 64), jnp.bfloat16)
+    kv = jax.ShapeDtypeStruct((1, 128, 1, 64), jnp.bfloat16)
+    mask = AttentionMask.frame_causal(16)
+
+    def loss(q, k, v):
+        out = _pallas(q, k, v, mask, 0.125, backend=backend)
+        return jnp.sum(out.astype(jnp.float32))
+
+    jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(q, kv, kv).compile()
 
 
 def attention(
@@ -919,13 +1040,18 @@ def attention(
     - `mask`: an `AttentionMask` (causal / frame-block-causal, window, padding
       lengths, query offset), or `None` for bidirectional attention.
     - `scale`: the score scale; `1/sqrt(head_dim)` when `None`.
-    - `impl`: `"pallas"` (the fused Pallas Triton kernel: compiled on GPU,
-      interpreted elsewhere, slow), `"xla"` (the dense pure-JAX reference, O(L²)
-      memory), `"cudnn"` (`jax.nn.dot_product_attention(implementation="cudnn")`,
-      GPU only, for masks cuDNN has natively: none, causal with one token per
-      frame, padding), or `"auto"`: the kernel on GPU for float32/bfloat16/float16
-      inputs, the reference otherwise, and the reference with one warning naming
-      why when the installed jax has no Pallas Triton backend.
+    - `impl`: `"mosaic"` (the fused Pallas Mosaic GPU kernels: Hopper or newer,
+      bfloat16/float16, head_dim ≤ 256), `"triton"` (the fused Pallas Triton
+      kernels: float32/bfloat16/float16, while the installed jax has the Triton
+      backend), `"pallas"` (whichever of the two suits the machine); kernels are
+      compiled on GPUs and interpreted elsewhere (slow). `"xla"` (the dense
+      pure-JAX reference, O(L²) memory), `"cudnn"`
+      (`jax.nn.dot_product_attention(implementation="cudnn")`, GPU only, for masks
+      cuDNN has natively: none, causal with one token per frame, padding), or
+      `"auto"`: on GPUs a kernel for float32/bfloat16/float16 inputs (Mosaic GPU on
+      Hopper or newer where it takes the inputs, else Triton), the reference
+      otherwise; a preferred kernel that cannot run is skipped with one warning
+      naming why.
 
     **Returns:** `(batch, q_len, heads, head_dim)` in the dtype of `q`. Query rows
     that see no key (padding, or an empty window) are zeros, with zero gradients.
@@ -943,15 +1069,15 @@ def attention(
     mask = AttentionMask() if mask is None else mask
     checks = _check_mask(mask, batch, q_len, kv_len)
     scale = 1.0 / math.sqrt(dim) if scale is None else float(scale)
-    resolved = _resolve(impl, q.dtype)
-    if resolved == "pallas":
-        return _nan_if_bad(_pallas(q, k, v, mask, scale), checks)
+    resolved = _resolve(impl, q.dtype, dim)
+    if resolved in _KERNELS:
+        return _nan_if_bad(_pallas(q, k, v, mask, scale, backend=resolved), checks)
     if resolved == "cudnn":
         reason = _cudnn_supports(mask, q_len, kv_len)
         if reason is not None:
             raise ValueError(
                 f"attention(impl='cudnn'): cuDNN has no native form for {reason}; use "
-                "impl='pallas' (block-skipping kernel) or impl='xla'."
+                "impl='pallas' (block-skipping kernels) or impl='xla'."
             )
         return _nan_if_bad(_cudnn(q, k, v, mask, scale), checks)
     lo, hi = row_ranges(mask, batch, q_len, kv_len)

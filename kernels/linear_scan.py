@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, Inexact
 
 from . import _kernel_backends
-from ._linear_scan_mosaic import mosaic_modules, mosaic_scan
+from ._linear_scan_mosaic import mosaic_scan
 
 ScanImpl = Literal["auto", "pallas", "mosaic", "triton", "xla", "sequential"]
 _IMPLS = ("auto", "pallas", "mosaic", "triton", "xla", "sequential")
@@ -361,12 +361,8 @@ def _mosaic_kernel_scan(a, b, x0, reverse, *, planes, interpret=None):
 
 
 def _mosaic_interpret():
-    """Mosaic GPU's interpreter settings off GPUs, `None` (compiled) on them. Decided
-    when tracing, not at lowering as the Triton kernel does: the interpreter's
-    ordered callbacks cannot sit in a `platform_dependent` branch."""
-    if jax.default_backend() == "gpu":
-        return None
-    return mosaic_modules()[1]()
+    """Mosaic GPU's interpreter off GPUs, `None` (compiled) on them (a seam for tests)."""
+    return _kernel_backends.mosaic_interpret()
 
 
 _KERNELS = {"triton": _kernel_scan, "mosaic": _mosaic_kernel_scan}

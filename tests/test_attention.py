@@ -3,6 +3,7 @@ Pallas kernel (interpret mode) against the reference for every mask kind and the
 combinations, gradients, bf16, block skipping, CUDA lowering, and bad input."""
 
 import dataclasses
+import warnings
 from typing import Any, cast
 
 import jax
@@ -441,9 +442,10 @@ def test_traced_lengths_and_offset_outside_the_sequences_give_nan(impl):
 
 
 def test_dispatch_never_breaks_without_the_triton_backend(monkeypatch):
-    """A jax without Pallas's Triton backend (simulated): `"auto"` on a GPU falls back
-    to the reference with one warning naming why; a forced `"pallas"` raises, naming
-    what the machine has."""
+    """A jax without Pallas's Triton backend (simulated): a forced `"triton"` raises,
+    naming what the machine has; a forced `"pallas"` runs on Mosaic GPU where it
+    takes the inputs and raises where nothing can; `"auto"` on an older GPU falls
+    back to the reference with one warning naming why."""
     import importlib
 
     backends = importlib.import_module("eqvid.kernels._kernel_backends")
@@ -453,9 +455,38 @@ def test_dispatch_never_breaks_without_the_triton_backend(monkeypatch):
     monkeypatch.setattr(backends, "missing", lambda b: reason if b == "triton" else real(b))
     q = jnp.ones((1, 8, 2, 16), jnp.float32)
     with pytest.raises(
-        ValueError, match=r"impl='pallas' cannot run here: jax 0.13 .*has 'xla', 'cudnn'"
+        ValueError, match=r"impl='triton' cannot run here: jax 0.13 .*has 'mosaic', 'xla', 'cudnn'"
     ):
+        attention(q, q, q, impl="triton")
+    with pytest.raises(ValueError, match=r"impl='pallas': no Pallas backend .*float32 as TF32"):
         attention(q, q, q, impl="pallas")
-    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")  # as on a GPU machine
+    with pytest.warns(RuntimeWarning, match="running on 'mosaic' because triton: jax 0.13"):
+        assert attention_module._resolve("pallas", jnp.bfloat16) == "mosaic"
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")  # as on an A100
+    monkeypatch.setattr(backends, "gpu_compute_capability", lambda: (8, 0))
     with pytest.warns(RuntimeWarning, match="attention: running on 'xla' because triton: jax 0.13"):
         assert attention_module._resolve("auto", jnp.bfloat16) == "xla"
+
+
+def test_dispatch_on_hopper_routes_float32_to_triton(monkeypatch):
+    """On a (simulated) Hopper GPU `"auto"` takes Mosaic GPU for bfloat16 and float16,
+    Triton for float32 with one warning saying why; a forced `"mosaic"` refuses
+    float32 and head_dim > 256, naming the reason."""
+    import importlib
+
+    backends = importlib.import_module("eqvid.kernels._kernel_backends")
+    attention_module = importlib.import_module("eqvid.kernels.attention")
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    monkeypatch.setattr(backends, "gpu_compute_capability", lambda: (9, 0))
+    monkeypatch.setattr(attention_module, "_probe", lambda backend: None)  # lowers fine
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert attention_module._resolve("auto", jnp.bfloat16) == "mosaic"
+        assert attention_module._resolve("auto", jnp.float16, 256) == "mosaic"
+    with pytest.warns(RuntimeWarning, match="running on 'triton' because mosaic: .*TF32"):
+        assert attention_module._resolve("auto", jnp.float32) == "triton"
+    with pytest.warns(RuntimeWarning, match="because mosaic: .*head_dim ≤ 256, got 512"):
+        assert attention_module._resolve("auto", jnp.bfloat16, 512) == "triton"
+    q = jnp.ones((1, 8, 2, 16), jnp.float32)
+    with pytest.raises(ValueError, match=r"impl='mosaic' cannot run here: .*TF32"):
+        attention(q, q, q, impl="mosaic")
