@@ -1,25 +1,31 @@
-"""How fast is `eqvid.kernels.attention`? The Pallas kernel against cuDNN and XLA.
+"""How fast is `eqvid.kernels.attention`? Its Pallas kernels against cuDNN, tokamax and XLA.
 
 Runs multi-head attention on `(batch, L, heads, head_dim)` inputs for three
 masks, bidirectional, causal and frame-block-causal (every token sees its own and
 all earlier frames of `--tokens-per-frame` tokens), forward and forward+backward,
-for the eqvid Pallas kernel (`attention(..., impl="pallas")`, GPU only) and
-`jax.nn.dot_product_attention` with `implementation="cudnn"` (GPU only) and
-`implementation="xla"`. cuDNN and XLA get `is_causal=True` for the causal mask and,
-for the frame-block-causal mask, which cuDNN has no native form of, the equivalent
-dense boolean mask `(1, 1, L, L)` through `mask=`. For each it reports the median
-time, TFLOP/s counting only the visited (unmasked) query-key pairs (the same count
-for every implementation, so TFLOP/s ratios are speed ratios), the kernel's speed-up
-over both references, the compiled program's temporary memory, and whether the
-kernel's targets are met in this run. An implementation that fails (cuDNN missing,
-out of memory) is recorded as such and the run goes on. Prints a markdown table and
+for eqvid's kernels side by side (`attention(..., impl="mosaic")`, the Mosaic GPU
+kernels, and `impl="triton"`, the Triton kernels; `impl="pallas"` is whichever suits
+the machine), openxla's `tokamax.dot_product_attention` (an optional peer: `pip
+install tokamax`; its Mosaic GPU kernel on Hopper) and `jax.nn.dot_product_attention`
+with `implementation="cudnn"` (GPU only) and `implementation="xla"`. cuDNN and XLA
+get `is_causal=True` for the causal mask and, for the frame-block-causal mask, which
+cuDNN has no native form of, the equivalent dense boolean mask `(1, 1, L, L)`
+through `mask=`; tokamax gets `is_causal=True`, and the frame-block-causal mask as
+per-row key ranges (its `Mask(k_start, k_end)`, the same ranges eqvid's kernels
+skip blocks by), or the dense mask where its version has no ranges. For each it
+reports the median time, TFLOP/s counting only the visited (unmasked) query-key
+pairs (the same count for every implementation, so TFLOP/s ratios are speed
+ratios), each kernel's speed-up over the references and tokamax, the compiled
+program's temporary memory, and whether the kernels' targets are met in this run.
+An implementation that fails (cuDNN or tokamax missing, a dtype a kernel does not
+take, out of memory) is recorded as such and the run goes on. Prints a markdown table and
 writes `attention_speed.md` on GPU (`attention_speed_<backend>.md` elsewhere) into a
 new folder under `benchmarks/results/runs/` (with `--update-reference`: into
 `benchmarks/results/`, replacing the committed reference).
 
     python benchmarks/attention_speed.py                     # sizes for this device
     python benchmarks/attention_speed.py --lengths 4096 --head-dims 128 --masks causal
-    python benchmarks/attention_speed.py --impls pallas xla --no-backward --repeats 20
+    python benchmarks/attention_speed.py --impls mosaic triton xla --no-backward --repeats 20
 """
 
 import argparse
@@ -39,11 +45,15 @@ from eqvid._cli import add_config_arguments, config_from_args
 
 # `eqvid.kernels` is the kernels/ folder ([tool.setuptools.package-dir]); Python finds it
 # through setuptools' editable-install finder, which pyright cannot follow.
-from eqvid.kernels import AttentionMask, attention
+from eqvid.kernels import AttentionMask, attention, pallas_backends
 from eqvid.kernels.attention import row_ranges
 
 MASKS = ("bidirectional", "causal", "frame-causal")
-IMPLS = ("pallas", "cudnn", "xla")
+KERNELS = ("mosaic", "triton", "pallas")
+"""eqvid's kernels (`pallas`: whichever of the two suits the machine)."""
+PEERS = ("tokamax", "cudnn", "xla")
+"""What the kernels are compared with: speed-up columns and targets."""
+IMPLS = KERNELS + PEERS
 GPU_LENGTHS, CPU_LENGTHS = (1024, 2048, 4096, 8192, 16384), (256, 512)
 GPU_HEAD_DIMS, CPU_HEAD_DIMS = (64, 128), (64,)
 GPU_TOKENS_PER_FRAME, CPU_TOKENS_PER_FRAME = 256, 64  # 256: a 16×16 latent per frame
@@ -75,9 +85,10 @@ class AttentionBenchConfig:
     """Attention heads (as many key/value heads); default: 1024 // head_dim (16 at
     d=64, 8 at d=128: the same model width)."""
     impls: tuple[str, ...] = ()
-    """Implementations (pallas, cudnn, xla); default: all three on GPU, xla elsewhere
-    (pallas runs there only in interpret mode, very slowly: tiny sizes only; cudnn
-    fails there)."""
+    """Implementations (mosaic, triton, pallas, tokamax, cudnn, xla); default on GPU:
+    the Pallas backends this machine runs, tokamax where it is installed, cudnn and
+    xla; elsewhere xla (the kernels run there only in interpret mode, very slowly:
+    tiny sizes only; cudnn fails there)."""
     dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
     """Dtype of q, k and v."""
     backward: bool = True
@@ -102,15 +113,18 @@ def attention_mask(name: str, tokens_per_frame: int) -> AttentionMask:
     return AttentionMask()
 
 
-def competitor(impl: str, mask_name: str, mask: AttentionMask):
+def competitor(impl: str, mask_name: str, mask: AttentionMask, lo=None, hi=None):
     """`fn(q, k, v, dense)`: the attention output of `impl` (`dense`: the boolean mask
-    for the references, `None` where they need none)."""
-    if impl == "pallas":
+    for the references, `None` where they need none; `lo`, `hi`: the rows' key ranges
+    `(1, L)`, for tokamax)."""
+    if impl in KERNELS:
 
         def kernel(q, k, v, dense):
-            return attention(q, k, v, mask=mask, impl="pallas")
+            return attention(q, k, v, mask=mask, impl=impl)  # type: ignore[arg-type]
 
         return kernel
+    if impl == "tokamax":
+        return tokamax_attention(mask_name, lo, hi)
     if impl not in ("cudnn", "xla"):
         raise ValueError(f"competitor: `impl` must be one of {IMPLS}, got {impl!r}.")
     implementation: Literal["cudnn", "xla"] = "cudnn" if impl == "cudnn" else "xla"
@@ -122,6 +136,41 @@ def competitor(impl: str, mask_name: str, mask: AttentionMask):
         )
 
     return reference
+
+
+def tokamax_attention(mask_name: str, lo, hi):
+    """tokamax's attention (its Mosaic GPU kernel on NVIDIA GPUs, its XLA path
+    elsewhere) with the mask in its best form: none, `is_causal`, or the per-row key
+    ranges `[lo, hi)` (tokamax's `Mask(k_start, k_end)`, from its internal module, as
+    its public function takes only dense masks; the dense mask where that is gone).
+    Raises `ImportError` (a failed row) when tokamax is not installed."""
+    implementation = "mosaic" if jax.default_backend() == "gpu" else "xla"
+
+    def range_masked():
+        """tokamax's own kernel and range mask, `None` where its version lacks them."""
+        try:
+            from tokamax._src.ops.attention import api as tokamax_api  # type: ignore[import-not-found]
+            from tokamax._src.ops.attention import base as tokamax_base  # type: ignore[import-not-found]
+
+            kernel = "mosaic_gpu" if implementation == "mosaic" else "xla"
+            return tokamax_api.IMPLEMENTATIONS[kernel], tokamax_base.Mask
+        except (ImportError, AttributeError, KeyError):
+            return None
+
+    def run(q, k, v, dense):
+        import tokamax  # type: ignore[import-not-found]  # optional: a failed row without it
+
+        ranges = range_masked() if mask_name == "frame-causal" else None
+        if ranges is not None:
+            op, range_mask = ranges
+            # (batch, heads, q_len) ranges, broadcast over batch and heads.
+            mask = range_mask(k_start=lo[:, None, :], k_end=hi[:, None, :])
+            return op(q, k, v, mask=mask)
+        return tokamax.dot_product_attention(
+            q, k, v, mask=dense, is_causal=mask_name == "causal", implementation=implementation
+        )
+
+    return run
 
 
 def ratio(other: Timing | None, ours: Timing | None) -> float | None:
@@ -163,6 +212,16 @@ def target_line(label: str, cases: list[tuple[str, float]], goal: float, above: 
     ]
 
 
+def default_impls() -> tuple[str, ...]:
+    """On GPUs: every Pallas backend this machine runs, tokamax where installed,
+    cuDNN and XLA."""
+    import importlib.util
+
+    kernels = tuple(k for k, why in pallas_backends().items() if why is None)
+    peers = PEERS if importlib.util.find_spec("tokamax") is not None else PEERS[1:]
+    return kernels + peers
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     description, _, epilog = (__doc__ or "").partition("\n\n")
     parser = argparse.ArgumentParser(
@@ -179,7 +238,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         GPU_TOKENS_PER_FRAME if gpu else CPU_TOKENS_PER_FRAME
     )
     tokens = config.tokens or (GPU_TOKENS if gpu else CPU_TOKENS)
-    impls = config.impls or (IMPLS if gpu else ("xla",))
+    impls = config.impls or (default_impls() if gpu else ("xla",))
     dtype = jnp.dtype(config.dtype)
     for name in config.masks:
         if name not in MASKS:
@@ -223,7 +282,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 visited = pairs / (batch * heads * length * length)
                 flops = 4.0 * pairs * d  # QKᵀ and PV: 2 FLOPs per multiply-add each
                 dense = None
-                if mask_name == "frame-causal" and any(i != "pallas" for i in impls):
+                if mask_name == "frame-causal" and any(i not in KERNELS for i in impls):
                     cols = jnp.arange(length, dtype=jnp.int32)
                     visible = (cols[None, :] >= lo[0, :, None]) & (cols[None, :] < hi[0, :, None])
                     dense = visible[None, None]
@@ -231,8 +290,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 sizes[key] = (batch, heads, pairs)
                 results[key] = {}
                 for impl in impls:
-                    fn = competitor(impl, mask_name, mask)
-                    args = (q, k, v, None if impl == "pallas" else dense)
+                    fn = competitor(impl, mask_name, mask, lo, hi)
+                    args = (q, k, v, None if impl in KERNELS else dense)
                     where = f"{mask_name} L={length} d={d} {impl}"
                     fwd = measure(fn, args, config.repeats)
                     print(
@@ -287,8 +346,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     )
                 for impl in impls:
                     fwd, bwd = results[key][impl]
-                    mine = impl == "pallas"
-                    others = {o: results[key].get(o, (None, None)) for o in ("cudnn", "xla")}
+                    mine = impl in KERNELS
+                    others = {o: results[key].get(o, (None, None)) for o in PEERS}
                     row = [
                         mask_name,
                         str(length),
@@ -319,98 +378,123 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "impl",
         "fwd ms",
         "fwd TFLOP/s",
-        "fwd vs cudnn",
-        "fwd vs xla",
+        *(f"fwd vs {o}" for o in PEERS),
     ]
     if config.backward:
-        header += ["fwd+bwd ms", "fwd+bwd TFLOP/s", "fwd+bwd vs cudnn", "fwd+bwd vs xla"]
+        header += ["fwd+bwd ms", "fwd+bwd TFLOP/s", *(f"fwd+bwd vs {o}" for o in PEERS)]
     header.append("fwd temp MiB")
     if config.backward:
         header.append("fwd+bwd temp MiB")
     table = markdown_table(header, rows)
 
-    # The targets, from the pallas rows and the references measured beside them.
-    def speed_cases(masks, other, phase, min_length=0):
+    # The targets, from each kernel's rows and the peers measured beside them.
+    def speed_cases(kernel, masks, other, phase, min_length=0, length=None):
         cases = []
-        for (mask_name, length, d), by_impl in results.items():
+        for (mask_name, n, d), by_impl in results.items():
             if (
                 mask_name in masks
-                and length >= min_length
-                and "pallas" in by_impl
+                and n >= min_length
+                and (length is None or n == length)
+                and kernel in by_impl
                 and other in by_impl
             ):
-                r = ratio(by_impl[other][phase], by_impl["pallas"][phase])
+                r = ratio(by_impl[other][phase], by_impl[kernel][phase])
                 if r is not None:
-                    cases.append((f"{mask_name} L={length} d={d}", r))
+                    cases.append((f"{mask_name} L={n} d={d}", r))
         return cases
 
     phases = [(0, "forward")] + ([(1, "fwd+bwd")] if config.backward else [])
-    targets = [
-        target_line(
-            "causal forward ≥ 0.6× cuDNN's speed", speed_cases(("causal",), "cudnn", 0), 0.6
-        ),
-        target_line(
-            "bidirectional forward ≥ 0.6× cuDNN's speed",
-            speed_cases(("bidirectional",), "cudnn", 0),
-            0.6,
-        ),
-    ]
-    for phase, label in phases:
+    eight_frames = 8 * tokens_per_frame
+    targets = []
+    for kernel in [i for i in impls if i in KERNELS]:
+        dense_goal = 0.8 if kernel == "mosaic" else 0.6
         targets.append(
             target_line(
-                f"frame-causal {label} ≥ 1.5× cuDNN with the dense mask",
-                speed_cases(("frame-causal",), "cudnn", phase),
-                1.5,
+                f"{kernel}: bidirectional forward ≥ {dense_goal}× cuDNN's speed",
+                speed_cases(kernel, ("bidirectional",), "cudnn", 0),
+                dense_goal,
             )
         )
-    for phase, label in phases:
         targets.append(
             target_line(
-                f"{label} ≥ 3× XLA at L ≥ 4096 (every mask)",
-                speed_cases(MASKS, "xla", phase, 4096),
-                3.0,
+                f"{kernel}: causal forward ≥ 0.6× cuDNN's speed",
+                speed_cases(kernel, ("causal",), "cudnn", 0),
+                0.6,
             )
         )
-    # Memory linear in L: batch × L is (about) the same at every length, so linear
-    # memory means temporary bytes per token stay flat while a dense L × L score
-    # matrix grows them ×L. Growth below q's own bytes per token counts as flat.
-    mem_phase, mem_label = phases[-1]
-    growth = []
-    for mask_name in config.masks:
-        for d in head_dims:
-            per_token = []
-            for length in sorted(lengths):
-                key = (mask_name, length, d)
-                timing = results.get(key, {}).get("pallas", (None, None))[mem_phase]
-                if (
-                    timing is not None
-                    and timing.ok
-                    and timing.temp is not None
-                    and timing.temp >= 0
-                ):
-                    batch, heads, _ = sizes[key]
-                    floor = heads * d * dtype.itemsize
-                    per_token.append((length, max(timing.temp / (batch * length), floor)))
-            if len(per_token) >= 2:
-                (l0, t0), (l1, t1) = per_token[0], per_token[-1]
-                growth.append(
-                    (f"{mask_name} d={d}, L {l0}→{l1}: dense would be ×{l1 / l0:.0f}", t1 / t0)
+        for phase, label in phases:
+            targets.append(
+                target_line(
+                    f"{kernel}: frame-causal {label} ≥ 1.5× cuDNN with the dense mask",
+                    speed_cases(kernel, ("frame-causal",), "cudnn", phase),
+                    1.5,
                 )
-    targets.append(
-        target_line(
-            f"{mem_label} temp memory linear in L (per-token growth ≤ 1.5×)",
-            growth,
-            1.5,
-            above=False,
+            )
+            if kernel == "mosaic":
+                targets.append(
+                    target_line(
+                        f"{kernel}: frame-causal {label}, 8 frames × {tokens_per_frame} "
+                        "tokens, ≥ 1.7× cuDNN",
+                        speed_cases(kernel, ("frame-causal",), "cudnn", phase, length=eight_frames),
+                        1.7,
+                    )
+                )
+            targets.append(
+                target_line(
+                    f"{kernel}: {label} ≥ 1.0× tokamax (every mask)",
+                    speed_cases(kernel, MASKS, "tokamax", phase),
+                    1.0,
+                )
+            )
+            targets.append(
+                target_line(
+                    f"{kernel}: {label} ≥ 3× XLA at L ≥ 4096 (every mask)",
+                    speed_cases(kernel, MASKS, "xla", phase, 4096),
+                    3.0,
+                )
+            )
+        # Memory linear in L: batch × L is (about) the same at every length, so linear
+        # memory means temporary bytes per token stay flat while a dense L × L score
+        # matrix grows them ×L. Growth below q's own bytes per token counts as flat.
+        mem_phase, mem_label = phases[-1]
+        growth = []
+        for mask_name in config.masks:
+            for d in head_dims:
+                per_token = []
+                for length in sorted(lengths):
+                    key = (mask_name, length, d)
+                    timing = results.get(key, {}).get(kernel, (None, None))[mem_phase]
+                    if (
+                        timing is not None
+                        and timing.ok
+                        and timing.temp is not None
+                        and timing.temp >= 0
+                    ):
+                        batch, heads, _ = sizes[key]
+                        floor = heads * d * dtype.itemsize
+                        per_token.append((length, max(timing.temp / (batch * length), floor)))
+                if len(per_token) >= 2:
+                    (l0, t0), (l1, t1) = per_token[0], per_token[-1]
+                    growth.append(
+                        (f"{mask_name} d={d}, L {l0}→{l1}: dense would be ×{l1 / l0:.0f}", t1 / t0)
+                    )
+        targets.append(
+            target_line(
+                f"{kernel}: {mem_label} temp memory linear in L (per-token growth ≤ 1.5×)",
+                growth,
+                1.5,
+                above=False,
+            )
         )
-    )
     target_table = markdown_table(["target", "cases", "worst", "best", "result"], targets)
 
     references = (
         "cuDNN and XLA are `jax.nn.dot_product_attention(implementation=...)`: no mask for "
         "bidirectional, `is_causal=True` for causal, the dense boolean mask `(1, 1, L, L)` "
         f"for frame-causal ({tokens_per_frame} tokens per frame; cuDNN has no native form "
-        'of it). The kernel is `attention(..., mask=AttentionMask, impl="pallas")`.'
+        "of it). tokamax is `tokamax.dot_product_attention` (its Mosaic GPU kernel), with "
+        "the frame-causal mask as per-row key ranges. The kernels are `attention(..., "
+        'mask=AttentionMask, impl="mosaic" | "triton")`.'
     )
     body = (
         f"{dtype.name} q, k, v of shape (B, L, H, d); median of {config.repeats} calls after "
@@ -418,15 +502,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "count only visited pairs, 4·d FLOPs each forward (two matmuls) and 3.5× that "
         "forward+backward (backward = 2.5× forward with recomputation, the FlashAttention "
         "convention), for every implementation alike, so their ratios are speed ratios. "
-        "`vs cudnn` / `vs xla` (kernel rows): the reference's time over the kernel's "
-        "(> 1: the kernel is faster). `temp MiB`: the compiled program's temporary "
+        "`vs tokamax` / `vs cudnn` / `vs xla` (kernel rows): the peer's time over the "
+        "kernel's (> 1: the kernel is faster). `temp MiB`: the compiled program's temporary "
         f"memory (inputs and outputs excluded).\n\n{references}\n\n{table}\n\n"
         f"## Targets\n\nSpeed ratios as above, from this run; a target counts only cases "
         f"where both implementations ran.\n\n{target_table}\n"
     )
     if not gpu:
         body += (
-            "\nThe Pallas kernel and cuDNN are GPU-only (on CPU the kernel runs in "
+            "\nThe Pallas kernels and cuDNN are GPU-only (on CPU the kernels run in "
             "interpret mode, for testing, and cuDNN fails): these numbers are a smoke "
             "run; run this script on a GPU for the comparison.\n"
         )

@@ -187,7 +187,7 @@ SECTIONS = (
     Section(
         "attention",
         "benchmark",
-        "attention TFLOP/s vs cuDNN and XLA, dense and frame-block-causal",
+        "attention TFLOP/s, Mosaic GPU and Triton kernels vs tokamax, cuDNN and XLA",
         {"full": 60, "quick": 20, "cpu": 120},
         script="attention_speed.py",
         result="attention_speed",
@@ -195,7 +195,7 @@ SECTIONS = (
             "full": "--lengths 1024 4096 --head-dims 64 128 --repeats 5",
             "quick": "--lengths 4096 --head-dims 64 --masks bidirectional frame-causal --repeats 5",
             "cpu": "--lengths 32 --head-dims 16 --tokens-per-frame 8 --batch 1 --heads 2 "
-            "--masks frame-causal --impls pallas xla --dtype float32 --repeats 1",
+            "--masks frame-causal --impls triton xla --dtype float32 --repeats 1",
         },
     ),
     Section(
@@ -410,12 +410,13 @@ def attention_headline(markdown: str) -> list[str]:
     lines = []
     for rows in tables[:1]:
         for r in rows:
-            if r.get("impl") != "pallas":
+            if r.get("impl") not in ("mosaic", "triton", "pallas"):
                 continue
             text = (
-                f"{r.get('mask', '?')} L={r.get('L', '?')} d={r.get('d', '?')}: forward "
-                f"{r.get('fwd TFLOP/s', '?')} TFLOP/s ({r.get('fwd vs cudnn', '?')} vs cuDNN, "
-                f"{r.get('fwd vs xla', '?')} vs XLA)"
+                f"{r.get('mask', '?')} L={r.get('L', '?')} d={r.get('d', '?')} {r['impl']}: "
+                f"forward {r.get('fwd TFLOP/s', '?')} TFLOP/s ({r.get('fwd vs cudnn', '?')} vs "
+                f"cuDNN, {r.get('fwd vs tokamax', '?')} vs tokamax, {r.get('fwd vs xla', '?')} "
+                "vs XLA)"
             )
             if "fwd+bwd TFLOP/s" in r:
                 text += (
@@ -1079,10 +1080,11 @@ class AttentionCase:
     dim: int
     mask: object  # an AttentionMask or None
     dtype: str
+    impl: str = "pallas"  # the kernel: "mosaic", "triton" or "pallas" (the machine's)
 
     @property
     def label(self) -> str:
-        return f"attention: {self.name}"
+        return f"attention ({self.impl}): {self.name}"
 
     @property
     def shape(self) -> str:
@@ -1151,8 +1153,15 @@ def compare_cases(mode: str) -> list[Case]:
         return [
             *scans,
             *fused([SelectiveCase("Mamba, 2 channel blocks", 20, 130, 6)]),
-            AttentionCase("frame window, GQA, padding", 1, 48, 48, 2, 1, 24, window, "float32"),
-            AttentionCase("KV-cache decode", 1, 8, 48, 2, 2, 16, decode, "bfloat16"),
+            *(
+                AttentionCase("frame window, GQA, padding", 1, 48, 48, 2, 1, 24, window, dtype, k)
+                for dtype in ("float32", "bfloat16")
+                for k in attention_kernels(kernels, dtype)[:1]  # Triton fp32, Mosaic bf16
+            ),
+            *(
+                AttentionCase("KV-cache decode", 1, 8, 48, 2, 2, 16, decode, "bfloat16", k)
+                for k in attention_kernels(kernels, "bfloat16")
+            ),
         ]
     # --quick's cases first (a full run cut short has checked at least those), each
     # attention case in float32 then bfloat16.
@@ -1202,14 +1211,33 @@ def compare_cases(mode: str) -> list[Case]:
             ("causal, d=128", 1, 4096, 4096, 4, 4, 128, causal),
             ("frame-causal, d=48 (padded), L=1000", 2, 1000, 1000, 4, 4, 48, odd),
         ]
-    attention_cases = [
-        AttentionCase(*spec, dtype=dtype)  # type: ignore[misc]
+    per_spec = [
+        [
+            AttentionCase(*spec, dtype=dtype, impl=impl)  # type: ignore[misc]
+            for dtype in ("float32", "bfloat16")
+            for impl in attention_kernels(kernels, dtype)
+        ]
         for spec in attn
-        for dtype in ("float32", "bfloat16")
     ]
-    # Interleave: the quick cases (2 scans per backend, a fused selective scan, 2 × 2
-    # attention) come first.
-    return cases[:quick_scans] + attention_cases[:4] + cases[quick_scans:] + attention_cases[4:]
+    attention_cases = [c for spec in per_spec for c in spec]
+    quick_attention = sum(len(spec) for spec in per_spec[:2])
+    # Interleave: the quick cases (2 scans per backend, a fused selective scan, the
+    # first 2 attention shapes in float32 and bfloat16 per backend) come first.
+    return (
+        cases[:quick_scans]
+        + attention_cases[:quick_attention]
+        + cases[quick_scans:]
+        + attention_cases[quick_attention:]
+    )
+
+
+def attention_kernels(kernels: list[str], dtype: str) -> list[str]:
+    """The attention kernels to check in `dtype`: every Pallas backend this machine
+    runs (`kernels`, Mosaic GPU first), side by side, except Mosaic GPU for float32
+    (it takes bfloat16/float16; float32 runs on Triton)."""
+    if dtype == "float32":
+        return [k for k in kernels if k != "mosaic"]
+    return kernels
 
 
 def _errors(got, want, bound):

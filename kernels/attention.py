@@ -396,7 +396,10 @@ def _kv_block_ranges(q_ranges, kv_blocks: int):
 
 @dataclasses.dataclass(frozen=True)
 class BlockSizes:
-    """Tile sizes of the three kernels (powers of two, ≥ 16)."""
+    """Tile sizes of the three kernels: powers of two ≥ 16 for the Triton kernels
+    (`num_warps`, `num_stages`: their launch parameters); for the Mosaic GPU kernels
+    query blocks of 64 rows (`q`, `dq_q`, `dkv_q`: one warpgroup MMA) and key blocks
+    of 64, 128 or 256 (`kv`, `dq_kv`, `dkv_kv`)."""
 
     q: int = 128
     kv: int = 64

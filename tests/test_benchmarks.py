@@ -55,7 +55,7 @@ def test_scan_speed_writes_a_table(tmp_path, capsys):
 
 def test_attention_speed_writes_a_table(tmp_path, capsys):
     attention_speed = load("attention_speed")
-    impls = ("pallas", "cudnn", "xla")
+    impls = ("mosaic", "triton", "tokamax", "cudnn", "xla")
     attention_speed.main(
         [
             "--lengths",
@@ -91,12 +91,23 @@ def test_attention_speed_writes_a_table(tmp_path, capsys):
         for impl in impls:
             prefix = f"| {mask} | 32 | 16 | 1×2 | {visited} | {impl} |"
             assert sum(line.startswith(prefix) for line in lines) == 1, (mask, impl)
-    # Pallas and XLA run everywhere; cuDNN off GPU is a failed row, not a crash.
-    assert "| causal | 32 | 16 | 1×2 | 51.6% | xla | failed" not in text
-    assert "| causal | 32 | 16 | 1×2 | 51.6% | pallas | failed" not in text
+    # The Triton kernel (interpreted) and XLA run everywhere; cuDNN off GPU, tokamax
+    # where it is not installed and the Mosaic GPU kernel on float32 (it takes bf16 and
+    # fp16) are failed rows naming why, not a crash.
+    for impl in ("xla", "triton"):
+        assert f"| causal | 32 | 16 | 1×2 | 51.6% | {impl} | failed" not in text, impl
+    assert (
+        "| causal | 32 | 16 | 1×2 | 51.6% | mosaic | failed: attention: impl='mosaic' cannot"
+        in text
+    )
     if attention_speed.jax.default_backend() != "gpu":
         assert "| causal | 32 | 16 | 1×2 | 51.6% | cudnn | failed: " in text
+    if importlib.util.find_spec("tokamax") is None:
+        assert "| causal | 32 | 16 | 1×2 | 51.6% | tokamax | failed: No module named" in text
     assert "## Targets" in text
+    for kernel in ("mosaic", "triton"):
+        assert f"| {kernel}: forward ≥ 1.0× tokamax (every mask) |" in text
+    assert "| mosaic: frame-causal forward, 8 frames × 8 tokens, ≥ 1.7× cuDNN |" in text
     assert "wrote" in capsys.readouterr().out
 
 
@@ -483,6 +494,8 @@ def test_gpu_check_cpu_runs_every_section(tmp_path):
     scans = {r["case"].split(":")[0] for r in compare["records"] if "scan" in r["case"]}
     # Both scan backends side by side, and the fused selective scan.
     assert scans == {"scan (mosaic)", "scan (triton)", "selective scan (mosaic)"}
+    attention = {r["case"].split(":")[0] for r in compare["records"] if "attention" in r["case"]}
+    assert attention == {"attention (mosaic)", "attention (triton)"}
 
 
 def lower_for_cuda(fn, *args):
@@ -506,11 +519,19 @@ def test_gpu_check_comparisons_lower_for_cuda(monkeypatch):
     monkeypatch.setattr(scan_module, "_mosaic_interpret", lambda: None)  # compiled
     selective = importlib.import_module("eqvid.kernels.selective_scan")
     monkeypatch.setattr(selective, "_interpret", lambda: None)
+    attention_module = importlib.import_module("eqvid.kernels.attention")
+    monkeypatch.setattr(attention_module, "_mosaic_interpret", lambda: None)
     gpu_check = load("gpu_check")
     quick = {(c.label, c.dtype) for c in gpu_check.compare_cases("quick")}
     cases = gpu_check.compare_cases("full")
     assert quick <= {(c.label, c.dtype) for c in cases}
     assert {c.impl for c in cases if isinstance(c, gpu_check.ScanCase)} == {"mosaic", "triton"}
+    attention_impls = {(c.impl, c.dtype) for c in cases if isinstance(c, gpu_check.AttentionCase)}
+    assert attention_impls == {
+        ("triton", "float32"),
+        ("triton", "bfloat16"),
+        ("mosaic", "bfloat16"),
+    }
     assert any(isinstance(c, gpu_check.SelectiveCase) for c in cases)
     failures = []
     for case in cases:
