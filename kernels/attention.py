@@ -397,9 +397,11 @@ def _kv_block_ranges(q_ranges, kv_blocks: int):
 @dataclasses.dataclass(frozen=True)
 class BlockSizes:
     """Tile sizes of the three kernels: powers of two ≥ 16 for the Triton kernels
-    (`num_warps`, `num_stages`: their launch parameters); for the Mosaic GPU kernels
-    query blocks of 64 rows (`q`, `dq_q`, `dkv_q`: one warpgroup MMA) and key blocks
-    of 64, 128 or 256 (`kv`, `dq_kv`, `dkv_kv`)."""
+    (`num_warps`, `num_stages`: their launch parameters). For the Mosaic GPU kernels:
+    the rows a program owns, 64 or 128 (one or two compute warpgroups): `q` (forward),
+    `dq_q` (dQ), `dkv_kv` (dK/dV, keys); the blocks streamed to them: `kv`, `dq_kv`
+    (keys: 64, 128 or 256), `dkv_q` (queries: 64 or 128); and `num_stages` streamed
+    blocks in flight."""
 
     q: int = 128
     kv: int = 64
@@ -741,19 +743,20 @@ def _kernel_backward(q, k, v, lo, hi, out, lse, do, scale, blocks, interpret):
 def _mosaic_forward(q, k, v, lo, hi, scale, blocks, interpret):
     ranges = _q_block_ranges(lo, hi, _attention_mosaic.ROWS, blocks.kv)
     return _attention_mosaic.forward(
-        q, k, v, lo, hi, ranges, scale=scale, block_kv=blocks.kv, interpret=interpret
-    )
+        q, k, v, lo, hi, ranges, scale=scale, block_q=blocks.q, block_kv=blocks.kv,
+        stages=blocks.num_stages, interpret=interpret,
+    )  # fmt: skip
 
 
 def _mosaic_backward(q, k, v, lo, hi, out, lse, do, scale, blocks, interpret):
     rows = _attention_mosaic.ROWS
     delta = jnp.einsum("bqhd,bqhd->bhq", out.astype(jnp.float32), do.astype(jnp.float32))
     dq_ranges = _q_block_ranges(lo, hi, rows, blocks.dq_kv)
-    kv_blocks = k.shape[1] // blocks.dkv_kv
-    kv_ranges = _kv_block_ranges(_q_block_ranges(lo, hi, rows, blocks.dkv_kv), kv_blocks)
+    kv_ranges = _kv_block_ranges(_q_block_ranges(lo, hi, blocks.dkv_q, rows), k.shape[1] // rows)
     return _attention_mosaic.backward(
         q, k, v, do, lse, delta, lo, hi, dq_ranges, kv_ranges, scale=scale,
-        block_kv_dq=blocks.dq_kv, block_kv_dkv=blocks.dkv_kv, interpret=interpret,
+        dq_rows=blocks.dq_q, dq_kv=blocks.dq_kv, dkv_keys=blocks.dkv_kv, dkv_q=blocks.dkv_q,
+        stages=blocks.num_stages, interpret=interpret,
     )  # fmt: skip
 
 
@@ -803,7 +806,7 @@ def _pallas(
         if why is not None:
             raise TypeError(f"attention(impl='mosaic'): {why}.")
         dim_pad = -(-dim // 64) * 64
-        blocks = _mosaic_blocks(blocks, dim_pad, kv_len)
+        blocks = _mosaic_blocks(blocks, dim_pad, q_len, kv_len)
         interpret = _mosaic_interpret() if interpret is None else interpret
     else:
         if q.dtype not in (jnp.float32, jnp.bfloat16, jnp.float16):
@@ -852,29 +855,57 @@ def _mosaic_cannot(dtype, dim: int) -> str | None:
     return None
 
 
-def _mosaic_blocks(blocks: BlockSizes | None, dim: int, kv_len: int) -> BlockSizes:
-    """The Mosaic GPU kernels' tiles: query blocks of 64 rows (one warpgroup MMA);
-    key blocks of 128 (64 at head_dim > 128, for shared memory) in the forward pass
-    and 64 in the backward; no larger than the sequence needs; checked if given."""
+def _mosaic_blocks(blocks: BlockSizes | None, dim: int, q_len: int, kv_len: int) -> BlockSizes:
+    """The Mosaic GPU kernels' tiles, checked if given. Defaults: two compute
+    warpgroups per program (128 query rows) forward and in dQ, streaming key blocks of
+    128 forward and 64 in dQ; dK/dV programs of 128 keys at head_dim ≤ 64, else 64,
+    streaming query blocks of 64; two blocks in flight. At head_dim > 128 (shared
+    memory) forward key blocks of 64 and one warpgroup in dQ. Blocks no larger than
+    the sequences need."""
     rows = _attention_mosaic.ROWS
     if blocks is None:
-        kv = 128 if dim <= 128 else 64
-        blocks = BlockSizes(q=rows, kv=kv, dq_q=rows, dq_kv=64, dkv_q=rows, dkv_kv=64)
-    for name in ("q", "dq_q", "dkv_q"):
-        if getattr(blocks, name) != rows:
+        blocks = BlockSizes(
+            q=2 * rows,
+            kv=128 if dim <= 128 else 64,
+            dq_q=2 * rows if dim <= 128 else rows,
+            dq_kv=64,
+            dkv_q=rows,
+            # dK and dV accumulate in registers: two warpgroups only while they fit.
+            dkv_kv=2 * rows if dim <= 64 else rows,
+        )
+    meaning = {
+        "q": "query rows per forward program: one or two compute warpgroups",
+        "dq_q": "query rows per dQ program: one or two compute warpgroups",
+        "dkv_kv": "keys per dK/dV program: one or two compute warpgroups",
+        "dkv_q": "query rows per block streamed to the dK/dV programs",
+    }
+    for name, what in meaning.items():
+        if getattr(blocks, name) not in (rows, 2 * rows):
             raise ValueError(
-                f"attention(impl='mosaic'): BlockSizes.{name} must be {rows} (one warpgroup "
-                f"MMA), got {getattr(blocks, name)}."
+                f"attention(impl='mosaic'): BlockSizes.{name} must be {rows} or {2 * rows} "
+                f"({what}), got {getattr(blocks, name)}."
             )
-    for name in ("kv", "dq_kv", "dkv_kv"):
+    for name in ("kv", "dq_kv"):
         size = getattr(blocks, name)
         if size not in (64, 128, 256):
             raise ValueError(
-                f"attention(impl='mosaic'): BlockSizes.{name} must be 64, 128 or 256, got {size}."
+                f"attention(impl='mosaic'): BlockSizes.{name} must be 64, 128 or 256 (keys "
+                f"per streamed block), got {size}."
             )
-    cap = max(64, _next_pow2(kv_len))
+    if blocks.num_stages < 2:
+        raise ValueError(
+            f"attention(impl='mosaic'): BlockSizes.num_stages must be ≥ 2 (blocks in "
+            f"flight), got {blocks.num_stages}."
+        )
+    qcap, kcap = max(rows, _next_pow2(q_len)), max(rows, _next_pow2(kv_len))
     return dataclasses.replace(
-        blocks, kv=min(blocks.kv, cap), dq_kv=min(blocks.dq_kv, cap), dkv_kv=min(blocks.dkv_kv, cap)
+        blocks,
+        q=min(blocks.q, qcap),
+        dq_q=min(blocks.dq_q, qcap),
+        dkv_q=min(blocks.dkv_q, qcap),
+        kv=min(blocks.kv, kcap),
+        dq_kv=min(blocks.dq_kv, kcap),
+        dkv_kv=min(blocks.dkv_kv, kcap),
     )
 
 

@@ -22,31 +22,32 @@ pytestmark = pytest.mark.skipif(
     backends.missing("mosaic") is not None, reason=str(backends.missing("mosaic"))
 )
 
-# Key blocks of 64 everywhere, so short sequences still span several blocks.
-BLOCKS = BlockSizes(q=64, kv=64, dq_q=64, dq_kv=64, dkv_q=64, dkv_kv=64)
+# Blocks of 64 everywhere, so short sequences still span several blocks: programs of
+# one compute warpgroup (ONE) or two sharing the streamed tiles (TWO), three slots.
+ONE = BlockSizes(q=64, kv=64, dq_q=64, dq_kv=64, dkv_q=64, dkv_kv=64, num_stages=3)
+TWO = BlockSizes(q=128, kv=64, dq_q=128, dq_kv=64, dkv_q=64, dkv_kv=128)
 
 # (name, q_len, kv_len, heads, kv_heads, dim, dtype, mask): every mask kind and their
 # combination, lengths that are not whole blocks, grouped-query heads, head dims that
 # are padded (32, 96) or not (64), a decoder's query offset.
 CASES = [
     ("bidirectional", 100, 130, 2, 2, 64, jnp.bfloat16, None),
-    ("causal", 150, 150, 4, 2, 32, jnp.float16, AttentionMask(causal=True)),
-    ("frame-causal", 192, 192, 2, 1, 64, jnp.bfloat16, AttentionMask.frame_causal(48)),
+    ("causal, GQA", 130, 130, 2, 1, 32, jnp.float16, AttentionMask(causal=True)),
     (
         "frame-causal-window",
-        200,
-        200,
-        2,
-        2,
+        150,
+        150,
+        1,
+        1,
         32,
         jnp.float16,
         AttentionMask.frame_causal(25, window=3),
     ),
     (
         "window-bidirectional",
-        160,
-        160,
-        2,
+        140,
+        140,
+        1,
         1,
         96,
         jnp.bfloat16,
@@ -56,39 +57,45 @@ CASES = [
         "padding",
         130,
         150,
-        3,
+        1,
         1,
         32,
         jnp.float16,
         AttentionMask(q_lengths=np.array([130, 70]), kv_lengths=np.array([150, 40])),
     ),
     (
-        "all-combined",
-        180,
-        180,
-        4,
+        "all-combined, GQA",
+        120,
+        120,
         2,
+        1,
         32,
         jnp.bfloat16,
         AttentionMask(
             causal=True,
             tokens_per_frame=30,
-            window=3,
-            q_lengths=np.array([180, 100]),
-            kv_lengths=np.array([170, 90]),
+            window=2,
+            q_lengths=np.array([120, 70]),
+            kv_lengths=np.array([110, 60]),
         ),
     ),
     (
         "decode-offset",
         40,
         200,
-        2,
-        2,
+        1,
+        1,
         32,
         jnp.float16,
         AttentionMask(causal=True, tokens_per_frame=20, q_offset=np.array([20, 160])),
     ),
 ]
+# Batch 2 where the mask differs per batch element, else 1 (each program is costly to
+# interpret).
+BATCH = {
+    name: 2 if name in ("padding", "all-combined, GQA", "decode-offset") else 1
+    for name, *_ in CASES
+}
 IDS = [c[0] for c in CASES]
 
 # bf16/fp16 operands, fp32 accumulation, probabilities rounded to the input dtype
@@ -102,9 +109,12 @@ def _interpreted(**kwargs):
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_mosaic_matches_reference_with_gradients(case):
+    """Forward and gradients; the cases alternate between programs of one and of two
+    compute warpgroups."""
     _, q_len, kv_len, heads, kv_heads, dim, dtype, mask = case
+    blocks = (ONE, TWO)[IDS.index(case[0]) % 2]
     rng = helpers.rng("mosaic attention", case[0])
-    q, k, v = draw(rng, 2, q_len, kv_len, heads, kv_heads, dim, dtype)
+    q, k, v = draw(rng, BATCH[case[0]], q_len, kv_len, heads, kv_heads, dim, dtype)
     cot = jnp.asarray(rng.normal(size=q.shape), dtype)
     params = _interpreted()
 
@@ -112,7 +122,7 @@ def test_mosaic_matches_reference_with_gradients(case):
         out, vjp = jax.vjp(fn, q, k, v)
         return out, vjp(cot)
 
-    out, grads = run(lambda q, k, v: _pallas(q, k, v, mask, 0.2, BLOCKS, params, "mosaic"))
+    out, grads = run(lambda q, k, v: _pallas(q, k, v, mask, 0.2, blocks, params, "mosaic"))
     want, want_grads = run(lambda q, k, v: attention(q, k, v, mask=mask, scale=0.2, impl="xla"))
     assert out.dtype == dtype and all(g.dtype == dtype for g in grads)
     assert rel_err(out, want) < TOLERANCE[dtype]
@@ -125,22 +135,23 @@ def test_public_mosaic_path_default_blocks_against_numpy():
     """`impl="mosaic"` through the public function with its default (fitted) blocks:
     key blocks of 128 forward, 64 backward; against the float64 loop."""
     rng = np.random.default_rng(11)
-    q, k, v = draw(rng, 1, 260, 260, 2, 2, 64, jnp.float16)
-    mask = AttentionMask.frame_causal(65)
+    q, k, v = draw(rng, 1, 200, 200, 1, 1, 64, jnp.float16)
+    mask = AttentionMask.frame_causal(50)
     got = attention(q, k, v, mask=mask, impl="mosaic")
     want = numpy_attention(q, k, v, mask, 1 / np.sqrt(64))
     assert rel_err(got, want) < 4e-3
 
 
 def test_mosaic_has_no_races():
-    """The interpreter's race detector over double-buffered key blocks and the
-    grouped-query walk of the dK/dV kernel."""
+    """The interpreter's race detector (shared memory, barriers, TMA across the memory
+    and compute warpgroups) over the three kernels with two compute warpgroups, and
+    the grouped-query walk of the dK/dV kernel."""
     interp = importlib.import_module("jax._src.pallas.mosaic_gpu.interpret.interpret_pallas_call")
     rng = np.random.default_rng(12)
-    q, k, v = draw(rng, 1, 192, 192, 2, 1, 64, jnp.bfloat16)
-    mask = AttentionMask.frame_causal(64)
+    q, k, v = draw(rng, 1, 160, 160, 2, 1, 64, jnp.bfloat16)
+    mask = AttentionMask.frame_causal(40)
     params = _interpreted(detect_races=True)
-    fn = lambda q, k, v: _pallas(q, k, v, mask, 0.125, BLOCKS, params, "mosaic")
+    fn = lambda q, k, v: _pallas(q, k, v, mask, 0.125, TWO, params, "mosaic")
     out, vjp = jax.vjp(fn, q, k, v)
     jax.block_until_ready(vjp(out))
     assert not interp.get_races().races_found
@@ -151,11 +162,11 @@ def test_mosaic_skips_blocks_and_zeroes_empty_rows():
     (NaN there cannot reach outputs or gradients); rows that see no key are zeros with
     zero gradients."""
     rng = np.random.default_rng(13)
-    q, k, v = draw(rng, 2, 128, 256, 2, 2, 64, jnp.bfloat16)
-    mask = AttentionMask(q_lengths=np.array([128, 40]), kv_lengths=np.array([64, 0]))
+    q, k, v = draw(rng, 2, 64, 256, 1, 1, 64, jnp.bfloat16)
+    mask = AttentionMask(q_lengths=np.array([64, 40]), kv_lengths=np.array([64, 0]))
     poisoned_k = k.at[:, 64:].set(jnp.nan)
     poisoned_v = v.at[:, 64:].set(jnp.nan)
-    fn = lambda q, k, v: _pallas(q, k, v, mask, 0.125, BLOCKS, _interpreted(), "mosaic")
+    fn = lambda q, k, v: _pallas(q, k, v, mask, 0.125, ONE, _interpreted(), "mosaic")
     out, vjp = jax.vjp(fn, q, poisoned_k, poisoned_v)
     dq, dk, dv = vjp(jnp.ones_like(out))
     want = attention(q, k, v, mask=mask, scale=0.125, impl="xla")
@@ -198,10 +209,15 @@ def test_mosaic_lowers_for_cuda(dtype, q_len, heads, kv_heads, dim, mask, monkey
 
 def test_mosaic_bad_input():
     q = jnp.ones((1, 64, 1, 64), jnp.bfloat16)
-    with pytest.raises(ValueError, match=r"BlockSizes.q must be 64 \(one warpgroup MMA\), got 128"):
-        _pallas(q, q, q, None, 0.1, BlockSizes(), _interpreted(), "mosaic")
+    for blocks, message in (
+        (BlockSizes(q=256), r"BlockSizes.q must be 64 or 128 \(query rows per forward program"),
+        (BlockSizes(dkv_q=32), r"BlockSizes.dkv_q must be 64 or 128 \(query rows per block"),
+        (BlockSizes(num_stages=1), r"BlockSizes.num_stages must be ≥ 2"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            _pallas(q, q, q, None, 0.1, blocks, _interpreted(), "mosaic")
     bad_kv = BlockSizes(q=64, kv=96, dq_q=64, dq_kv=64, dkv_q=64, dkv_kv=64)
-    with pytest.raises(ValueError, match="BlockSizes.kv must be 64, 128 or 256, got 96"):
+    with pytest.raises(ValueError, match=r"BlockSizes.kv must be 64, 128 or 256 \(keys .*got 96"):
         _pallas(q, q, q, None, 0.1, bad_kv, _interpreted(), "mosaic")
     with pytest.raises(
         ValueError, match=r"impl='mosaic' cannot run here: .*head_dim ≤ 256, got 320"
