@@ -26,10 +26,18 @@ new folder under `benchmarks/results/runs/` (with `--update-reference`: into
     python benchmarks/attention_speed.py                     # sizes for this device
     python benchmarks/attention_speed.py --lengths 4096 --head-dims 128 --masks causal
     python benchmarks/attention_speed.py --impls mosaic triton xla --no-backward --repeats 20
+    python benchmarks/attention_speed.py --impls mosaic "mosaic[q=64]" "mosaic[kv=64,num_stages=3]" cudnn
+
+A kernel variant `mosaic[field=value,...]` (or `triton[...]`) replaces fields of the
+kernel's default `BlockSizes` for the shape (rows per program, streamed block sizes,
+blocks in flight; see `eqvid.kernels.attention.BlockSizes`): rows side by side for
+tuning. Targets are checked on the plain kernels.
 """
 
 import argparse
 import dataclasses
+import importlib
+import importlib.util
 import os
 import sys
 from typing import Literal
@@ -85,10 +93,11 @@ class AttentionBenchConfig:
     """Attention heads (as many key/value heads); default: 1024 // head_dim (16 at
     d=64, 8 at d=128: the same model width)."""
     impls: tuple[str, ...] = ()
-    """Implementations (mosaic, triton, pallas, tokamax, cudnn, xla); default on GPU:
-    the Pallas backends this machine runs, tokamax where it is installed, cudnn and
-    xla; elsewhere xla (the kernels run there only in interpret mode, very slowly:
-    tiny sizes only; cudnn fails there)."""
+    """Implementations (mosaic, triton, pallas, tokamax, cudnn, xla, or a kernel
+    variant such as mosaic[q=64,kv=128,num_stages=3]); default on GPU: the Pallas
+    backends this machine runs, tokamax where it is installed, cudnn and xla;
+    elsewhere xla (the kernels run there only in interpret mode, very slowly: tiny
+    sizes only; cudnn fails there)."""
     dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
     """Dtype of q, k and v."""
     backward: bool = True
@@ -117,6 +126,13 @@ def competitor(impl: str, mask_name: str, mask: AttentionMask, lo=None, hi=None)
     """`fn(q, k, v, dense)`: the attention output of `impl` (`dense`: the boolean mask
     for the references, `None` where they need none; `lo`, `hi`: the rows' key ranges
     `(1, L)`, for tokamax)."""
+    if is_kernel(impl) and "[" in impl:
+        backend, overrides = parse_variant(impl)
+
+        def variant(q, k, v, dense):
+            return kernel_variant(q, k, v, mask, backend, overrides)
+
+        return variant
     if impl in KERNELS:
 
         def kernel(q, k, v, dense):
@@ -136,6 +152,47 @@ def competitor(impl: str, mask_name: str, mask: AttentionMask, lo=None, hi=None)
         )
 
     return reference
+
+
+def is_kernel(impl: str) -> bool:
+    """An eqvid kernel: `mosaic`, `triton`, `pallas`, or a block-size variant such as
+    `mosaic[q=64,kv=128,num_stages=3]`."""
+    return impl.split("[")[0] in KERNELS
+
+
+def parse_variant(impl: str) -> tuple[str, dict[str, int]]:
+    """`"mosaic[q=64,kv=128]"` → `("mosaic", {"q": 64, "kv": 128})`: a kernel with some
+    `BlockSizes` fields replaced (the rest are the kernel's defaults for the shape)."""
+    attention_module = importlib.import_module("eqvid.kernels.attention")
+    backend, _, rest = impl.partition("[")
+    if backend not in ("mosaic", "triton") or not rest.endswith("]"):
+        raise ValueError(
+            f"a kernel variant is mosaic[field=value,...] or triton[field=value,...], got {impl!r}"
+        )
+    fields = {f.name for f in dataclasses.fields(attention_module.BlockSizes)}
+    overrides = {}
+    for item in filter(None, rest[:-1].split(",")):
+        name, _, value = item.partition("=")
+        if name not in fields or not value.isdigit():
+            raise ValueError(
+                f"{impl!r}: {item!r} is not field=integer with a field of BlockSizes "
+                f"({', '.join(sorted(fields))})"
+            )
+        overrides[name] = int(value)
+    return backend, overrides
+
+
+def kernel_variant(q, k, v, mask, backend: str, overrides: dict[str, int]):
+    """`attention` on `backend` with the `overrides` of its default block sizes."""
+    attention_module = importlib.import_module("eqvid.kernels.attention")
+    _, q_len, _, dim = q.shape
+    if backend == "mosaic":
+        base = attention_module._mosaic_blocks(None, -(-dim // 64) * 64, q_len, k.shape[1])
+    else:
+        base = attention_module.BlockSizes()
+    blocks = dataclasses.replace(base, **overrides)
+    scale = 1.0 / float(np.sqrt(dim))
+    return attention_module._pallas(q, k, v, mask, scale, blocks, backend=backend)
 
 
 def tokamax_attention(mask_name: str, lo, hi):
@@ -215,8 +272,6 @@ def target_line(label: str, cases: list[tuple[str, float]], goal: float, above: 
 def default_impls() -> tuple[str, ...]:
     """On GPUs: every Pallas backend this machine runs, tokamax where installed,
     cuDNN and XLA."""
-    import importlib.util
-
     kernels = tuple(k for k, why in pallas_backends().items() if why is None)
     peers = PEERS if importlib.util.find_spec("tokamax") is not None else PEERS[1:]
     return kernels + peers
@@ -244,8 +299,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if name not in MASKS:
             parser.error(f"unknown mask {name!r}; choose from {', '.join(MASKS)}")
     for impl in impls:
-        if impl not in IMPLS:
-            parser.error(f"unknown implementation {impl!r}; choose from {', '.join(IMPLS)}")
+        if impl not in IMPLS and not is_kernel(impl):
+            parser.error(
+                f"unknown implementation {impl!r}; choose from {', '.join(IMPLS)}, or a "
+                "kernel variant such as mosaic[q=64,kv=128,num_stages=3]"
+            )
+        if "[" in impl:
+            try:
+                parse_variant(impl)
+            except ValueError as error:
+                parser.error(str(error))
     for label, values in (
         ("lengths", lengths),
         ("head-dims", head_dims),
@@ -282,7 +345,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 visited = pairs / (batch * heads * length * length)
                 flops = 4.0 * pairs * d  # QKᵀ and PV: 2 FLOPs per multiply-add each
                 dense = None
-                if mask_name == "frame-causal" and any(i not in KERNELS for i in impls):
+                if mask_name == "frame-causal" and not all(is_kernel(i) for i in impls):
                     cols = jnp.arange(length, dtype=jnp.int32)
                     visible = (cols[None, :] >= lo[0, :, None]) & (cols[None, :] < hi[0, :, None])
                     dense = visible[None, None]
@@ -291,7 +354,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 results[key] = {}
                 for impl in impls:
                     fn = competitor(impl, mask_name, mask, lo, hi)
-                    args = (q, k, v, None if impl in KERNELS else dense)
+                    args = (q, k, v, None if is_kernel(impl) else dense)
                     where = f"{mask_name} L={length} d={d} {impl}"
                     fwd = measure(fn, args, config.repeats)
                     print(
@@ -346,7 +409,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     )
                 for impl in impls:
                     fwd, bwd = results[key][impl]
-                    mine = impl in KERNELS
+                    mine = is_kernel(impl)
                     others = {o: results[key].get(o, (None, None)) for o in PEERS}
                     row = [
                         mask_name,

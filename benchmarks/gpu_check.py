@@ -192,8 +192,9 @@ SECTIONS = (
         script="attention_speed.py",
         result="attention_speed",
         args={
-            "full": "--lengths 1024 4096 --head-dims 64 128 --repeats 5",
-            "quick": "--lengths 4096 --head-dims 64 --masks bidirectional frame-causal --repeats 5",
+            # L=2048: the frame-causal target's 8 frames × 256 tokens.
+            "full": "--lengths 2048 4096 --head-dims 64 --repeats 5",
+            "quick": "--lengths 2048 --head-dims 64 --masks bidirectional frame-causal --repeats 5",
             "cpu": "--lengths 32 --head-dims 16 --tokens-per-frame 8 --batch 1 --heads 2 "
             "--masks frame-causal --impls triton xla --dtype float32 --repeats 1",
         },

@@ -55,7 +55,7 @@ def test_scan_speed_writes_a_table(tmp_path, capsys):
 
 def test_attention_speed_writes_a_table(tmp_path, capsys):
     attention_speed = load("attention_speed")
-    impls = ("mosaic", "triton", "tokamax", "cudnn", "xla")
+    impls = ("mosaic", "triton", "triton[q=16,kv=32]", "tokamax", "cudnn", "xla")
     attention_speed.main(
         [
             "--lengths",
@@ -94,7 +94,7 @@ def test_attention_speed_writes_a_table(tmp_path, capsys):
     # The Triton kernel (interpreted) and XLA run everywhere; cuDNN off GPU, tokamax
     # where it is not installed and the Mosaic GPU kernel on float32 (it takes bf16 and
     # fp16) are failed rows naming why, not a crash.
-    for impl in ("xla", "triton"):
+    for impl in ("xla", "triton", "triton[q=16,kv=32]"):  # and a block-size variant
         assert f"| causal | 32 | 16 | 1×2 | 51.6% | {impl} | failed" not in text, impl
     assert (
         "| causal | 32 | 16 | 1×2 | 51.6% | mosaic | failed: attention: impl='mosaic' cannot"
@@ -109,6 +109,9 @@ def test_attention_speed_writes_a_table(tmp_path, capsys):
         assert f"| {kernel}: forward ≥ 1.0× tokamax (every mask) |" in text
     assert "| mosaic: frame-causal forward, 8 frames × 8 tokens, ≥ 1.7× cuDNN |" in text
     assert "wrote" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        attention_speed.main(["--impls", "mosaic[rows=64]", "--out-dir", str(tmp_path)])
+    assert "'rows=64' is not field=integer with a field of BlockSizes" in capsys.readouterr().err
 
 
 def test_demo_records_the_example_run(tmp_path, capsys):
