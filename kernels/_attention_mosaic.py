@@ -13,7 +13,8 @@ loads run ahead of the tensor cores. Every product is a warpgroup MMA
 (`plgpu.wgmma`, fp32 accumulators), with the tiles in shared memory in the swizzled
 layout it reads (`TilingTransform((8, 64))` + `SwizzleTransform(128)`): 64
 bf16/fp16 elements per 128-byte row, so the head dimension is padded to a multiple
-of 64. The second operand of `P·V`, `dS·K` and the like comes from registers.
+of 64 (at most 128: the dK/dV accumulators live in registers). The first operand
+(A) of `P·V`, `dS·K` and the like comes from registers.
 
 Block skipping. `attention.py` turns the mask into per-row key ranges `[lo, hi)` and,
 per block of 64 rows, the blocks `[first, last)` holding every visible key and the

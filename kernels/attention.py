@@ -837,7 +837,9 @@ def _mosaic_interpret():
 
 
 _MOSAIC_DTYPES = (jnp.bfloat16, jnp.float16)
-_MOSAIC_MAX_DIM = 256
+_MOSAIC_MAX_DIM = 128
+"""The dK/dV kernel keeps two fp32 accumulators of 64 × head_dim per warpgroup in
+registers: beyond 128 they would spill (and serialise the warpgroup MMAs)."""
 
 
 def _mosaic_cannot(dtype, dim: int) -> str | None:
@@ -851,23 +853,25 @@ def _mosaic_cannot(dtype, dim: int) -> str | None:
     if dtype not in _MOSAIC_DTYPES:
         return f"the Mosaic GPU kernels take bfloat16 or float16, got {jnp.dtype(dtype)}"
     if dim > _MOSAIC_MAX_DIM:
-        return f"the Mosaic GPU kernels take head_dim ≤ {_MOSAIC_MAX_DIM}, got {dim}"
+        return (
+            f"the Mosaic GPU kernels take head_dim ≤ {_MOSAIC_MAX_DIM} (their dK/dV "
+            f"accumulators live in registers), got {dim}"
+        )
     return None
 
 
 def _mosaic_blocks(blocks: BlockSizes | None, dim: int, q_len: int, kv_len: int) -> BlockSizes:
-    """The Mosaic GPU kernels' tiles, checked if given. Defaults: two compute
-    warpgroups per program (128 query rows) forward and in dQ, streaming key blocks of
-    128 forward and 64 in dQ; dK/dV programs of 128 keys at head_dim ≤ 64, else 64,
-    streaming query blocks of 64; two blocks in flight. At head_dim > 128 (shared
-    memory) forward key blocks of 64 and one warpgroup in dQ. Blocks no larger than
-    the sequences need."""
+    """The Mosaic GPU kernels' tiles, checked if given (including block sizes whose
+    score tiles would spill registers). Defaults: two compute warpgroups per program
+    (128 query rows) forward and in dQ, streaming key blocks of 128 forward and 64 in
+    dQ; dK/dV programs of 128 keys at head_dim ≤ 64, else 64, streaming query blocks
+    of 64; two blocks in flight. Blocks no larger than the sequences need."""
     rows = _attention_mosaic.ROWS
     if blocks is None:
         blocks = BlockSizes(
             q=2 * rows,
-            kv=128 if dim <= 128 else 64,
-            dq_q=2 * rows if dim <= 128 else rows,
+            kv=128,
+            dq_q=2 * rows,
             dq_kv=64,
             dkv_q=rows,
             # dK and dV accumulate in registers: two warpgroups only while they fit.
@@ -897,6 +901,14 @@ def _mosaic_blocks(blocks: BlockSizes | None, dim: int, q_len: int, kv_len: int)
             f"attention(impl='mosaic'): BlockSizes.num_stages must be ≥ 2 (blocks in "
             f"flight), got {blocks.num_stages}."
         )
+    # Score tiles of 64 × block live in registers beside the accumulators.
+    for name, widest in (("kv", 256 if dim <= 64 else 128), ("dq_kv", 256 if dim <= 64 else 128),
+                         ("dkv_q", 128 if dim <= 64 else 64)):  # fmt: skip
+        if getattr(blocks, name) > widest:
+            raise ValueError(
+                f"attention(impl='mosaic'): BlockSizes.{name} = {getattr(blocks, name)} "
+                f"would spill registers at head_dim {dim} (padded); at most {widest}."
+            )
     qcap, kcap = max(rows, _next_pow2(q_len)), max(rows, _next_pow2(kv_len))
     return dataclasses.replace(
         blocks,
@@ -1075,7 +1087,7 @@ def attention(
       lengths, query offset), or `None` for bidirectional attention.
     - `scale`: the score scale; `1/sqrt(head_dim)` when `None`.
     - `impl`: `"mosaic"` (the fused Pallas Mosaic GPU kernels: Hopper or newer,
-      bfloat16/float16, head_dim ≤ 256), `"triton"` (the fused Pallas Triton
+      bfloat16/float16, head_dim ≤ 128), `"triton"` (the fused Pallas Triton
       kernels: float32/bfloat16/float16, while the installed jax has the Triton
       backend), `"pallas"` (whichever of the two suits the machine); kernels are
       compiled on GPUs and interpreted elsewhere (slow). `"xla"` (the dense

@@ -471,7 +471,7 @@ def test_dispatch_never_breaks_without_the_triton_backend(monkeypatch):
 def test_dispatch_on_hopper_routes_float32_to_triton(monkeypatch):
     """On a (simulated) Hopper GPU `"auto"` takes Mosaic GPU for bfloat16 and float16,
     Triton for float32 with one warning saying why; a forced `"mosaic"` refuses
-    float32 and head_dim > 256, naming the reason."""
+    float32 and head_dim > 128, naming the reason."""
     import importlib
 
     backends = importlib.import_module("eqvid.kernels._kernel_backends")
@@ -482,11 +482,11 @@ def test_dispatch_on_hopper_routes_float32_to_triton(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert attention_module._resolve("auto", jnp.bfloat16) == "mosaic"
-        assert attention_module._resolve("auto", jnp.float16, 256) == "mosaic"
+        assert attention_module._resolve("auto", jnp.float16, 128) == "mosaic"
     with pytest.warns(RuntimeWarning, match="running on 'triton' because mosaic: .*TF32"):
         assert attention_module._resolve("auto", jnp.float32) == "triton"
-    with pytest.warns(RuntimeWarning, match="because mosaic: .*head_dim ≤ 256, got 512"):
-        assert attention_module._resolve("auto", jnp.bfloat16, 512) == "triton"
+    with pytest.warns(RuntimeWarning, match="because mosaic: .*head_dim ≤ 128 .*got 256"):
+        assert attention_module._resolve("auto", jnp.bfloat16, 256) == "triton"
     q = jnp.ones((1, 8, 2, 16), jnp.float32)
     with pytest.raises(ValueError, match=r"impl='mosaic' cannot run here: .*TF32"):
         attention(q, q, q, impl="mosaic")

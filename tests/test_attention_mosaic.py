@@ -185,7 +185,7 @@ def test_mosaic_skips_blocks_and_zeroes_empty_rows():
     [
         (jnp.bfloat16, 2048, 8, 2, 64, AttentionMask.frame_causal(256)),  # the target shape
         (jnp.float16, 1000, 4, 4, 128, AttentionMask(causal=True)),
-        (jnp.bfloat16, 512, 2, 1, 256, AttentionMask(kv_lengths=np.array([300, 512]))),
+        (jnp.bfloat16, 512, 2, 1, 128, AttentionMask(kv_lengths=np.array([300, 512]))),
         (jnp.bfloat16, 300, 4, 4, 32, AttentionMask.frame_causal(30, window=4)),
     ],
 )
@@ -216,11 +216,16 @@ def test_mosaic_bad_input():
     ):
         with pytest.raises(ValueError, match=message):
             _pallas(q, q, q, None, 0.1, blocks, _interpreted(), "mosaic")
+    wide = jnp.ones((1, 64, 1, 128), jnp.bfloat16)
+    with pytest.raises(
+        ValueError, match=r"BlockSizes.kv = 256 would spill registers at head_dim 128"
+    ):
+        _pallas(wide, wide, wide, None, 0.1, BlockSizes(kv=256), _interpreted(), "mosaic")
     bad_kv = BlockSizes(q=64, kv=96, dq_q=64, dq_kv=64, dkv_q=64, dkv_kv=64)
     with pytest.raises(ValueError, match=r"BlockSizes.kv must be 64, 128 or 256 \(keys .*got 96"):
         _pallas(q, q, q, None, 0.1, bad_kv, _interpreted(), "mosaic")
     with pytest.raises(
-        ValueError, match=r"impl='mosaic' cannot run here: .*head_dim ≤ 256, got 320"
+        ValueError, match=r"impl='mosaic' cannot run here: .*head_dim ≤ 128 .*got 320"
     ):
         wide = jnp.ones((1, 8, 1, 320), jnp.bfloat16)
         attention(wide, wide, wide, impl="mosaic")
