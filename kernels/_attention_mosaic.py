@@ -130,6 +130,16 @@ def _iota(shape, axis, compiled):
     return plgpu.broadcasted_iota(jnp.int32, shape, axis, layout=plgpu.Layout.WGMMA)
 
 
+def _mask_scores(s, lo, hi, first_key, key_axis, compiled):
+    """Scores `s` with `-inf` where a key lies outside its row's range `[lo, hi)`:
+    keys run along `key_axis` from `first_key`; `lo`, `hi` are laid out along the
+    other axis (one value per query)."""
+    key = _iota(s.shape, key_axis, compiled) + first_key
+    query_axis = 1 - key_axis
+    ok = (key >= _bcast(lo, s.shape, query_axis)) & (key < _bcast(hi, s.shape, query_axis))
+    return jnp.where(ok, s, -jnp.inf)
+
+
 def _read_ranges(ranges_ref, b, i):
     return tuple(ranges_ref[b, i, c] for c in range(4))
 
@@ -241,6 +251,18 @@ def _specialized(*, compute_wgs, stages, own, heads, streams, setup, compute, fi
         jax.lax.fori_loop(jnp.maximum(0, total - stages), total, drain, None)
 
 
+def _kv_streams(k_ref, v_ref, b, kv_head, block_kv, k_smem, v_smem, barriers):
+    """The key and value blocks of `block_kv` keys of head `kv_head`, streamed."""
+    from jax.experimental import pallas as pl
+
+    keys = lambda block: pl.ds(block * block_kv, block_kv)
+    sources = [
+        lambda _, block: k_ref.at[b, keys(block), kv_head],
+        lambda _, block: v_ref.at[b, keys(block), kv_head],
+    ]
+    return _streams(sources, [k_smem, v_smem], barriers)
+
+
 def _streams(sources, smems, barriers):
     """`_Stream`s over `sources` and their slots `smems`, with `barriers = (ready,
     free)` from `_stream_barriers`."""
@@ -321,12 +343,9 @@ def _forward_body(*, block_kv, group, qk_scale, compiled, compute_wgs, stages):
         q_smem, k_smem, v_smem, lo_smem, hi_smem, lse_smem, fixed, barriers = scratch
         h, qi, b = (jax.lax.axis_index(n) for n in ("h", "q", "b"))
         kv_head = jax.lax.div(h, jnp.int32(group))
-        keys = lambda block: pl.ds(block * block_kv, block_kv)
-        k_stream, v_stream = _streams(
-            [lambda _, j: k_ref.at[b, keys(j), kv_head], lambda _, j: v_ref.at[b, keys(j), kv_head]],
-            [k_smem, v_smem],
-            barriers,
-        )  # fmt: skip
+        k_stream, v_stream = _kv_streams(
+            k_ref, v_ref, b, kv_head, block_kv, k_smem, v_smem, barriers
+        )
         rows = lambda wg: pl.ds((qi * compute_wgs + wg) * ROWS, ROWS)
 
         def setup(wg):
@@ -352,9 +371,7 @@ def _forward_body(*, block_kv, group, qk_scale, compiled, compute_wgs, stages):
             _release([k_stream], slot, fence=not compiled)
             s = s * qk_scale
             if masked:
-                cols = _iota(s.shape, 1, compiled) + block * block_kv
-                ok = (cols >= _bcast(lo, s.shape, 0)) & (cols < _bcast(hi, s.shape, 0))
-                s = jnp.where(ok, s, -jnp.inf)
+                s = _mask_scores(s, lo, hi, block * block_kv, 1, compiled)
             m_new = jnp.maximum(m, s.max(axis=1))
             alpha = jnp.exp2(m - m_new)
             p = jnp.exp2(s - _bcast(m_new, s.shape, 0))
@@ -438,12 +455,9 @@ def _dq_body(*, block_kv, group, qk_scale, scale, compiled, compute_wgs, stages)
         q_smem, do_smem, k_smem, v_smem, stats, bounds, fixed, barriers = scratch
         h, qi, b = (jax.lax.axis_index(n) for n in ("h", "q", "b"))
         kv_head = jax.lax.div(h, jnp.int32(group))
-        keys = lambda block: pl.ds(block * block_kv, block_kv)
-        k_stream, v_stream = _streams(
-            [lambda _, j: k_ref.at[b, keys(j), kv_head], lambda _, j: v_ref.at[b, keys(j), kv_head]],
-            [k_smem, v_smem],
-            barriers,
-        )  # fmt: skip
+        k_stream, v_stream = _kv_streams(
+            k_ref, v_ref, b, kv_head, block_kv, k_smem, v_smem, barriers
+        )
         rows = lambda wg: pl.ds((qi * compute_wgs + wg) * ROWS, ROWS)
 
         def setup(wg):
@@ -469,9 +483,7 @@ def _dq_body(*, block_kv, group, qk_scale, scale, compiled, compute_wgs, stages)
             s = _mma(None, q_smem.at[wg], k_smem.at[slot], transpose_b=True, compiled=compiled)
             s = s * qk_scale
             if masked:
-                cols = _iota(s.shape, 1, compiled) + block * block_kv
-                ok = (cols >= _bcast(lo, s.shape, 0)) & (cols < _bcast(hi, s.shape, 0))
-                s = jnp.where(ok, s, -jnp.inf)
+                s = _mask_scores(s, lo, hi, block * block_kv, 1, compiled)
             p = jnp.exp2(s - _bcast(lse, s.shape, 0))
             plgpu.barrier_wait(v_stream.ready.at[slot])
             dp = _mma(None, do_smem.at[wg], v_smem.at[slot], transpose_b=True, compiled=compiled)
@@ -551,9 +563,7 @@ def _dkv_body(*, block_q, group, qk_scale, scale, compiled, compute_wgs, stages)
             if masked:
                 lo = _rowvec(lo_smem.at[slot], 0, compiled)
                 hi = _rowvec(hi_smem.at[slot], 0, compiled)
-                key = _iota(st.shape, 0, compiled) + first_key
-                ok = (key >= _bcast(lo, st.shape, 1)) & (key < _bcast(hi, st.shape, 1))
-                st = jnp.where(ok, st, -jnp.inf)
+                st = _mask_scores(st, lo, hi, first_key, 0, compiled)
             pt = jnp.exp2(st - _bcast(lse, st.shape, 1))
             plgpu.barrier_wait(do_stream.ready.at[slot])
             dv = _mma(dv, pt.astype(do_smem.dtype), do_smem.at[slot], compiled=compiled)

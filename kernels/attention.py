@@ -412,10 +412,11 @@ class BlockSizes:
     num_warps: int | None = None  # None: 4 for head_dim ≤ 64, else 8
     num_stages: int = 2
 
-    def fitted(self, q_len: int, kv_len: int) -> "BlockSizes":
-        """Shrink blocks for short sequences (a block never exceeds the padded length)."""
-        qcap = max(16, _next_pow2(q_len))
-        kcap = max(16, _next_pow2(kv_len))
+    def fitted(self, q_len: int, kv_len: int, smallest: int = 16) -> "BlockSizes":
+        """Shrink blocks for short sequences (a block never exceeds the padded length,
+        nor goes below `smallest`)."""
+        qcap = max(smallest, _next_pow2(q_len))
+        kcap = max(smallest, _next_pow2(kv_len))
         return dataclasses.replace(
             self,
             q=min(self.q, qcap),
@@ -909,16 +910,7 @@ def _mosaic_blocks(blocks: BlockSizes | None, dim: int, q_len: int, kv_len: int)
                 f"attention(impl='mosaic'): BlockSizes.{name} = {getattr(blocks, name)} "
                 f"would spill registers at head_dim {dim} (padded); at most {widest}."
             )
-    qcap, kcap = max(rows, _next_pow2(q_len)), max(rows, _next_pow2(kv_len))
-    return dataclasses.replace(
-        blocks,
-        q=min(blocks.q, qcap),
-        dq_q=min(blocks.dq_q, qcap),
-        dkv_q=min(blocks.dkv_q, qcap),
-        kv=min(blocks.kv, kcap),
-        dq_kv=min(blocks.dq_kv, kcap),
-        dkv_kv=min(blocks.dkv_kv, kcap),
-    )
+    return blocks.fitted(q_len, kv_len, smallest=rows)
 
 
 # ----------------------------------------------------------------------------
